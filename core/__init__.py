@@ -1,0 +1,1 @@
+"""Domain types, errors, settings and clock shared by every package (stdlib only)."""

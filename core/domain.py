@@ -1,0 +1,181 @@
+"""Domain types: finance records awaiting approval, change events, channel bindings."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+
+class RecordKind(StrEnum):
+    INVOICE = "invoice"  # supplier invoice awaiting authorization
+    ORDER = "order"  # purchase order awaiting authorization
+    VOUCHER = "voucher"  # GL voucher awaiting approval
+
+    @property
+    def plural(self) -> str:
+        return f"{self.value}s"
+
+    @classmethod
+    def parse(cls, text: str) -> RecordKind:
+        """Accept 'invoice', 'invoices', 'orders', 'po', 'vouchers' ... (case-insensitive)."""
+        word = text.strip().lower()
+        aliases = {"po": cls.ORDER, "pos": cls.ORDER, "purchaseorders": cls.ORDER, "gl": cls.VOUCHER}
+        if word in aliases:
+            return aliases[word]
+        for kind in cls:
+            if word in (kind.value, kind.plural):
+                return kind
+        raise ValueError(f"unknown document kind {text!r} (use invoices, orders or vouchers)")
+
+
+class EventType(StrEnum):
+    NEW = "new"  # entered the pending set
+    CHANGED = "changed"  # still pending, but its row (etag), state or approval step changed
+    RESOLVED = "resolved"  # left the pending set (approved, posted, released, cancelled ...)
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalStep:
+    """One line of an approval chain (PO approval row, invoice authorizer line, voucher approver)."""
+
+    sequence: int
+    approver: str | None
+    status: str  # e.g. Unacknowledged / Acknowledged / Authorized / Pending / Approved
+    role: str | None = None
+    decided_at: str | None = None  # ISO date/time as IFS returned it
+
+
+@dataclass(frozen=True, slots=True)
+class FinanceRecord:
+    """One IFS document awaiting (or just past) approval, in our own words."""
+
+    kind: RecordKind
+    company: str
+    key: str  # canonical identity within kind, e.g. "OrderNo=P1001" or "Company=10^InvoiceId=105"
+    number: str  # what people call it: order no., invoice id, voucher type+no.
+    state: str  # IFS Objstate value, e.g. Planned, Preliminary, AwaitingApproval
+    etag: str = ""
+    party_id: str | None = None  # vendor / supplier identity, or the voucher's entering user
+    party_name: str | None = None
+    amount: Decimal | None = None  # gross amount in document currency
+    net_amount: Decimal | None = None
+    currency: str | None = None
+    doc_date: date | None = None  # order / invoice / voucher date
+    due_date: date | None = None
+    cost_center: str | None = None
+    site: str | None = None
+    approval_step: str | None = None  # short description of where the approval stands
+    approvers: tuple[ApprovalStep, ...] = ()
+    details: tuple[tuple[str, str], ...] = ()  # kind-specific labelled facts (buyer, voucher type ...)
+    deep_link: str | None = None  # "Open in IFS"
+
+    @property
+    def record_id(self) -> str:
+        """Globally unique id: kind + company + key."""
+        return f"{self.kind.value}:{self.company}:{self.key}"
+
+    def detail(self, label: str) -> str | None:
+        for name, value in self.details:
+            if name == label:
+                return value
+        return None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kind"] = self.kind.value
+        for name in ("amount", "net_amount"):
+            if data[name] is not None:
+                data[name] = str(data[name])
+        for name in ("doc_date", "due_date"):
+            if data[name] is not None:
+                data[name] = data[name].isoformat()
+        data["details"] = [list(pair) for pair in self.details]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FinanceRecord:
+        values = dict(data)
+        values["kind"] = RecordKind(values["kind"])
+        for name in ("amount", "net_amount"):
+            if values.get(name) is not None:
+                values[name] = Decimal(values[name])
+        for name in ("doc_date", "due_date"):
+            if values.get(name) is not None:
+                values[name] = date.fromisoformat(values[name])
+        values["approvers"] = tuple(ApprovalStep(**step) for step in values.get("approvers", ()))
+        values["details"] = tuple((str(a), str(b)) for a, b in values.get("details", ()))
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> FinanceRecord:
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A change to a record as seen by one poll; stored once, delivered once per bound channel."""
+
+    id: int
+    type: EventType
+    record: FinanceRecord
+    previous_state: str | None = None
+    created_at: float = 0.0  # unix time
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A company code (optionally narrowed) linked to one Teams channel."""
+
+    channel_id: str  # bare Teams channel / conversation id (never ';messageid=')
+    company: str
+    kinds: frozenset[RecordKind] = frozenset(RecordKind)
+    cost_centers: frozenset[str] = frozenset()  # empty: all cost centres
+    min_amount: Decimal | None = None
+    created_by: str | None = None
+
+    def matches(self, record: FinanceRecord) -> bool:
+        if record.company != self.company or record.kind not in self.kinds:
+            return False
+        if self.cost_centers and record.cost_center not in self.cost_centers:
+            return False
+        if self.min_amount is not None and (record.amount is None or abs(record.amount) < self.min_amount):
+            return False
+        return True
+
+    def describe(self) -> str:
+        parts = [f"company {self.company}", "kinds " + ",".join(sorted(k.plural for k in self.kinds))]
+        if self.cost_centers:
+            parts.append("costcenter " + ",".join(sorted(self.cost_centers)))
+        if self.min_amount is not None:
+            parts.append(f"min {self.min_amount}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRef:
+    """Where and how to reach one Teams conversation; `reference` is the adapter's own serialized form."""
+
+    channel_id: str
+    tenant_id: str | None
+    team_id: str | None
+    service_url: str
+    reference: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    active: bool = True
+    inactive_reason: str | None = None
+    paused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PostedCard:
+    """Where a card for one record lives in one channel, so later events update it in place."""
+
+    conversation_id: str  # '<channel>;messageid=<root>'
+    activity_id: str

@@ -1,0 +1,23 @@
+"""Deep links into the IFS Cloud web client (page + $filter on the record's keys)."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+
+def odata_literal(value: str | int) -> str:
+    """String keys quoted (with ' doubled), numeric keys bare, as IFS filters expect."""
+    if isinstance(value, bool):
+        raise TypeError("boolean keys are not supported")
+    if isinstance(value, int):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def page_link(base_url: str, page: str, filters: list[tuple[str, str | int]] | None = None) -> str:
+    """`{base}/main/ifsapplications/web/page/{page};$filter=A eq 'x' and B eq 1` URL-encoded."""
+    url = f"{base_url.rstrip('/')}/main/ifsapplications/web/page/{quote(page, safe='/')}"
+    if filters:
+        expr = " and ".join(f"{name} eq {odata_literal(value)}" for name, value in filters)
+        url += ";$filter=" + quote(expr, safe="'=")
+    return url
