@@ -1,0 +1,342 @@
+"""Chat commands: a registry (usage and help declared at each command), an exact parser, and the handlers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any, Protocol
+
+from bot.authz import Actor, AdminPolicy
+from core.domain import Binding, RecordKind
+from core.errors import CommandError
+from store.db import Database
+from store.repos import AuditLog, Bindings, Channels, Outbox, Seen
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CompanyCheck:
+    ok: bool
+    pending: dict[str, int] = field(default_factory=dict)  # per kind plural, when known
+    error: str | None = None
+
+
+class Runtime(Protocol):
+    """What the running service knows beyond the database (scheduler, IFS client)."""
+
+    async def check_company(self, company: str) -> CompanyCheck: ...
+
+    def next_runs(self) -> dict[str, float | None]: ...
+
+    def ifs_token_state(self) -> dict[str, Any]: ...
+
+    def poll_soon(self) -> None: ...
+
+    def wake_delivery(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a command answers: plain text, or an Adaptive Card with a text fallback."""
+
+    text: str
+    card: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    usage: str
+    help: str
+    admin: bool
+    handler: Callable[[Commands, CommandCall], Awaitable[Reply]]
+
+
+@dataclass(frozen=True)
+class CommandCall:
+    channel_id: str
+    actor: Actor
+    args: tuple[str, ...]
+    raw: str
+
+
+REGISTRY: dict[str, CommandSpec] = {}
+
+
+def command(name: str, usage: str, help: str, *, admin: bool = False):
+    def register(fn):
+        REGISTRY[name] = CommandSpec(name, usage, help, admin, fn)
+        return fn
+    return register
+
+
+def parse(text: str) -> tuple[str, tuple[str, ...]]:
+    """'  Link  COMPANY 10 ' -> ('link', ('company', '10')). Keywords compare case-insensitively later."""
+    words = text.replace("\u00a0", " ").split()
+    if not words:
+        return "", ()
+    return words[0].lower(), tuple(words[1:])
+
+
+class Commands:
+    """Dispatches a command line: lookup, admin check, handler, audit. Handlers never see raw activities."""
+
+    def __init__(self, db: Database, runtime: Runtime, policy: AdminPolicy, *, now=time.time) -> None:
+        self.db = db
+        self.runtime = runtime
+        self.policy = policy
+        self.now = now
+        self.channels = Channels(db, now)
+        self.bindings = Bindings(db, now)
+        self.outbox = Outbox(db, now)
+        self.audit = AuditLog(db, now)
+        self.seen = Seen(db)
+
+    async def run(self, channel_id: str, actor: Actor, text: str) -> Reply:
+        name, args = parse(text)
+        call = CommandCall(channel_id, actor, args, text.strip()[:200])
+        spec = REGISTRY.get(name)
+        if spec is None:
+            shown = name[:40] or "(nothing)"
+            await self.audit.record("command", name[:40] or "empty", "error", channel_id=channel_id,
+                                    actor=actor.label, text=call.raw, problem="unknown command")
+            return Reply(f"I don't know the command '{shown}'. Type 'help' to see what I can do.")
+        channel = await self.channels.get(channel_id)
+        if channel is not None and not channel.active and name not in ("help", "status"):
+            await self.audit.record("command", name, "denied", channel_id=channel_id, actor=actor.label,
+                                    text=call.raw, problem=f"channel inactive: {channel.inactive_reason}")
+            return Reply(f"This channel is inactive ({channel.inactive_reason}). Reinstall the app in this team"
+                         " to receive notifications again.")
+        if spec.admin and not await self.policy.is_admin(actor):
+            await self.audit.record("command", name, "denied", channel_id=channel_id, actor=actor.label,
+                                    text=call.raw, problem="not an admin")
+            return Reply(f"Only admins can use '{name}'. Ask a team owner or a configured notifier admin.")
+        try:
+            reply = await spec.handler(self, call)
+        except CommandError as exc:
+            await self.audit.record("command", name, "error", channel_id=channel_id, actor=actor.label,
+                                    text=call.raw, problem=str(exc))
+            usage = exc.usage or spec.usage
+            return Reply(f"{exc}\n\nUsage: {usage}")
+        await self.audit.record("command", name, "ok", channel_id=channel_id, actor=actor.label, text=call.raw)
+        return reply
+
+    @staticmethod
+    def help_rows() -> list[tuple[str, str]]:
+        return [(spec.usage, spec.help + (" (admins)" if spec.admin else "")) for spec in REGISTRY.values()]
+
+
+# --------------------------------------------------------------------------- argument parsing
+
+def parse_link_args(args: Sequence[str], usage: str) -> tuple[str, frozenset[RecordKind] | None,
+                                                               frozenset[str], Decimal | None]:
+    if not args or args[0].lower() != "company":
+        raise CommandError("Say which company to link: 'link company <code>'.", usage=usage)
+    if len(args) < 2:
+        raise CommandError("The company code is missing.", usage=usage)
+    company = args[1]
+    if not _is_code(company):
+        raise CommandError(f"'{company[:40]}' is not a company code (letters, digits, - and _ only).", usage=usage)
+    kinds: frozenset[RecordKind] | None = None
+    costs: frozenset[str] = frozenset()
+    minimum: Decimal | None = None
+    rest = list(args[2:])
+    while rest:
+        word = rest.pop(0).lower()
+        if not rest:
+            raise CommandError(f"'{word}' needs a value.", usage=usage)
+        value = rest.pop(0)
+        if word in ("kinds", "kind"):
+            try:
+                kinds = frozenset(RecordKind.parse(v) for v in value.split(",") if v)
+            except ValueError as exc:
+                raise CommandError(str(exc).capitalize() + ".", usage=usage) from None
+        elif word in ("costcenter", "costcentre", "costcenters"):
+            costs = frozenset(v for v in value.split(",") if v)
+            if not all(_is_code(c) for c in costs):
+                raise CommandError("Cost centres are codes separated by commas.", usage=usage)
+        elif word == "min":
+            try:
+                minimum = Decimal(value.replace(",", ""))
+            except InvalidOperation:
+                raise CommandError(f"'{value[:40]}' is not an amount.", usage=usage) from None
+            if not minimum.is_finite() or minimum < 0:
+                raise CommandError("The minimum amount must be zero or more.", usage=usage)
+        else:
+            raise CommandError(f"I don't understand '{word[:40]}' here.", usage=usage)
+    return company, kinds, costs, minimum
+
+
+def _is_code(text: str) -> bool:
+    return 0 < len(text) <= 20 and all(c.isalnum() or c in "-_" for c in text)
+
+
+# --------------------------------------------------------------------------- handlers
+
+LINK_USAGE = "link company <code> [kinds invoices,orders,vouchers] [costcenter <cc>[,<cc>...]] [min <amount>]"
+
+
+@command("help", "help", "Show what I can do")
+async def _help(cmds: Commands, call: CommandCall) -> Reply:
+    from cards import help_card
+
+    rows = Commands.help_rows()
+    text = "\n".join(f"- {u}: {h}" for u, h in rows)
+    return Reply("Commands:\n" + text, help_card(rows))
+
+
+@command("link", LINK_USAGE, "Send this channel the approvals of an IFS company", admin=True)
+async def _link(cmds: Commands, call: CommandCall) -> Reply:
+    company, kinds, costs, minimum = parse_link_args(call.args, LINK_USAGE)
+    check = await cmds.runtime.check_company(company)
+    if not check.ok:
+        raise CommandError(f"I could not confirm company '{company}' in IFS: {check.error}", usage=LINK_USAGE)
+    binding = Binding(channel_id=call.channel_id, company=company, kinds=kinds or frozenset(RecordKind),
+                      cost_centers=costs, min_amount=minimum, created_by=call.actor.label)
+    async with cmds.db.transaction() as conn:
+        created = await cmds.bindings.put(conn, binding)
+        queued = await cmds.outbox.backfill(conn, call.channel_id, await cmds.seen.pending_records(company), binding)
+        await cmds.audit.add(conn, "command", "binding " + ("created" if created else "changed"), "ok",
+                             channel_id=call.channel_id, company=company, actor=call.actor.label,
+                             binding=binding.describe(), backfilled=queued)
+    cmds.runtime.poll_soon()
+    cmds.runtime.wake_delivery()
+    pending = ", ".join(f"{n} {k}" for k, n in sorted(check.pending.items()) if n) or "nothing"
+    lines = [f"This channel now receives: {binding.describe()}.",
+             f"Pending in IFS for company {company} right now: {pending}."]
+    if queued:
+        lines.append(f"{queued} already known pending documents are on their way as a digest.")
+    else:
+        lines.append("They will arrive here after the next poll (a digest when there are many).")
+    return Reply("\n\n".join(lines))
+
+
+@command("unlink", "unlink company <code> | unlink all", "Stop sending a company (or everything) here", admin=True)
+async def _unlink(cmds: Commands, call: CommandCall) -> Reply:
+    usage = "unlink company <code> | unlink all"
+    args = [a.lower() for a in call.args]
+    if args == ["all"]:
+        company = None
+    elif len(args) == 2 and args[0] == "company":
+        company = call.args[1]
+    else:
+        raise CommandError("Say which company to unlink, or 'all'.", usage=usage)
+    async with cmds.db.transaction() as conn:
+        removed = await cmds.bindings.remove(conn, call.channel_id, company)
+        await cmds.audit.add(conn, "command", "binding removed", "ok" if removed else "skipped",
+                             channel_id=call.channel_id, company=company, actor=call.actor.label, removed=removed)
+    if not removed:
+        what = f"company {company}" if company else "any company"
+        return Reply(f"This channel was not linked to {what}.")
+    return Reply(f"Unlinked {'company ' + company if company else 'all companies'} from this channel"
+                 f" ({removed} link{'s' if removed != 1 else ''}).")
+
+
+@command("links", "links", "What this channel receives")
+async def _links(cmds: Commands, call: CommandCall) -> Reply:
+    from cards import links_card
+
+    _no_args(call, "links")
+    bindings = await cmds.bindings.for_channel(call.channel_id)
+    if not bindings:
+        return Reply("This channel is not linked to any company. Try: link company <code>")
+    return Reply("\n".join(f"- {b.describe()}" for b in bindings), links_card(bindings))
+
+
+@command("status", "status", "IFS reachability, polls, deliveries and problems")
+async def _status(cmds: Commands, call: CommandCall) -> Reply:
+    from bot.status import build_status
+    from cards import status_card
+
+    _no_args(call, "status")
+    view = await build_status(cmds.db, cmds.runtime, channel_id=call.channel_id, now=cmds.now())
+    return Reply(view.as_text(), status_card(view))
+
+
+@command("audit", "audit [n] [failed]", "Recent audit entries for this channel")
+async def _audit(cmds: Commands, call: CommandCall) -> Reply:
+    from cards import AuditView, audit_card
+
+    limit, failed = 10, False
+    for arg in call.args:
+        if arg.lower() == "failed":
+            failed = True
+        elif arg.isdigit() and 0 < int(arg) <= 50:
+            limit = int(arg)
+        else:
+            raise CommandError(f"'{arg[:40]}' is neither a count (1-50) nor 'failed'.")
+    entries = await cmds.audit.recent(limit=limit, channel_id=call.channel_id, failed_only=failed)
+    if not entries:
+        return Reply("No audit entries for this channel yet.")
+    views = [AuditView(at=e.at, kind=e.category, outcome=e.outcome, summary=e.action,
+                       detail=_audit_detail(e.detail, e.record_id, e.delivery_id)) for e in entries]
+    text = "\n".join(f"- {v.kind} {v.summary}: {v.outcome} {v.detail}".rstrip() for v in views)
+    return Reply(text, audit_card(views))
+
+
+def _audit_detail(detail: dict[str, Any], record_id: str | None, delivery_id: int | None) -> str:
+    parts = []
+    if delivery_id:
+        parts.append(f"delivery {delivery_id}")
+    if record_id:
+        parts.append(record_id)
+    for k in ("status", "code", "problem", "error", "text"):
+        if detail.get(k):
+            parts.append(f"{k}={detail[k]}")
+    return ", ".join(str(p) for p in parts)[:300]
+
+
+@command("replay", "replay <delivery-id> | replay failed", "Send failed deliveries again", admin=True)
+async def _replay(cmds: Commands, call: CommandCall) -> Reply:
+    usage = "replay <delivery-id> | replay failed"
+    if len(call.args) != 1:
+        raise CommandError("Say which delivery to replay, or 'failed'.", usage=usage)
+    arg = call.args[0].lower()
+    if arg == "failed":
+        ids = await cmds.outbox.replay(channel_id=call.channel_id)
+    elif arg.isdigit():
+        found = await cmds.outbox.get(int(arg))
+        if found is None or found.channel_id != call.channel_id:
+            raise CommandError(f"There is no delivery {arg} in this channel.", usage=usage)
+        ids = await cmds.outbox.replay(delivery_id=int(arg))
+        if not ids:
+            raise CommandError(f"Delivery {arg} is {found.status.value}, not failed.", usage=usage)
+    else:
+        raise CommandError(f"'{call.args[0][:40]}' is not a delivery id.", usage=usage)
+    await cmds.audit.record("delivery", "replay", "ok", channel_id=call.channel_id, actor=call.actor.label,
+                            deliveries=ids[:100], count=len(ids))
+    cmds.runtime.wake_delivery()
+    return Reply(f"Re-queued {len(ids)} deliver{'y' if len(ids) == 1 else 'ies'}." if ids
+                 else "Nothing failed in this channel.")
+
+
+@command("pause", "pause", "Hold deliveries to this channel (nothing is lost)", admin=True)
+async def _pause(cmds: Commands, call: CommandCall) -> Reply:
+    return await _set_paused(cmds, call, True)
+
+
+@command("resume", "resume", "Deliver again, including everything held while paused", admin=True)
+async def _resume(cmds: Commands, call: CommandCall) -> Reply:
+    return await _set_paused(cmds, call, False)
+
+
+async def _set_paused(cmds: Commands, call: CommandCall, paused: bool) -> Reply:
+    _no_args(call, "pause" if paused else "resume")
+    async with cmds.db.transaction() as conn:
+        await cmds.channels.set_paused(conn, call.channel_id, paused)
+        await cmds.audit.add(conn, "lifecycle", "paused" if paused else "resumed", "ok",
+                             channel_id=call.channel_id, actor=call.actor.label)
+    if paused:
+        return Reply("Paused. I keep collecting; type 'resume' to receive everything held.")
+    cmds.runtime.wake_delivery()
+    held = (await cmds.outbox.counts(call.channel_id)).get("pending", 0)
+    return Reply(f"Resumed. {held} held notification{'s' if held != 1 else ''} on the way.")
+
+
+def _no_args(call: CommandCall, name: str) -> None:
+    if call.args:
+        raise CommandError(f"'{name}' takes no arguments.", usage=REGISTRY[name].usage)

@@ -1,0 +1,308 @@
+"""Delivery worker: outbox -> Teams, paced under Teams' limits, retried, updated in place, digested in surges."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from core.domain import ChannelRef, EventType, PostedCard
+from core.metrics import Metrics
+from core.ratelimit import MultiLimiter, WindowLimiter
+from core.retry import RetryPolicy
+from core.settings import DeliverySettings, parse_span
+from store.db import Database
+from store.repos import AuditLog, Channels, Delivery, DeliveryStatus, Outbox
+
+log = logging.getLogger(__name__)
+
+# Teams: per bot per thread 7/1 s, 8/2 s, 60/30 s, 1800/h; per app 50 requests/s per tenant.
+CHANNEL_WINDOWS: tuple[tuple[int, float], ...] = ((7, 1.0), (8, 2.0), (60, 30.0), (1800, 3600.0))
+APP_WINDOWS: tuple[tuple[int, float], ...] = ((50, 1.0),)
+
+
+class SendError(Exception):
+    """A Bot Connector call failed; status/code as Teams answered (status None: no answer)."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+
+class Sender(Protocol):
+    async def post(self, channel: ChannelRef, card: dict[str, Any], text: str) -> PostedCard: ...
+
+    async def update(self, channel: ChannelRef, posted: PostedCard, card: dict[str, Any], text: str) -> None: ...
+
+    async def reply(self, channel: ChannelRef, posted: PostedCard, text: str) -> None: ...
+
+
+class Outcome(StrEnum):
+    RETRY = "retry"  # transient: back off (Retry-After wins)
+    GONE = "gone"  # the bot can no longer reach the conversation: deactivate, keep the work
+    CARD_GONE = "card_gone"  # the card we would update no longer exists: post a fresh one
+    FAILED = "failed"  # the request itself is wrong: keep it for replay
+
+
+GONE_CODES = {"BotNotInConversationRoster", "ConversationNotFound", "BotDisabledByAdmin",
+              "ConversationBlockedByUser"}
+
+
+def classify(err: SendError) -> Outcome:
+    """The one place where a Teams answer becomes a recovery intent (status and error code together)."""
+    if err.status is None or err.status in (412, 429, 502, 503, 504) or (err.status >= 500 and err.status != 501):
+        return Outcome.RETRY
+    if err.status == 404 and err.code == "ActivityNotFoundInConversation":
+        return Outcome.CARD_GONE
+    if err.status in (403, 404) and err.code in GONE_CODES:
+        return Outcome.GONE
+    return Outcome.FAILED
+
+
+@dataclass(frozen=True)
+class CardRenderer:
+    """Adapter from deliveries to the pure card builders (kept here so the worker stays about delivery)."""
+
+    render_record: Callable[[Delivery], tuple[dict[str, Any], str]]
+    render_digest: Callable[[Sequence[Delivery]], tuple[dict[str, Any], str]]
+    render_reply: Callable[[Delivery], str]
+
+
+class DeliveryWorker:
+    def __init__(self, db: Database, sender: Sender, renderer: CardRenderer, settings: DeliverySettings, *,
+                 timezone: str = "UTC", metrics: Metrics | None = None, now: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 retry: RetryPolicy | None = None, rng: random.Random | None = None,
+                 channel_windows: Sequence[tuple[int, float]] = CHANNEL_WINDOWS,
+                 app_windows: Sequence[tuple[int, float]] = APP_WINDOWS) -> None:
+        self.db = db
+        self.sender = sender
+        self.renderer = renderer
+        self.settings = settings
+        self.tz = ZoneInfo(timezone)
+        self.metrics = metrics or Metrics()
+        self.now = now
+        self.monotonic = monotonic
+        self.sleep = sleep
+        self.retry = retry or RetryPolicy(base=2.0, cap=600.0, max_attempts=0,
+                                          max_elapsed=settings.max_age_hours * 3600)
+        self.rng = rng or random.Random()
+        self.outbox = Outbox(db, now)
+        self.channels = Channels(db, now)
+        self.audit = AuditLog(db, now)
+        self._channel_windows = tuple(channel_windows)
+        self._limiters: dict[str, WindowLimiter] = {}
+        self._app_limiter = WindowLimiter(app_windows, monotonic)
+        self._wake = asyncio.Event()
+        self._active: dict[str, asyncio.Task[int]] = {}
+        self._slots = asyncio.Semaphore(max(1, settings.workers))
+        self._quiet = parse_span("delivery.quiet_hours", settings.quiet_hours) if settings.quiet_hours else None
+        self._batch = [parse_span("delivery.batch_windows", w) for w in settings.batch_windows]
+
+    # ------------------------------------------------------------------ loop
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, idle: float = 5.0) -> None:
+        """Deliver until cancelled; sleeps until woken (new work) or the next retry is due."""
+        while True:
+            try:
+                await self.run_once()
+            except Exception:  # noqa: BLE001 - the worker must outlive any single failure
+                log.exception("delivery cycle failed")
+            due = await self.outbox.next_due_at()
+            timeout = idle if due is None else max(0.05, min(idle, due - self.now()))
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def run_once(self) -> int:
+        """Deliver everything due now, channels in parallel; returns deliveries settled."""
+        async with self.db.transaction() as conn:
+            released = await self.outbox.release_expired_leases(conn)
+            if released:
+                await self.audit.add(conn, "delivery", "lease expired", "retry", count=released)
+        if self.in_quiet_hours():
+            return 0
+        channels = await self.outbox.due_channels()
+        tasks = [asyncio.ensure_future(self._channel(ch)) for ch in channels if ch not in self._active]
+        for ch, task in zip([c for c in channels if c not in self._active], tasks, strict=True):
+            self._active[ch] = task
+        try:
+            return sum(await asyncio.gather(*tasks))
+        finally:
+            for ch in channels:
+                if ch in self._active and self._active[ch].done():
+                    del self._active[ch]
+
+    def _in_span(self, span: tuple[tuple[int, int], tuple[int, int]]) -> bool:
+        local = datetime.fromtimestamp(self.now(), self.tz)
+        minutes = local.hour * 60 + local.minute
+        (h1, m1), (h2, m2) = span
+        start, end = h1 * 60 + m1, h2 * 60 + m2
+        return start <= minutes < end if start <= end else (minutes >= start or minutes < end)
+
+    def in_quiet_hours(self) -> bool:
+        return self._quiet is not None and self._in_span(self._quiet)
+
+    def in_batch_window(self) -> bool:
+        return any(self._in_span(w) for w in self._batch)
+
+    # ------------------------------------------------------------------ one channel
+
+    async def _channel(self, channel_id: str) -> int:
+        settled = 0
+        async with self._slots:
+            while True:
+                channel = await self.channels.get(channel_id)
+                if channel is None or not channel.active or channel.paused or self.in_quiet_hours():
+                    return settled
+                batch = self.in_batch_window()
+                work = await self.outbox.claim(channel_id, lease=self.settings.lease_seconds,
+                                               digest_threshold=self.settings.digest_threshold,
+                                               force_digest=batch)
+                if not work:
+                    return settled
+                if batch and work[0].event_type is EventType.NEW and len(work) == 1:
+                    # inside a batch window a lone new item waits for the window to close
+                    async with self.db.transaction() as conn:
+                        await self.outbox.settle(conn, [work[0].id], DeliveryStatus.PENDING,
+                                                 next_at=self._batch_end())
+                    continue
+                settled += len(work)
+                if not await self._deliver(channel, work):
+                    return settled
+
+    def _batch_end(self) -> float:
+        t = self.now()
+        while self.in_batch_window() and self.now() - t < 86400:
+            t += 60
+            if not any(self._in_span_at(w, t) for w in self._batch):
+                return t
+        return t
+
+    def _in_span_at(self, span: tuple[tuple[int, int], tuple[int, int]], at: float) -> bool:
+        local = datetime.fromtimestamp(at, self.tz)
+        minutes = local.hour * 60 + local.minute
+        (h1, m1), (h2, m2) = span
+        start, end = h1 * 60 + m1, h2 * 60 + m2
+        return start <= minutes < end if start <= end else (minutes >= start or minutes < end)
+
+    async def _pace(self, channel_id: str) -> None:
+        lim = self._limiters.get(channel_id)
+        if lim is None:
+            lim = self._limiters[channel_id] = WindowLimiter(self._channel_windows, self.monotonic)
+        both = MultiLimiter(lim, self._app_limiter)
+        while (wait := both.try_acquire()) > 0:
+            await self.sleep(wait)
+
+    async def _deliver(self, channel: ChannelRef, work: list[Delivery]) -> bool:
+        """Send one unit (a single card or a digest). False when the channel should not be tried further now."""
+        first = work[0]
+        digest = len(work) > 1
+        posted = None if digest else await self.outbox.card_for(first.record_id, channel.channel_id)
+        if not digest and first.event_type is EventType.RESOLVED and posted is None:
+            async with self.db.transaction() as conn:
+                await self.outbox.settle(conn, [first.id], DeliveryStatus.SKIPPED, error="no card to update")
+                await self._audit(conn, first, "skipped", op="none", problem="resolved without a posted card")
+            return True
+        card, text = self.renderer.render_digest(work) if digest else self.renderer.render_record(first)
+        op = "digest" if digest else ("update" if posted else "post")
+        await self._pace(channel.channel_id)
+        started = self.monotonic()
+        try:
+            if posted is not None:
+                await self.sender.update(channel, posted, card, text)
+                if self.settings.reply_in_thread:
+                    await self._pace(channel.channel_id)
+                    await self.sender.reply(channel, posted, self.renderer.render_reply(first))
+                new_posted = posted
+            else:
+                new_posted = await self.sender.post(channel, card, text)
+        except SendError as err:
+            return await self._failed(channel, work, err, op, self.monotonic() - started)
+        latency = self.monotonic() - started
+        async with self.db.transaction() as conn:
+            if digest:
+                await self.outbox.settle(conn, [d.id for d in work], DeliveryStatus.DIGESTED, http_status=200,
+                                         digest_id=first.id)
+            else:
+                await self.outbox.save_card(conn, first.record_id, channel.channel_id, new_posted)
+                await self.outbox.settle(conn, [first.id], DeliveryStatus.SENT, http_status=200)
+            await self._audit(conn, first, "ok", op=op, status=200, latency=round(latency, 4),
+                              items=len(work), activity=new_posted.activity_id)
+        outcome = "digested" if digest else "sent"
+        self.metrics.inc("notifier_deliveries_total", len(work), "Deliveries settled, by outcome", outcome=outcome)
+        self.metrics.inc("notifier_delivery_messages_total", 1, "Messages posted or updated in Teams", op=op)
+        if first.attempts > 1:
+            self.metrics.inc("notifier_delivery_eventual_success_total", 1, "Sent after at least one failed attempt")
+        return True
+
+    async def _failed(self, channel: ChannelRef, work: list[Delivery], err: SendError, op: str,
+                      latency: float) -> bool:
+        outcome = classify(err)
+        first = work[0]
+        ids = [d.id for d in work]
+        if first.attempts == 1:
+            self.metrics.inc("notifier_delivery_first_attempt_failures_total", 1, "Deliveries whose first try failed")
+        if err.status == 429:
+            self.metrics.inc("notifier_teams_throttled_total", 1, "429 answers received from Teams")
+            lim = self._limiters.get(channel.channel_id)
+            if lim is not None:
+                lim.penalise(err.retry_after or 1.0)
+        detail = dict(op=op, status=err.status, code=err.code, error=str(err)[:200], latency=round(latency, 4),
+                      items=len(work))
+        async with self.db.transaction() as conn:
+            if outcome is Outcome.RETRY:
+                delay = self.retry.delay(first.attempts, retry_after=err.retry_after, rng=self.rng)
+                age = self.now() - min(d.created_at for d in work)
+                if age + delay > self.settings.max_age_hours * 3600:
+                    await self.outbox.settle(conn, ids, DeliveryStatus.DEAD, http_status=err.status, code=err.code,
+                                             error=str(err)[:500])
+                    await self._audit(conn, first, "dead", **detail)
+                    self.metrics.inc("notifier_deliveries_total", len(work), outcome="dead")
+                else:
+                    await self.outbox.settle(conn, ids, DeliveryStatus.PENDING, http_status=err.status,
+                                             code=err.code, error=str(err)[:500], next_at=self.now() + delay)
+                    await self._audit(conn, first, "retry", retry_in=round(delay, 3), **detail)
+                    self.metrics.inc("notifier_delivery_retries_total", 1, "Delivery attempts to be retried")
+                return False  # let this channel cool down; other channels go on
+            if outcome is Outcome.CARD_GONE:
+                await self.outbox.forget_card(conn, first.record_id, channel.channel_id)
+                await self.outbox.settle(conn, ids, DeliveryStatus.PENDING, http_status=err.status, code=err.code,
+                                         error="card gone; posting a fresh one")
+                await self._audit(conn, first, "retry", **detail)
+                return True
+            if outcome is Outcome.GONE:
+                # keep the work pending: it is delivered if the app is installed there again
+                await self.outbox.settle(conn, ids, DeliveryStatus.PENDING, http_status=err.status, code=err.code,
+                                         error=str(err)[:500])
+                await self.channels.set_active(conn, channel.channel_id, False, err.code or f"HTTP {err.status}")
+                await self._audit(conn, first, "failed", deactivated=True, **detail)
+                log.warning("channel deactivated: %s", err.code, extra={"channel": channel.channel_id})
+                return False
+            await self.outbox.settle(conn, ids, DeliveryStatus.FAILED, http_status=err.status, code=err.code,
+                                     error=str(err)[:500])
+            await self._audit(conn, first, "failed", **detail)
+            self.metrics.inc("notifier_deliveries_total", len(work), outcome="failed")
+            return True
+
+    async def _audit(self, conn: Any, d: Delivery, outcome: str, **detail: Any) -> None:
+        await self.audit.add(conn, "delivery", f"{d.event_type.value} {detail.pop('op', 'send')}", outcome,
+                             channel_id=d.channel_id, company=d.record.company, record_id=d.record_id,
+                             delivery_id=d.id, attempt=d.attempts, event=d.event_type.value,
+                             **{k: v for k, v in detail.items() if v is not None})

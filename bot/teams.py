@@ -1,0 +1,341 @@
+"""Everything that touches botbuilder: adapter factory, cached credentials, proactive sender, activity handler.
+
+Keeping the SDK inside this module means a move to its successor touches one file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from botbuilder.core import CardFactory, MessageFactory, TurnContext
+from botbuilder.core.teams import TeamsActivityHandler
+from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
+from botbuilder.integration.aiohttp.configuration_service_client_credential_factory import (
+    ConfigurationServiceClientCredentialFactory,
+)
+from botbuilder.schema import Activity, ActivityTypes, ConversationReference, ErrorResponseException
+from botbuilder.schema.teams import ChannelInfo, TeamInfo
+from botframework.connector.auth import ServiceClientCredentialsFactory
+from msrest.exceptions import ClientRequestError
+
+from bot.authz import Actor
+from bot.commands import Commands, Reply
+from bot.delivery import SendError
+from core.domain import ChannelRef, PostedCard
+from store.db import Database
+from store.repos import AuditLog, Channels
+
+log = logging.getLogger(__name__)
+
+ADAPTIVE = "application/vnd.microsoft.card.adaptive"
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    """The attribute names ConfigurationBotFrameworkAuthentication reads."""
+
+    APP_ID: str = ""
+    APP_PASSWORD: str = ""
+    APP_TYPE: str = "SingleTenant"
+    APP_TENANTID: str = ""
+    TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL: str | None = None
+
+    def __repr__(self) -> str:  # the password never reaches a log
+        return f"BotConfig(APP_ID={self.APP_ID!r}, APP_TYPE={self.APP_TYPE!r}, APP_TENANTID={self.APP_TENANTID!r})"
+
+    @property
+    def auth_disabled(self) -> bool:
+        return not self.APP_ID
+
+
+class CachedCredentialsFactory(ServiceClientCredentialsFactory):
+    """One credentials object per (app id, scope), so its MSAL token cache is reused across proactive calls.
+
+    botbuilder 4.17.1 otherwise builds new credentials, and fetches a new token with a blocking call,
+    for every continue_conversation.
+    """
+
+    def __init__(self, inner: ServiceClientCredentialsFactory) -> None:
+        self._inner = inner
+        self._cache: dict[tuple[str, str], Any] = {}
+
+    async def is_valid_app_id(self, app_id: str) -> bool:
+        return await self._inner.is_valid_app_id(app_id)
+
+    async def is_authentication_disabled(self) -> bool:
+        return await self._inner.is_authentication_disabled()
+
+    async def create_credentials(self, app_id: str, oauth_scope: str, login_endpoint: str,
+                                 validate_authority: bool) -> Any:
+        key = (app_id or "", oauth_scope or "")
+        if key not in self._cache:
+            self._cache[key] = await self._inner.create_credentials(app_id, oauth_scope, login_endpoint,
+                                                                    validate_authority)
+        return self._cache[key]
+
+    @property
+    def cached(self) -> int:
+        return len(self._cache)
+
+
+def make_adapter(config: BotConfig) -> tuple[CloudAdapter, CachedCredentialsFactory]:
+    factory = CachedCredentialsFactory(ConfigurationServiceClientCredentialFactory(config))
+    auth = ConfigurationBotFrameworkAuthentication(config, credentials_factory=factory)
+    adapter = CloudAdapter(auth)
+
+    async def on_error(context: TurnContext, error: Exception) -> None:
+        log.error("turn failed: %s", type(error).__name__, exc_info=error)
+        try:
+            await context.send_activity("Sorry, something went wrong on my side. The error was logged.")
+        except Exception:  # noqa: BLE001 - the reply itself may be what failed
+            pass
+
+    adapter.on_turn_error = on_error
+    return adapter, factory
+
+
+# --------------------------------------------------------------------------- conversation references
+
+def bare_conversation_id(activity: Activity) -> str:
+    data = activity.channel_data or {}
+    channel = data.get("channel") if isinstance(data, dict) else None
+    if isinstance(channel, dict) and channel.get("id"):
+        return str(channel["id"])
+    return str(activity.conversation.id).split(";", 1)[0]
+
+
+def channel_ref_from(activity: Activity) -> ChannelRef:
+    ref = TurnContext.get_conversation_reference(activity)
+    bare = bare_conversation_id(activity)
+    ref.conversation.id = bare
+    ref.activity_id = None
+    data = activity.channel_data if isinstance(activity.channel_data, dict) else {}
+    team = data.get("team") or {}
+    tenant = (data.get("tenant") or {}).get("id") or getattr(activity.conversation, "tenant_id", None)
+    channel = data.get("channel") or {}
+    return ChannelRef(channel_id=bare, tenant_id=tenant, team_id=team.get("id"), service_url=activity.service_url,
+                      reference=ref.serialize(), name=channel.get("name") or getattr(activity.conversation, "name", None))
+
+
+def actor_from(activity: Activity) -> Actor:
+    data = activity.channel_data if isinstance(activity.channel_data, dict) else {}
+    user = activity.from_property
+    return Actor(id=user.id if user else "unknown", aad_object_id=getattr(user, "aad_object_id", None),
+                 name=getattr(user, "name", None), team_aad_group_id=(data.get("team") or {}).get("aadGroupId"),
+                 tenant_id=(data.get("tenant") or {}).get("id") or getattr(activity.conversation, "tenant_id", None))
+
+
+def reply_activity(reply: Reply) -> Activity:
+    if reply.card is None:
+        return MessageFactory.text(reply.text)
+    return MessageFactory.attachment(CardFactory.adaptive_card(reply.card), text=None)
+
+
+# --------------------------------------------------------------------------- proactive sender
+
+class TeamsSender:
+    """Posts, updates and replies through the real adapter; maps every failure to SendError."""
+
+    def __init__(self, adapter: CloudAdapter, app_id: str, *, timeout: float = 30.0) -> None:
+        self._adapter = adapter
+        self._app_id = app_id
+        self._timeout = timeout
+
+    async def _with_client(self, channel: ChannelRef, conversation_id: str,
+                           call: Callable[[Any, Activity], Awaitable[Any]]) -> Any:
+        reference = ConversationReference().deserialize(channel.reference)
+        reference.conversation.id = conversation_id
+        reference.service_url = channel.service_url
+        result: list[Any] = []
+
+        async def logic(tc: TurnContext) -> None:
+            client = tc.turn_state.get(self._adapter.BOT_CONNECTOR_CLIENT_KEY)
+            # msrest would retry PUTs by itself (3x, blocking); the delivery worker owns retries
+            client.config.retry_policy.retries = 0
+            result.append(await call(client, tc.activity))
+
+        try:
+            await self._adapter.continue_conversation(reference, logic, bot_app_id=self._app_id)
+        except ErrorResponseException as exc:
+            raise _send_error(exc) from None
+        except (ClientRequestError, OSError, TimeoutError) as exc:
+            raise SendError(f"no answer from the Bot Connector: {type(exc).__name__}") from None
+        return result[0] if result else None
+
+    @staticmethod
+    def _card_activity(incoming: Activity, card: dict[str, Any], text: str) -> Activity:
+        act = Activity(type=ActivityTypes.message, attachments=[CardFactory.adaptive_card(card)], summary=text[:200])
+        act.conversation = incoming.conversation
+        act.from_property = incoming.recipient
+        act.channel_id = incoming.channel_id
+        act.service_url = incoming.service_url
+        return act
+
+    async def post(self, channel: ChannelRef, card: dict[str, Any], text: str) -> PostedCard:
+        async def send(client: Any, incoming: Activity) -> Any:
+            return await client.conversations.send_to_conversation(
+                channel.channel_id, self._card_activity(incoming, card, text), timeout=self._timeout)
+
+        response = await self._with_client(channel, channel.channel_id, send)
+        activity_id = getattr(response, "id", None)
+        if not activity_id:
+            raise SendError("the Bot Connector returned no activity id", status=200)
+        thread = channel.channel_id if ";messageid=" in channel.channel_id or not channel.team_id \
+            else f"{channel.channel_id};messageid={activity_id}"
+        return PostedCard(conversation_id=thread, activity_id=str(activity_id))
+
+    async def update(self, channel: ChannelRef, posted: PostedCard, card: dict[str, Any], text: str) -> None:
+        async def put(client: Any, incoming: Activity) -> Any:
+            act = self._card_activity(incoming, card, text)
+            act.id = posted.activity_id
+            return await client.conversations.update_activity(posted.conversation_id, posted.activity_id, act,
+                                                              timeout=self._timeout)
+
+        await self._with_client(channel, posted.conversation_id, put)
+
+    async def reply(self, channel: ChannelRef, posted: PostedCard, text: str) -> None:
+        async def send(client: Any, incoming: Activity) -> Any:
+            act = MessageFactory.text(text)
+            act.conversation = incoming.conversation
+            act.from_property = incoming.recipient
+            return await client.conversations.send_to_conversation(posted.conversation_id, act, timeout=self._timeout)
+
+        await self._with_client(channel, posted.conversation_id, send)
+
+
+def _send_error(exc: ErrorResponseException) -> SendError:
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    headers = getattr(response, "headers", None) or {}
+    code = message = None
+    try:
+        code = exc.error.error.code
+        message = exc.error.error.message
+    except AttributeError:
+        pass
+    retry_after = None
+    raw = headers.get("Retry-After") if hasattr(headers, "get") else None
+    if raw:
+        try:
+            retry_after = float(raw)
+        except ValueError:
+            retry_after = None
+    return SendError(f"HTTP {status} {code or ''} {message or ''}".strip(), status=status, code=code,
+                     retry_after=retry_after)
+
+
+# --------------------------------------------------------------------------- activity handler
+
+class NotifierBot(TeamsActivityHandler):
+    """Saves conversation references, follows the channel's life, and hands command lines to Commands."""
+
+    def __init__(self, db: Database, commands: Commands, *, welcome: bool = True) -> None:
+        self._db = db
+        self._commands = commands
+        self._channels = Channels(db)
+        self._audit = AuditLog(db)
+        self._welcome = welcome
+
+    async def _save(self, activity: Activity, action: str) -> bool:
+        ref = channel_ref_from(activity)
+        async with self._db.transaction() as conn:
+            became_active = await self._channels.upsert(conn, ref)
+            if became_active:
+                await self._audit.add(conn, "lifecycle", action, "ok", channel_id=ref.channel_id,
+                                      team=ref.team_id, tenant=ref.tenant_id)
+        return became_active
+
+    async def on_message_activity(self, turn_context: TurnContext) -> None:
+        activity = turn_context.activity
+        channel_id = bare_conversation_id(activity)
+        existing = await self._channels.get(channel_id)
+        if existing is None or existing.active:
+            await self._save(activity, "conversation saved")
+        text = TurnContext.remove_recipient_mention(activity) or activity.text or ""
+        text = _strip_leftover_mention(text, activity)
+        reply = await self._commands.run(channel_id, actor_from(activity), text)
+        await turn_context.send_activity(reply_activity(reply))
+
+    async def on_installation_update_add(self, turn_context: TurnContext) -> None:
+        if await self._save(turn_context.activity, "installed") and self._welcome:
+            await self._send_welcome(turn_context)
+
+    async def on_installation_update_remove(self, turn_context: TurnContext) -> None:
+        await self._deactivate(turn_context.activity, "app uninstalled")
+
+    async def on_teams_members_added(self, members_added, team_info, turn_context: TurnContext) -> None:
+        if any(m.id == turn_context.activity.recipient.id for m in members_added):
+            if await self._save(turn_context.activity, "bot added") and self._welcome:
+                await self._send_welcome(turn_context)
+
+    async def on_teams_members_removed(self, members_removed, team_info, turn_context: TurnContext) -> None:
+        if any(m.id == turn_context.activity.recipient.id for m in members_removed):
+            await self._deactivate(turn_context.activity, "bot removed from the team")
+
+    async def on_teams_channel_renamed(self, channel_info: ChannelInfo, team_info: TeamInfo,
+                                       turn_context: TurnContext) -> None:
+        async with self._db.transaction() as conn:
+            await self._channels.rename(conn, channel_info.id, channel_info.name)
+            await self._audit.add(conn, "lifecycle", "channel renamed", "ok", channel_id=channel_info.id,
+                                  name=channel_info.name)
+
+    async def on_teams_channel_deleted(self, channel_info: ChannelInfo, team_info: TeamInfo,
+                                       turn_context: TurnContext) -> None:
+        async with self._db.transaction() as conn:
+            if await self._channels.set_active(conn, channel_info.id, False, "channel deleted"):
+                await self._audit.add(conn, "lifecycle", "channel deleted", "ok", channel_id=channel_info.id)
+
+    async def on_teams_team_deleted(self, team_info: TeamInfo, turn_context: TurnContext) -> None:
+        await self._team_active(team_info, False, "team deleted")
+
+    async def on_teams_team_hard_deleted(self, team_info: TeamInfo, turn_context: TurnContext) -> None:
+        await self._team_active(team_info, False, "team deleted")
+
+    async def on_teams_team_archived(self, team_info: TeamInfo, turn_context: TurnContext) -> None:
+        await self._team_active(team_info, False, "team archived")
+
+    async def on_teams_team_unarchived(self, team_info: TeamInfo, turn_context: TurnContext) -> None:
+        await self._team_active(team_info, True, None)
+
+    async def on_teams_team_restored(self, team_info: TeamInfo, turn_context: TurnContext) -> None:
+        await self._team_active(team_info, True, None)
+
+    async def on_teams_team_renamed(self, team_info: TeamInfo, turn_context: TurnContext) -> None:
+        await self._audit.record("lifecycle", "team renamed", "ok", team=team_info.id, name=team_info.name)
+
+    async def _team_active(self, team_info: TeamInfo, active: bool, reason: str | None) -> None:
+        async with self._db.transaction() as conn:
+            changed = await self._channels.set_active_for_team(conn, team_info.id, active, reason)
+            await self._audit.add(conn, "lifecycle", reason or "team restored", "ok", team=team_info.id,
+                                  channels=changed)
+        if active:
+            self._commands.runtime.wake_delivery()
+
+    async def _deactivate(self, activity: Activity, reason: str) -> None:
+        data = activity.channel_data if isinstance(activity.channel_data, dict) else {}
+        team_id = (data.get("team") or {}).get("id")
+        async with self._db.transaction() as conn:
+            if team_id:
+                changed = await self._channels.set_active_for_team(conn, team_id, False, reason)
+            else:
+                cid = bare_conversation_id(activity)
+                changed = [cid] if await self._channels.set_active(conn, cid, False, reason) else []
+            await self._audit.add(conn, "lifecycle", reason, "ok", team=team_id, channels=changed)
+
+    async def _send_welcome(self, turn_context: TurnContext) -> None:
+        await turn_context.send_activity(MessageFactory.text(
+            "Hello! I post IFS Cloud approvals (supplier invoices, purchase orders, GL vouchers) here.\n\n"
+            "To start, an admin types: @me link company <code>   (for example: link company 10)\n\n"
+            "Type 'help' for everything I can do."))
+
+
+def _strip_leftover_mention(text: str, activity: Activity) -> str:
+    text = text.strip()
+    name = getattr(activity.recipient, "name", None)
+    for prefix in ([f"@{name}", name] if name else []):
+        if text.lower().startswith(prefix.lower()):
+            text = text[len(prefix):].strip()
+    return text

@@ -1,0 +1,247 @@
+"""Settings: TOML file, then NOTIFIER__SECTION__KEY environment overrides, then documented defaults.
+
+Only what is not secret lives here; secrets live encrypted in the database vault (store.vault).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from core.errors import ConfigError
+
+ENV_PREFIX = "NOTIFIER__"
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    host: str = "127.0.0.1"  # bind address of the web app (/api/messages, /healthz, /metrics)
+    port: int = 3978
+    public_url: str = ""  # https://notifier.example.com, used in the Teams manifest
+    database: str = "var/notifier.sqlite3"
+    key_file: str = "var/master.key"  # Fernet key(s); the env var NOTIFIER_MASTER_KEY wins when set
+    timezone: str = "UTC"  # schedules, quiet hours, dates on cards
+    locale: str = "en-US"  # amounts and dates on cards
+    dev_mode: bool = False  # bot authentication off; refused unless host is loopback
+    log_level: str = "INFO"
+    log_format: str = "text"  # "text" or "json"
+
+
+@dataclass(frozen=True)
+class IfsSettings:
+    base_url: str = ""  # https://tenant.ifs.cloud; a vault entry ifs.base_url overrides it
+    realm: str = ""  # IAM namespace in /auth/realms/{realm}/...
+    path_prefix: str = "main"  # "main" or "int"
+    scope: str = "openid microprofile-jwt"
+    page_size: int = 5000
+    requests_per_minute: int = 1000
+    max_concurrency: int = 4
+    timeout: float = 30.0
+    retry_attempts: int = 6
+    retry_max_seconds: float = 300.0
+    time_zone_aware: bool = False
+    select: bool = True  # send $select (some projections reportedly reject it)
+
+
+@dataclass(frozen=True)
+class BotSettings:
+    app_type: str = "SingleTenant"  # SingleTenant, MultiTenant or UserAssignedMSI
+    admins: tuple[str, ...] = ()  # Entra object ids or UPNs allowed to change bindings
+    owners_are_admins: bool = True  # team owners (checked with Microsoft Graph) may change bindings
+    welcome: bool = True
+    name: str = "IFS Approvals"
+    openid_metadata_url: str = ""  # override the Bot Framework OpenID metadata (tests, sovereign clouds)
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    digest_threshold: int = 10  # more pending `new` events than this for one channel -> one digest card
+    digest_max_rows: int = 25
+    reply_in_thread: bool = False  # also reply in the card's thread when it is updated
+    max_age_hours: float = 24.0  # retriable failures become dead letters after this long
+    lease_seconds: float = 120.0  # a claimed delivery returns to pending after this long
+    workers: int = 8  # deliveries in flight at once (different channels)
+    quiet_hours: str = ""  # "19:00-07:00" in service.timezone; nothing posted then
+    batch_windows: tuple[str, ...] = ()  # "08:00-08:30": digest everything that arrives in the window
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    every_minutes: float = 60.0
+    daily_at: tuple[str, ...] = ()  # "07:30" times; when set, replaces every_minutes
+    finance_window_minutes: float = 0.0  # >0: poll this often inside the finance window
+    finance_window_last_days: int = 3  # last N business days of the month
+    finance_window_first_days: int = 2  # first N business days of the next month
+    jitter_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+    ifs: IfsSettings = field(default_factory=IfsSettings)
+    bot: BotSettings = field(default_factory=BotSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    # per source overrides, keyed by kind ("invoice", "order", "voucher"); validated by pollers.sources
+    sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    path: str | None = None  # where these came from
+
+    def validate(self) -> Settings:
+        try:
+            ZoneInfo(self.service.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError("service.timezone", f"unknown time zone {self.service.timezone!r}") from None
+        if self.service.dev_mode and not is_loopback(self.service.host):
+            raise ConfigError("service.dev_mode",
+                              f"bot authentication can be off only on loopback, not on {self.service.host!r}")
+        if self.service.log_format not in ("text", "json"):
+            raise ConfigError("service.log_format", "must be 'text' or 'json'")
+        if self.ifs.path_prefix not in ("main", "int"):
+            raise ConfigError("ifs.path_prefix", "must be 'main' or 'int'")
+        if not 1 <= self.ifs.page_size <= 100_000:
+            raise ConfigError("ifs.page_size", "must be between 1 and 100000")
+        if self.ifs.requests_per_minute < 1:
+            raise ConfigError("ifs.requests_per_minute", "must be at least 1")
+        if self.ifs.base_url and not self.ifs.base_url.startswith(("https://", "http://")):
+            raise ConfigError("ifs.base_url", "must start with https://")
+        if self.bot.app_type.lower() not in ("singletenant", "multitenant", "userassignedmsi"):
+            raise ConfigError("bot.app_type", "must be SingleTenant, MultiTenant or UserAssignedMSI")
+        if self.delivery.digest_threshold < 1:
+            raise ConfigError("delivery.digest_threshold", "must be at least 1")
+        if self.schedule.every_minutes <= 0:
+            raise ConfigError("schedule.every_minutes", "must be positive")
+        for key, value in (("delivery.quiet_hours", self.delivery.quiet_hours),
+                           *((f"delivery.batch_windows[{i}]", w) for i, w in enumerate(self.delivery.batch_windows))):
+            if value:
+                parse_span(key, value)
+        for i, at in enumerate(self.schedule.daily_at):
+            parse_hhmm(f"schedule.daily_at[{i}]", at)
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_hhmm(key: str, text: str) -> tuple[int, int]:
+    try:
+        hh, mm = text.strip().split(":")
+        h, m = int(hh), int(mm)
+    except ValueError:
+        raise ConfigError(key, f"{text!r} is not HH:MM") from None
+    if not (0 <= h < 24 and 0 <= m < 60):
+        raise ConfigError(key, f"{text!r} is not a time of day")
+    return h, m
+
+
+def parse_span(key: str, text: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    if "-" not in text:
+        raise ConfigError(key, f"{text!r} is not HH:MM-HH:MM")
+    start, end = text.split("-", 1)
+    return parse_hhmm(key, start), parse_hhmm(key, end)
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        try:
+            return int(value) if isinstance(value, int | str) else _fail()
+        except (ValueError, TypeError):
+            raise ConfigError(key, f"expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (ValueError, TypeError):
+            raise ConfigError(key, f"expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        (inner, _ellipsis) = typing.get_args(tp)
+        return tuple(_coerce(f"{key}[{i}]", inner, v) for i, v in enumerate(value))
+    raise ConfigError(key, f"unsupported setting type {tp!r}")
+
+
+def _fail() -> Any:
+    raise TypeError
+
+
+def _build(section_cls: type, key: str, data: Mapping[str, Any]) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(key, "expected a table")
+    hints = typing.get_type_hints(section_cls)
+    names = {f.name for f in dataclasses.fields(section_cls)}
+    values = {}
+    for name, value in data.items():
+        if name not in names:
+            raise ConfigError(f"{key}.{name}", f"unknown setting (known: {', '.join(sorted(names))})")
+        values[name] = _coerce(f"{key}.{name}", hints[name], value)
+    return section_cls(**values)
+
+
+_SECTIONS = {"service": ServiceSettings, "ifs": IfsSettings, "bot": BotSettings,
+             "delivery": DeliverySettings, "schedule": ScheduleSettings}
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
+    """Read TOML (if a path is given), apply environment overrides, validate. Raises ConfigError."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("--config", f"file not found: {p}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{p} is not valid TOML: {exc}") from None
+    merged: dict[str, dict[str, Any]] = {name: dict(raw.get(name, {}) or {}) for name in _SECTIONS}
+    for name in raw:
+        if name not in _SECTIONS and name != "sources":
+            raise ConfigError(name, f"unknown section (known: {', '.join(sorted([*_SECTIONS, 'sources']))})")
+    for section, values in (overrides or {}).items():
+        merged.setdefault(section, {}).update(values)
+    for var, value in env.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        parts = var[len(ENV_PREFIX):].lower().split("__")
+        if len(parts) != 2 or parts[0] not in _SECTIONS:
+            raise ConfigError(var, "expected NOTIFIER__<SECTION>__<KEY> with a known section")
+        merged[parts[0]][parts[1]] = value
+    sources = raw.get("sources", {}) or {}
+    if not isinstance(sources, Mapping):
+        raise ConfigError("sources", "expected a table of [sources.<kind>] tables")
+    built = {name: _build(cls, name, merged[name]) for name, cls in _SECTIONS.items()}
+    settings = Settings(**built, sources=types.MappingProxyType(dict(sources)),
+                        path=str(path) if path is not None else None)
+    return settings.validate()

@@ -1,0 +1,219 @@
+"""One poll engine for every source: fetch the pending set page by page, diff it against `seen`, emit events."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from core.domain import EventType, FinanceRecord, RecordKind
+from core.errors import AuthError, BadRecordError, FatalRequestError, RetriableError
+from pollers.sources import RecordMapper, SourceSpec
+from store.repos import AuditLog, Bindings, PollWriter, Seen
+
+log = logging.getLogger(__name__)
+
+
+class IfsReader(Protocol):
+    def iter_pages(self, projection: str, entity_set: str, *, filter: str | None = None,
+                   select: Sequence[str] | None = None, orderby: Sequence[str] = (),
+                   page_size: int = 5000) -> AsyncIterator[list[dict[str, Any]]]: ...
+
+    async def get_by_key(self, projection: str, entity_set: str,
+                         keys: Mapping[str, str | int]) -> dict[str, Any] | None: ...
+
+    async def get_collection(self, projection: str, entity_set: str, keys: Mapping[str, str | int],
+                             navigation: str, *, select: Sequence[str] | None = None) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class PollResult:
+    kind: RecordKind
+    company: str
+    ok: bool = True
+    rows: int = 0
+    pending: int = 0
+    new: int = 0
+    changed: int = 0
+    resolved: int = 0
+    bad: int = 0
+    deliveries: int = 0
+    pages: int = 0
+    error: str | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("kind", "company")}
+
+
+@dataclass
+class Poller:
+    """Polls sources for companies; owns nothing but wiring. Errors are turned into results here."""
+
+    client: IfsReader
+    sources: Mapping[RecordKind, SourceSpec]
+    seen: Seen
+    bindings: Bindings
+    writer: PollWriter
+    audit: AuditLog
+    ifs_base_url: str = ""
+    page_size: int = 5000
+    use_select: bool = True
+    details_limit: int = 50  # per cycle: extra per-record reads beyond this are skipped (digest territory)
+    monotonic: Any = time.monotonic
+    _mappers: dict[RecordKind, RecordMapper] = field(default_factory=dict)
+
+    def mapper(self, kind: RecordKind) -> RecordMapper:
+        if kind not in self._mappers:
+            self._mappers[kind] = RecordMapper(self.sources[kind], self.ifs_base_url)
+        return self._mappers[kind]
+
+    async def poll_all(self) -> list[PollResult]:
+        companies = await self.bindings.companies()
+        results = []
+        for kind, spec in self.sources.items():
+            if spec.enabled:
+                for company in companies:
+                    results.append(await self.poll(kind, company))
+        return results
+
+    async def poll(self, kind: RecordKind, company: str) -> PollResult:
+        started = self.monotonic()
+        result = PollResult(kind, company)
+        try:
+            await self._poll(kind, company, result)
+        except (RetriableError, AuthError) as exc:
+            result.ok, result.error = False, _describe(exc)
+            await self._ifs_down(result.error)
+        except FatalRequestError as exc:
+            result.ok, result.error = False, _describe(exc)
+            log.warning("poll of %s failed: %s", kind.value, result.error,
+                        extra={"source": kind.value, "company": company})
+        else:
+            await self._ifs_up()
+        result.seconds = self.monotonic() - started
+        await self.writer.finish(kind, company, ok=result.ok, pending=result.pending if result.ok else None,
+                                 error=result.error, audit=self.audit, summary=result.summary())
+        return result
+
+    async def _ifs_down(self, error: str) -> None:
+        if await self.writer.ifs_available():
+            log.warning("IFS unavailable: %s", error)
+            await self.writer.set_ifs_available(False, error, self.audit)
+
+    async def _ifs_up(self) -> None:
+        if not await self.writer.ifs_available():
+            log.info("IFS recovered")
+            await self.writer.set_ifs_available(True, None, self.audit)
+
+    async def _poll(self, kind: RecordKind, company: str, result: PollResult) -> None:
+        spec = self.sources[kind]
+        mapper = self.mapper(kind)
+        seen = await self.seen.snapshot(kind, company)
+        bindings = [b for b in await self.bindings.all(active_only=True) if b.company == company]
+        present: set[str] = set()
+        budget = [self.details_limit]
+        async for page in self.client.iter_pages(
+                spec.projection, spec.entity_set, filter=spec.filter_for(company),
+                select=spec.select if self.use_select else None, orderby=spec.orderby, page_size=self.page_size):
+            result.pages += 1
+            result.rows += len(page)
+            changes: list[tuple[EventType, FinanceRecord, str | None, str]] = []
+            bad: list[tuple[str, str, str]] = []
+            for row in page:
+                try:
+                    if not spec.is_pending(row):
+                        continue
+                    key, etag = mapper.key_and_etag(row)
+                    if key in present:
+                        continue  # a row repeated across pages (data moved under $skip paging)
+                    present.add(key)
+                    old = seen.get(key)
+                    state = row.get(spec.state_field)
+                    step = mapper.step_of(row)
+                    if old is not None and old.etag == etag and old.state == state and old.step == step:
+                        continue
+                    record = await self._with_details(mapper, row, key, etag, budget)
+                    if old is None:
+                        changes.append((EventType.NEW, record, None, step))
+                    else:
+                        changes.append((EventType.CHANGED, record, old.state, step))
+                except BadRecordError as exc:
+                    bad.append((exc.key or _raw_key(spec, row), exc.field, exc.problem))
+            result.pending = len(present)
+            if changes or bad:
+                result.deliveries += await self.writer.apply(kind, company, changes, bindings, bad_rows=bad,
+                                                             audit=self.audit)
+                for etype, *_ in changes:
+                    if etype is EventType.NEW:
+                        result.new += 1
+                    else:
+                        result.changed += 1
+                result.bad += len(bad)
+        gone = [k for k in seen if k not in present]
+        if gone:
+            resolved = []
+            for key in gone:
+                record = await self._final(kind, key, seen[key].event_id, budget)
+                resolved.append((EventType.RESOLVED, record, seen[key].state, ""))
+            result.deliveries += await self.writer.apply(kind, company, resolved, bindings)
+            result.resolved = len(resolved)
+
+    async def _with_details(self, mapper: RecordMapper, row: dict[str, Any], key: str, etag: str,
+                            budget: list[int]) -> FinanceRecord:
+        spec = mapper.spec
+        if spec.approvals is None or budget[0] <= 0:
+            return mapper.map(row, key, etag)
+        budget[0] -= 1
+        keys = spec.key_values(row)
+        for _attempt in range(2):
+            lines = await self.client.get_collection(spec.projection, spec.entity_set, keys,
+                                                     spec.approvals.navigation)
+            current = await self.client.get_by_key(spec.projection, spec.entity_set, keys)
+            # the chain belongs to the version we saw only if the row did not move on meanwhile
+            if current is None or current.get("@odata.etag") == etag:
+                return mapper.map(row, key, etag, mapper.approvals(lines))
+            row, etag = current, current.get("@odata.etag") or etag
+        return mapper.map(row, key, etag, mapper.approvals(lines))
+
+    async def _final(self, kind: RecordKind, key: str, event_id: int, budget: list[int]) -> FinanceRecord:
+        """The record as it left the pending set: re-read by key when we can, else as last seen."""
+        last = await self.seen.last_record(event_id)
+        if budget[0] <= 0:
+            return last
+        budget[0] -= 1
+        spec = self.sources[kind]
+        keys = dict(part.split("=", 1) for part in key.split("^"))
+        typed = {k: int(keys[k]) if t == "int" else keys[k] for k, t in spec.keys}
+        try:
+            row = await self.client.get_by_key(spec.projection, spec.entity_set, typed)
+        except FatalRequestError:
+            return last
+        if row is None:
+            return last
+        try:
+            mapper = self.mapper(kind)
+            lines = []
+            if spec.approvals is not None:
+                lines = await self.client.get_collection(spec.projection, spec.entity_set, typed,
+                                                         spec.approvals.navigation)
+            return mapper.map(row, key, row.get("@odata.etag") or last.etag, mapper.approvals(lines))
+        except (BadRecordError, FatalRequestError):
+            return last
+
+
+def _raw_key(spec: SourceSpec, row: Mapping[str, Any]) -> str:
+    return "^".join(f"{k}={row.get(k)}" for k, _ in spec.keys)
+
+
+def _describe(exc: Exception) -> str:
+    parts = [type(exc).__name__]
+    status = getattr(exc, "status", None)
+    code = getattr(exc, "code", None)
+    if status:
+        parts.append(f"HTTP {status}")
+    if code:
+        parts.append(str(code))
+    return f"{' '.join(parts)}: {exc}"

@@ -1,0 +1,337 @@
+"""Source declarations: what to read from IFS for each document kind, and how a row becomes a record.
+
+A source is data, not code. Defaults follow what is known about IFS Cloud; every name that is not
+confirmed there can be overridden per tenant in the TOML file under [sources.<kind>].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from core.domain import ApprovalStep, FinanceRecord, RecordKind
+from core.errors import BadRecordError, ConfigError
+from core.links import odata_literal, page_link
+
+MAX_AMOUNT = Decimal("1e15")  # beyond any real document: treat as a broken row
+
+
+@dataclass(frozen=True)
+class ApprovalSpec:
+    """Approval chain lines, read per record (IFS allows $expand only on one-to-one links)."""
+
+    navigation: str  # e.g. PurchaseOrderApprovalArray
+    sequence: str
+    approver: str
+    status: str | None = None  # field holding the line state; None: derived from decided_at
+    role: str | None = None
+    decided_at: str | None = None
+    done_states: tuple[str, ...] = ("Authorized", "Approved")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: RecordKind
+    projection: str
+    entity_set: str
+    keys: tuple[tuple[str, str], ...]  # (field, "str" | "int"), in key-predicate order
+    number: tuple[str, ...]  # fields joined with " " to show the document number
+    company_field: str = "Company"
+    state_field: str = "Objstate"
+    enum_type: str = ""  # fully qualified, e.g. IfsApp.PurchaseOrderHandling.PurchaseOrderState
+    pending_states: tuple[str, ...] = ()
+    pending_equals: tuple[tuple[str, str], ...] = ()  # extra field = value conditions of "pending"
+    server_state_filter: bool = True  # False for tenants that answer 400 to any Objstate filter
+    party_id: str | None = None
+    party_name: str | None = None
+    amount: str | None = None
+    net_amount: str | None = None
+    currency: str | None = None
+    doc_date: str | None = None
+    due_date: str | None = None
+    cost_center: str | None = None
+    site: str | None = None
+    step_field: str | None = None  # list-row field that tells the approval step, if any
+    details: tuple[tuple[str, str], ...] = ()  # (label, field) shown on the card
+    extra_select: tuple[str, ...] = ()
+    approvals: ApprovalSpec | None = None
+    link_page: str = ""  # IFS web client page, e.g. PurchaseOrder/Form
+    link_keys: tuple[str, ...] = ()  # key fields in the link's $filter (default: all keys)
+    list_page: str = ""  # IFS page listing this kind (digest links)
+    enabled: bool = True
+
+    def filter_for(self, company: str) -> str:
+        parts = [f"{self.company_field} eq {odata_literal(company)}"]
+        if self.server_state_filter and self.pending_states:
+            states = [f"{self.state_field} eq {self.enum_type}'{s}'" if self.enum_type
+                      else f"{self.state_field} eq {odata_literal(s)}" for s in self.pending_states]
+            parts.append(states[0] if len(states) == 1 else "(" + " or ".join(states) + ")")
+        for name, value in self.pending_equals:
+            parts.append(f"{name} eq {odata_literal(value)}")
+        return " and ".join(parts)
+
+    def is_pending(self, row: Mapping[str, Any]) -> bool:
+        """Client-side twin of filter_for's state conditions."""
+        if self.pending_states and row.get(self.state_field) not in self.pending_states:
+            return False
+        return all(row.get(name) == value for name, value in self.pending_equals)
+
+    @property
+    def orderby(self) -> tuple[str, ...]:
+        return tuple(k for k, _ in self.keys)
+
+    @property
+    def select(self) -> tuple[str, ...]:
+        names = [k for k, _ in self.keys] + [self.company_field, self.state_field, *self.number]
+        names += [f for f in (self.party_id, self.party_name, self.amount, self.net_amount, self.currency,
+                              self.doc_date, self.due_date, self.cost_center, self.site, self.step_field) if f]
+        names += [f for _, f in self.details] + [f for f, _ in self.pending_equals] + list(self.extra_select)
+        return tuple(dict.fromkeys(names))
+
+    def key_values(self, row: Mapping[str, Any]) -> dict[str, str | int]:
+        out: dict[str, str | int] = {}
+        for name, typ in self.keys:
+            value = row.get(name)
+            if value is None or value == "":
+                raise BadRecordError(None, name, "missing key field")
+            if typ == "int":
+                if isinstance(value, bool) or not isinstance(value, int | str):
+                    raise BadRecordError(None, name, "key is not an integer")
+                try:
+                    value = int(value)
+                except ValueError:
+                    raise BadRecordError(None, name, "key is not an integer") from None
+            elif not isinstance(value, str | int) or isinstance(value, bool):
+                raise BadRecordError(None, name, "key is not a string")
+            out[name] = value if typ == "int" else str(value)
+        return out
+
+    def key_of(self, row: Mapping[str, Any]) -> str:
+        return "^".join(f"{k}={v}" for k, v in self.key_values(row).items())
+
+
+# --------------------------------------------------------------------------- defaults (see the IFS reference)
+
+DEFAULT_SOURCES: dict[RecordKind, SourceSpec] = {
+    RecordKind.ORDER: SourceSpec(
+        kind=RecordKind.ORDER, projection="PurchaseOrderHandling", entity_set="PurchaseOrderSet",
+        keys=(("OrderNo", "str"),), number=("OrderNo",),
+        enum_type="IfsApp.PurchaseOrderHandling.PurchaseOrderState", pending_states=("Planned",),
+        party_id="VendorNo", party_name="VendorName", amount="GrossAmtCurr", currency="CurrencyCode",
+        doc_date="OrderDate", cost_center="CostCenter", site="Contract",
+        details=(("Buyer", "BuyerCode"), ("Coordinator", "AuthorizeCode")),
+        approvals=ApprovalSpec(navigation="PurchaseOrderApprovalArray", sequence="SequenceNo",
+                               approver="AuthorizeId", role="Route", decided_at="DateApproved"),
+        link_page="PurchaseOrder/Form", list_page="PurchaseOrders/List"),
+    RecordKind.INVOICE: SourceSpec(
+        kind=RecordKind.INVOICE, projection="ManualSupplierInvoiceHandling", entity_set="ManualSupplierInvoiceSet",
+        keys=(("Company", "str"), ("InvoiceId", "int")), number=("InvoiceId",),
+        enum_type="IfsApp.ManualSupplierInvoiceHandling.ManSuppInvoiceState", pending_states=("Preliminary",),
+        pending_equals=(("AuthStatus", "AWAITAUTH"),),
+        party_id="Identity", party_name="IdentityName", amount="GrossCurrAmount", net_amount="NetCurrAmount",
+        currency="Currency", doc_date="InvoiceDate", due_date="DueDate", cost_center="CostCenter",
+        details=(("Supplier invoice no", "InvoiceNo"), ("Recipient", "InvoiceRecipient"), ("PO ref", "PoRefNumber")),
+        approvals=ApprovalSpec(navigation="AuthorizerArray", sequence="LineNo", approver="Authorizer",
+                               status="Objstate", role="Role", decided_at="AuthorizedDate"),
+        link_page="ManualSupplierInvoice/Form", link_keys=("InvoiceId", "Company"),
+        list_page="ManualSupplierInvoices/List"),
+    RecordKind.VOUCHER: SourceSpec(
+        kind=RecordKind.VOUCHER, projection="ApproveVouchersHandling", entity_set="VoucherApprovalSet",
+        keys=(("Company", "str"), ("AccountingYear", "int"), ("VoucherType", "str"), ("VoucherNo", "int")),
+        number=("VoucherType", "VoucherNo"),
+        enum_type="IfsApp.ApproveVouchersHandling.VoucherState",
+        pending_states=("AwaitingApproval", "PartiallyApproved"),
+        party_id="Userid", amount="AmountInAccCurr", currency="AccCurrencyCode", doc_date="VoucherDate",
+        cost_center="CostCenter", step_field="Objstate",
+        details=(("Voucher type", "VoucherType"), ("Accounting year", "AccountingYear"),
+                 ("Entered by", "Userid"), ("User group", "UserGroup"), ("Text", "VoucherText2"),
+                 ("First approval by", "ApprovedByUserid")),
+        link_page="ApproveVouchers/List", list_page="ApproveVouchers/List"),
+}
+
+
+def build_sources(overrides: Mapping[str, Mapping[str, Any]]) -> dict[RecordKind, SourceSpec]:
+    """Defaults with [sources.<kind>] overrides applied; unknown kinds or fields are config errors."""
+    out = dict(DEFAULT_SOURCES)
+    names = {f.name for f in dataclasses.fields(SourceSpec)} - {"kind"}
+    for kind_name, values in overrides.items():
+        try:
+            kind = RecordKind.parse(kind_name)
+        except ValueError as exc:
+            raise ConfigError(f"sources.{kind_name}", str(exc)) from None
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"sources.{kind_name}", "expected a table")
+        changes: dict[str, Any] = {}
+        for name, value in values.items():
+            key = f"sources.{kind_name}.{name}"
+            if name not in names:
+                raise ConfigError(key, f"unknown source setting (known: {', '.join(sorted(names))})")
+            current = getattr(out[kind], name)
+            changes[name] = _convert(key, current, value)
+        out[kind] = dataclasses.replace(out[kind], **changes)
+    return out
+
+
+def _convert(key: str, current: Any, value: Any) -> Any:
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(key, "expected true or false")
+        return value
+    if isinstance(current, ApprovalSpec) or (current is None and isinstance(value, Mapping)):
+        if value is False or value == {}:
+            return None
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, "expected a table or false")
+        try:
+            return ApprovalSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+        except TypeError as exc:
+            raise ConfigError(key, str(exc)) from None
+    if isinstance(current, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(key, "expected a list")
+        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    if value is False and current is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(key, "expected a string")
+    return value
+
+
+# --------------------------------------------------------------------------- row -> record
+
+@dataclass(frozen=True)
+class RecordMapper:
+    """Turns one OData row of a source into a FinanceRecord; raises BadRecordError naming the field."""
+
+    spec: SourceSpec
+    ifs_base_url: str
+    _link_keys: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_link_keys", self.spec.link_keys or tuple(k for k, _ in self.spec.keys))
+
+    def key_and_etag(self, row: Mapping[str, Any]) -> tuple[str, str]:
+        key = self.spec.key_of(row)
+        etag = row.get("@odata.etag") or row.get("Objversion")
+        if not etag or not isinstance(etag, str):
+            raise BadRecordError(key, "@odata.etag", "missing row version")
+        return key, etag
+
+    def step_of(self, row: Mapping[str, Any]) -> str:
+        f = self.spec.step_field
+        return str(row.get(f) or "") if f else ""
+
+    def map(self, row: Mapping[str, Any], key: str, etag: str,
+            approvals: tuple[ApprovalStep, ...] = ()) -> FinanceRecord:
+        s = self.spec
+        company = row.get(s.company_field)
+        if not isinstance(company, str | int) or company == "":
+            raise BadRecordError(key, s.company_field, "missing company")
+        state = row.get(s.state_field)
+        if not isinstance(state, str) or not state:
+            raise BadRecordError(key, s.state_field, "missing state")
+        keys = s.key_values(row)
+        number = " ".join(str(row.get(f)) for f in s.number if row.get(f) not in (None, ""))
+        link = None
+        if self.ifs_base_url and s.link_page:
+            link = page_link(self.ifs_base_url, s.link_page, [(k, keys[k]) for k in self._link_keys if k in keys])
+        step = self.step_of(row) or None
+        if approvals:
+            step = summarize_chain(approvals) or step
+        return FinanceRecord(
+            kind=s.kind, company=str(company), key=key, number=number or key, state=state, etag=etag,
+            party_id=_text(row, s.party_id, key), party_name=_text(row, s.party_name, key),
+            amount=_amount(row, s.amount, key), net_amount=_amount(row, s.net_amount, key),
+            currency=_text(row, s.currency, key), doc_date=_date(row, s.doc_date, key),
+            due_date=_date(row, s.due_date, key), cost_center=_text(row, s.cost_center, key),
+            site=_text(row, s.site, key), approval_step=step, approvers=approvals,
+            details=tuple((label, str(row[f])) for label, f in s.details if row.get(f) not in (None, "")),
+            deep_link=link)
+
+    def approvals(self, lines: list[Mapping[str, Any]]) -> tuple[ApprovalStep, ...]:
+        a = self.spec.approvals
+        if a is None:
+            return ()
+        steps = []
+        for line in lines:
+            try:
+                seq = int(line.get(a.sequence) or 0)
+            except (TypeError, ValueError):
+                seq = 0
+            decided = line.get(a.decided_at) if a.decided_at else None
+            if a.status:
+                status = str(line.get(a.status) or "")
+            else:
+                status = "Approved" if decided else "Pending"
+            approver = line.get(a.approver)
+            if a.decided_at is None and approver is None:
+                approver = None
+            steps.append(ApprovalStep(sequence=seq, approver=None if approver is None else str(approver),
+                                      status=status, role=None if not a.role else _opt(line.get(a.role)),
+                                      decided_at=None if decided is None else str(decided)))
+        return tuple(sorted(steps, key=lambda st: st.sequence))
+
+
+def summarize_chain(steps: tuple[ApprovalStep, ...]) -> str:
+    done = [s for s in steps if s.status in ("Authorized", "Approved")]
+    waiting = [s for s in steps if s.status not in ("Authorized", "Approved")]
+    if not steps:
+        return ""
+    if not waiting:
+        return f"all {len(steps)} steps done"
+    nxt = waiting[0]
+    who = nxt.approver or "unassigned"
+    return f"step {len(done) + 1} of {len(steps)}: waiting for {who}"
+
+
+def _opt(v: Any) -> str | None:
+    return None if v in (None, "") else str(v)
+
+
+def _text(row: Mapping[str, Any], name: str | None, key: str) -> str | None:
+    if not name:
+        return None
+    v = row.get(name)
+    if v is None or v == "":
+        return None
+    if isinstance(v, dict | list):
+        raise BadRecordError(key, name, "expected text")
+    return str(v)
+
+
+def _amount(row: Mapping[str, Any], name: str | None, key: str) -> Decimal | None:
+    if not name:
+        return None
+    v = row.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float | str | Decimal):
+        raise BadRecordError(key, name, "amount is not a number")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise BadRecordError(key, name, "amount is not finite")
+    try:
+        d = Decimal(v) if isinstance(v, int | Decimal) else Decimal(str(v))
+    except InvalidOperation:
+        raise BadRecordError(key, name, "amount is not a number") from None
+    if not d.is_finite() or abs(d) >= MAX_AMOUNT:
+        raise BadRecordError(key, name, "amount out of range")
+    return d
+
+
+def _date(row: Mapping[str, Any], name: str | None, key: str) -> date | None:
+    if not name:
+        return None
+    v = row.get(name)
+    if v is None or v == "":
+        return None
+    if not isinstance(v, str):
+        raise BadRecordError(key, name, "date is not text")
+    try:
+        return date.fromisoformat(v[:10])
+    except ValueError:
+        raise BadRecordError(key, name, "not a date") from None

@@ -1,0 +1,109 @@
+"""SQLite through aiosqlite: pragmas, versioned migrations, and the write transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiosqlite
+
+from store.migrations import MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+
+class Database:
+    """One connection per process; writes go through `transaction()` (BEGIN IMMEDIATE), one at a time."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
+        self.conn = conn
+        self.path = path
+        self._write_lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            await self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                await self.conn.rollback()
+                raise
+            else:
+                await self.conn.commit()
+
+    async def fetchall(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
+        async with self.conn.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def fetchone(self, sql: str, params: tuple | dict = ()) -> sqlite3.Row | None:
+        async with self.conn.execute(sql, params) as cur:
+            return await cur.fetchone()
+
+    async def scalar(self, sql: str, params: tuple | dict = ()) -> object:
+        row = await self.fetchone(sql, params)
+        return None if row is None else row[0]
+
+    async def writable(self) -> bool:
+        """Readiness: can we take the write lock and write right now?"""
+        try:
+            async with self.transaction() as conn:
+                await conn.execute("UPDATE meta SET value = value WHERE name = 'created'")
+            return True
+        except sqlite3.Error:
+            return False
+
+    async def backup_to(self, target: str) -> None:
+        """Online backup (SQLite backup API) to a new file; safe while the service runs."""
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        dest = await aiosqlite.connect(target)
+        try:
+            await self.conn.backup(dest)
+        finally:
+            await dest.close()
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+
+async def open_database(path: str) -> Database:
+    """Open (creating if needed) and migrate. `:memory:` is not supported: we want real files."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fresh = not os.path.exists(path)
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    if fresh:
+        os.chmod(path, 0o600)
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute("PRAGMA synchronous=FULL")
+    await conn.execute("PRAGMA foreign_keys=ON")
+    await conn.execute("PRAGMA busy_timeout=10000")
+    db = Database(conn, path)
+    await migrate(db)
+    return db
+
+
+async def migrate(db: Database) -> int:
+    async with db.transaction() as conn:
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        async with conn.execute("SELECT max(version) FROM schema_version") as cur:
+            row = await cur.fetchone()
+        current = row[0] or 0
+        for version, script in enumerate(MIGRATIONS, start=1):
+            if version <= current:
+                continue
+            for statement in _split(script):
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            log.info("database migrated to version %d", version)
+            current = version
+    return current
+
+
+def _split(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";\n") if s.strip()]

@@ -1,0 +1,122 @@
+"""Versioned schema migrations, applied in order; never edit a released one, append a new one."""
+
+MIGRATIONS: list[str] = [
+    # 1: initial schema
+    """
+    CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    INSERT INTO meta (name, value) VALUES ('created', strftime('%s','now'));
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        token BLOB NOT NULL,              -- Fernet token; plaintext never stored
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE channels (
+        channel_id TEXT PRIMARY KEY,      -- bare Teams channel / conversation id
+        tenant_id TEXT,
+        team_id TEXT,
+        service_url TEXT NOT NULL,
+        reference TEXT NOT NULL,          -- serialized conversation reference (JSON)
+        name TEXT,
+        active INTEGER NOT NULL DEFAULT 1,
+        inactive_reason TEXT,
+        paused INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE bindings (
+        id INTEGER PRIMARY KEY,
+        channel_id TEXT NOT NULL REFERENCES channels(channel_id),
+        company TEXT NOT NULL,
+        kinds TEXT NOT NULL,              -- comma list of record kinds
+        cost_centers TEXT NOT NULL DEFAULT '',
+        min_amount TEXT,
+        created_by TEXT,
+        created_at REAL NOT NULL,
+        UNIQUE (channel_id, company)
+    );
+    CREATE INDEX bindings_company ON bindings (company);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        record_id TEXT NOT NULL,
+        type TEXT NOT NULL,               -- new / changed / resolved
+        record TEXT NOT NULL,             -- FinanceRecord JSON as of this event
+        previous_state TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE seen (
+        kind TEXT NOT NULL,
+        company TEXT NOT NULL,
+        key TEXT NOT NULL,
+        etag TEXT NOT NULL,
+        state TEXT NOT NULL,
+        step TEXT NOT NULL DEFAULT '',
+        event_id INTEGER NOT NULL REFERENCES events(id),  -- latest event: carries the record as last seen
+        first_seen REAL NOT NULL,
+        PRIMARY KEY (kind, company, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY,
+        event_id INTEGER NOT NULL REFERENCES events(id),
+        channel_id TEXT NOT NULL,
+        record_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',  -- pending sending sent failed dead digested superseded skipped
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        lease_until REAL,
+        created_at REAL NOT NULL,
+        sent_at REAL,
+        last_status INTEGER,
+        last_code TEXT,
+        last_error TEXT,
+        digest_id INTEGER,
+        UNIQUE (event_id, channel_id)     -- idempotency: one delivery per event and channel
+    );
+    CREATE INDEX deliveries_due ON deliveries (status, next_at);
+    CREATE INDEX deliveries_channel ON deliveries (channel_id, status);
+    CREATE TABLE cards (
+        record_id TEXT NOT NULL,
+        channel_id TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,    -- '<channel>;messageid=<root>'
+        activity_id TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (record_id, channel_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE sources (
+        kind TEXT NOT NULL,
+        company TEXT NOT NULL,
+        last_run REAL,
+        last_ok REAL,
+        last_error TEXT,
+        available INTEGER NOT NULL DEFAULT 1,
+        pending INTEGER NOT NULL DEFAULT 0,
+        cursor TEXT,
+        PRIMARY KEY (kind, company)
+    );
+    CREATE TABLE quarantine (
+        kind TEXT NOT NULL,
+        company TEXT NOT NULL,
+        key TEXT NOT NULL,
+        field TEXT NOT NULL,
+        problem TEXT NOT NULL,
+        first_at REAL NOT NULL,
+        last_at REAL NOT NULL,
+        count INTEGER NOT NULL DEFAULT 1,
+        PRIMARY KEY (kind, company, key)
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        category TEXT NOT NULL,           -- poll delivery command lifecycle record security system
+        action TEXT NOT NULL,
+        outcome TEXT NOT NULL,            -- ok failed denied error skipped retry dead
+        channel_id TEXT,
+        company TEXT,
+        record_id TEXT,
+        delivery_id INTEGER,
+        actor TEXT,
+        detail TEXT                       -- JSON object; never secrets, bodies or tokens
+    );
+    CREATE INDEX audit_channel ON audit (channel_id, id);
+    CREATE INDEX audit_outcome ON audit (outcome, id)
+    """,
+]

@@ -1,0 +1,506 @@
+"""Repositories: channels, bindings, seen records, events and the delivery outbox, posted cards, audit."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+import aiosqlite
+
+from core.domain import Binding, ChannelRef, EventType, FinanceRecord, PostedCard, RecordKind
+from store.db import Database
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"  # claimed under a lease
+    SENT = "sent"
+    DIGESTED = "digested"  # delivered as a row of a digest card
+    FAILED = "failed"  # permanent error; replayable
+    DEAD = "dead"  # retriable error past the maximum age; replayable
+    SUPERSEDED = "superseded"  # a later event for the same record and channel carries the news
+    SKIPPED = "skipped"  # nothing to show (e.g. resolved, but no card was ever posted there)
+
+
+REPLAYABLE = (DeliveryStatus.FAILED, DeliveryStatus.DEAD)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    id: int
+    event_id: int
+    channel_id: str
+    record_id: str
+    event_type: EventType
+    status: DeliveryStatus
+    attempts: int
+    created_at: float
+    record: FinanceRecord
+    previous_state: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    at: float
+    category: str
+    action: str
+    outcome: str
+    channel_id: str | None
+    company: str | None
+    record_id: str | None
+    delivery_id: int | None
+    actor: str | None
+    detail: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+# --------------------------------------------------------------------------- audit
+
+class AuditLog:
+    def __init__(self, db: Database, now=time.time) -> None:
+        self._db = db
+        self._now = now
+
+    async def add(self, conn: aiosqlite.Connection, category: str, action: str, outcome: str, *,
+                  channel_id: str | None = None, company: str | None = None, record_id: str | None = None,
+                  delivery_id: int | None = None, actor: str | None = None, **detail: Any) -> None:
+        """Write inside the caller's transaction."""
+        await conn.execute(
+            "INSERT INTO audit (at, category, action, outcome, channel_id, company, record_id, delivery_id, actor, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (self._now(), category, action, outcome, channel_id, company, record_id, delivery_id, actor,
+             json.dumps(detail, default=str, separators=(",", ":")) if detail else None))
+
+    async def record(self, category: str, action: str, outcome: str, **kwargs: Any) -> None:
+        async with self._db.transaction() as conn:
+            await self.add(conn, category, action, outcome, **kwargs)
+
+    async def recent(self, *, limit: int = 20, channel_id: str | None = None, failed_only: bool = False,
+                     category: str | None = None) -> list[AuditEntry]:
+        where, params = [], []
+        if channel_id is not None:
+            where.append("channel_id = ?")
+            params.append(channel_id)
+        if failed_only:
+            where.append("outcome IN ('failed', 'error', 'denied', 'dead', 'retry')")
+        if category:
+            where.append("category = ?")
+            params.append(category)
+        sql = "SELECT * FROM audit" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
+        rows = await self._db.fetchall(sql, (*params, limit))
+        return [AuditEntry(r["id"], r["at"], r["category"], r["action"], r["outcome"], r["channel_id"],
+                           r["company"], r["record_id"], r["delivery_id"], r["actor"],
+                           json.loads(r["detail"]) if r["detail"] else {}) for r in rows]
+
+
+# --------------------------------------------------------------------------- channels and bindings
+
+class Channels:
+    def __init__(self, db: Database, now=time.time) -> None:
+        self._db = db
+        self._now = now
+
+    async def upsert(self, conn: aiosqlite.Connection, ref: ChannelRef) -> bool:
+        """Save or refresh a conversation reference; reactivates the channel. True if it was new or inactive."""
+        async with conn.execute("SELECT active FROM channels WHERE channel_id = ?", (ref.channel_id,)) as cur:
+            row = await cur.fetchone()
+        await conn.execute(
+            "INSERT INTO channels (channel_id, tenant_id, team_id, service_url, reference, name, active, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT (channel_id) DO UPDATE SET"
+            " tenant_id = coalesce(excluded.tenant_id, tenant_id), team_id = coalesce(excluded.team_id, team_id),"
+            " service_url = excluded.service_url, reference = excluded.reference,"
+            " name = coalesce(excluded.name, name), active = 1, inactive_reason = NULL, updated_at = excluded.updated_at",
+            (ref.channel_id, ref.tenant_id, ref.team_id, ref.service_url, json.dumps(ref.reference), ref.name,
+             self._now()))
+        return row is None or not row["active"]
+
+    async def get(self, channel_id: str) -> ChannelRef | None:
+        row = await self._db.fetchone("SELECT * FROM channels WHERE channel_id = ?", (channel_id,))
+        return _channel(row) if row else None
+
+    async def all(self) -> list[ChannelRef]:
+        return [_channel(r) for r in await self._db.fetchall("SELECT * FROM channels ORDER BY channel_id")]
+
+    async def set_active(self, conn: aiosqlite.Connection, channel_id: str, active: bool, reason: str | None) -> bool:
+        cur = await conn.execute(
+            "UPDATE channels SET active = ?, inactive_reason = ?, updated_at = ? WHERE channel_id = ? AND active != ?",
+            (int(active), None if active else reason, self._now(), channel_id, int(active)))
+        return cur.rowcount > 0
+
+    async def set_active_for_team(self, conn: aiosqlite.Connection, team_id: str, active: bool,
+                                  reason: str | None) -> list[str]:
+        async with conn.execute("SELECT channel_id FROM channels WHERE team_id = ? AND active != ?",
+                                (team_id, int(active))) as cur:
+            ids = [r[0] for r in await cur.fetchall()]
+        for cid in ids:
+            await self.set_active(conn, cid, active, reason)
+        return ids
+
+    async def set_paused(self, conn: aiosqlite.Connection, channel_id: str, paused: bool) -> None:
+        await conn.execute("UPDATE channels SET paused = ?, updated_at = ? WHERE channel_id = ?",
+                           (int(paused), self._now(), channel_id))
+
+    async def rename(self, conn: aiosqlite.Connection, channel_id: str, name: str | None) -> None:
+        await conn.execute("UPDATE channels SET name = ?, updated_at = ? WHERE channel_id = ?",
+                           (name, self._now(), channel_id))
+
+
+def _channel(row: Any) -> ChannelRef:
+    return ChannelRef(channel_id=row["channel_id"], tenant_id=row["tenant_id"], team_id=row["team_id"],
+                      service_url=row["service_url"], reference=json.loads(row["reference"]), name=row["name"],
+                      active=bool(row["active"]), inactive_reason=row["inactive_reason"], paused=bool(row["paused"]))
+
+
+class Bindings:
+    def __init__(self, db: Database, now=time.time) -> None:
+        self._db = db
+        self._now = now
+
+    async def put(self, conn: aiosqlite.Connection, b: Binding) -> bool:
+        """Create or replace the binding of (channel, company). True when it did not exist before."""
+        async with conn.execute("SELECT 1 FROM bindings WHERE channel_id = ? AND company = ?",
+                                (b.channel_id, b.company)) as cur:
+            existed = await cur.fetchone() is not None
+        await conn.execute(
+            "INSERT INTO bindings (channel_id, company, kinds, cost_centers, min_amount, created_by, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel_id, company) DO UPDATE SET kinds = excluded.kinds,"
+            " cost_centers = excluded.cost_centers, min_amount = excluded.min_amount, created_by = excluded.created_by",
+            (b.channel_id, b.company, ",".join(sorted(k.value for k in b.kinds)), ",".join(sorted(b.cost_centers)),
+             None if b.min_amount is None else str(b.min_amount), b.created_by, self._now()))
+        return not existed
+
+    async def remove(self, conn: aiosqlite.Connection, channel_id: str, company: str | None) -> int:
+        if company is None:
+            cur = await conn.execute("DELETE FROM bindings WHERE channel_id = ?", (channel_id,))
+        else:
+            cur = await conn.execute("DELETE FROM bindings WHERE channel_id = ? AND company = ?", (channel_id, company))
+        return cur.rowcount
+
+    async def for_channel(self, channel_id: str) -> list[Binding]:
+        rows = await self._db.fetchall("SELECT * FROM bindings WHERE channel_id = ? ORDER BY company", (channel_id,))
+        return [_binding(r) for r in rows]
+
+    async def all(self, *, active_only: bool = False) -> list[Binding]:
+        sql = "SELECT b.* FROM bindings b"
+        if active_only:
+            sql += " JOIN channels c USING (channel_id) WHERE c.active = 1"
+        return [_binding(r) for r in await self._db.fetchall(sql + " ORDER BY b.channel_id, b.company")]
+
+    async def companies(self) -> list[str]:
+        """Companies that at least one active channel is bound to: the ones worth polling."""
+        rows = await self._db.fetchall(
+            "SELECT DISTINCT b.company FROM bindings b JOIN channels c USING (channel_id) WHERE c.active = 1"
+            " ORDER BY b.company")
+        return [r[0] for r in rows]
+
+
+def _binding(row: Any) -> Binding:
+    return Binding(channel_id=row["channel_id"], company=row["company"],
+                   kinds=frozenset(RecordKind(k) for k in row["kinds"].split(",") if k),
+                   cost_centers=frozenset(c for c in row["cost_centers"].split(",") if c),
+                   min_amount=None if row["min_amount"] is None else Decimal(row["min_amount"]),
+                   created_by=row["created_by"])
+
+
+# --------------------------------------------------------------------------- seen records and source state
+
+@dataclass(frozen=True, slots=True)
+class SeenRow:
+    etag: str
+    state: str
+    step: str
+    event_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    kind: str
+    company: str
+    last_run: float | None
+    last_ok: float | None
+    last_error: str | None
+    available: bool
+    pending: int
+
+
+class Seen:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def snapshot(self, kind: RecordKind, company: str) -> dict[str, SeenRow]:
+        async with self._db.conn.execute(
+                "SELECT key, etag, state, step, event_id FROM seen WHERE kind = ? AND company = ?",
+                (kind.value, company)) as cur:
+            return {r[0]: SeenRow(r[1], r[2], r[3], r[4]) for r in await cur.fetchall()}
+
+    async def last_record(self, event_id: int) -> FinanceRecord:
+        return FinanceRecord.from_json(await self._db.scalar("SELECT record FROM events WHERE id = ?", (event_id,)))
+
+    async def pending_records(self, company: str) -> list[tuple[int, FinanceRecord]]:
+        rows = await self._db.fetchall(
+            "SELECT e.id, e.record FROM seen s JOIN events e ON e.id = s.event_id WHERE s.company = ?", (company,))
+        return [(r[0], FinanceRecord.from_json(r[1])) for r in rows]
+
+    async def source_states(self) -> list[SourceState]:
+        rows = await self._db.fetchall("SELECT * FROM sources ORDER BY kind, company")
+        return [SourceState(r["kind"], r["company"], r["last_run"], r["last_ok"], r["last_error"],
+                            bool(r["available"]), r["pending"]) for r in rows]
+
+    async def quarantine_count(self) -> int:
+        return int(await self._db.scalar("SELECT count(*) FROM quarantine") or 0)
+
+
+# --------------------------------------------------------------------------- events, outbox, cards
+
+class Outbox:
+    """Events and their deliveries; the poller writes, the delivery worker claims and settles."""
+
+    def __init__(self, db: Database, now=time.time) -> None:
+        self._db = db
+        self._now = now
+
+    async def add_event(self, conn: aiosqlite.Connection, etype: EventType, record: FinanceRecord,
+                        previous_state: str | None, bindings: Sequence[Binding]) -> tuple[int, int]:
+        """One event row and one delivery per matching binding. Returns (event id, deliveries made)."""
+        now = self._now()
+        cur = await conn.execute(
+            "INSERT INTO events (record_id, type, record, previous_state, created_at) VALUES (?, ?, ?, ?, ?)",
+            (record.record_id, etype.value, record.to_json(), previous_state, now))
+        event_id = cur.lastrowid
+        channels = [b.channel_id for b in bindings if b.matches(record)]
+        if channels:
+            await conn.executemany(
+                "INSERT OR IGNORE INTO deliveries (event_id, channel_id, record_id, event_type, next_at, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(event_id, ch, record.record_id, etype.value, now, now) for ch in channels])
+        return event_id, len(channels)
+
+    async def backfill(self, conn: aiosqlite.Connection, channel_id: str, items: Iterable[tuple[int, FinanceRecord]],
+                       binding: Binding) -> int:
+        """Queue what is already pending for a newly linked channel (events the poller made earlier)."""
+        now = self._now()
+        rows = [(eid, channel_id, rec.record_id, EventType.NEW.value, now, now)
+                for eid, rec in items if binding.matches(rec)]
+        await conn.executemany(
+            "INSERT OR IGNORE INTO deliveries (event_id, channel_id, record_id, event_type, next_at, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)", rows)
+        return len(rows)
+
+    async def release_expired_leases(self, conn: aiosqlite.Connection) -> int:
+        cur = await conn.execute(
+            "UPDATE deliveries SET status = 'pending' WHERE status = 'sending' AND lease_until < ?", (self._now(),))
+        return cur.rowcount
+
+    async def due_channels(self, limit: int = 1000) -> list[str]:
+        rows = await self._db.fetchall(
+            "SELECT DISTINCT d.channel_id FROM deliveries d JOIN channels c USING (channel_id)"
+            " WHERE d.status = 'pending' AND d.next_at <= ? AND c.active = 1 AND c.paused = 0 LIMIT ?",
+            (self._now(), limit))
+        return [r[0] for r in rows]
+
+    async def next_due_at(self) -> float | None:
+        v = await self._db.scalar(
+            "SELECT min(d.next_at) FROM deliveries d JOIN channels c USING (channel_id)"
+            " WHERE d.status = 'pending' AND c.active = 1 AND c.paused = 0")
+        return None if v is None else float(v)
+
+    async def claim(self, channel_id: str, *, lease: float, digest_threshold: int,
+                    force_digest: bool = False) -> list[Delivery]:
+        """Claim the next unit of work for one channel, atomically.
+
+        Older pending deliveries of a record are superseded by its newest one. When more than
+        `digest_threshold` `new` deliveries wait (or `force_digest`), all of them are claimed for one
+        digest; otherwise the oldest single delivery is claimed.
+        """
+        now = self._now()
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                "UPDATE deliveries SET status = 'superseded' WHERE channel_id = ? AND status = 'pending'"
+                " AND id NOT IN (SELECT max(id) FROM deliveries WHERE channel_id = ? AND status = 'pending'"
+                " GROUP BY record_id)", (channel_id, channel_id))
+            async with conn.execute(
+                    "SELECT count(*) FROM deliveries WHERE channel_id = ? AND status = 'pending' AND next_at <= ?"
+                    " AND event_type = 'new'", (channel_id, now)) as cur:
+                new_count = (await cur.fetchone())[0]
+            if new_count > digest_threshold or (force_digest and new_count > 1):
+                sql = ("UPDATE deliveries SET status = 'sending', lease_until = ?, attempts = attempts + 1"
+                       " WHERE channel_id = ? AND status = 'pending' AND next_at <= ? AND event_type = 'new'"
+                       " RETURNING id")
+                params: tuple = (now + lease, channel_id, now)
+            else:
+                sql = ("UPDATE deliveries SET status = 'sending', lease_until = ?, attempts = attempts + 1"
+                       " WHERE id = (SELECT id FROM deliveries WHERE channel_id = ? AND status = 'pending'"
+                       " AND next_at <= ? ORDER BY id LIMIT 1) RETURNING id")
+                params = (now + lease, channel_id, now)
+            async with conn.execute(sql, params) as cur:
+                ids = [r[0] for r in await cur.fetchall()]
+        return await self._load(ids)
+
+    async def _load(self, ids: list[int]) -> list[Delivery]:
+        if not ids:
+            return []
+        out: list[Delivery] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await self._db.fetchall(
+                "SELECT d.*, e.record, e.previous_state FROM deliveries d JOIN events e ON e.id = d.event_id"
+                f" WHERE d.id IN ({marks}) ORDER BY d.id", tuple(chunk))
+            out.extend(_delivery(r) for r in rows)
+        return out
+
+    async def get(self, delivery_id: int) -> Delivery | None:
+        found = await self._load([delivery_id])
+        return found[0] if found else None
+
+    async def settle(self, conn: aiosqlite.Connection, ids: Sequence[int], status: DeliveryStatus, *,
+                     http_status: int | None = None, code: str | None = None, error: str | None = None,
+                     next_at: float | None = None, digest_id: int | None = None) -> None:
+        now = self._now()
+        await conn.executemany(
+            "UPDATE deliveries SET status = ?, lease_until = NULL, last_status = ?, last_code = ?, last_error = ?,"
+            " next_at = coalesce(?, next_at), sent_at = CASE WHEN ? IN ('sent', 'digested') THEN ? ELSE sent_at END,"
+            " digest_id = coalesce(?, digest_id) WHERE id = ?",
+            [(status.value, http_status, code, error, next_at, status.value, now, digest_id, i) for i in ids])
+
+    async def card_for(self, record_id: str, channel_id: str) -> PostedCard | None:
+        row = await self._db.fetchone("SELECT conversation_id, activity_id FROM cards WHERE record_id = ?"
+                                      " AND channel_id = ?", (record_id, channel_id))
+        return PostedCard(row[0], row[1]) if row else None
+
+    async def save_card(self, conn: aiosqlite.Connection, record_id: str, channel_id: str, card: PostedCard) -> None:
+        await conn.execute(
+            "INSERT INTO cards (record_id, channel_id, conversation_id, activity_id, updated_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (record_id, channel_id) DO UPDATE SET conversation_id = excluded.conversation_id,"
+            " activity_id = excluded.activity_id, updated_at = excluded.updated_at",
+            (record_id, channel_id, card.conversation_id, card.activity_id, self._now()))
+
+    async def forget_card(self, conn: aiosqlite.Connection, record_id: str, channel_id: str) -> None:
+        await conn.execute("DELETE FROM cards WHERE record_id = ? AND channel_id = ?", (record_id, channel_id))
+
+    async def replay(self, *, delivery_id: int | None = None, channel_id: str | None = None) -> list[int]:
+        """Re-queue failed or dead deliveries (one by id, or all of a channel, or all)."""
+        where = ["status IN ('failed', 'dead')"]
+        params: list[Any] = []
+        if delivery_id is not None:
+            where.append("id = ?")
+            params.append(delivery_id)
+        if channel_id is not None:
+            where.append("channel_id = ?")
+            params.append(channel_id)
+        async with self._db.transaction() as conn:
+            async with conn.execute(
+                    "UPDATE deliveries SET status = 'pending', next_at = ?, attempts = 0, created_at = ?"
+                    " WHERE " + " AND ".join(where) + " RETURNING id", (self._now(), self._now(), *params)) as cur:
+                return sorted(r[0] for r in await cur.fetchall())
+
+    async def counts(self, channel_id: str | None = None) -> dict[str, int]:
+        sql = "SELECT status, count(*) FROM deliveries"
+        params: tuple = ()
+        if channel_id is not None:
+            sql += " WHERE channel_id = ?"
+            params = (channel_id,)
+        rows = await self._db.fetchall(sql + " GROUP BY status", params)
+        return {r[0]: r[1] for r in rows}
+
+    async def oldest_pending_age(self) -> float:
+        v = await self._db.scalar("SELECT min(created_at) FROM deliveries WHERE status IN ('pending', 'sending')")
+        return 0.0 if v is None else max(0.0, self._now() - float(v))
+
+
+def _delivery(r: Any) -> Delivery:
+    return Delivery(id=r["id"], event_id=r["event_id"], channel_id=r["channel_id"], record_id=r["record_id"],
+                    event_type=EventType(r["event_type"]), status=DeliveryStatus(r["status"]),
+                    attempts=r["attempts"], created_at=r["created_at"],
+                    record=FinanceRecord.from_json(r["record"]), previous_state=r["previous_state"])
+
+
+class PollWriter:
+    """Writes one poll page's effects (seen rows, events, deliveries, source state) in one transaction."""
+
+    def __init__(self, db: Database, now=time.time) -> None:
+        self._db = db
+        self._now = now
+
+    async def apply(self, kind: RecordKind, company: str, changes: Sequence[tuple[EventType, FinanceRecord,
+                    str | None, str]], bindings: Sequence[Binding], *,
+                    bad_rows: Sequence[tuple[str, str, str]] = (), audit: AuditLog | None = None) -> int:
+        """changes: (event type, record, previous state, approval step). Returns deliveries made."""
+        now = self._now()
+        deliveries = 0
+        async with self._db.transaction() as conn:
+            if changes:
+                async with conn.execute("SELECT coalesce(max(id), 0) FROM events") as cur:
+                    next_id = (await cur.fetchone())[0] + 1
+                events, dels, upserts, deletes = [], [], [], []
+                for etype, rec, prev, step in changes:
+                    eid = next_id
+                    next_id += 1
+                    rid = rec.record_id
+                    events.append((eid, rid, etype.value, rec.to_json(), prev, now))
+                    for b in bindings:
+                        if b.matches(rec):
+                            dels.append((eid, b.channel_id, rid, etype.value, now, now))
+                    if etype is EventType.RESOLVED:
+                        deletes.append((kind.value, company, rec.key))
+                    else:
+                        upserts.append((kind.value, company, rec.key, rec.etag, rec.state, step, eid, now))
+                await conn.executemany(
+                    "INSERT INTO events (id, record_id, type, record, previous_state, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)", events)
+                await conn.executemany(
+                    "INSERT OR IGNORE INTO deliveries (event_id, channel_id, record_id, event_type, next_at, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)", dels)
+                await conn.executemany(
+                    "INSERT INTO seen (kind, company, key, etag, state, step, event_id, first_seen)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, company, key) DO UPDATE SET"
+                    " etag = excluded.etag, state = excluded.state, step = excluded.step, event_id = excluded.event_id",
+                    upserts)
+                await conn.executemany("DELETE FROM seen WHERE kind = ? AND company = ? AND key = ?", deletes)
+                deliveries = len(dels)
+            for key, fld, problem in bad_rows:
+                await conn.execute(
+                    "INSERT INTO quarantine (kind, company, key, field, problem, first_at, last_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (kind, company, key) DO UPDATE SET field = excluded.field, problem = excluded.problem,"
+                    " last_at = excluded.last_at, count = count + 1", (kind.value, company, key, fld, problem, now, now))
+                if audit is not None:
+                    await audit.add(conn, "record", "quarantine", "skipped", company=company,
+                                    record_id=f"{kind.value}:{company}:{key}", field=fld, problem=problem)
+        return deliveries
+
+    async def finish(self, kind: RecordKind, company: str, *, ok: bool, pending: int | None, error: str | None,
+                     audit: AuditLog, summary: dict[str, Any]) -> None:
+        now = self._now()
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO sources (kind, company, last_run, last_ok, last_error, available, pending)"
+                " VALUES (?, ?, ?, ?, ?, ?, coalesce(?, 0)) ON CONFLICT (kind, company) DO UPDATE SET"
+                " last_run = excluded.last_run, last_ok = coalesce(excluded.last_ok, last_ok),"
+                " last_error = excluded.last_error, available = excluded.available,"
+                " pending = coalesce(?, pending)",
+                (kind.value, company, now, now if ok else None, error, int(ok), pending, pending))
+            await audit.add(conn, "poll", f"poll {kind.value}", "ok" if ok else "failed", company=company, **summary)
+
+    async def ifs_available(self) -> bool:
+        v = await self._db.scalar("SELECT available FROM sources WHERE kind = '*' AND company = '*'")
+        return v is None or bool(v)
+
+    async def set_ifs_available(self, available: bool, error: str | None, audit: AuditLog) -> None:
+        now = self._now()
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO sources (kind, company, last_run, last_ok, last_error, available) VALUES ('*', '*', ?, ?, ?, ?)"
+                " ON CONFLICT (kind, company) DO UPDATE SET last_run = excluded.last_run,"
+                " last_ok = coalesce(excluded.last_ok, last_ok), last_error = excluded.last_error,"
+                " available = excluded.available",
+                (now, now if available else None, error, int(available)))
+            await audit.add(conn, "poll", "ifs " + ("recovered" if available else "unavailable"),
+                            "ok" if available else "error", error=error)
