@@ -36,6 +36,8 @@ class Runtime(Protocol):
 
     def poll_soon(self) -> None: ...
 
+    def card_context(self) -> Any: ...
+
     def wake_delivery(self) -> None: ...
 
 
@@ -205,9 +207,12 @@ async def _link(cmds: Commands, call: CommandCall) -> Reply:
                              binding=binding.describe(), backfilled=queued)
     cmds.runtime.poll_soon()
     cmds.runtime.wake_delivery()
-    pending = ", ".join(f"{n} {k}" for k, n in sorted(check.pending.items()) if n) or "nothing"
-    lines = [f"This channel now receives: {binding.describe()}.",
-             f"Pending in IFS for company {company} right now: {pending}."]
+    lines = [f"This channel now receives: {binding.describe()}."]
+    if check.pending:
+        pending = ", ".join(f"{n} {k}" for k, n in sorted(check.pending.items())) or "nothing"
+        lines.append(f"Pending in IFS for company {company} at the last poll: {pending}.")
+    else:
+        lines.append(f"Company {company} is new to me: I am polling it now.")
     if queued:
         lines.append(f"{queued} already known pending documents are on their way as a digest.")
     else:
@@ -249,12 +254,12 @@ async def _links(cmds: Commands, call: CommandCall) -> Reply:
 
 @command("status", "status", "IFS reachability, polls, deliveries and problems")
 async def _status(cmds: Commands, call: CommandCall) -> Reply:
-    from bot.status import build_status
+    from bot.status import build_status, status_text
     from cards import status_card
 
     _no_args(call, "status")
     view = await build_status(cmds.db, cmds.runtime, channel_id=call.channel_id, now=cmds.now())
-    return Reply(view.as_text(), status_card(view))
+    return Reply(status_text(view), status_card(view, cmds.runtime.card_context()))
 
 
 @command("audit", "audit [n] [failed]", "Recent audit entries for this channel")
@@ -275,7 +280,7 @@ async def _audit(cmds: Commands, call: CommandCall) -> Reply:
     views = [AuditView(at=e.at, kind=e.category, outcome=e.outcome, summary=e.action,
                        detail=_audit_detail(e.detail, e.record_id, e.delivery_id)) for e in entries]
     text = "\n".join(f"- {v.kind} {v.summary}: {v.outcome} {v.detail}".rstrip() for v in views)
-    return Reply(text, audit_card(views))
+    return Reply(text, audit_card(views, cmds.runtime.card_context()))
 
 
 def _audit_detail(detail: dict[str, Any], record_id: str | None, delivery_id: int | None) -> str:

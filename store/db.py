@@ -24,6 +24,7 @@ class Database:
         self.conn = conn
         self.path = path
         self._write_lock = asyncio.Lock()
+        self._closed = False
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -68,7 +69,9 @@ class Database:
             await dest.close()
 
     async def close(self) -> None:
-        await self.conn.close()
+        if not self._closed:
+            self._closed = True
+            await self.conn.close()
 
 
 async def open_database(path: str) -> Database:

@@ -1,0 +1,76 @@
+"""Assemble what `status`, /readyz and the CLI report from the database and the running service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cards import SourceStatus, StatusView
+from store.db import Database
+from store.repos import Channels, Outbox, Seen
+
+
+async def build_status(db: Database, runtime: Any, *, channel_id: str | None, now: float) -> StatusView:
+    seen = Seen(db)
+    outbox = Outbox(db, lambda: now)
+    states = await seen.source_states()
+    ifs = next((s for s in states if s.kind == "*"), None)
+    next_runs = runtime.next_runs() if runtime is not None else {}
+    token = runtime.ifs_token_state() if runtime is not None else {}
+    sources = []
+    for s in states:
+        if s.kind == "*":
+            continue
+        sent = int(await db.scalar(
+            "SELECT count(*) FROM deliveries WHERE status IN ('sent', 'digested') AND record_id LIKE ?",
+            (f"{s.kind}:{s.company}:%",)) or 0)
+        sources.append(SourceStatus(
+            name=f"{s.kind}s · company {s.company}", last_poll_at=s.last_run,
+            next_poll_at=next_runs.get(s.kind), last_outcome="ok" if s.last_error is None else f"failed: {s.last_error}",
+            pending=s.pending, sent=sent))
+    for kind, at in sorted(next_runs.items()):
+        if not any(x.kind == kind for x in states):
+            sources.append(SourceStatus(name=f"{kind}s", next_poll_at=at, last_outcome="not polled yet"))
+    counts = await outbox.counts(channel_id)
+    errors = [(s.last_run or 0, s.last_error) for s in states if s.last_error]
+    last_error = max(errors)[1] if errors else None
+    last_error_at = max(errors)[0] if errors else None
+    derr = await db.fetchone(
+        "SELECT at, action, detail FROM audit WHERE category = 'delivery' AND outcome IN ('failed', 'dead', 'retry')"
+        + (" AND channel_id = ?" if channel_id else "") + " ORDER BY id DESC LIMIT 1",
+        (channel_id,) if channel_id else ())
+    if derr is not None and (last_error_at is None or derr["at"] > last_error_at):
+        last_error, last_error_at = f"delivery {derr['action']}: {_short(derr['detail'])}", derr["at"]
+    channels = await Channels(db).all()
+    token_state = "valid" if token.get("valid") else ("refresh failed" if token.get("last_error") else "none yet")
+    expires = token.get("expires_in")
+    return StatusView(
+        generated_at=now, ifs_reachable=None if ifs is None and not states else (ifs.available if ifs else True),
+        token_state=token_state, token_expires_at=None if expires is None else now + float(expires),
+        sources=tuple(sources), backlog=counts.get("pending", 0) + counts.get("sending", 0),
+        failures=counts.get("failed", 0) + counts.get("dead", 0), last_error=last_error, last_error_at=last_error_at,
+        inactive_channels=tuple(f"{c.name or c.channel_id} ({c.inactive_reason})" for c in channels if not c.active),
+        paused_channels=tuple(c.name or c.channel_id for c in channels if c.paused))
+
+
+def _short(detail: str | None) -> str:
+    import json
+
+    if not detail:
+        return ""
+    d = json.loads(detail)
+    return " ".join(str(d[k]) for k in ("status", "code") if d.get(k)) or "see audit"
+
+
+def status_text(view: StatusView) -> str:
+    lines = [f"IFS: {'reachable' if view.ifs_reachable else 'UNREACHABLE' if view.ifs_reachable is False else 'not checked yet'}"
+             f", token {view.token_state}"]
+    for s in view.sources:
+        lines.append(f"- {s.name}: {s.last_outcome or '-'}, pending {s.pending}, sent {s.sent}")
+    lines.append(f"Deliveries waiting: {view.backlog}; failed: {view.failures}")
+    if view.last_error:
+        lines.append(f"Last error: {view.last_error}")
+    for c in view.inactive_channels:
+        lines.append(f"Inactive channel: {c}")
+    for c in view.paused_channels:
+        lines.append(f"Paused channel: {c}")
+    return "\n".join(lines)

@@ -1,0 +1,612 @@
+"""The one HTTP client for IFS Cloud: OAuth2 token cache, OData reads, paging, throttling and retries.
+
+Decisions worth knowing before changing this module:
+
+* Every HTTP exchange, token requests included, goes through `IfsClient._send`: that is the only
+  place where statuses become recovery intents (`AuthError`, `RetriableError`, `FatalRequestError`)
+  and the only place that sleeps.
+* Data requests take a slot from the client-side request budget (`requests_per_minute`); token
+  requests do not. Tokens come from IAM, not from the OData provider the budget protects, they are
+  rare (one per token lifetime, ~180 s), and a token refresh must never queue behind a 429 penalty,
+  or the bearer would expire while the data requests wait. A 429/503 on either kind still penalises
+  the budget, because the host asked us to slow down.
+* Decimals: responses are parsed with the default `json.loads` (floats stay floats, and
+  `IEEE754Compatible=true` decimals stay strings). The mapping layer turns a field into a Decimal
+  with `Decimal(str(value))`, which is exact for the 15-16 significant digits a float keeps; set
+  `ieee754_compatible=True` where amounts need more. Parsing with `parse_float=Decimal` would cost
+  every float of every row, most of which are never read.
+* Pages are yielded exactly as the server sent them (`value` lists); the client does no per-row work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+from urllib.parse import quote, urljoin, urlsplit
+
+import httpx
+
+from core.clock import Clock, SystemClock
+from core.errors import AuthError, ConfigError, FatalRequestError, RetriableError
+from core.links import odata_literal
+from core.ratelimit import WindowLimiter
+from core.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+# Characters left as they are in a query value: OData punctuation that IFS expects literally.
+# Space becomes %20 (never '+', which OData reads as a plus sign).
+_QUERY_SAFE = "'(),:$*/@!;"
+# ...and in a key predicate inside the path: the predicate's own syntax.
+_KEY_SAFE = "'=,"
+_RETRY_AFTER_STATUSES = frozenset({429, 503})
+_ERROR_TEXT_LIMIT = 300
+
+
+class Secret:
+    """A string that never shows itself in repr(), str() or logs; `reveal()` at the point of use."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True)
+class IfsClientConfig:
+    base_url: str  # https://tenant.ifs.cloud (no path)
+    realm: str  # IAM namespace
+    client_id: str
+    client_secret: Secret | str  # a plain str is wrapped in Secret on construction
+    scope: str = "openid microprofile-jwt"
+    path_prefix: str = "main"  # "main" (web client APIs) or "int" (integration APIs)
+    timeout: float = 30.0  # seconds, applied to connect, read, write and pool separately
+    token_margin: float = 30.0  # renew this many seconds before the token expires
+    requests_per_minute: int = 1000  # budget shared by every source using this client
+    max_concurrency: int = 4
+    retry: RetryPolicy = RetryPolicy(base=0.5, cap=30.0, max_attempts=6, max_elapsed=300.0)
+    user_agent: str = "ifs-teams-notifier/0.1"
+    time_zone_aware: bool = False  # send X-Ifs-Time-Zone-Aware-Request: true
+    ieee754_compatible: bool = False  # ask for decimals as strings (lossless)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.client_secret, Secret):
+            object.__setattr__(self, "client_secret", Secret(str(self.client_secret)))
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError("base_url", "must be an absolute http(s) URL such as https://tenant.ifs.cloud")
+        if parts.path.strip("/") or parts.query or parts.fragment:
+            raise ConfigError("base_url", "must be the host only, without a path (e.g. no /main)")
+        if self.path_prefix not in ("main", "int"):
+            raise ConfigError("path_prefix", "must be 'main' or 'int'")
+        if not self.realm or not self.client_id:
+            raise ConfigError("realm" if not self.realm else "client_id", "must not be empty")
+        if not self.client_secret:
+            raise ConfigError("client_secret", "must not be empty")
+        for key in ("timeout", "requests_per_minute", "max_concurrency"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(key, "must be positive")
+        if self.token_margin < 0:
+            raise ConfigError("token_margin", "must not be negative")
+
+    @property
+    def secret(self) -> Secret:
+        secret = self.client_secret
+        return secret if isinstance(secret, Secret) else Secret(secret)
+
+
+def key_predicate(keys: Mapping[str, str | int]) -> str:
+    """`Company='10',InvoiceId=105` (OData literals, not yet URL-encoded)."""
+    if not keys:
+        raise ValueError("at least one key is needed")
+    return ",".join(f"{name}={odata_literal(value)}" for name, value in keys.items())
+
+
+def _query(params: Mapping[str, str]) -> str:
+    return "&".join(f"{name}={quote(value, safe=_QUERY_SAFE)}" for name, value in params.items())
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """Retry-After as seconds from now: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _odata_error(content: bytes) -> tuple[str | None, str]:
+    """(code, message) from `{"error": {"code", "message", "details": [...]}}`; never the raw body.
+
+    The first detail is kept because IFS puts the useful part there ("The property 'X' ... is not
+    defined in type ..."); it describes our request, not row data.
+    """
+    try:
+        err = json.loads(content)["error"]
+        code = err.get("code")
+        message = str(err.get("message") or "")
+        details = err.get("details") or []
+        if details and isinstance(details[0], dict) and details[0].get("message"):
+            message = f"{message} {details[0]['message']}".strip()
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None, "(no OData error in the response)"
+    return (str(code) if code else None), message[:_ERROR_TEXT_LIMIT]
+
+
+def _unknown_service(content: bytes) -> bool:
+    """A 404 about the projection itself ("Metadata not found."), not about a missing entity."""
+    code, _ = _odata_error(content)
+    return code is not None and "METADATA" in code.upper()
+
+
+@dataclass
+class _Token:
+    value: str
+    refresh_at: float  # monotonic time after which we renew
+    expires_at: float  # monotonic time the server stops accepting it
+
+
+@dataclass
+class _Attempt:
+    """Why one try failed in a way worth retrying."""
+
+    reason: str
+    status: int | None = None
+    code: str | None = None
+    retry_after: float | None = None
+
+
+_NO_FAILURE = _Attempt("")
+_Kind = Literal["token", "data"]
+
+
+class IfsClient:
+    """Reads IFS Cloud OData projections for one tenant and one service user.
+
+    Safe to share between sources: token, request budget, concurrency and stats are per client.
+    """
+
+    def __init__(
+        self,
+        config: IfsClientConfig,
+        *,
+        clock: Clock | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self._clock = clock or SystemClock()
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._base = config.base_url.rstrip("/")
+        self._origin = urlsplit(self._base)[:2]
+        self._token_url = (
+            f"{self._base}/auth/realms/{quote(config.realm, safe='')}/protocol/openid-connect/token"
+        )
+        headers = {
+            "User-Agent": config.user_agent,
+            "Accept": "application/json;IEEE754Compatible=true"
+            if config.ieee754_compatible
+            else "application/json",
+        }
+        if config.time_zone_aware:
+            headers["X-Ifs-Time-Zone-Aware-Request"] = "true"
+        # One extra connection so a token renewal never waits for a data request to finish.
+        pool = config.max_concurrency + 1
+        self._http = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(
+                connect=config.timeout, read=config.timeout, write=config.timeout, pool=config.timeout
+            ),
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+            transport=transport,
+            follow_redirects=False,
+        )
+        self._limiter = WindowLimiter([(config.requests_per_minute, 60.0)], self._clock.monotonic)
+        self._slots = asyncio.Semaphore(config.max_concurrency)
+        self._token_lock = asyncio.Lock()
+        self._token: _Token | None = None
+        self._token_error: str | None = None
+        self.stats: dict[str, int] = {
+            "requests": 0,  # HTTP requests sent, token requests included
+            "retries": 0,  # requests sent again after a retriable failure or a 401
+            "throttled": 0,  # 429 answers received
+            "token_renewals": 0,  # tokens obtained
+            "failures": 0,  # calls that ended in an error raised to the caller
+        }
+
+    # ---- public surface -------------------------------------------------------------------
+
+    def entity_url(self, projection: str, entity_set: str) -> str:
+        return (
+            f"{self._base}/{self.config.path_prefix}/ifsapplications/projection/v1/"
+            f"{quote(projection, safe='')}.svc/{quote(entity_set, safe='')}"
+        )
+
+    async def iter_pages(
+        self,
+        projection: str,
+        entity_set: str,
+        *,
+        filter: str | None = None,
+        select: Sequence[str] | None = None,
+        orderby: Sequence[str] = (),
+        page_size: int = 5000,
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Yield the rows of a query one page at a time.
+
+        Client paging with `$top`/`$skip` (order by the keys: IFS warns that rows shift between pages
+        otherwise), plus any `@odata.nextLink` the server sends. A `$top` window may itself arrive in
+        several server pages; the window is complete when a page comes without a next link. The
+        query ends when a window returned fewer than `$top` rows; a window that returned more means
+        the server ignored `$top`, and its next links already covered everything.
+        """
+        if page_size <= 0:
+            raise ValueError("page_size must be positive")
+        base = self.entity_url(projection, entity_set)
+        params = self._options(filter=filter, select=select, orderby=orderby)
+        seen: set[str] = set()
+        skip = 0
+        while True:
+            url = f"{base}?{_query({**params, '$top': str(page_size), '$skip': str(skip)})}"
+            window_rows = 0
+            while True:
+                self._remember(url, seen)
+                body = await self._send("data", "GET", url)
+                rows = self._rows(body, url)
+                window_rows += len(rows)
+                if rows:
+                    yield rows
+                next_link = body.get("@odata.nextLink")
+                if not next_link:
+                    break
+                url = self._next_url(url, next_link)
+            if window_rows != page_size:
+                return
+            skip += page_size
+
+    async def get_by_key(
+        self, projection: str, entity_set: str, keys: Mapping[str, str | int]
+    ) -> dict[str, Any] | None:
+        """One entity by its key(s), or None when IFS answers 404 (unless the projection is unknown)."""
+        url = self._key_url(projection, entity_set, keys)
+        body = await self._send("data", "GET", url, missing_ok=True)
+        if body is None:
+            return None
+        if not isinstance(body, dict):
+            raise FatalRequestError(f"IFS GET {urlsplit(url).path}: expected an entity object", status=200)
+        return body
+
+    async def get_collection(
+        self,
+        projection: str,
+        entity_set: str,
+        keys: Mapping[str, str | int],
+        navigation: str,
+        *,
+        select: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """All rows of `{Set}(keys)/{navigation}` (e.g. approval lines), following next links."""
+        url = f"{self._key_url(projection, entity_set, keys)}/{quote(navigation, safe='')}"
+        params = self._options(select=select)
+        if params:
+            url = f"{url}?{_query(params)}"
+        seen: set[str] = set()
+        result: list[dict[str, Any]] = []
+        while True:
+            self._remember(url, seen)
+            body = await self._send("data", "GET", url)
+            result.extend(self._rows(body, url))
+            next_link = body.get("@odata.nextLink")
+            if not next_link:
+                return result
+            url = self._next_url(url, next_link)
+
+    async def probe(self, projection: str, entity_set: str, *, filter: str | None) -> dict[str, Any] | None:
+        """The first row matching `filter` (`$top=1`), or None: checks a connection or a company.
+
+        IFS answers empty sets, not 403, for companies the service user is not granted.
+        """
+        url = f"{self.entity_url(projection, entity_set)}?{_query({**self._options(filter=filter), '$top': '1'})}"
+        body = await self._send("data", "GET", url)
+        rows = self._rows(body, url)
+        return rows[0] if rows else None
+
+    async def ensure_token(self) -> None:
+        """Fetch a fresh token now (for connection checks).
+
+        Raises AuthError naming the OAuth error when IAM refuses the credentials, and
+        RetriableError when IAM could not be reached within the retry policy.
+        """
+        async with self._token_lock:
+            self._token = None
+            try:
+                await self._fetch_token()
+            except (AuthError, RetriableError):
+                self.stats["failures"] += 1
+                raise
+
+    def token_state(self) -> dict[str, Any]:
+        """What a status page may show about the token; never the token itself."""
+        token = self._token
+        now = self._clock.monotonic()
+        valid = token is not None and now < token.expires_at
+        return {
+            "valid": valid,
+            "expires_in": max(0.0, token.expires_at - now) if token is not None else None,
+            "renewals": self.stats["token_renewals"],
+            "last_error": self._token_error,
+        }
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> IfsClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # ---- URLs ------------------------------------------------------------------------------
+
+    def _options(
+        self,
+        *,
+        filter: str | None = None,
+        select: Sequence[str] | None = None,
+        orderby: Sequence[str] = (),
+    ) -> dict[str, str]:
+        params: dict[str, str] = {}
+        if filter:
+            params["$filter"] = filter
+        if select:
+            params["$select"] = ",".join(select)
+        if orderby:
+            params["$orderby"] = ",".join(orderby)
+        return params
+
+    def _key_url(self, projection: str, entity_set: str, keys: Mapping[str, str | int]) -> str:
+        return f"{self.entity_url(projection, entity_set)}({quote(key_predicate(keys), safe=_KEY_SAFE)})"
+
+    def _next_url(self, current: str, next_link: Any) -> str:
+        if not isinstance(next_link, str):
+            raise FatalRequestError("IFS sent a @odata.nextLink that is not a string", status=200)
+        url = urljoin(current, next_link)
+        # The bearer goes with the next link, so it must stay on the tenant's own origin.
+        if urlsplit(url)[:2] != self._origin:
+            raise FatalRequestError("IFS sent a @odata.nextLink to another host; not followed", status=200)
+        return url
+
+    @staticmethod
+    def _remember(url: str, seen: set[str]) -> None:
+        if url in seen:
+            raise FatalRequestError(
+                f"paging loop: IFS repeated the next link {urlsplit(url).path}", status=200
+            )
+        seen.add(url)
+
+    @staticmethod
+    def _rows(body: Any, url: str) -> list[dict[str, Any]]:
+        rows = body.get("value") if isinstance(body, dict) else None
+        if not isinstance(rows, list):
+            raise FatalRequestError(f"IFS GET {urlsplit(url).path}: response has no 'value' list", status=200)
+        return rows
+
+    # ---- token -----------------------------------------------------------------------------
+
+    async def _bearer(self) -> str:
+        token = self._token
+        if token is not None and self._clock.monotonic() < token.refresh_at:
+            return token.value
+        async with self._token_lock:
+            # Whoever held the lock before us may already have renewed it.
+            token = self._token
+            if token is not None and self._clock.monotonic() < token.refresh_at:
+                return token.value
+            return await self._fetch_token()
+
+    def _drop_token(self, value: str) -> None:
+        if self._token is not None and self._token.value == value:
+            self._token = None
+
+    async def _fetch_token(self) -> str:
+        """Call with the token lock held."""
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self.config.client_id,
+            "client_secret": self.config.secret.reveal(),
+            "scope": self.config.scope,
+        }
+        started = self._clock.monotonic()
+        try:
+            body = await self._send("token", "POST", self._token_url, form=form)
+        except (AuthError, RetriableError) as exc:
+            self._token_error = str(exc)
+            raise
+        value = body.get("access_token") if isinstance(body, dict) else None
+        try:
+            lifetime = float(body.get("expires_in", 0))
+        except (TypeError, ValueError):
+            lifetime = 0.0
+        if not isinstance(value, str) or not value or lifetime <= 0:
+            self._token_error = "token response without access_token/expires_in"
+            raise AuthError("IAM answered the token request without a usable access_token/expires_in")
+        # A margin larger than half the lifetime would renew on every request.
+        margin = min(self.config.token_margin, lifetime / 2)
+        self._token = _Token(value, started + lifetime - margin, started + lifetime)
+        self._token_error = None
+        self.stats["token_renewals"] += 1
+        log.debug("IFS token obtained for client %s, valid %.0f s", self.config.client_id, lifetime)
+        return value
+
+    def _token_refused(self, response: httpx.Response) -> AuthError:
+        try:
+            body = json.loads(response.content)
+            error = str(body.get("error") or "")
+            description = str(body.get("error_description") or "")
+        except (ValueError, AttributeError):
+            error, description = "", ""
+        reason = ": ".join(p for p in (error, description) if p) or "no OAuth error given"
+        secret = self.config.secret.reveal()
+        if secret and secret in reason:
+            reason = reason.replace(secret, "**********")
+        return AuthError(
+            f"IAM refused client {self.config.client_id!r} in realm {self.config.realm!r} "
+            f"(HTTP {response.status_code}): {reason[:_ERROR_TEXT_LIMIT]}"
+        )
+
+    # ---- the one request path --------------------------------------------------------------
+
+    async def _send(
+        self,
+        kind: _Kind,
+        method: str,
+        url: str,
+        *,
+        form: Mapping[str, str] | None = None,
+        missing_ok: bool = False,
+    ) -> Any:
+        """Send one logical request; return its parsed JSON (None for a tolerated 404).
+
+        The single place where statuses become intents, Retry-After is honoured, the budget is
+        taken and backoff happens.
+        """
+        policy = self.config.retry
+        path = urlsplit(url).path
+        started = self._clock.monotonic()
+        attempt = 0
+        reauthenticated = False
+        try:
+            while True:
+                attempt += 1
+                token = ""
+                if kind == "data":
+                    async with self._slots:
+                        await self._take_slot()
+                        # The bearer is read after any budget wait, so it cannot expire in the queue.
+                        token = await self._bearer()
+                        response, failure = await self._exchange(
+                            method, url, {"Authorization": f"Bearer {token}"}
+                        )
+                else:
+                    # Token requests skip the semaphore: requests holding it may be waiting for the token.
+                    response, failure = await self._exchange(method, url, {}, form)
+
+                if response is not None:
+                    status = response.status_code
+                    if 200 <= status < 300:
+                        try:
+                            return json.loads(response.content)
+                        except ValueError:
+                            failure = _Attempt("malformed JSON in a 200 answer", status=status)
+                    elif status == 404 and missing_ok and not _unknown_service(response.content):
+                        return None
+                    elif status == 401 and kind == "data":
+                        self._drop_token(token)
+                        if reauthenticated:
+                            self._token_error = "IFS answered 401 to a freshly issued token"
+                            raise AuthError(f"IFS refused a freshly issued token (401) for {method} {path}")
+                        reauthenticated = True
+                        self.stats["retries"] += 1
+                        log.info("IFS answered 401 for %s %s; renewing the token once", method, path)
+                        attempt -= 1  # the renewal is not a failure of the request itself
+                        continue
+                    elif kind == "token" and 400 <= status < 500 and status != 429:
+                        raise self._token_refused(response)
+                    elif status in _RETRY_AFTER_STATUSES or status >= 500:
+                        code, _ = _odata_error(response.content)
+                        retry_after = (
+                            retry_after_seconds(response.headers.get("Retry-After"), self._clock.time())
+                            if status in _RETRY_AFTER_STATUSES
+                            else None
+                        )
+                        if status == 429:
+                            self.stats["throttled"] += 1
+                        failure = _Attempt(
+                            f"HTTP {status}", status=status, code=code, retry_after=retry_after
+                        )
+                    else:
+                        code, message = _odata_error(response.content)
+                        answer = f"{status} {code}" if code else str(status)
+                        raise FatalRequestError(
+                            f"IFS {method} {path} answered {answer}: {message}", status=status, code=code
+                        )
+
+                delay = policy.delay(attempt, retry_after=failure.retry_after, rng=self._rng)
+                if failure.status in _RETRY_AFTER_STATUSES:
+                    # Everyone sharing this client backs off, not only this request.
+                    self._limiter.penalise(delay)
+                elapsed = self._clock.monotonic() - started
+                if policy.gives_up(attempt, elapsed, delay):
+                    raise RetriableError(
+                        f"IFS {method} {path}: gave up after {attempt} attempt(s) in {elapsed:.1f} s: "
+                        f"{failure.reason}{' ' + failure.code if failure.code else ''}",
+                        status=failure.status,
+                        code=failure.code,
+                        retry_after=failure.retry_after,
+                    )
+                log.info(
+                    "IFS %s %s failed (%s%s); attempt %d, retrying in %.2f s",
+                    method,
+                    path,
+                    failure.reason,
+                    f" {failure.code}" if failure.code else "",
+                    attempt,
+                    delay,
+                )
+                self.stats["retries"] += 1
+                await self._sleep(delay)
+        except (AuthError, RetriableError, FatalRequestError):
+            if kind == "data":  # a token failure is counted once, by the request that needed it
+                self.stats["failures"] += 1
+            raise
+
+    async def _exchange(
+        self, method: str, url: str, headers: dict[str, str], form: Mapping[str, str] | None = None
+    ) -> tuple[httpx.Response | None, _Attempt]:
+        """One HTTP round trip: the response, or None and why the transport failed."""
+        self.stats["requests"] += 1
+        try:
+            return await self._http.request(method, url, headers=headers, data=form), _NO_FAILURE
+        except httpx.TimeoutException as exc:
+            return None, _Attempt(f"timeout ({type(exc).__name__})")
+        except httpx.RequestError as exc:
+            return None, _Attempt(f"connection failed ({type(exc).__name__})")
+
+    async def _take_slot(self) -> None:
+        while (wait := self._limiter.try_acquire()) > 0:
+            await self._sleep(wait)

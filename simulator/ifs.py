@@ -1,0 +1,1496 @@
+"""IFS Cloud stand-in: Keycloak token endpoint and IFS-shaped OData v4 projections over aiohttp, with faults."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import functools
+import itertools
+import json
+import math
+import operator
+import random
+import re
+import secrets
+import sys
+import time
+import uuid
+from base64 import b64encode
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+from urllib.parse import quote, urlencode
+
+from aiohttp import web
+
+from core.domain import RecordKind
+from simulator.odata_filter import (
+    EDM_BOOLEAN,
+    EDM_DATE,
+    EDM_DECIMAL,
+    EDM_INT,
+    EDM_STRING,
+    EDM_TIMESTAMP,
+    EntityType,
+    EnumType,
+    FilterError,
+    FilterNotImplemented,
+    compile_filter,
+)
+
+JSON_CONTENT_TYPE = "application/json;odata.metadata=minimal"
+PROJECTION_ROOT = "ifsapplications/projection/v1"
+MALFORMED = "Malformed Request."
+
+# ---------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True, slots=True)
+class _Nav:
+    name: str  # navigation property, e.g. PurchaseOrderApprovalArray
+    entity: EntityType
+    luname: str
+    parent_keys: tuple[str, ...]  # parent key columns copied onto each child row
+
+
+@dataclass(frozen=True, slots=True)
+class _Set:
+    kind: RecordKind
+    projection: str
+    name: str
+    entity: EntityType
+    luname: str
+    nav: _Nav | None
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return self.entity.keys
+
+    @property
+    def short_type(self) -> str:
+        return self.entity.name.rsplit(".", 1)[1]
+
+
+_COMMON: dict[str, str | EnumType] = {
+    "luname": EDM_STRING, "keyref": EDM_STRING, "Objgrants": EDM_STRING,
+    "Objid": EDM_STRING, "Objversion": EDM_STRING, "Objkey": EDM_STRING,
+}  # fmt: skip
+
+
+def _entity(
+    projection: str, type_name: str, keys: tuple[str, ...], props: dict[str, str | EnumType],
+    enums: Iterable[EnumType],
+) -> EntityType:  # fmt: skip
+    return EntityType(
+        name=f"IfsApp.{projection}.{type_name}",
+        properties={**_COMMON, **props},
+        keys=keys,
+        enums={enum.name: enum for enum in enums},
+    )
+
+
+def _enum(projection: str, name: str, *members: str) -> EnumType:
+    return EnumType(f"IfsApp.{projection}.{name}", members)
+
+
+_PO = "PurchaseOrderHandling"
+_INV = "ManualSupplierInvoiceHandling"
+_VOU = "ApproveVouchersHandling"
+
+PO_STATE = _enum(_PO, "PurchaseOrderState", "Planned", "Released", "Confirmed", "Arrived", "Received",
+                 "Closed", "Cancelled", "Stopped")  # fmt: skip
+INVOICE_STATE = _enum(_INV, "ManSuppInvoiceState", "Preliminary", "Posted", "PostedAuth", "PartlyPaidPosted",
+                      "PaidPosted", "Cancelled")  # fmt: skip
+AUTHORIZER_LINE_STATE = _enum(_INV, "AuthorizerLineState", "Unacknowledged", "Acknowledged", "Authorized")
+VOUCHER_STATE = _enum(_VOU, "VoucherState", "Waiting", "AwaitingApproval", "PartiallyApproved", "Confirmed",
+                      "Error", "Cancelled")  # fmt: skip
+
+_S, _I, _M, _D, _T, _B = EDM_STRING, EDM_INT, EDM_DECIMAL, EDM_DATE, EDM_TIMESTAMP, EDM_BOOLEAN
+
+ORDERS = _Set(
+    kind=RecordKind.ORDER,
+    projection=_PO,
+    name="PurchaseOrderSet",
+    entity=_entity(_PO, "PurchaseOrder", ("OrderNo",), {
+        "Objstate": PO_STATE, "OrderNo": _S, "Company": _S, "Contract": _S, "VendorNo": _S, "VendorName": _S,
+        "BuyerCode": _S, "AuthorizeCode": _S, "CurrencyCode": _S, "OrderDate": _D, "GrossAmtCurr": _M,
+        "CostCenter": _S,
+    }, [PO_STATE]),
+    luname="PurchaseOrder",
+    nav=_Nav(
+        name="PurchaseOrderApprovalArray",
+        entity=_entity(_PO, "PurchaseOrderApproval", ("OrderNo", "ChgOrderNo", "SequenceNo"), {
+            "OrderNo": _S, "ChgOrderNo": _S, "SequenceNo": _I, "Route": _I, "ApprovalRule": _S,
+            "AuthorizeId": _S, "ApproverSign": _S, "DateApproved": _T,
+        }, [PO_STATE]),
+        luname="PurchaseOrderApproval",
+        parent_keys=("OrderNo",),
+    ),
+)  # fmt: skip
+
+INVOICES = _Set(
+    kind=RecordKind.INVOICE,
+    projection=_INV,
+    name="ManualSupplierInvoiceSet",
+    entity=_entity(_INV, "ManualSupplierInvoice", ("Company", "InvoiceId"), {
+        "Objstate": INVOICE_STATE, "Company": _S, "InvoiceId": _I, "InvoiceNo": _S, "Identity": _S,
+        "IdentityName": _S, "InvoiceDate": _D, "DueDate": _D, "Currency": _S, "NetCurrAmount": _M,
+        "GrossCurrAmount": _M, "InvoiceRecipient": _S, "PoRefNumber": _S, "CostCenter": _S, "AuthStatus": _S,
+    }, [INVOICE_STATE, AUTHORIZER_LINE_STATE]),
+    luname="ManSuppInvoice",
+    nav=_Nav(
+        name="AuthorizerArray",
+        entity=_entity(_INV, "PostingProposalAuth", ("Company", "InvoiceId", "LineNo"), {
+            "Objstate": AUTHORIZER_LINE_STATE, "Company": _S, "InvoiceId": _I, "LineNo": _I,
+            "Authorizer": _S, "Role": _S, "AuthorizedDate": _D,
+        }, [INVOICE_STATE, AUTHORIZER_LINE_STATE]),
+        luname="PostingProposalAuth",
+        parent_keys=("Company", "InvoiceId"),
+    ),
+)  # fmt: skip
+
+VOUCHERS = _Set(
+    kind=RecordKind.VOUCHER,
+    projection=_VOU,
+    name="VoucherApprovalSet",
+    entity=_entity(_VOU, "VoucherApproval", ("Company", "AccountingYear", "VoucherType", "VoucherNo"), {
+        "Objstate": VOUCHER_STATE, "Company": _S, "AccountingYear": _I, "VoucherType": _S, "VoucherNo": _I,
+        "VoucherDate": _D, "AccountingPeriod": _I, "DateReg": _D, "Userid": _S, "UserGroup": _S,
+        "SumDebitAmount": _M, "SumCreditAmount": _M, "AmountInAccCurr": _M, "AccCurrencyCode": _S,
+        "VoucherText2": _S, "CostCenter": _S, "TwoApproverRequired": _B, "ApprovedByUserid": _S,
+        "ApprovalDate": _D, "SecondApproverId": _S, "SecondApprovalDate": _D,
+    }, [VOUCHER_STATE]),
+    luname="Voucher",
+    nav=None,
+)  # fmt: skip
+
+SETS: dict[RecordKind, _Set] = {s.kind: s for s in (ORDERS, INVOICES, VOUCHERS)}
+PROJECTIONS: dict[str, list[_Set]] = {}
+for _set in SETS.values():
+    PROJECTIONS.setdefault(_set.projection, []).append(_set)
+
+
+def is_pending(kind: RecordKind | str, row: Mapping[str, Any]) -> bool:
+    """The simulator's notion of "awaiting approval", per the IFS state semantics."""
+    kind = _kind(kind)
+    state = row.get("Objstate")
+    if kind is RecordKind.ORDER:
+        return state == "Planned"
+    if kind is RecordKind.INVOICE:
+        return state == "Preliminary" and row.get("AuthStatus") == "AWAITAUTH"
+    return state in ("AwaitingApproval", "PartiallyApproved")
+
+
+def _kind(kind: RecordKind | str) -> RecordKind:
+    return kind if isinstance(kind, RecordKind) else RecordKind.parse(kind)
+
+
+@functools.cache
+def _db_column(prop: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", prop).upper()
+
+
+def encode_etag(objid: str, objversion: str) -> str:
+    # Recorded IFS etags base64 the whole weak tag: W/"base64('W/"objid:objversion"')".
+    inner = f'W/"{objid}:{objversion}"'.encode()
+    return 'W/"' + base64.b64encode(inner).decode() + '"'
+
+
+def decode_etag(etag: str) -> tuple[str, str]:
+    """(Objid, Objversion) from an `@odata.etag` value."""
+    payload = etag.removeprefix("W/").strip('"')
+    inner = base64.b64decode(payload).decode()
+    objid, _, objversion = inner.removeprefix("W/").strip('"').rpartition(":")
+    return objid, objversion
+
+
+# ---------------------------------------------------------------- generated data
+
+_VENDORS = (
+    ("V1001", "Nordic Steel AB", "SEK"), ("V1002", "Acme Industrial Supply Inc.", "USD"),
+    ("V1003", "Müller Hydraulik GmbH", "EUR"), ("V1004", "Baltic Timber Oy", "EUR"),
+    ("V1005", "Thames Valley Logistics Ltd", "GBP"), ("V1006", "Lindqvist Elektro AB", "SEK"),
+    ("V1007", "Great Lakes Fasteners LLC", "USD"), ("V1008", "Rhône Composites SA", "EUR"),
+    ("V1009", "Pennine Packaging Ltd", "GBP"), ("V1010", "Kowalski Metal Sp. z o.o.", "EUR"),
+    ("V1011", "Cascade Office Solutions Inc.", "USD"), ("V1012", "Van der Berg Tooling BV", "EUR"),
+    ("V1013", "Svea Kemi AB", "SEK"), ("V1014", "Midland Bearings Ltd", "GBP"),
+    ("V1015", "Pacific Coast Electronics Inc.", "USD"), ("V1016", "Alpine Druckluft AG", "EUR"),
+)  # fmt: skip
+_CURRENCIES = ("EUR", "USD", "SEK", "GBP")
+_USERS = ("ALAIN", "BRITA", "CHEN", "DIEGO", "EMMA", "FARID", "GRETA", "HIRO", "INGRID", "JONAS")
+_COST_CENTERS = ("CC100", "CC110", "CC200", "CC210", "CC300", "CC400")
+_SITES = ("MAIN", "NORTH", "SOUTH")
+_APPROVAL_RULES = ("PO-STD", "PO-CAPEX", "PO-HIGHVAL")
+_VOUCHER_TYPES = ("M", "J", "K")
+_USER_GROUPS = ("AC", "GL", "AP")
+_VOUCHER_TEXTS = (
+    "Accrual of utilities", "Reclassification of freight costs", "Month-end depreciation adjustment",
+    "Correction of VAT posting", "Prepaid insurance release", "Intercompany recharge", "Bank fee accrual",
+)  # fmt: skip
+_ACC_CURRENCY = {"10": "SEK", "20": "EUR", "30": "USD", "40": "GBP"}
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_TABLE_NO = {RecordKind.ORDER: 71234, RecordKind.INVOICE: 71301, RecordKind.VOUCHER: 71422}
+_ROWS_PER_BLOCK = 160
+
+
+def _b64n(value: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        value, digit = divmod(value, 64)
+        chars.append(_B64[digit])
+    return "".join(reversed(chars))
+
+
+_ROW_SUFFIX = tuple(_b64n(i, 3) for i in range(_ROWS_PER_BLOCK))
+
+
+class _RowIds:
+    """Oracle-ROWID-shaped Objid values (object, file, block, row), unique per table."""
+
+    def __init__(self, table_no: int) -> None:
+        self._prefix = _b64n(table_no, 6) + "AAF"
+        self._n = 0
+
+    def take(self, n: int) -> list[str]:
+        out: list[str] = []
+        start, self._n = self._n, self._n + n
+        while start < self._n:
+            block, row = divmod(start, _ROWS_PER_BLOCK)
+            stop = min(_ROWS_PER_BLOCK, row + self._n - start)
+            block_text = self._prefix + _b64n(4096 + block, 6)
+            out += [block_text + suffix for suffix in _ROW_SUFFIX[row:stop]]
+            start += stop - row
+        return out
+
+    def next(self) -> str:
+        return self.take(1)[0]
+
+
+# ---------------------------------------------------------------- request log and faults
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLog:
+    method: str
+    path: str
+    query: dict[str, str]
+    status: int  # 0 when the connection was dropped without a response
+    monotonic: float  # time.monotonic() when the request arrived
+    client_id: str | None  # from the bearer token (data) or the form (token endpoint)
+
+
+FaultAction = Literal["fail", "drop", "slow", "malformed"]
+_DEFAULT_CODES = {429: "TOO_MANY_REQUESTS", 500: "ODP_INTERNAL_ERROR", 502: "BAD_GATEWAY", 503: "SERVICE_UNAVAILABLE",
+                  504: "GATEWAY_TIMEOUT"}  # fmt: skip
+_MESSAGES = {"MI_MODIFIED_ERROR": "Service metadata already modified.", "TOO_MANY_REQUESTS": "Too many requests.",
+             "SERVICE_UNAVAILABLE": "Service unavailable."}  # fmt: skip
+
+
+@dataclass(slots=True)
+class _Fault:
+    action: FaultAction
+    remaining: int
+    status: int = 200
+    code: str | None = None
+    retry_after: float | None = None
+    seconds: float = 0.0
+    path: str | None = None
+    token: bool = False
+
+    def matches(self, path: str, is_token: bool) -> bool:
+        if self.remaining <= 0 or is_token != self.token:
+            return False
+        return self.path is None or self.path in path
+
+    def describe(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("action", "remaining", "status", "code", "retry_after", "seconds",
+                                              "path", "token")}  # fmt: skip
+
+
+class FaultPlan:
+    """Queued failures for the next requests, and an optional server-side rate limit."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._faults: list[_Fault] = []
+        self.per_minute: int | None = None
+        self._window: deque[float] = deque()
+
+    def fail_next(
+        self, n: int = 1, status: int = 429, *, retry_after: float | None | Literal["auto"] = "auto",
+        code: str | None = None, path: str | None = None, token: bool = False,
+    ) -> None:  # fmt: skip
+        """Answer the next `n` matching requests with `status`; 429 carries `Retry-After: 1` unless told."""
+        if retry_after == "auto":
+            retry_after = 1.0 if status == 429 else None
+        code = code or _DEFAULT_CODES.get(status, f"HTTP_{status}")
+        self._faults.append(_Fault("fail", n, status=status, code=code, retry_after=retry_after, path=path,
+                                   token=token))  # fmt: skip
+
+    def drop_next(self, n: int = 1, *, path: str | None = None, token: bool = False) -> None:
+        self._faults.append(_Fault("drop", n, path=path, token=token))
+
+    def slow_next(self, n: int, seconds: float, *, path: str | None = None, token: bool = False) -> None:
+        self._faults.append(_Fault("slow", n, seconds=seconds, path=path, token=token))
+
+    def malformed_next(self, n: int = 1, *, path: str | None = None, token: bool = False) -> None:
+        self._faults.append(_Fault("malformed", n, path=path, token=token))
+
+    def rate_limit(self, per_minute: int | None) -> None:
+        """Answer 429 + Retry-After beyond `per_minute` data requests in any 60 s; None or 0 turns it off."""
+        self.per_minute = per_minute or None
+        self._window.clear()
+
+    def clear(self) -> None:
+        self._faults.clear()
+        self.rate_limit(None)
+
+    @property
+    def pending(self) -> list[dict[str, Any]]:
+        return [f.describe() for f in self._faults if f.remaining > 0]
+
+    def take(self, path: str, is_token: bool) -> tuple[float, _Fault | None]:
+        """Seconds to delay, and the one failure (fail/drop/malformed) this request gets, if any."""
+        delay = 0.0
+        chosen: _Fault | None = None
+        for fault in self._faults:
+            if not fault.matches(path, is_token):
+                continue
+            if fault.action == "slow":
+                fault.remaining -= 1
+                delay += fault.seconds
+            elif chosen is None:
+                fault.remaining -= 1
+                chosen = fault
+        self._faults = [f for f in self._faults if f.remaining > 0]
+        return delay, chosen
+
+    def over_rate(self) -> float | None:
+        """Retry-After seconds when the rate limit is exceeded, else None (and the request is counted)."""
+        if self.per_minute is None:
+            return None
+        now = self._clock()
+        while self._window and self._window[0] <= now - 60.0:
+            self._window.popleft()
+        if len(self._window) >= self.per_minute:
+            return max(1.0, math.ceil(self._window[0] + 60.0 - now))
+        self._window.append(now)
+        return None
+
+
+# ---------------------------------------------------------------- errors
+
+
+class _ODataError(Exception):
+    def __init__(self, status: int, code: str, message: str, detail: str | None = None,
+                 detail_code: str | None = None, headers: Mapping[str, str] | None = None) -> None:  # fmt: skip
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.detail, self.detail_code = detail, detail_code
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.detail:
+            error["details"] = [{"code": self.detail_code or self.code, "message": self.detail}]
+        return {"error": error}
+
+
+def _malformed(detail: str) -> _ODataError:
+    return _ODataError(400, "ODP_BAD_REQUEST", MALFORMED, detail, "ODP_URI_SEMANTIC_ERROR")
+
+
+def _not_implemented(detail: str) -> _ODataError:
+    return _ODataError(501, "ODP_NOT_IMPLEMENTED", "Not implemented.", detail)
+
+
+def _not_found(detail: str) -> _ODataError:
+    return _ODataError(404, "ODP_RESOURCE_NOTFOUND", "Resource not found.", detail)
+
+
+def _dumps(body: Any) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    all_headers = {"Content-Type": JSON_CONTENT_TYPE, "OData-Version": "4.0", **(headers or {})}
+    return web.Response(status=status, body=_dumps(body), headers=all_headers)
+
+
+def _error_response(err: _ODataError) -> web.Response:
+    return _json_response(err.body(), err.status, err.headers)
+
+
+# ---------------------------------------------------------------- the simulator
+
+
+@dataclass(slots=True)
+class _Token:
+    client_id: str
+    expires_at: float
+
+
+_CLIENT_ID = web.RequestKey("client_id", str)
+_DROPPED = web.RequestKey("dropped", bool)
+_SYSTEM_OPTIONS = {"$filter", "$select", "$orderby", "$top", "$skip", "$count", "$format", "$expand", "$apply",
+                   "$search", "$compute", "$skiptoken", "$levels", "$index", "$schemaversion"}  # fmt: skip
+_NOT_IMPLEMENTED_OPTIONS = ("$expand", "$apply", "$search", "$compute", "$levels", "$index")
+
+
+@dataclass(slots=True)
+class _Query:
+    select: list[str] | None
+    filter_text: str
+    orderby_text: str
+    top: int | None
+    skip: int
+
+
+class IfsSimulator:
+    """An IFS Cloud tenant with three approval projections, served over real HTTP."""
+
+    def __init__(
+        self, *, realm: str = "ifs", clients: dict[str, str] | None = None, token_ttl: float = 180.0,
+        clock: Callable[[], float] = time.time, granted_companies: set[str] | None = None,
+        server_page_size: int | None = None, reject_objstate_filter: bool = False, seed: int = 0,
+    ) -> None:  # fmt: skip
+        self.realm = realm
+        self.clients = dict(clients) if clients is not None else {"notifier": "notifier-secret"}
+        self.token_ttl = token_ttl
+        self.granted_companies = granted_companies
+        self.server_page_size = server_page_size
+        self.reject_objstate_filter = reject_objstate_filter
+        self.seed = seed
+        self._clock = clock
+        self._rng = random.Random(seed)
+        self.faults = FaultPlan(clock)
+        self.requests: list[RequestLog] = []
+        self.tokens_issued = 0
+        self._tokens: dict[str, _Token] = {}
+        self._rows: dict[RecordKind, dict[tuple[Any, ...], dict[str, Any]]] = {k: {} for k in SETS}
+        self._children: dict[RecordKind, dict[tuple[Any, ...], list[dict[str, Any]]]] = {k: {} for k in SETS}
+        self._rowids = {k: _RowIds(_TABLE_NO[k]) for k in SETS}
+        self._child_rowids = {k: _RowIds(_TABLE_NO[k] + 7) for k in SETS}
+        self._versions = dict.fromkeys(SETS, 0)
+        self._cache: OrderedDict[tuple[Any, ...], list[dict[str, Any]]] = OrderedDict()
+        self._next_order = 1001
+        self._next_invoice = 1001
+        self._next_voucher = 1001
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+        self.app = self._build_app()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        # handler_cancellation lets a client timeout on a slow fault end the server-side sleep too.
+        self._runner = web.AppRunner(self.app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound_host, bound_port = self._runner.addresses[0][:2]
+        self.base_url = f"http://{bound_host}:{bound_port}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> IfsSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------ tokens and request log
+
+    def expire_all_tokens(self) -> None:
+        for token in self._tokens.values():
+            token.expires_at = -math.inf
+
+    def data_requests(self, path_contains: str = "") -> list[RequestLog]:
+        """Requests to the OData projections (not the token endpoint), optionally narrowed by path."""
+        return [r for r in self.requests if f"/{PROJECTION_ROOT}/" in r.path and path_contains in r.path]
+
+    # ------------------------------------------------------------ time helpers
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), tz=UTC)
+
+    def _today(self) -> date:
+        return self._now().date()
+
+    def _timestamp(self) -> str:
+        return self._now().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def _objversion(self, previous: str | None = None) -> str:
+        now = self._now().replace(microsecond=0, tzinfo=None)
+        if previous is not None:
+            # Two updates in the same second must still change the etag.
+            floor = datetime.strptime(previous, "%Y%m%d%H%M%S") + timedelta(seconds=1)
+            now = max(now, floor)
+        return now.strftime("%Y%m%d%H%M%S")
+
+    # ------------------------------------------------------------ data API
+
+    def add(self, kind: RecordKind | str, company: str = "10", **fields: Any) -> dict[str, Any]:
+        kind = _kind(kind)
+        if kind is RecordKind.ORDER:
+            return self.add_order(company, **fields)
+        if kind is RecordKind.INVOICE:
+            return self.add_invoice(company, **fields)
+        return self.add_voucher(company, **fields)
+
+    def add_order(self, company: str = "10", **fields: Any) -> dict[str, Any]:
+        """A purchase order, pending ('Planned') unless `fields` say otherwise, with 1-3 approval steps."""
+        return self._insert(ORDERS, company, fields)
+
+    def add_invoice(self, company: str = "10", **fields: Any) -> dict[str, Any]:
+        """A supplier invoice awaiting authorization ('Preliminary', AuthStatus 'AWAITAUTH') with authorizer lines."""
+        return self._insert(INVOICES, company, fields)
+
+    def add_voucher(self, company: str = "10", **fields: Any) -> dict[str, Any]:
+        """A GL voucher awaiting approval ('AwaitingApproval')."""
+        return self._insert(VOUCHERS, company, fields)
+
+    def bulk_generate(self, kind: RecordKind | str, n: int, company: str = "10") -> None:
+        """Add `n` pending records of `kind` at once (approval lines are generated when first read)."""
+        sdef = SETS[_kind(kind)]
+        key_of = operator.itemgetter(*sdef.keys)
+        generated = self._generate(sdef.kind, company, n, self._objversion())
+        if len(sdef.keys) == 1:
+            self._rows[sdef.kind].update({(key_of(row),): row for row in generated})
+        else:
+            self._rows[sdef.kind].update({key_of(row): row for row in generated})
+        self._touch(sdef.kind)
+
+    def get(self, kind: RecordKind | str, key: Mapping[str, Any]) -> dict[str, Any] | None:
+        sdef = SETS[_kind(kind)]
+        row = self._rows[sdef.kind].get(self._key_tuple(sdef, key))
+        return dict(row) if row is not None else None
+
+    def rows(self, kind: RecordKind | str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._rows[_kind(kind)].values()]
+
+    def nav_rows(self, kind: RecordKind | str, key: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The approval lines of one record (PO approval rows, invoice authorizer lines; none for vouchers)."""
+        sdef = SETS[_kind(kind)]
+        return [dict(r) for r in self._nav_of(sdef, self._require(sdef, key))]
+
+    def update(self, kind: RecordKind | str, key: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
+        """Change columns of one record; bumps Objversion so its etag changes."""
+        sdef = SETS[_kind(kind)]
+        row = self._require(sdef, key)
+        for name in fields:
+            if name in sdef.keys:
+                raise ValueError(f"key column {name} cannot be updated")
+        return self._replace(sdef, row, self._coerce(sdef.entity, fields))
+
+    def approve(self, kind: RecordKind | str, key: Mapping[str, Any], by: str = "APPROVER1") -> dict[str, Any]:
+        """Approve fully (a two-approver voucher needs two calls); raises ValueError when not pending."""
+        sdef = SETS[_kind(kind)]
+        row = self._require(sdef, key)
+        if not is_pending(sdef.kind, row):
+            raise ValueError(f"{sdef.kind.value} {self._key_text(sdef, row)} is not awaiting approval")
+        if sdef.kind is RecordKind.VOUCHER:
+            return self._approve_voucher(row, by)
+        children = self._nav_of(sdef, row)
+        for index, child in enumerate(children):
+            children[index] = self._signed_child(sdef, child, by)
+        return self._finish_approval(sdef, row)
+
+    def approve_step(self, kind: RecordKind | str, key: Mapping[str, Any], by: str = "APPROVER1") -> dict[str, Any]:
+        """Sign the next open approval line only. As in IFS, the header row (and its etag) changes only when
+        the last line completes the approval; vouchers have no lines, so this equals `approve`."""
+        sdef = SETS[_kind(kind)]
+        row = self._require(sdef, key)
+        if not is_pending(sdef.kind, row):
+            raise ValueError(f"{sdef.kind.value} {self._key_text(sdef, row)} is not awaiting approval")
+        if sdef.kind is RecordKind.VOUCHER:
+            return self._approve_voucher(row, by)
+        children = self._nav_of(sdef, row)
+        open_lines = [i for i, c in enumerate(children) if not self._child_done(sdef, c)]
+        if open_lines:
+            children[open_lines[0]] = self._signed_child(sdef, children[open_lines[0]], by)
+            self._touch(sdef.kind)
+        if len(open_lines) <= 1:
+            return self._finish_approval(sdef, row)
+        return dict(row)
+
+    def remove(self, kind: RecordKind | str, key: Mapping[str, Any]) -> None:
+        sdef = SETS[_kind(kind)]
+        row = self._require(sdef, key)
+        key_tuple = tuple(row[k] for k in sdef.keys)
+        del self._rows[sdef.kind][key_tuple]
+        self._children[sdef.kind].pop(key_tuple, None)
+        self._touch(sdef.kind)
+
+    def stats(self) -> dict[str, Any]:
+        records: dict[str, Any] = {}
+        for kind, rows in self._rows.items():
+            states: dict[str, int] = {}
+            pending = 0
+            for row in rows.values():
+                states[row["Objstate"]] = states.get(row["Objstate"], 0) + 1
+                pending += is_pending(kind, row)
+            records[kind.value] = {"total": len(rows), "pending": pending, "by_state": states}
+        return {
+            "records": records,
+            "requests": len(self.requests),
+            "data_requests": len(self.data_requests()),
+            "tokens_issued": self.tokens_issued,
+            "faults": self.faults.pending,
+            "rate_limit_per_minute": self.faults.per_minute,
+        }
+
+    # ------------------------------------------------------------ row plumbing
+
+    def _touch(self, kind: RecordKind) -> None:
+        self._versions[kind] += 1
+
+    def _key_tuple(self, sdef: _Set, key: Mapping[str, Any]) -> tuple[Any, ...]:
+        missing = [k for k in sdef.keys if k not in key]
+        if missing:
+            raise KeyError(f"{sdef.kind.value} key needs {', '.join(sdef.keys)}; missing {', '.join(missing)}")
+        return tuple(int(key[k]) if sdef.entity.properties[k] == EDM_INT else str(key[k]) for k in sdef.keys)
+
+    def _require(self, sdef: _Set, key: Mapping[str, Any]) -> dict[str, Any]:
+        row = self._rows[sdef.kind].get(self._key_tuple(sdef, key))
+        if row is None:
+            raise KeyError(f"no {sdef.kind.value} with key {dict(key)}")
+        return row
+
+    @staticmethod
+    def _key_text(sdef: _Set, row: Mapping[str, Any]) -> str:
+        return ",".join(f"{k}={row[k]}" for k in sdef.keys)
+
+    def _coerce(self, entity: EntityType, fields: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, value in fields.items():
+            type_ = entity.properties.get(name)
+            if type_ is None or name in _COMMON:
+                raise ValueError(f"{entity.name} has no settable column {name!r}")
+            if value is None:
+                out[name] = None
+            elif isinstance(type_, EnumType):
+                if value not in type_.members:
+                    raise ValueError(f"{value!r} is not a {type_.name} (one of {', '.join(type_.members)})")
+                out[name] = value
+            elif type_ == EDM_DECIMAL:
+                out[name] = float(Decimal(str(value)))
+            elif type_ == EDM_INT:
+                out[name] = int(value)
+            elif type_ == EDM_BOOLEAN:
+                out[name] = value if isinstance(value, bool) else str(value).lower() == "true"
+            elif type_ == EDM_DATE:
+                out[name] = value.isoformat() if isinstance(value, date) else date.fromisoformat(value).isoformat()
+            elif type_ == EDM_TIMESTAMP and isinstance(value, datetime):
+                out[name] = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            else:
+                out[name] = str(value)
+        return out
+
+    def _insert(self, sdef: _Set, company: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        version = self._objversion()
+        generated = next(self._generate(sdef.kind, company, 1, version))
+        fields = {k: v for k, v in generated.items() if k not in _COMMON and k != "@odata.etag"}
+        changes = self._coerce(sdef.entity, overrides)
+        if sdef.kind is RecordKind.VOUCHER and changes.get("VoucherDate"):
+            day = date.fromisoformat(changes["VoucherDate"])
+            fields.update(AccountingYear=day.year, AccountingPeriod=day.month)
+        fields.update(changes)
+        key = tuple(fields[k] for k in sdef.keys)
+        if key in self._rows[sdef.kind]:
+            raise ValueError(f"{sdef.kind.value} {dict(zip(sdef.keys, key, strict=True))} already exists")
+        row = self._materialize(sdef, fields, version, objid=generated["Objid"])
+        self._rows[sdef.kind][key] = row
+        self._nav_of(sdef, row)
+        self._touch(sdef.kind)
+        return dict(row)
+
+    def _materialize(self, sdef: _Set, fields: Mapping[str, Any], version: str,
+                     entity: EntityType | None = None, luname: str | None = None,
+                     objid: str | None = None) -> dict[str, Any]:  # fmt: skip
+        entity = entity or sdef.entity
+        objid = objid or self._rowids[sdef.kind].next()
+        keyref = "".join(f"{_db_column(k)}={fields[k]}^" for k in entity.keys)
+        row: dict[str, Any] = {
+            "@odata.etag": encode_etag(objid, version),
+            "luname": luname or sdef.luname,
+            "keyref": keyref,
+            "Objgrants": None,
+            "Objid": objid,
+            "Objversion": version,
+            "Objkey": f"{self._rng.getrandbits(128):032X}",
+        }
+        for name in entity.properties:
+            if name not in row:
+                row[name] = fields.get(name)
+        return row
+
+    def _replace(self, sdef: _Set, row: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+        # Rows are replaced, never mutated, so cached query results stay consistent snapshots.
+        version = self._objversion(row["Objversion"])
+        new = {**row, **changes, "Objversion": version, "@odata.etag": encode_etag(row["Objid"], version)}
+        self._rows[sdef.kind][tuple(new[k] for k in sdef.keys)] = new
+        self._touch(sdef.kind)
+        return dict(new)
+
+    # ------------------------------------------------------------ approval lines
+
+    def _nav_of(self, sdef: _Set, row: Mapping[str, Any]) -> list[dict[str, Any]]:
+        if sdef.nav is None:
+            return []
+        key = tuple(row[k] for k in sdef.keys)
+        children = self._children[sdef.kind].get(key)
+        if children is None:
+            children = self._gen_children(sdef, row)
+            self._children[sdef.kind][key] = children
+        return children
+
+    def _gen_children(self, sdef: _Set, row: Mapping[str, Any]) -> list[dict[str, Any]]:
+        assert sdef.nav is not None
+        # Seeded per row so lazily generated lines do not depend on read order.
+        rng = random.Random(f"{self.seed}:{row['Objid']}")
+        version = row["Objversion"]
+        out: list[dict[str, Any]] = []
+        for i in range(1, rng.randint(1, 3) + 1):
+            if sdef.kind is RecordKind.ORDER:
+                fields = {"OrderNo": row["OrderNo"], "ChgOrderNo": "*", "SequenceNo": i, "Route": i,
+                          "ApprovalRule": rng.choice(_APPROVAL_RULES), "AuthorizeId": rng.choice(_USERS),
+                          "ApproverSign": None, "DateApproved": None}  # fmt: skip
+            else:
+                role = "Acknowledger" if i == 1 and rng.random() < 0.3 else "Authorizer"
+                fields = {"Company": row["Company"], "InvoiceId": row["InvoiceId"], "LineNo": i,
+                          "Authorizer": rng.choice(_USERS), "Role": role, "Objstate": "Unacknowledged",
+                          "AuthorizedDate": None}  # fmt: skip
+            out.append(self._materialize(sdef, fields, version, sdef.nav.entity, sdef.nav.luname,
+                                         self._child_rowids[sdef.kind].next()))  # fmt: skip
+        return out
+
+    @staticmethod
+    def _child_done(sdef: _Set, child: Mapping[str, Any]) -> bool:
+        if sdef.kind is RecordKind.ORDER:
+            return child["DateApproved"] is not None
+        return child["Objstate"] == "Authorized"
+
+    def _signed_child(self, sdef: _Set, child: dict[str, Any], by: str) -> dict[str, Any]:
+        if self._child_done(sdef, child):
+            return child
+        if sdef.kind is RecordKind.ORDER:
+            changes: dict[str, Any] = {"ApproverSign": by, "DateApproved": self._timestamp()}
+        else:
+            changes = {"Objstate": "Authorized", "AuthorizedDate": self._today().isoformat()}
+        version = self._objversion(child["Objversion"])
+        return {**child, **changes, "Objversion": version, "@odata.etag": encode_etag(child["Objid"], version)}
+
+    def _finish_approval(self, sdef: _Set, row: dict[str, Any]) -> dict[str, Any]:
+        if sdef.kind is RecordKind.ORDER:
+            return self._replace(sdef, row, {"Objstate": "Released"})
+        return self._replace(sdef, row, {"Objstate": "PostedAuth", "AuthStatus": None})
+
+    def _approve_voucher(self, row: dict[str, Any], by: str) -> dict[str, Any]:
+        today = self._today().isoformat()
+        if row["TwoApproverRequired"] and row["ApprovedByUserid"] is None:
+            changes = {"Objstate": "PartiallyApproved", "ApprovedByUserid": by, "ApprovalDate": today}
+        elif row["TwoApproverRequired"]:
+            changes = {"Objstate": "Confirmed", "SecondApproverId": by, "SecondApprovalDate": today}
+        else:
+            changes = {"Objstate": "Confirmed", "ApprovedByUserid": by, "ApprovalDate": today}
+        return self._replace(VOUCHERS, row, changes)
+
+    # ------------------------------------------------------------ generators
+    # Whole rows, whole columns at a time: bulk_generate must make 100,000 rows in well under 2 s.
+
+    def _generate(self, kind: RecordKind, company: str, n: int, version: str) -> Iterator[dict[str, Any]]:
+        gen = {RecordKind.ORDER: self._gen_orders, RecordKind.INVOICE: self._gen_invoices,
+               RecordKind.VOUCHER: self._gen_vouchers}[kind]  # fmt: skip
+        objids = self._rowids[kind].take(n)
+        bits = self._rng.getrandbits
+        tail = f':{version}"'.encode()
+        headers = [('W/"' + b64encode(b'W/"' + objid.encode() + tail).decode() + '"', objid, f"{bits(128):032X}")
+                   for objid in objids]  # fmt: skip
+        return gen(company, n, self._today(), version, headers)
+
+    def _amounts(self, n: int) -> list[float]:
+        rnd = self._rng.random
+        return [round(10 ** (2 + rnd() * 3.3), 2) for _ in range(n)]
+
+    def _vendors(self, n: int) -> list[tuple[str, str, str]]:
+        rng = self._rng
+        vendors = rng.choices(_VENDORS, k=n)
+        return [(v[0], v[1], rng.choice(_CURRENCIES)) if rng.random() < 0.2 else v for v in vendors]
+
+    def _gen_orders(self, company: str, n: int, today: date, version: str,
+                    headers: list[tuple[str, str, str]]) -> Iterator[dict[str, Any]]:  # fmt: skip
+        rng = self._rng
+        first, self._next_order = self._next_order, self._next_order + n
+        days = [(today - timedelta(days=d)).isoformat() for d in range(21)]
+        columns = zip(
+            headers, self._vendors(n), rng.choices(_SITES, k=n), rng.choices(_USERS, k=n),
+            rng.choices(_USERS, k=n), rng.choices(days, k=n), self._amounts(n), rng.choices(_COST_CENTERS, k=n),
+            strict=True,
+        )  # fmt: skip
+        for i, ((etag, objid, objkey), vendor, site, buyer, coordinator, day, amount, cc) in enumerate(columns):
+            order_no = f"P{first + i}"
+            yield {
+                "@odata.etag": etag, "luname": "PurchaseOrder", "keyref": f"ORDER_NO={order_no}^", "Objgrants": None,
+                "Objid": objid, "Objversion": version, "Objkey": objkey,
+                "Objstate": "Planned", "OrderNo": order_no, "Company": company, "Contract": site,
+                "VendorNo": vendor[0], "VendorName": vendor[1], "BuyerCode": buyer, "AuthorizeCode": coordinator,
+                "CurrencyCode": vendor[2], "OrderDate": day, "GrossAmtCurr": amount, "CostCenter": cc,
+            }  # fmt: skip
+
+    def _gen_invoices(self, company: str, n: int, today: date, version: str,
+                      headers: list[tuple[str, str, str]]) -> Iterator[dict[str, Any]]:  # fmt: skip
+        rng, rnd = self._rng, self._rng.random
+        first, self._next_invoice = self._next_invoice, self._next_invoice + n
+        dates = [today - timedelta(days=d) for d in range(30)]
+        invoice_dates = [(d.isoformat(), (d + timedelta(days=30)).isoformat()) for d in dates]
+        po_span = max(1, self._next_order - 1001)
+        po_refs = [f"P{1001 + int(rnd() * po_span)}" if rnd() < 0.6 else None for _ in range(n)]
+        columns = zip(
+            headers, self._vendors(n), rng.choices(invoice_dates, k=n), self._amounts(n),
+            rng.choices((1.0, 1.2, 1.25), k=n), rng.choices(_USERS, k=n), po_refs, rng.choices(_COST_CENTERS, k=n),
+            strict=True,
+        )  # fmt: skip
+        for i, ((etag, objid, objkey), vendor, (day, due), net, rate, recipient, po_ref, cc) in enumerate(columns):
+            invoice_id = first + i
+            yield {
+                "@odata.etag": etag, "luname": "ManSuppInvoice", "keyref": f"COMPANY={company}^INVOICE_ID={invoice_id}^",
+                "Objgrants": None, "Objid": objid, "Objversion": version, "Objkey": objkey,
+                "Objstate": "Preliminary", "Company": company, "InvoiceId": invoice_id,
+                "InvoiceNo": f"INV-{10000 + int(rnd() * 90000)}", "Identity": vendor[0], "IdentityName": vendor[1],
+                "InvoiceDate": day, "DueDate": due, "Currency": vendor[2], "NetCurrAmount": net,
+                "GrossCurrAmount": round(net * rate, 2), "InvoiceRecipient": recipient, "PoRefNumber": po_ref,
+                "CostCenter": cc, "AuthStatus": "AWAITAUTH",
+            }  # fmt: skip
+
+    def _gen_vouchers(self, company: str, n: int, today: date, version: str,
+                      headers: list[tuple[str, str, str]]) -> Iterator[dict[str, Any]]:  # fmt: skip
+        rng, rnd = self._rng, self._rng.random
+        first, self._next_voucher = self._next_voucher, self._next_voucher + n
+        dates = [(d.year, d.isoformat(), d.month) for d in (today - timedelta(days=i) for i in range(10))]
+        registered = today.isoformat()
+        currency = _ACC_CURRENCY.get(company, "EUR")
+        columns = zip(
+            headers, rng.choices(dates, k=n), rng.choices(_VOUCHER_TYPES, k=n), rng.choices(_USERS, k=n),
+            rng.choices(_USER_GROUPS, k=n), self._amounts(n), rng.choices(_VOUCHER_TEXTS, k=n),
+            rng.choices(_COST_CENTERS, k=n), strict=True,
+        )  # fmt: skip
+        for i, ((etag, objid, objkey), (year, day, period), vtype, user, group, amount, text, cc) in enumerate(columns):
+            voucher_no = first + i
+            yield {
+                "@odata.etag": etag, "luname": "Voucher",
+                "keyref": f"COMPANY={company}^ACCOUNTING_YEAR={year}^VOUCHER_TYPE={vtype}^VOUCHER_NO={voucher_no}^",
+                "Objgrants": None, "Objid": objid, "Objversion": version, "Objkey": objkey,
+                "Objstate": "AwaitingApproval", "Company": company, "AccountingYear": year, "VoucherType": vtype,
+                "VoucherNo": voucher_no, "VoucherDate": day, "AccountingPeriod": period, "DateReg": registered,
+                "Userid": user, "UserGroup": group, "SumDebitAmount": amount, "SumCreditAmount": amount,
+                "AmountInAccCurr": amount, "AccCurrencyCode": currency, "VoucherText2": text, "CostCenter": cc,
+                "TwoApproverRequired": rnd() < 0.3, "ApprovedByUserid": None, "ApprovalDate": None,
+                "SecondApproverId": None, "SecondApprovalDate": None,
+            }  # fmt: skip
+
+    # ------------------------------------------------------------ HTTP app
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware])
+        token_path = "/auth/realms/{realm}/protocol/openid-connect/token"
+        app.router.add_post(token_path, self._handle_token)
+        app.router.add_get("/auth/realms/{realm}/.well-known/openid-configuration", self._handle_discovery)
+        app.router.add_route("*", "/{prefix:(?:main|int)}/" + PROJECTION_ROOT + "/{rest:.*}", self._handle_odata)
+        app.router.add_get("/_sim/stats", self._admin_stats)
+        app.router.add_post("/_sim/faults", self._admin_faults)
+        app.router.add_post("/_sim/tokens/expire", self._admin_expire_tokens)
+        app.router.add_post("/_sim/{kind}", self._admin_add)
+        app.router.add_patch("/_sim/{kind}", self._admin_update)
+        app.router.add_delete("/_sim/{kind}", self._admin_remove)
+        app.router.add_post("/_sim/{kind}/approve", self._admin_approve)
+        app.router.add_post("/_sim/{kind}/bulk", self._admin_bulk)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        if request.path.startswith("/_sim/"):
+            return await handler(request)
+        arrived = time.monotonic()
+        is_token = request.path.startswith("/auth/")
+        request[_CLIENT_ID] = None if is_token else self._client_of(request)
+        status = 0
+        try:
+            response = await self._serve(request, handler, is_token)
+            status = 0 if request.get(_DROPPED) else response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            self.requests.append(RequestLog(request.method, request.path, dict(request.query), status, arrived,
+                                            request[_CLIENT_ID]))  # fmt: skip
+
+    async def _serve(self, request: web.Request, handler: Callable[..., Any], is_token: bool) -> web.StreamResponse:
+        delay, fault = self.faults.take(request.path, is_token)
+        if delay:
+            await asyncio.sleep(delay)
+        if fault is not None and fault.action == "drop":
+            request[_DROPPED] = True
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=499)
+        if fault is not None and fault.action == "fail":
+            headers = {} if fault.retry_after is None else {"Retry-After": format(fault.retry_after, "g")}
+            code = fault.code or "ODP_INTERNAL_ERROR"
+            message = _MESSAGES.get(code, "Simulated failure.")
+            return _error_response(_ODataError(fault.status, code, message, headers=headers))
+        if not is_token:
+            retry_after = self.faults.over_rate()
+            if retry_after is not None:
+                err = _ODataError(429, "TOO_MANY_REQUESTS", "Too many requests.",
+                                  headers={"Retry-After": format(retry_after, "g")})  # fmt: skip
+                return _error_response(err)
+        response = await handler(request)
+        if fault is not None and fault.action == "malformed" and isinstance(response, web.Response):
+            body = response.body if isinstance(response.body, bytes) else b'{"value":[{"a":1}]}'
+            return web.Response(status=200, body=body[: max(1, len(body) // 2)],
+                                headers={"Content-Type": JSON_CONTENT_TYPE})  # fmt: skip
+        return response
+
+    # ------------------------------------------------------------ token endpoint
+
+    def _client_of(self, request: web.Request) -> str | None:
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer "):
+            return None
+        token = self._tokens.get(auth[7:].strip())
+        return token.client_id if token else None
+
+    async def _handle_discovery(self, request: web.Request) -> web.Response:
+        realm = request.match_info["realm"]
+        if realm != self.realm:
+            return web.json_response({"error": "Realm does not exist"}, status=404)
+        issuer = f"{request.url.origin()}/auth/realms/{realm}"
+        return web.json_response({
+            "issuer": issuer,
+            "token_endpoint": f"{issuer}/protocol/openid-connect/token",
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+        })  # fmt: skip
+
+    async def _handle_token(self, request: web.Request) -> web.Response:
+        if request.match_info["realm"] != self.realm:
+            return web.json_response({"error": "Realm does not exist"}, status=404)
+        form = await request.post()
+        client_id, client_secret = str(form.get("client_id", "")), str(form.get("client_secret", ""))
+        basic = request.headers.get("Authorization", "")
+        if basic.startswith("Basic ") and not client_id:
+            try:
+                client_id, _, client_secret = base64.b64decode(basic[6:]).decode().partition(":")
+            except ValueError:
+                client_id = ""
+        request[_CLIENT_ID] = client_id or None
+        if form.get("grant_type") != "client_credentials":
+            return web.json_response({"error": "unsupported_grant_type",
+                                      "error_description": "Unsupported grant_type"}, status=400)  # fmt: skip
+        if not client_id or self.clients.get(client_id) != client_secret:
+            return web.json_response({"error": "unauthorized_client",
+                                      "error_description": "Invalid client or Invalid client credentials"},
+                                     status=401)  # fmt: skip
+        token = secrets.token_urlsafe(32)
+        self._tokens[token] = _Token(client_id, self._clock() + self.token_ttl)
+        self.tokens_issued += 1
+        return web.json_response({
+            "access_token": token,
+            "expires_in": int(self.token_ttl) if float(self.token_ttl).is_integer() else self.token_ttl,
+            "refresh_expires_in": 1800,
+            "refresh_token": secrets.token_urlsafe(32),
+            "token_type": "Bearer",
+            "id_token": secrets.token_urlsafe(32),
+            "not-before-policy": 0,
+            "session_state": str(uuid.uuid4()),
+            "scope": "openid audience microprofile-jwt profile email",
+        })  # fmt: skip
+
+    # ------------------------------------------------------------ OData
+
+    async def _handle_odata(self, request: web.Request) -> web.Response:
+        try:
+            return self._odata(request)
+        except _ODataError as err:
+            return _error_response(err)
+
+    def _odata(self, request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        token = self._tokens.get(auth[7:].strip()) if auth.startswith("Bearer ") else None
+        if token is None or self._clock() >= token.expires_at:
+            raise _ODataError(401, "UNAUTHORIZED", "Access token is missing, invalid or expired.",
+                              headers={"WWW-Authenticate": 'Bearer realm="' + self.realm + '"'})  # fmt: skip
+        prefix, rest = request.match_info["prefix"], request.match_info["rest"]
+        svc, _, tail = rest.partition("/")
+        projection = svc.removesuffix(".svc")
+        if not svc.endswith(".svc") or projection not in PROJECTIONS:
+            raise _ODataError(404, "ODP_METADATA_NOTFOUND", "Metadata not found.")
+        if request.method not in ("GET", "HEAD"):
+            raise _ODataError(405, "ODP_METHOD_NOT_ALLOWED", "Method not allowed.",
+                              f"{request.method} is not supported by this read-only simulator.")  # fmt: skip
+        service_root = f"{request.url.origin()}/{prefix}/{PROJECTION_ROOT}/{svc}"
+        if tail == "$metadata":
+            return web.Response(text=_edmx(projection), content_type="application/xml",
+                                headers={"OData-Version": "4.0"})  # fmt: skip
+        if tail == "":
+            return _json_response({
+                "@odata.context": f"{service_root}/$metadata",
+                "value": [{"name": s.name, "kind": "EntitySet", "url": s.name} for s in PROJECTIONS[projection]],
+            })  # fmt: skip
+        match = re.fullmatch(r"(?P<set>[A-Za-z_]\w*)(?:\((?P<keys>.*?)\))?(?:/(?P<nav>[$\w]+))?", tail)
+        sdef = next((s for s in PROJECTIONS[projection] if match and s.name == match["set"]), None)
+        if match is None or sdef is None:
+            raise _not_found(f"Cannot find EntitySet, Singleton, ActionImport or FunctionImport with name "
+                             f"'{tail.split('(')[0].split('/')[0]}'.")  # fmt: skip
+        ieee754 = "ieee754compatible=true" in request.headers.get("Accept", "").lower().replace(" ", "")
+        context_root = f"{service_root}/$metadata#"
+        if match["keys"] is None:
+            if match["nav"] == "$count":
+                return web.Response(text=str(len(self._visible(sdef))), content_type="text/plain")
+            if match["nav"] is not None:
+                raise _not_found(f"Resource segment '{match['nav']}' not found.")
+            return self._collection(request, sdef, sdef.entity, context_root + sdef.name, None, ieee754)
+        key = _parse_key_predicate(match["keys"], sdef.entity)
+        row = self._rows[sdef.kind].get(tuple(key[k] for k in sdef.keys))
+        if row is None or not self._granted(row):
+            raise _not_found(f"No {sdef.short_type} found for key ({match['keys']}).")
+        key_text = ",".join(f"{k}={_literal(key[k])}" for k in sdef.keys)
+        if match["nav"] is None:
+            return self._entity(request, sdef, row, context_root + sdef.name, ieee754)
+        if sdef.nav is None or match["nav"] != sdef.nav.name:
+            raise _not_found(f"Navigation property '{match['nav']}' is not defined in type '{sdef.entity.name}'.")
+        children = self._nav_of(sdef, row)
+        context = f"{context_root}{sdef.name}({key_text})/{sdef.nav.name}"
+        return self._collection(request, sdef, sdef.nav.entity, context, children, ieee754)
+
+    def _granted(self, row: Mapping[str, Any]) -> bool:
+        return self.granted_companies is None or row.get("Company") in self.granted_companies
+
+    def _visible(self, sdef: _Set) -> list[dict[str, Any]]:
+        rows = self._rows[sdef.kind].values()
+        if self.granted_companies is None:
+            return list(rows)
+        # Like IFS: companies the service user is not allowed to see simply have no rows.
+        granted = self.granted_companies
+        return [r for r in rows if r["Company"] in granted]
+
+    def _parse_options(self, request: web.Request, entity: EntityType) -> _Query:
+        params = request.query
+        for name in params:
+            if name.startswith("$") and name not in _SYSTEM_OPTIONS:
+                raise _malformed(f"The system query option '{name}' is not supported.")
+        for name in _NOT_IMPLEMENTED_OPTIONS:
+            if name in params:
+                raise _not_implemented(f"The system query option '{name}' is not implemented for this entity set.")
+        select = None
+        if params.get("$select", "").strip() not in ("", "*"):
+            select = [c.strip() for c in params["$select"].split(",") if c.strip()]
+            for column in select:
+                if column not in entity.properties:
+                    raise _malformed(entity.undefined(column).detail)
+        return _Query(
+            select=select,
+            filter_text=params.get("$filter", "").strip(),
+            orderby_text=params.get("$orderby", "").strip(),
+            top=_non_negative(params, "$top"),
+            skip=_non_negative(params, "$skip") or _non_negative(params, "$skiptoken") or 0,
+        )
+
+    def _filtered(self, sdef: _Set, entity: EntityType, query: _Query,
+                  source: list[dict[str, Any]] | None) -> list[dict[str, Any]]:  # fmt: skip
+        """Filtered and sorted rows; top-level results are cached per data version so paging is cheap."""
+        cache_key = None
+        if source is None:
+            grants = None if self.granted_companies is None else frozenset(self.granted_companies)
+            cache_key = (sdef.kind, query.filter_text, query.orderby_text, self._versions[sdef.kind], grants)
+            cached = self._cache.get(cache_key)
+            if cached is not None:
+                self._cache.move_to_end(cache_key)
+                return cached
+        order = _parse_orderby(query.orderby_text, entity)
+        predicate = None
+        if query.filter_text:
+            try:
+                compiled = compile_filter(query.filter_text, entity)
+            except FilterNotImplemented as exc:
+                raise _not_implemented(exc.detail) from None
+            except FilterError as exc:
+                raise _malformed(exc.detail) from None
+            if self.reject_objstate_filter and "Objstate" in compiled.properties:
+                # Seen on a 24R2 tenant: every filter on Objstate answered 400, whatever the literal.
+                raise _malformed("Filtering on 'Objstate' is not supported for this entity set.")
+            predicate = compiled
+        rows = self._visible(sdef) if source is None else list(source)
+        if predicate is not None:
+            rows = predicate.apply(rows)
+        for prop, descending in reversed(order):
+            # Oracle order: NULLs last ascending, first descending.
+            rows.sort(key=lambda r, p=prop: (r[p] is None, r[p]), reverse=descending)
+        if cache_key is not None:
+            self._cache[cache_key] = rows
+            while len(self._cache) > 32:
+                self._cache.popitem(last=False)
+        return rows
+
+    def _collection(self, request: web.Request, sdef: _Set, entity: EntityType, context: str,
+                    source: list[dict[str, Any]] | None, ieee754: bool) -> web.Response:  # fmt: skip
+        query = self._parse_options(request, entity)
+        rows = self._filtered(sdef, entity, query, source)
+        limit = query.top
+        page_size = self.server_page_size
+        paged = page_size is not None and (limit is None or limit > page_size)
+        if paged:
+            assert page_size is not None
+            limit = page_size
+        page = rows[query.skip :] if limit is None else rows[query.skip : query.skip + limit]
+        body: dict[str, Any] = {
+            "@odata.context": context + (f"({','.join(query.select)})" if query.select else ""),
+            "value": [_shape(row, entity, query.select, ieee754) for row in page],
+        }
+        end = query.skip + len(page)
+        remaining_top = None if query.top is None else query.top - len(page)
+        if paged and end < len(rows) and (remaining_top is None or remaining_top > 0):
+            params = {k: v for k, v in request.query.items() if k not in ("$skip", "$skiptoken", "$top")}
+            if remaining_top is not None:
+                params["$top"] = str(remaining_top)
+            params["$skip"] = str(end)
+            link = f"{request.url.origin()}{request.path}?{urlencode(params, quote_via=quote, safe=_SAFE)}"
+            body["@odata.nextLink"] = link
+        return _json_response(body)
+
+    def _entity(self, request: web.Request, sdef: _Set, row: Mapping[str, Any], context: str,
+                ieee754: bool) -> web.Response:  # fmt: skip
+        query = self._parse_options(request, sdef.entity)
+        if query.filter_text or query.orderby_text or query.top is not None or query.skip:
+            raise _malformed("$filter, $orderby, $top and $skip are not allowed when reading a single entity.")
+        selected = f"({','.join(query.select)})" if query.select else ""
+        body = {"@odata.context": f"{context}{selected}/$entity", **_shape(row, sdef.entity, query.select, ieee754)}
+        return _json_response(body, headers={"ETag": row["@odata.etag"]})
+
+    # ------------------------------------------------------------ admin API
+
+    async def _admin_json(self, request: web.Request) -> dict[str, Any]:
+        try:
+            data = await request.json() if request.can_read_body else {}
+        except ValueError:
+            raise web.HTTPBadRequest(text=json.dumps({"error": "body is not JSON"}),
+                                     content_type="application/json") from None  # fmt: skip
+        if not isinstance(data, dict):
+            raise web.HTTPBadRequest(text=json.dumps({"error": "body must be a JSON object"}),
+                                     content_type="application/json")  # fmt: skip
+        return data
+
+    @staticmethod
+    def _admin_call(fn: Callable[[], Any], status: int = 200) -> web.Response:
+        try:
+            result = fn()
+        except KeyError as exc:
+            return web.json_response({"error": str(exc.args[0] if exc.args else exc)}, status=404)
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(result if result is not None else {"ok": True}, status=status)
+
+    async def _admin_add(self, request: web.Request) -> web.Response:
+        data = await self._admin_json(request)
+        kind = request.match_info["kind"]
+        company = str(data.pop("company", data.pop("Company", "10")))
+        return self._admin_call(lambda: self.add(kind, company, **data), status=201)
+
+    async def _admin_update(self, request: web.Request) -> web.Response:
+        data = await self._admin_json(request)
+        key = data.pop("key", None)
+        if not isinstance(key, dict):
+            return web.json_response({"error": "body needs a 'key' object"}, status=400)
+        return self._admin_call(lambda: self.update(request.match_info["kind"], key, **data))
+
+    async def _admin_remove(self, request: web.Request) -> web.Response:
+        data = await self._admin_json(request)
+        key = data.get("key")
+        if not isinstance(key, dict):
+            return web.json_response({"error": "body needs a 'key' object"}, status=400)
+        return self._admin_call(lambda: self.remove(request.match_info["kind"], key))
+
+    async def _admin_approve(self, request: web.Request) -> web.Response:
+        data = await self._admin_json(request)
+        key = data.get("key")
+        if not isinstance(key, dict):
+            return web.json_response({"error": "body needs a 'key' object"}, status=400)
+        by = str(data.get("by", "APPROVER1"))
+        step = self.approve_step if data.get("step") else self.approve
+        return self._admin_call(lambda: step(request.match_info["kind"], key, by=by))
+
+    async def _admin_bulk(self, request: web.Request) -> web.Response:
+        data = await self._admin_json(request)
+        kind, company = request.match_info["kind"], str(data.get("company", "10"))
+        return self._admin_call(lambda: self.bulk_generate(kind, int(data.get("n", 0)), company))
+
+    async def _admin_faults(self, request: web.Request) -> web.Response:
+        data = await self._admin_json(request)
+        return self._admin_call(lambda: self._configure_faults(data))
+
+    def _configure_faults(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        where = {"path": data.get("path"), "token": bool(data.get("token", False))}
+        if data.get("clear"):
+            self.faults.clear()
+        if "fail_next" in data:
+            extra: dict[str, Any] = {"code": data.get("code")}
+            if "retry_after" in data:
+                extra["retry_after"] = data["retry_after"]
+            self.faults.fail_next(int(data["fail_next"]), int(data.get("status", 429)), **extra, **where)
+        if "drop_next" in data:
+            self.faults.drop_next(int(data["drop_next"]), **where)
+        if "slow_next" in data:
+            self.faults.slow_next(int(data["slow_next"]), float(data.get("seconds", 1.0)), **where)
+        if "malformed_next" in data:
+            self.faults.malformed_next(int(data["malformed_next"]), **where)
+        if "rate_limit" in data:
+            self.faults.rate_limit(int(data["rate_limit"]) if data["rate_limit"] else None)
+        return {"faults": self.faults.pending, "rate_limit_per_minute": self.faults.per_minute}
+
+    async def _admin_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _admin_expire_tokens(self, request: web.Request) -> web.Response:
+        self.expire_all_tokens()
+        return web.json_response({"ok": True})
+
+
+# ---------------------------------------------------------------- OData helpers
+
+_SAFE = "$'(),:="
+
+
+def _literal(value: Any) -> str:
+    return str(value) if isinstance(value, int) else "'" + str(value).replace("'", "''") + "'"
+
+
+def _non_negative(params: Mapping[str, str], name: str) -> int | None:
+    text = params.get(name)
+    if text is None:
+        return None
+    if not text.strip().isdigit():
+        raise _malformed(f"The value '{text}' of '{name}' is not a non-negative integer.")
+    return int(text)
+
+
+def _parse_orderby(text: str, entity: EntityType) -> list[tuple[str, bool]]:
+    order: list[tuple[str, bool]] = []
+    if not text:
+        return order
+    for item in text.split(","):
+        parts = item.split()
+        if not parts or len(parts) > 2 or (len(parts) == 2 and parts[1] not in ("asc", "desc")):
+            raise _malformed(f"Invalid $orderby item '{item.strip()}'.")
+        if parts[0] not in entity.properties:
+            raise _malformed(entity.undefined(parts[0]).detail)
+        order.append((parts[0], len(parts) == 2 and parts[1] == "desc"))
+    return order
+
+
+_KEY_ITEM = re.compile(r"\s*(?:(?P<name>[A-Za-z_]\w*)\s*=\s*)?(?P<value>'(?:[^']|'')*'|[^,']+?)\s*(?:,|$)")
+
+
+def _parse_key_predicate(text: str, entity: EntityType) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    pos = 0
+    while pos < len(text):
+        match = _KEY_ITEM.match(text, pos)
+        if match is None or match.end() == pos:
+            raise _malformed(f"Invalid key predicate '({text})'.")
+        name = match["name"]
+        if name is None:
+            if len(entity.keys) != 1 or values:
+                raise _malformed(f"Key predicate '({text})' must name every key of '{entity.name}'.")
+            name = entity.keys[0]
+        if name not in entity.keys:
+            raise _malformed(f"'{name}' is not a key property of '{entity.name}'.")
+        raw = match["value"]
+        if entity.properties[name] == EDM_INT:
+            if not re.fullmatch(r"-?\d+", raw):
+                raise _malformed(f"The key value {raw} is not compatible with the type of '{name}' (Edm.Int32).")
+            values[name] = int(raw)
+        else:
+            if not (raw.startswith("'") and raw.endswith("'") and len(raw) >= 2):
+                raise _malformed(f"The key value {raw} is not compatible with the type of '{name}' (Edm.String).")
+            values[name] = raw[1:-1].replace("''", "'")
+        pos = match.end()
+    if set(values) != set(entity.keys):
+        raise _malformed(f"Key predicate '({text})' must name every key of '{entity.name}': {', '.join(entity.keys)}.")
+    return values
+
+
+def _decimal_columns(entity: EntityType) -> tuple[str, ...]:
+    return tuple(name for name, type_ in entity.properties.items() if type_ == EDM_DECIMAL)
+
+
+_ALWAYS = ("@odata.etag", "luname", "keyref")
+
+
+def _shape(row: Mapping[str, Any], entity: EntityType, select: Sequence[str] | None, ieee754: bool) -> Mapping[str, Any]:
+    out: Mapping[str, Any] | dict[str, Any]
+    if select is None:
+        if not ieee754:
+            return row
+        out = dict(row)
+    else:
+        out = {name: row[name] for name in _ALWAYS}
+        for name in select:
+            out[name] = row[name]
+    if ieee754:
+        # With IEEE754Compatible=true OData sends Edm.Decimal as strings so no precision is lost.
+        for name in _decimal_columns(entity):
+            if name in out and out[name] is not None:
+                out[name] = repr(out[name]) if isinstance(out[name], float) else str(out[name])
+    return out
+
+
+_EDM_FACETS = {EDM_DECIMAL: ' Precision="130" Scale="65"', EDM_STRING: ' MaxLength="4000"'}
+_EDMX_CACHE: dict[str, str] = {}
+
+
+def _edmx(projection: str) -> str:
+    if projection in _EDMX_CACHE:
+        return _EDMX_CACHE[projection]
+    ns = f"IfsApp.{projection}"
+    sets = PROJECTIONS[projection]
+    enums: dict[str, EnumType] = {}
+    entities: list[tuple[EntityType, _Nav | None]] = []
+    for sdef in sets:
+        enums.update(sdef.entity.enums)
+        entities.append((sdef.entity, sdef.nav))
+        if sdef.nav is not None:
+            entities.append((sdef.nav.entity, None))
+    lines = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        '<edmx:Edmx xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx" Version="4.0">',
+        "<edmx:DataServices>",
+        f'<Schema xmlns="http://docs.oasis-open.org/odata/ns/edm" Namespace="{ns}">',
+    ]
+    for enum in enums.values():
+        lines.append(f'<EnumType Name="{enum.name.rsplit(".", 1)[1]}" UnderlyingType="Edm.Int32">')
+        lines += [f'<Member Name="{m}" Value="{i}"/>' for i, m in enumerate(enum.members)]
+        lines.append("</EnumType>")
+    for entity, nav in entities:
+        lines.append(f'<EntityType Name="{entity.name.rsplit(".", 1)[1]}">')
+        lines.append("<Key>" + "".join(f'<PropertyRef Name="{k}"/>' for k in entity.keys) + "</Key>")
+        for name, type_ in entity.properties.items():
+            type_name = type_.name if isinstance(type_, EnumType) else type_
+            nullable = ' Nullable="false"' if name in entity.keys else ""
+            facets = "" if isinstance(type_, EnumType) else _EDM_FACETS.get(type_, "")
+            lines.append(f'<Property Name="{name}" Type="{type_name}"{nullable}{facets}/>')
+        if nav is not None:
+            lines.append(f'<NavigationProperty Name="{nav.name}" Type="Collection({nav.entity.name})"/>')
+        lines.append("</EntityType>")
+    lines.append('<EntityType Name="Company"><Key><PropertyRef Name="Company"/></Key>'
+                 '<Property Name="Company" Type="Edm.String" Nullable="false" MaxLength="20"/>'
+                 '<Property Name="Name" Type="Edm.String" MaxLength="100"/></EntityType>')
+    lines.append('<EntityContainer Name="DefaultContainer">')
+    for sdef in sets:
+        lines.append(f'<EntitySet Name="{sdef.name}" EntityType="{sdef.entity.name}"/>')
+    lines.append(f'<EntitySet Name="Reference_Company" EntityType="{ns}.Company"/>')
+    lines += ["</EntityContainer>", "</Schema>", "</edmx:DataServices>", "</edmx:Edmx>"]
+    _EDMX_CACHE[projection] = "\n".join(lines)
+    return _EDMX_CACHE[projection]
+
+
+# ---------------------------------------------------------------- generator and CLI
+
+
+async def run_generator(
+    sim: IfsSimulator, every: float, kind: RecordKind | str = "order", company: str | Sequence[str] = "10",
+    on_record: Callable[[RecordKind, dict[str, Any]], None] | None = None,
+) -> None:  # fmt: skip
+    """Add one pending record every `every` seconds (cycling through companies) until cancelled."""
+    kind = _kind(kind)
+    companies = itertools.cycle([company] if isinstance(company, str) else list(company))
+    while True:
+        await asyncio.sleep(every)
+        row = sim.add(kind, next(companies))
+        if on_record is not None:
+            on_record(kind, row)
+
+
+def describe_record(kind: RecordKind, row: Mapping[str, Any]) -> str:
+    """One human line per record, for the CLI and the demo."""
+    if kind is RecordKind.ORDER:
+        return (f"order   company={row['Company']} {row['OrderNo']} {row['Objstate']} {row['VendorName']} "
+                f"{row['GrossAmtCurr']:,.2f} {row['CurrencyCode']}")  # fmt: skip
+    if kind is RecordKind.INVOICE:
+        return (f"invoice company={row['Company']} {row['InvoiceId']} ({row['InvoiceNo']}) {row['Objstate']} "
+                f"{row['IdentityName']} {row['GrossCurrAmount']:,.2f} {row['Currency']}")  # fmt: skip
+    return (f"voucher company={row['Company']} {row['VoucherType']}{row['VoucherNo']}/{row['AccountingYear']} "
+            f"{row['Objstate']} {row['AmountInAccCurr']:,.2f} {row['AccCurrencyCode']}")  # fmt: skip
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m simulator.ifs", description="Run the IFS Cloud simulator.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--realm", default="ifs")
+    parser.add_argument("--client-id", default="notifier")
+    parser.add_argument("--client-secret", default="notifier-secret")
+    parser.add_argument("--companies", default="10", help="comma-separated company codes to seed and generate")
+    parser.add_argument("--seed-orders", type=int, default=3, help="pending purchase orders per company")
+    parser.add_argument("--seed-invoices", type=int, default=0, help="pending supplier invoices per company")
+    parser.add_argument("--seed-vouchers", type=int, default=0, help="pending GL vouchers per company")
+    parser.add_argument("--new-order-every", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--new-invoice-every", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--new-voucher-every", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--page-size", type=int, default=None, help="server-driven page size (nextLink)")
+    parser.add_argument("--reject-objstate-filter", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for generated data")
+    return parser.parse_args(argv)
+
+
+async def _serve_forever(args: argparse.Namespace) -> None:
+    sim = IfsSimulator(realm=args.realm, clients={args.client_id: args.client_secret}, seed=args.seed,
+                       server_page_size=args.page_size, reject_objstate_filter=args.reject_objstate_filter)  # fmt: skip
+    companies = [c.strip() for c in args.companies.split(",") if c.strip()]
+    base_url = await sim.start(args.host, args.port)
+    print(f"IFS simulator at {base_url} (realm {args.realm}, client {args.client_id}); admin API at {base_url}/_sim/",
+          flush=True)  # fmt: skip
+
+    def show(kind: RecordKind, row: dict[str, Any]) -> None:
+        print(describe_record(kind, row), flush=True)
+
+    for company in companies:
+        for kind, count in ((RecordKind.ORDER, args.seed_orders), (RecordKind.INVOICE, args.seed_invoices),
+                            (RecordKind.VOUCHER, args.seed_vouchers)):  # fmt: skip
+            for _ in range(count):
+                show(kind, sim.add(kind, company))
+    tasks = [
+        asyncio.create_task(run_generator(sim, every, kind, companies, on_record=show))
+        for kind, every in ((RecordKind.ORDER, args.new_order_every), (RecordKind.INVOICE, args.new_invoice_every),
+                            (RecordKind.VOUCHER, args.new_voucher_every))
+        if every
+    ]  # fmt: skip
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await sim.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        asyncio.run(_serve_forever(args))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
