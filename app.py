@@ -20,6 +20,7 @@ from aiohttp import web
 
 from core.domain import RecordKind
 from core.errors import AuthError, ConfigError, FatalRequestError, NotifierError, RetriableError
+from core.links import odata_literal
 from core.metrics import Metrics
 from core.retry import RetryPolicy
 from core.settings import Settings, load_settings
@@ -183,7 +184,7 @@ class Service:
             found = False
             for spec in self.sources.values():
                 if spec.enabled and await self.ifs.probe(spec.projection, spec.entity_set,
-                                                         filter=f"{spec.company_field} eq '{company}'"):
+                                                         filter=f"{spec.company_field} eq {odata_literal(company)}"):
                     found = True
                     break
         except (AuthError, RetriableError, FatalRequestError) as exc:

@@ -1,0 +1,201 @@
+"""Poll engine against the IFS simulator over HTTP: paging, diff, resolved/changed, bad rows, outages."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+import pytest
+
+from core.domain import Binding, ChannelRef, RecordKind
+from pollers.engine import Poller
+from pollers.ifs_client import IfsClient, IfsClientConfig
+from pollers.sources import DEFAULT_SOURCES, build_sources
+from store.db import open_database
+from store.repos import AuditLog, Bindings, Channels, PollWriter, Seen
+
+ORDER = RecordKind.ORDER
+
+
+class Harness:
+    def __init__(self, db, client, poller):
+        self.db, self.client, self.poller = db, client, poller
+
+    async def events(self, etype: str | None = None) -> int:
+        sql = "SELECT count(*) FROM events" + (" WHERE type = ?" if etype else "")
+        return int(await self.db.scalar(sql, (etype,) if etype else ()))
+
+    async def deliveries(self) -> int:
+        return int(await self.db.scalar("SELECT count(*) FROM deliveries"))
+
+
+@pytest.fixture
+async def harness(tmp_path, ifs):
+    made = []
+
+    async def make(*, page_size: int = 5000, details_limit: int = 50, sources=None, retry_attempts: int = 6,
+                   companies=("10",)):
+        db = await open_database(str(tmp_path / f"p{len(made)}.sqlite3"))
+        from core.retry import RetryPolicy
+        client = IfsClient(IfsClientConfig(base_url=ifs.base_url, realm="ifs", client_id="notifier",
+                                           client_secret="notifier-secret",
+                                           retry=RetryPolicy(base=0.01, cap=0.05, max_attempts=retry_attempts,
+                                                             max_elapsed=10)))
+        async with db.transaction() as conn:
+            await Channels(db).upsert(conn, ChannelRef("19:c@thread.tacv2", "t", "team", "http://127.0.0.1:1/"))
+            for company in companies:
+                await Bindings(db).put(conn, Binding("19:c@thread.tacv2", company))
+        poller = Poller(client=client, sources=sources or DEFAULT_SOURCES, seen=Seen(db), bindings=Bindings(db),
+                        writer=PollWriter(db), audit=AuditLog(db), ifs_base_url=ifs.base_url, page_size=page_size,
+                        details_limit=details_limit)
+        h = Harness(db, client, poller)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        await h.client.aclose()
+        await h.db.close()
+
+
+def corrupt(sim, kind: RecordKind, key: tuple, **raw) -> None:
+    """Put values no coercion would allow into a served row, as a broken projection could send them."""
+    sim._rows[kind][key].update(raw)
+    sim._touch(kind)
+
+
+def list_requests(ifs, entity_set: str):
+    return [r for r in ifs.data_requests(entity_set) if "$top" in r.query]
+
+
+async def test_12000_records_in_three_pages_without_duplicates(ifs, harness):
+    ifs.bulk_generate("order", 12_000, company="10")
+    h = await harness(page_size=5000)
+    result = await h.poller.poll(ORDER, "10")
+    assert result.ok, result.error
+    assert len(list_requests(ifs, "PurchaseOrderSet")) == 3
+    assert (result.pending, result.new, await h.events("new")) == (12_000, 12_000, 12_000)
+    assert await h.db.scalar("SELECT count(DISTINCT record_id) FROM events") == 12_000
+    assert await h.deliveries() == 12_000
+    # per-record approval details only for the first few (the rest go out in a digest anyway)
+    assert len(ifs.data_requests("PurchaseOrderApprovalArray")) == 50
+
+
+async def test_changed_resolved_and_quiet_repoll(ifs, harness):
+    first = ifs.add_order(company="10")
+    second = ifs.add_order(company="10")
+    h = await harness()
+    assert (await h.poller.poll(ORDER, "10")).new == 2
+
+    quiet = await h.poller.poll(ORDER, "10")
+    assert (quiet.new, quiet.changed, quiet.resolved) == (0, 0, 0)
+
+    ifs.update("order", {"OrderNo": first["OrderNo"]}, GrossAmtCurr=999.0)
+    ifs.approve("order", {"OrderNo": second["OrderNo"]}, by="MARIA")
+    result = await h.poller.poll(ORDER, "10")
+    assert (result.new, result.changed, result.resolved) == (0, 1, 1)
+    row = await h.db.fetchone("SELECT record FROM events WHERE type = 'resolved'")
+    assert '"state":"Released"' in row[0]
+    changed = await h.db.fetchone("SELECT record, previous_state FROM events WHERE type = 'changed'")
+    assert '"amount":"999' in changed[0]
+
+    again = await h.poller.poll(ORDER, "10")
+    assert (again.new, again.changed, again.resolved) == (0, 0, 0)
+    assert await h.events() == 4
+
+
+async def test_approval_chain_read_for_new_records(ifs, harness):
+    order = ifs.add_order(company="10")
+    h = await harness()
+    await h.poller.poll(ORDER, "10")
+    record = await h.db.scalar("SELECT record FROM events")
+    assert '"approvers":[{' in record and order["OrderNo"] in record
+    assert "step 1 of" in record
+
+
+async def test_bad_rows_are_quarantined_and_the_rest_processed(ifs, harness):
+    good = [ifs.add_invoice(company="10") for _ in range(3)]
+    bad = ifs.add_invoice(company="10")
+    corrupt(ifs, RecordKind.INVOICE, ("10", bad["InvoiceId"]), GrossCurrAmount="lots")
+    h = await harness()
+    result = await h.poller.poll(RecordKind.INVOICE, "10")
+    assert result.ok and result.new == 3 and result.bad == 1
+    entries = await AuditLog(h.db).recent(category="record")
+    assert entries and entries[0].detail["field"] == "GrossCurrAmount"
+    assert str(bad["InvoiceId"]) in entries[0].record_id
+    assert await Seen(h.db).quarantine_count() == 1
+    assert len(good) == 3
+
+
+async def test_client_side_state_filter_for_tenants_rejecting_objstate(tmp_path, harness):
+    from simulator.ifs import IfsSimulator
+
+    sim = IfsSimulator(reject_objstate_filter=True)
+    await sim.start()
+    try:
+        pending = sim.add_order(company="10")
+        released = sim.add_order(company="10")
+        sim.approve("order", {"OrderNo": released["OrderNo"]})
+        h = await harness()
+        h.client = IfsClient(IfsClientConfig(base_url=sim.base_url, realm="ifs", client_id="notifier",
+                                             client_secret="notifier-secret"))
+        h.poller.client = h.client
+        strict = await h.poller.poll(ORDER, "10")
+        assert not strict.ok and "400" in strict.error
+        h.poller.sources = build_sources({"order": {"server_state_filter": False}})
+        h.poller._mappers.clear()
+        result = await h.poller.poll(ORDER, "10")
+        assert result.ok and result.new == 1
+        assert pending["OrderNo"] in await h.db.scalar("SELECT record FROM events")
+    finally:
+        await sim.stop()
+
+
+async def test_429_storm_completes_the_cycle(ifs, harness):
+    ifs.bulk_generate("order", 30, company="10")
+    ifs.faults.fail_next(4, status=429, retry_after=0.01)
+    h = await harness(page_size=10, details_limit=0)
+    result = await h.poller.poll(ORDER, "10")
+    assert result.ok and result.new == 30
+    assert h.client.stats["throttled"] >= 4
+
+
+async def test_outage_logs_unavailable_once_and_recovered_once(ifs, harness, caplog):
+    ifs.add_order(company="10")
+    h = await harness(retry_attempts=2)
+    caplog.set_level(logging.INFO, logger="pollers.engine")
+    for _ in range(3):
+        ifs.faults.fail_next(2, status=503)
+        assert not (await h.poller.poll(ORDER, "10")).ok
+    ifs.faults.drop_next(2)
+    assert not (await h.poller.poll(ORDER, "10")).ok
+    result = await h.poller.poll(ORDER, "10")
+    assert result.ok and result.new == 1
+    await h.poller.poll(ORDER, "10")
+    down = [r for r in caplog.records if "IFS unavailable" in r.getMessage()]
+    up = [r for r in caplog.records if "IFS recovered" in r.getMessage()]
+    assert (len(down), len(up)) == (1, 1)
+    actions = [e.action for e in await AuditLog(h.db).recent(limit=100, category="poll")]
+    assert actions.count("ifs unavailable") == 1 and actions.count("ifs recovered") == 1
+
+
+async def test_min_amount_and_cost_centre_bindings_filter_deliveries(ifs, harness):
+    ifs.add_order(company="10", GrossAmtCurr=50.0, CostCenter="CC1")
+    ifs.add_order(company="10", GrossAmtCurr=5000.0, CostCenter="CC1")
+    ifs.add_order(company="10", GrossAmtCurr=5000.0, CostCenter="CC2")
+    h = await harness()
+    async with h.db.transaction() as conn:
+        await Bindings(h.db).put(conn, Binding("19:c@thread.tacv2", "10", cost_centers=frozenset({"CC1"}),
+                                               min_amount=Decimal("1000")))
+    result = await h.poller.poll(ORDER, "10")
+    assert result.new == 3 and result.deliveries == 1
+
+
+async def test_only_bound_companies_are_polled(ifs, harness):
+    ifs.add_order(company="10")
+    ifs.add_order(company="20")
+    h = await harness(companies=("20",))
+    results = await h.poller.poll_all()
+    assert {r.company for r in results} == {"20"}
+    assert all(r.new <= 1 for r in results)
+    assert all("Company eq '20'" in r.query.get("$filter", "") for r in list_requests(ifs, "Set"))
