@@ -117,6 +117,10 @@ class DeliveryWorker:
 
     async def run(self, idle: float = 5.0) -> None:
         """Deliver until cancelled; sleeps until woken (new work) or the next retry is due."""
+        async with self.db.transaction() as conn:
+            released = await self.outbox.release_all_leases(conn)
+            if released:
+                await self.audit.add(conn, "delivery", "recovered after restart", "retry", count=released)
         while True:
             try:
                 await self.run_once()

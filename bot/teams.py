@@ -150,19 +150,27 @@ class TeamsSender:
         reference.conversation.id = conversation_id
         reference.service_url = channel.service_url
         result: list[Any] = []
+        failure: list[BaseException] = []
 
         async def logic(tc: TurnContext) -> None:
             client = tc.turn_state.get(self._adapter.BOT_CONNECTOR_CLIENT_KEY)
             # msrest would retry PUTs by itself (3x, blocking); the delivery worker owns retries
             client.config.retry_policy.retries = 0
-            result.append(await call(client, tc.activity))
+            try:
+                result.append(await call(client, tc.activity))
+            except Exception as exc:  # noqa: BLE001 - kept from on_turn_error, which would post into the channel
+                failure.append(exc)
 
         try:
             await self._adapter.continue_conversation(reference, logic, bot_app_id=self._app_id)
+            if failure:
+                raise failure[0]
         except ErrorResponseException as exc:
             raise _send_error(exc) from None
         except (ClientRequestError, OSError, TimeoutError) as exc:
             raise SendError(f"no answer from the Bot Connector: {type(exc).__name__}") from None
+        except PermissionError as exc:
+            raise SendError(f"Bot Framework credentials refused: {type(exc).__name__}", status=401) from None
         return result[0] if result else None
 
     @staticmethod

@@ -294,6 +294,11 @@ class Outbox:
             " VALUES (?, ?, ?, ?, ?, ?)", rows)
         return len(rows)
 
+    async def release_all_leases(self, conn: aiosqlite.Connection) -> int:
+        """At start-up of the only worker: whatever is still 'sending' was claimed by a process that died."""
+        cur = await conn.execute("UPDATE deliveries SET status = 'pending' WHERE status = 'sending'")
+        return cur.rowcount
+
     async def release_expired_leases(self, conn: aiosqlite.Connection) -> int:
         cur = await conn.execute(
             "UPDATE deliveries SET status = 'pending' WHERE status = 'sending' AND lease_until < ?", (self._now(),))
