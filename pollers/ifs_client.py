@@ -547,7 +547,8 @@ class IfsClient:
                         continue
                     elif kind == "token" and 400 <= status < 500 and status != 429:
                         raise self._token_refused(response)
-                    elif status in _RETRY_AFTER_STATUSES or status >= 500:
+                    elif status in _RETRY_AFTER_STATUSES or (status >= 500 and status != 501):
+                        # 501 is ODP_NOT_IMPLEMENTED: asking again will not implement it
                         code, _ = _odata_error(response.content)
                         retry_after = (
                             retry_after_seconds(response.headers.get("Retry-After"), self._clock.time())

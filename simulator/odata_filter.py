@@ -1,4 +1,4 @@
-"""OData v4 `$filter` subset as the IFS OData Provider accepts it, compiled once into a row predicate."""
+"""OData v4 query options as IFS reads them: `$filter` compiled to a row predicate, `$orderby`, `$select`, keys."""
 
 from __future__ import annotations
 
@@ -111,8 +111,7 @@ def _tokenize(text: str) -> list[_Tok]:
 
 # ---------------------------------------------------------------- typed expression nodes
 
-# A node is (getter, type); type is an Edm primitive name, an EnumType, or None for the null literal.
-# Constant nodes keep their value so comparisons against literals compile to one small closure.
+# Constants keep their value so that comparing a property with a literal compiles to one small closure.
 
 
 @dataclass(slots=True)
@@ -137,10 +136,26 @@ _DATE_PARTS = {"year", "month", "day"}
 _TIME_PARTS = {"hour", "minute", "second"}
 # Listed by IFS as unsupported by its OData Provider, or valid OData this simulator does not model.
 _NOT_IMPLEMENTED_FUNCTIONS = {
-    "round", "floor", "ceiling", "fractionalseconds", "totalseconds", "totaloffsetminutes",
-    "mindatetime", "maxdatetime", "now", "date", "time", "isof", "cast", "geo.distance",
-    "geo.length", "geo.intersects", "hassubset", "hassubsequence", "matchespattern",
-}  # fmt: skip
+    "round",
+    "floor",
+    "ceiling",
+    "fractionalseconds",
+    "totalseconds",
+    "totaloffsetminutes",
+    "mindatetime",
+    "maxdatetime",
+    "now",
+    "date",
+    "time",
+    "isof",
+    "cast",
+    "geo.distance",
+    "geo.length",
+    "geo.intersects",
+    "hassubset",
+    "hassubsequence",
+    "matchespattern",
+}
 
 
 def _to_timestamp(value: Any) -> datetime | None:
@@ -166,8 +181,6 @@ class _Parser:
         self.i = 0
         self.properties: set[str] = set()
 
-    # -- token helpers
-
     def peek(self) -> _Tok:
         return self.tokens[self.i]
 
@@ -185,8 +198,6 @@ class _Parser:
         if tok.kind != kind:
             raise FilterSyntaxError(f"Syntax error at position {tok.pos} in '{self.text}'.")
         return tok
-
-    # -- grammar
 
     def parse(self) -> _Node:
         node = self.parse_or()
@@ -289,7 +300,9 @@ class _Parser:
         if enum is None:
             raise FilterSyntaxError(f"The type '{type_name}' is not defined in the metadata.")
         if member not in enum.members:
-            raise FilterSyntaxError(f"The value '{member}' is not a member of the enumeration type '{type_name}'.")
+            raise FilterSyntaxError(
+                f"The value '{member}' is not a member of the enumeration type '{type_name}'."
+            )
         return _const(member, enum)
 
     def property(self, tok: _Tok) -> _Node:
@@ -351,7 +364,9 @@ def _null_or(a: Any, b: Any, fn: Callable[[Any, Any], Any]) -> Any:
 
 def _require_boolean(node: _Node, where: str) -> None:
     if node.type not in (EDM_BOOLEAN, None):
-        raise FilterSyntaxError(f"The operand of '{where}' must be of type Edm.Boolean, not '{_type_name(node.type)}'.")
+        raise FilterSyntaxError(
+            f"The operand of '{where}' must be of type Edm.Boolean, not '{_type_name(node.type)}'."
+        )
 
 
 def _logical(left: _Node, right: _Node, *, is_and: bool) -> _Node:
@@ -411,8 +426,11 @@ def _int_div(a: int, b: int) -> int:
 
 
 _ARITHMETIC_OPS: dict[str, Callable[[Any, Any], Any]] = {
-    "add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
-}  # fmt: skip
+    "add": operator.add,
+    "sub": operator.sub,
+    "mul": operator.mul,
+    "div": operator.truediv,
+}
 
 
 def _check_comparable(op: str, left: _Node, right: _Node) -> None:
@@ -437,9 +455,13 @@ def _check_comparable(op: str, left: _Node, right: _Node) -> None:
 
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "eq": operator.eq, "ne": operator.ne, "gt": operator.gt,
-    "ge": operator.ge, "lt": operator.lt, "le": operator.le,
-}  # fmt: skip
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "gt": operator.gt,
+    "ge": operator.ge,
+    "lt": operator.lt,
+    "le": operator.le,
+}
 
 
 def _compare(op: str, left: _Node, right: _Node) -> _Node:
@@ -538,3 +560,71 @@ def compile_filter(text: str, entity: EntityType) -> CompiledFilter:
     parser = _Parser(text, entity)
     node = parser.parse()
     return CompiledFilter(text=text, predicate=node.get, properties=frozenset(parser.properties))
+
+
+# ---------------------------------------------------------------- other query options
+
+
+def parse_select(text: str, entity: EntityType) -> list[str] | None:
+    """Columns named by `$select`, or None for all columns."""
+    if text.strip() in ("", "*"):
+        return None
+    columns = [c.strip() for c in text.split(",") if c.strip()]
+    for column in columns:
+        if column not in entity.properties:
+            raise entity.undefined(column)
+    return columns
+
+
+def parse_orderby(text: str, entity: EntityType) -> list[tuple[str, bool]]:
+    """`$orderby` as (property, descending) pairs."""
+    order: list[tuple[str, bool]] = []
+    for item in text.split(",") if text.strip() else ():
+        parts = item.split()
+        if not parts or len(parts) > 2 or (len(parts) == 2 and parts[1] not in ("asc", "desc")):
+            raise FilterSyntaxError(f"Invalid $orderby item '{item.strip()}'.")
+        if parts[0] not in entity.properties:
+            raise entity.undefined(parts[0])
+        order.append((parts[0], len(parts) == 2 and parts[1] == "desc"))
+    return order
+
+
+def sort_rows(rows: list[dict[str, Any]], order: list[tuple[str, bool]]) -> None:
+    """Sort in place; NULLs last ascending and first descending, as Oracle (under IFS) orders them."""
+    for prop, descending in reversed(order):
+        rows.sort(key=lambda row: (row[prop] is None, row[prop]), reverse=descending)
+
+
+def odata_literal(value: Any) -> str:
+    return str(value) if isinstance(value, int) else "'" + str(value).replace("'", "''") + "'"
+
+
+_KEY_ITEM = re.compile(r"\s*(?:(?P<name>[A-Za-z_]\w*)\s*=\s*)?(?P<value>'(?:[^']|'')*'|[^,']+?)\s*(?:,|$)")
+
+
+def parse_key_predicate(text: str, entity: EntityType) -> dict[str, Any]:
+    """`OrderNo='P1'`, `'P1'` or `Company='10',InvoiceId=105` as typed key values."""
+    values: dict[str, Any] = {}
+    pos = 0
+    while pos < len(text):
+        match = _KEY_ITEM.match(text, pos)
+        if match is None or match.end() == pos:
+            raise FilterSyntaxError(f"Invalid key predicate '({text})'.")
+        name = match["name"]
+        if name is None and len(entity.keys) == 1 and not values:
+            name = entity.keys[0]
+        if name not in entity.keys:
+            raise FilterSyntaxError(f"Key predicate '({text})' does not match the keys of '{entity.name}'.")
+        raw = match["value"]
+        if entity.properties[name] == EDM_INT:
+            if not re.fullmatch(r"-?\d+", raw):
+                raise FilterSyntaxError(f"The key value {raw} is not compatible with '{name}' (Edm.Int32).")
+            values[name] = int(raw)
+        else:
+            if len(raw) < 2 or raw[0] != "'" or raw[-1] != "'":
+                raise FilterSyntaxError(f"The key value {raw} is not compatible with '{name}' (Edm.String).")
+            values[name] = raw[1:-1].replace("''", "'")
+        pos = match.end()
+    if set(values) != set(entity.keys):
+        raise FilterSyntaxError(f"Key predicate '({text})' must name every key: {', '.join(entity.keys)}.")
+    return values

@@ -1,4 +1,4 @@
-"""The $filter subset: parsing, typing (IFS enum rules) and evaluation."""
+"""OData query options: the $filter subset (parsing, IFS enum typing, evaluation), $select, $orderby, keys."""
 
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ from simulator.odata_filter import (
     FilterNotImplemented,
     FilterSyntaxError,
     compile_filter,
+    parse_key_predicate,
+    parse_orderby,
+    parse_select,
+    sort_rows,
 )
 
 STATE = EnumType("IfsApp.TestHandling.DocState", ("Planned", "Released", "Closed"))
@@ -28,12 +32,17 @@ OTHER = EnumType("IfsApp.TestHandling.OtherState", ("Planned", "Done"))
 DOC = EntityType(
     name="IfsApp.TestHandling.Doc",
     properties={
-        "Name": EDM_STRING, "Qty": EDM_INT, "Amount": EDM_DECIMAL, "Day": EDM_DATE, "At": EDM_TIMESTAMP,
-        "Flag": EDM_BOOLEAN, "Objstate": STATE,
+        "Name": EDM_STRING,
+        "Qty": EDM_INT,
+        "Amount": EDM_DECIMAL,
+        "Day": EDM_DATE,
+        "At": EDM_TIMESTAMP,
+        "Flag": EDM_BOOLEAN,
+        "Objstate": STATE,
     },
     keys=("Name",),
     enums={STATE.name: STATE, OTHER.name: OTHER},
-)  # fmt: skip
+)
 
 
 def doc(**values: Any) -> dict[str, Any]:
@@ -43,11 +52,27 @@ def doc(**values: Any) -> dict[str, Any]:
 
 
 ROWS = [
-    doc(Name="alpha", Qty=1, Amount=10.5, Day="2026-01-15", At="2026-01-15T08:00:00Z", Flag=True, Objstate="Planned"),
-    doc(Name="Beta", Qty=5, Amount=250.0, Day="2026-02-01", At="2026-02-01T12:30:00Z", Flag=False, Objstate="Released"),
+    doc(
+        Name="alpha",
+        Qty=1,
+        Amount=10.5,
+        Day="2026-01-15",
+        At="2026-01-15T08:00:00Z",
+        Flag=True,
+        Objstate="Planned",
+    ),
+    doc(
+        Name="Beta",
+        Qty=5,
+        Amount=250.0,
+        Day="2026-02-01",
+        At="2026-02-01T12:30:00Z",
+        Flag=False,
+        Objstate="Released",
+    ),
     doc(Name="O'Hara", Qty=10, Amount=1000.0, Day="2026-03-01", At=None, Flag=None, Objstate="Planned"),
     doc(Name=None, Qty=None, Amount=None, Day=None, At=None, Flag=None, Objstate="Closed"),
-]  # fmt: skip
+]
 
 
 def names(text: str) -> list[str | None]:
@@ -175,8 +200,14 @@ def test_compiled_filter_lists_the_properties_it_reads() -> None:
     assert compiled.properties == {"Qty", "Name", "Objstate"}
 
 
-_OPS = {"eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "ge": operator.ge, "lt": operator.lt,
-        "le": operator.le}  # fmt: skip
+_OPS = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "gt": operator.gt,
+    "ge": operator.ge,
+    "lt": operator.lt,
+    "le": operator.le,
+}
 
 
 @given(
@@ -184,7 +215,9 @@ _OPS = {"eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "ge": operator.
     op=st.sampled_from(sorted(_OPS)),
     literal=st.integers(-1000, 1000),
 )
-def test_integer_comparisons_match_python_with_null_semantics(values: list[int | None], op: str, literal: int) -> None:
+def test_integer_comparisons_match_python_with_null_semantics(
+    values: list[int | None], op: str, literal: int
+) -> None:
     rows = [doc(Qty=v) for v in values]
 
     kept = compile_filter(f"Qty {op} {literal}", DOC).apply(rows)
@@ -204,3 +237,74 @@ def test_string_literals_round_trip_with_doubled_quotes(text: str) -> None:
     kept = compile_filter(f"Name eq {literal}", DOC).apply(rows)
 
     assert kept == [rows[0]]
+
+
+# ---------------------------------------------------------------- $select, $orderby, key predicates
+
+
+@pytest.mark.parametrize(("text", "expected"), [("", None), ("*", None), ("Name, Qty", ["Name", "Qty"])])
+def test_parse_select(text: str, expected: list[str] | None) -> None:
+    assert parse_select(text, DOC) == expected
+
+
+def test_parse_select_rejects_unknown_column() -> None:
+    with pytest.raises(FilterSyntaxError, match="The property 'Nope', used in a query expression"):
+        parse_select("Name,Nope", DOC)
+
+
+def test_parse_orderby_reads_directions() -> None:
+    assert parse_orderby("Qty desc, Name,Day asc", DOC) == [("Qty", True), ("Name", False), ("Day", False)]
+
+
+@pytest.mark.parametrize("text", ["Qty up", "Nope", "Qty desc extra", ","])
+def test_parse_orderby_rejects_bad_items(text: str) -> None:
+    with pytest.raises(FilterSyntaxError):
+        parse_orderby(text, DOC)
+
+
+def test_sort_rows_places_nulls_like_oracle() -> None:
+    rows = [doc(Name="b", Qty=None), doc(Name="a", Qty=2), doc(Name="c", Qty=1), doc(Name="d", Qty=2)]
+
+    ascending = list(rows)
+    sort_rows(ascending, [("Qty", False), ("Name", False)])
+    descending = list(rows)
+    sort_rows(descending, [("Qty", True), ("Name", False)])
+
+    assert [r["Name"] for r in ascending] == ["c", "a", "d", "b"]
+    assert [r["Name"] for r in descending] == ["b", "a", "d", "c"]
+
+
+INVOICE = EntityType(
+    name="IfsApp.TestHandling.Invoice",
+    properties={"Company": EDM_STRING, "InvoiceId": EDM_INT},
+    keys=("Company", "InvoiceId"),
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "entity", "expected"),
+    [
+        ("'O''Hara'", DOC, {"Name": "O'Hara"}),
+        ("Name='P1001'", DOC, {"Name": "P1001"}),
+        ("Company='10',InvoiceId=105", INVOICE, {"Company": "10", "InvoiceId": 105}),
+        ("InvoiceId=105, Company='a,b'", INVOICE, {"Company": "a,b", "InvoiceId": 105}),
+    ],
+)
+def test_parse_key_predicate(text: str, entity: EntityType, expected: dict[str, Any]) -> None:
+    assert parse_key_predicate(text, entity) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "entity"),
+    [
+        ("Name=5", DOC),
+        ("Company='10'", INVOICE),
+        ("Company='10',InvoiceId='105'", INVOICE),
+        ("'10',105", INVOICE),
+        ("Other='x'", DOC),
+        ("Name='x", DOC),
+    ],
+)
+def test_parse_key_predicate_rejects_bad_keys(text: str, entity: EntityType) -> None:
+    with pytest.raises(FilterSyntaxError):
+        parse_key_predicate(text, entity)

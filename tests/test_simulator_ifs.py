@@ -21,8 +21,12 @@ ORDERS = f"{ROOT}/PurchaseOrderHandling.svc/PurchaseOrderSet"
 INVOICES = f"{ROOT}/ManualSupplierInvoiceHandling.svc/ManualSupplierInvoiceSet"
 VOUCHERS = f"{ROOT}/ApproveVouchersHandling.svc/VoucherApprovalSet"
 PLANNED = "Objstate eq IfsApp.PurchaseOrderHandling.PurchaseOrderState'Planned'"
-CREDENTIALS = {"grant_type": "client_credentials", "client_id": "notifier", "client_secret": "notifier-secret",
-               "scope": "openid microprofile-jwt"}  # fmt: skip
+CREDENTIALS = {
+    "grant_type": "client_credentials",
+    "client_id": "notifier",
+    "client_secret": "notifier-secret",
+    "scope": "openid microprofile-jwt",
+}
 
 
 @pytest.fixture
@@ -56,13 +60,17 @@ async def get(client: httpx.AsyncClient, path: str, **params: Any) -> httpx.Resp
 # ---------------------------------------------------------------- tokens
 
 
-async def test_token_endpoint_issues_keycloak_shaped_token(sim: IfsSimulator, client: httpx.AsyncClient) -> None:
+async def test_token_endpoint_issues_keycloak_shaped_token(
+    sim: IfsSimulator, client: httpx.AsyncClient
+) -> None:
     response = await client.post(TOKEN_PATH, data=CREDENTIALS)
 
     body = response.json()
     assert response.status_code == 200
     assert body["token_type"] == "Bearer" and body["expires_in"] == 180 and body["refresh_expires_in"] == 1800
-    assert body["not-before-policy"] == 0 and body["scope"] == "openid audience microprofile-jwt profile email"
+    assert (
+        body["not-before-policy"] == 0 and body["scope"] == "openid audience microprofile-jwt profile email"
+    )
     assert len(body["access_token"]) >= 32
     assert sim.tokens_issued == 1
 
@@ -116,7 +124,9 @@ async def test_expire_all_tokens_forces_new_token(sim: IfsSimulator, client: htt
     assert (await get(client, ORDERS)).status_code == 200
 
 
-async def test_request_log_separates_token_and_data_requests(sim: IfsSimulator, client: httpx.AsyncClient) -> None:
+async def test_request_log_separates_token_and_data_requests(
+    sim: IfsSimulator, client: httpx.AsyncClient
+) -> None:
     await get(client, ORDERS, **{"$top": "1"})
 
     await get(client, INVOICES)
@@ -168,7 +178,9 @@ async def test_etag_encodes_objid_and_objversion(sim: IfsSimulator, client: http
     assert len(row["Objversion"]) == 14 and row["Objversion"].isdigit()
 
 
-async def test_update_changes_etag_even_within_the_same_second(sim: IfsSimulator, client: httpx.AsyncClient) -> None:
+async def test_update_changes_etag_even_within_the_same_second(
+    sim: IfsSimulator, client: httpx.AsyncClient
+) -> None:
     before = sim.add_order(OrderNo="P1")
     sim.update("order", {"OrderNo": "P1"}, GrossAmtCurr=10)
 
@@ -180,9 +192,14 @@ async def test_update_changes_etag_even_within_the_same_second(sim: IfsSimulator
     assert served["GrossAmtCurr"] == 20
 
 
-async def test_ieee754_compatible_sends_decimals_as_strings(sim: IfsSimulator, client: httpx.AsyncClient) -> None:
+async def test_ieee754_compatible_sends_decimals_as_strings(
+    sim: IfsSimulator, client: httpx.AsyncClient
+) -> None:
     sim.add_invoice(NetCurrAmount="100.25", GrossCurrAmount="125.31")
-    headers = {**await bearer(client), "Accept": "application/json;odata.metadata=minimal;IEEE754Compatible=true"}
+    headers = {
+        **await bearer(client),
+        "Accept": "application/json;odata.metadata=minimal;IEEE754Compatible=true",
+    }
 
     row = (await client.get(INVOICES, headers=headers)).json()["value"][0]
 
@@ -199,7 +216,9 @@ async def test_metadata_and_service_document(client: httpx.AsyncClient) -> None:
     assert 'Name="SumDebitAmount" Type="Edm.Decimal" Precision="130" Scale="65"' in metadata.text
     assert 'Name="VoucherDate" Type="Edm.Date"' in metadata.text
     assert '<EntityContainer Name="DefaultContainer">' in metadata.text
-    assert service.json()["value"] == [{"name": "VoucherApprovalSet", "kind": "EntitySet", "url": "VoucherApprovalSet"}]
+    assert service.json()["value"] == [
+        {"name": "VoucherApprovalSet", "kind": "EntitySet", "url": "VoucherApprovalSet"}
+    ]
 
 
 async def test_unknown_projection_is_metadata_not_found(client: httpx.AsyncClient) -> None:
@@ -219,7 +238,9 @@ async def test_unknown_entity_set_is_not_found(client: httpx.AsyncClient) -> Non
 # ---------------------------------------------------------------- $filter
 
 
-async def test_qualified_enum_filter_returns_pending_only(sim: IfsSimulator, client: httpx.AsyncClient) -> None:
+async def test_qualified_enum_filter_returns_pending_only(
+    sim: IfsSimulator, client: httpx.AsyncClient
+) -> None:
     sim.add_order(OrderNo="P1")
     sim.add_order(OrderNo="P2", Objstate="Released")
 
@@ -228,7 +249,9 @@ async def test_qualified_enum_filter_returns_pending_only(sim: IfsSimulator, cli
     assert [r["OrderNo"] for r in response.json()["value"]] == ["P1"]
 
 
-async def test_unqualified_enum_literal_is_malformed_request(sim: IfsSimulator, client: httpx.AsyncClient) -> None:
+async def test_unqualified_enum_literal_is_malformed_request(
+    sim: IfsSimulator, client: httpx.AsyncClient
+) -> None:
     sim.add_order()
 
     response = await get(client, ORDERS, **{"$filter": "Objstate eq 'Planned'"})
@@ -265,7 +288,9 @@ async def test_date_and_amount_filters(sim: IfsSimulator, client: httpx.AsyncCli
     sim.add_voucher(VoucherDate="2026-02-01", AmountInAccCurr=5000)
     sim.add_voucher(VoucherDate="2026-02-02", AmountInAccCurr=50)
 
-    response = await get(client, VOUCHERS, **{"$filter": "VoucherDate ge 2026-02-01 and AmountInAccCurr lt 1000"})
+    response = await get(
+        client, VOUCHERS, **{"$filter": "VoucherDate ge 2026-02-01 and AmountInAccCurr lt 1000"}
+    )
 
     assert [r["VoucherDate"] for r in response.json()["value"]] == ["2026-02-02"]
 
@@ -312,7 +337,12 @@ async def test_orderby_top_skip_pages_are_stable(sim: IfsSimulator, client: http
 
     pages = []
     for skip in range(0, 30, 7):
-        params = {"$orderby": "GrossAmtCurr desc,OrderNo", "$top": "7", "$skip": str(skip), "$select": "OrderNo"}
+        params = {
+            "$orderby": "GrossAmtCurr desc,OrderNo",
+            "$top": "7",
+            "$skip": str(skip),
+            "$select": "OrderNo",
+        }
         pages.append((await client.get(ORDERS, params=params, headers=headers)).json()["value"])
 
     assert [len(p) for p in pages] == [7, 7, 7, 2, 0]
@@ -335,14 +365,18 @@ async def test_server_driven_paging_follows_next_links(clock: FakeClock) -> None
     sim.bulk_generate("order", 3, company="20")
     async with sim, httpx.AsyncClient(base_url=sim.base_url) as client:
         headers = await bearer(client)
-        first = await client.get(ORDERS, params={"$filter": "Company eq '10'", "$orderby": "OrderNo"}, headers=headers)
+        first = await client.get(
+            ORDERS, params={"$filter": "Company eq '10'", "$orderby": "OrderNo"}, headers=headers
+        )
         pages = [first.json()]
         while "@odata.nextLink" in pages[-1]:
             pages.append((await client.get(pages[-1]["@odata.nextLink"], headers=headers)).json())
 
     links = [p["@odata.nextLink"] for p in pages[:-1]]
     assert [len(p["value"]) for p in pages] == [4, 4, 2]
-    assert all(link.startswith(f"{sim.base_url}/main/ifsapplications/") and "$skip=" in link for link in links)
+    assert all(
+        link.startswith(f"{sim.base_url}/main/ifsapplications/") and "$skip=" in link for link in links
+    )
     numbers = [r["OrderNo"] for p in pages for r in p["value"]]
     assert numbers == sorted(numbers) and len(set(numbers)) == 10
     assert all(r["Company"] == "10" for p in pages for r in p["value"])
@@ -361,7 +395,9 @@ async def test_server_paging_respects_client_top(clock: FakeClock) -> None:
     assert len(first["value"]) == 3 and len(second["value"]) == 2 and "@odata.nextLink" not in second
 
 
-@pytest.mark.parametrize("params", [{"$top": "-1"}, {"$skip": "x"}, {"$orderby": "Nope desc"}, {"$bogus": "1"}])
+@pytest.mark.parametrize(
+    "params", [{"$top": "-1"}, {"$skip": "x"}, {"$orderby": "Nope desc"}, {"$bogus": "1"}]
+)
 async def test_bad_query_options_are_400(client: httpx.AsyncClient, params: dict[str, str]) -> None:
     response = await get(client, ORDERS, **params)
 
@@ -405,7 +441,9 @@ async def test_get_voucher_by_four_part_key(sim: IfsSimulator, client: httpx.Asy
     ("suffix", "status"),
     [("(OrderNo='NOPE')", 404), ("(OrderNo=5)", 400), ("(Company='10')", 400)],
 )
-async def test_get_by_key_errors(sim: IfsSimulator, client: httpx.AsyncClient, suffix: str, status: int) -> None:
+async def test_get_by_key_errors(
+    sim: IfsSimulator, client: httpx.AsyncClient, suffix: str, status: int
+) -> None:
     sim.add_order(OrderNo="P1")
 
     response = await get(client, ORDERS + suffix)
@@ -424,7 +462,9 @@ async def test_order_approval_navigation(sim: IfsSimulator, client: httpx.AsyncC
     assert body["@odata.context"].endswith("#PurchaseOrderSet(OrderNo='P1')/PurchaseOrderApprovalArray")
     assert 1 <= len(steps) <= 3
     assert [s["SequenceNo"] for s in steps] == list(range(1, len(steps) + 1))
-    assert all(s["OrderNo"] == "P1" and s["ApproverSign"] is None and s["DateApproved"] is None for s in steps)
+    assert all(
+        s["OrderNo"] == "P1" and s["ApproverSign"] is None and s["DateApproved"] is None for s in steps
+    )
     assert all(s["AuthorizeId"] and s["@odata.etag"] for s in steps)
 
 
@@ -473,7 +513,10 @@ async def test_fail_next_mi_modified_error(sim: IfsSimulator, client: httpx.Asyn
     response = await client.get(ORDERS, headers=headers)
 
     assert response.status_code == 500
-    assert response.json()["error"] == {"code": "MI_MODIFIED_ERROR", "message": "Service metadata already modified."}
+    assert response.json()["error"] == {
+        "code": "MI_MODIFIED_ERROR",
+        "message": "Service metadata already modified.",
+    }
     assert "Retry-After" not in response.headers
 
 
@@ -559,7 +602,9 @@ async def test_approve_order_moves_it_out_of_pending(sim: IfsSimulator, client: 
     pending = (await get(client, ORDERS, **{"$filter": PLANNED})).json()["value"]
     assert approved["Objstate"] == "Released"
     assert [r["OrderNo"] for r in pending] == ["P2"]
-    assert all(s["ApproverSign"] == "BRITA" and s["DateApproved"] for s in sim.nav_rows("order", {"OrderNo": "P1"}))
+    assert all(
+        s["ApproverSign"] == "BRITA" and s["DateApproved"] for s in sim.nav_rows("order", {"OrderNo": "P1"})
+    )
 
 
 async def test_approve_invoice_authorizes_lines(sim: IfsSimulator) -> None:
@@ -568,7 +613,10 @@ async def test_approve_invoice_authorizes_lines(sim: IfsSimulator) -> None:
     approved = sim.approve("invoice", {"Company": "10", "InvoiceId": 7})
 
     assert (approved["Objstate"], approved["AuthStatus"]) == ("PostedAuth", None)
-    assert {line["Objstate"] for line in sim.nav_rows("invoice", {"Company": "10", "InvoiceId": 7})} == {"Authorized"}
+    lines = sim.nav_rows("invoice", {"Company": "10", "InvoiceId": 7})
+    assert all(line["Objstate"] == "Authorized" for line in lines if line["Role"] == "Authorizer")
+    assert all(line["Objstate"] == "Acknowledged" for line in lines if line["Role"] == "Acknowledger")
+    assert all(line["AuthorizedDate"] for line in lines)
 
 
 async def test_two_approver_voucher_needs_two_approvals(sim: IfsSimulator) -> None:
@@ -598,6 +646,32 @@ async def test_approve_step_signs_one_line_without_touching_header(sim: IfsSimul
     assert steps[0]["ApproverSign"] == "CHEN" and steps[1]["ApproverSign"] is None
 
 
+async def test_generated_keys_skip_keys_chosen_by_hand(sim: IfsSimulator) -> None:
+    sim.add_order(OrderNo="P1001")
+    sim.add_invoice(InvoiceId=5000)
+
+    sim.bulk_generate("order", 2)
+    sim.bulk_generate("invoice", 2)
+
+    assert [r["OrderNo"] for r in sim.rows("order")] == ["P1001", "P1002", "P1003"]
+    assert [r["InvoiceId"] for r in sim.rows("invoice")] == [5000, 5001, 5002]
+    with pytest.raises(ValueError, match="already exists"):
+        sim.add_order(OrderNo="P1002")
+
+
+async def test_update_rejects_key_and_unknown_columns(sim: IfsSimulator) -> None:
+    sim.add_order(OrderNo="P1")
+
+    with pytest.raises(ValueError):
+        sim.update("order", {"OrderNo": "P1"}, OrderNo="P2")
+    with pytest.raises(ValueError):
+        sim.update("order", {"OrderNo": "P1"}, Nope=1)
+    with pytest.raises(ValueError):
+        sim.update("order", {"OrderNo": "P1"}, Objstate="Frozen")
+    with pytest.raises(KeyError):
+        sim.update("order", {"OrderNo": "P404"}, CostCenter="X")
+
+
 async def test_removed_record_disappears(sim: IfsSimulator, client: httpx.AsyncClient) -> None:
     sim.add_order(OrderNo="P1")
 
@@ -621,7 +695,9 @@ async def test_generated_data_is_deterministic_from_seed(clock: FakeClock) -> No
         sim = IfsSimulator(clock=clock.time, seed=seed)
         sim.bulk_generate("order", 5)
         sim.add_invoice()
-        return [{k: v for k, v in r.items() if k != "Objkey"} for r in sim.rows("order") + sim.rows("invoice")]
+        return [
+            {k: v for k, v in r.items() if k != "Objkey"} for r in sim.rows("order") + sim.rows("invoice")
+        ]
 
     assert sample(1) == sample(1) != sample(2)
 
@@ -640,7 +716,10 @@ async def test_admin_api_round_trip(sim: IfsSimulator, client: httpx.AsyncClient
     stats = (await client.get("/_sim/stats")).json()
 
     assert created.status_code == 201 and created.json()["Company"] == "20"
-    assert patched.json()["CostCenter"] == "CC999" and patched.json()["@odata.etag"] != created.json()["@odata.etag"]
+    assert (
+        patched.json()["CostCenter"] == "CC999"
+        and patched.json()["@odata.etag"] != created.json()["@odata.etag"]
+    )
     assert approved.json()["Objstate"] == "Released"
     assert faults.json()["faults"][0]["remaining"] == 2
     assert (bad.status_code, missing.status_code) == (400, 404)
@@ -659,9 +738,15 @@ async def test_admin_faults_apply_to_data_requests(sim: IfsSimulator, client: ht
 
 async def test_run_generator_adds_records_until_cancelled(sim: IfsSimulator) -> None:
     seen: list[str] = []
-    task = asyncio.create_task(run_generator(sim, 0, "invoice", ["10", "20"], on_record=lambda k, r: seen.append(r["Company"])))
-    while len(seen) < 4:
-        await asyncio.sleep(0)
+    four = asyncio.Event()
+
+    def record(kind: object, row: dict[str, Any]) -> None:
+        seen.append(row["Company"])
+        if len(seen) == 4:
+            four.set()
+
+    task = asyncio.create_task(run_generator(sim, 0, "invoice", ["10", "20"], on_record=record))
+    await four.wait()
 
     task.cancel()
 
@@ -673,9 +758,17 @@ async def test_run_generator_adds_records_until_cancelled(sim: IfsSimulator) -> 
 
 async def test_cli_prints_base_url_and_seeded_records() -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "simulator.ifs", "--port", "0", "--seed-orders", "2", "--companies", "10,20",
+        sys.executable,
+        "-m",
+        "simulator.ifs",
+        "--port",
+        "0",
+        "--seed-orders",
+        "2",
+        "--companies",
+        "10,20",
         stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     try:
         assert process.stdout is not None
         lines = [(await asyncio.wait_for(process.stdout.readline(), 30)).decode() for _ in range(5)]
