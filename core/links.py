@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
 
@@ -19,5 +20,15 @@ def page_link(base_url: str, page: str, filters: list[tuple[str, str | int]] | N
     url = f"{base_url.rstrip('/')}/main/ifsapplications/web/page/{quote(page, safe='/')}"
     if filters:
         expr = " and ".join(f"{name} eq {odata_literal(value)}" for name, value in filters)
-        url += ";$filter=" + quote(expr, safe="'=")
+        url += ";$filter=" + _quote_filter(expr)
     return url
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.\-~'= ]*")
+
+
+def _quote_filter(expr: str) -> str:
+    # fast path for the common plain key values; identical output to quote(expr, safe="'=")
+    if _PLAIN.fullmatch(expr):
+        return expr.replace(" ", "%20")
+    return quote(expr, safe="'=")

@@ -126,7 +126,7 @@ class Poller:
                 try:
                     if not spec.is_pending(row):
                         continue
-                    key, etag = mapper.key_and_etag(row)
+                    key, etag, keys = mapper.key_and_etag(row)
                     if key in present:
                         continue  # a row repeated across pages (data moved under $skip paging)
                     present.add(key)
@@ -135,7 +135,7 @@ class Poller:
                     step = mapper.step_of(row)
                     if old is not None and old.etag == etag and old.state == state and old.step == step:
                         continue
-                    record = await self._with_details(mapper, row, key, etag, budget)
+                    record = await self._with_details(mapper, row, key, etag, keys, budget)
                     if old is None:
                         changes.append((EventType.NEW, record, None, step))
                     else:
@@ -162,12 +162,11 @@ class Poller:
             result.resolved = len(resolved)
 
     async def _with_details(self, mapper: RecordMapper, row: dict[str, Any], key: str, etag: str,
-                            budget: list[int]) -> FinanceRecord:
+                            keys: dict[str, str | int], budget: list[int]) -> FinanceRecord:
         spec = mapper.spec
         if spec.approvals is None or budget[0] <= 0:
-            return mapper.map(row, key, etag)
+            return mapper.map(row, key, etag, keys=keys)
         budget[0] -= 1
-        keys = spec.key_values(row)
         for _attempt in range(2):
             lines = await self.client.get_collection(spec.projection, spec.entity_set, keys,
                                                      spec.approvals.navigation)

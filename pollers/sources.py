@@ -215,31 +215,33 @@ class RecordMapper:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_link_keys", self.spec.link_keys or tuple(k for k, _ in self.spec.keys))
 
-    def key_and_etag(self, row: Mapping[str, Any]) -> tuple[str, str]:
-        key = self.spec.key_of(row)
+    def key_and_etag(self, row: Mapping[str, Any]) -> tuple[str, str, dict[str, str | int]]:
+        keys = self.spec.key_values(row)
+        key = "^".join(f"{k}={v}" for k, v in keys.items())
         etag = row.get("@odata.etag") or row.get("Objversion")
         if not etag or not isinstance(etag, str):
             raise BadRecordError(key, "@odata.etag", "missing row version")
-        return key, etag
+        return key, etag, keys
 
     def step_of(self, row: Mapping[str, Any]) -> str:
         f = self.spec.step_field
         return str(row.get(f) or "") if f else ""
 
-    def map(self, row: Mapping[str, Any], key: str, etag: str,
-            approvals: tuple[ApprovalStep, ...] = ()) -> FinanceRecord:
+    def map(self, row: Mapping[str, Any], key: str, etag: str, approvals: tuple[ApprovalStep, ...] = (),
+            keys: Mapping[str, str | int] | None = None) -> FinanceRecord:
         s = self.spec
+        keys = s.key_values(row) if keys is None else keys
         company = row.get(s.company_field)
         if not isinstance(company, str | int) or company == "":
             raise BadRecordError(key, s.company_field, "missing company")
         state = row.get(s.state_field)
         if not isinstance(state, str) or not state:
             raise BadRecordError(key, s.state_field, "missing state")
-        keys = s.key_values(row)
         number = " ".join(str(row.get(f)) for f in s.number if row.get(f) not in (None, ""))
         link = None
         if self.ifs_base_url and s.link_page:
-            link = page_link(self.ifs_base_url, s.link_page, [(k, keys[k]) for k in self._link_keys if k in keys])
+            link = page_link(self.ifs_base_url, s.link_page,
+                             [(k, keys[k]) for k in self._link_keys if k in keys])
         step = self.step_of(row) or None
         if approvals:
             step = summarize_chain(approvals) or step
