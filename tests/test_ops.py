@@ -1,0 +1,150 @@
+"""Operations: key rotation, backup and restore, health/readiness/metrics endpoints, CLI basics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.fernet import Fernet, InvalidToken
+
+from core.errors import ConfigError
+from store.db import open_database
+from store.vault import KeyRing, Vault
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def test_rotation_keeps_secrets_readable_and_retires_the_old_key(tmp_path):
+    db = await open_database(str(tmp_path / "v.sqlite3"))
+    ring = KeyRing(str(tmp_path / "k.key"), env={})
+    vault = Vault(db, ring)
+    await vault.set("ifs.client_secret", "s3cret")
+    await vault.set("bot.app_password", "pw")
+    old_keys = ring.keys()
+    assert await vault.rotate_key() == 2
+    new_keys = ring.keys()
+    assert len(new_keys) == 1 and new_keys != old_keys
+    assert await vault.get("ifs.client_secret") == "s3cret" and await vault.get("bot.app_password") == "pw"
+    token = bytes(await db.scalar("SELECT token FROM secrets WHERE name = 'ifs.client_secret'"))
+    with pytest.raises(InvalidToken):
+        Fernet(old_keys[0]).decrypt(token)
+    stale = Vault(db, KeyRing(str(tmp_path / "old.key"), env={"NOTIFIER_MASTER_KEY": old_keys[0].decode()}))
+    with pytest.raises(ConfigError):
+        await stale.get("ifs.client_secret")
+    assert (tmp_path / "k.key").stat().st_mode & 0o777 == 0o600
+    await db.close()
+
+
+async def test_key_from_environment_and_world_readable_key_file_refused(tmp_path):
+    key = Fernet.generate_key().decode()
+    db = await open_database(str(tmp_path / "v.sqlite3"))
+    vault = Vault(db, KeyRing(str(tmp_path / "unused.key"), env={"NOTIFIER_MASTER_KEY": key}))
+    await vault.set("ifs.client_id", "client")
+    assert await vault.get("ifs.client_id") == "client"
+    assert not (tmp_path / "unused.key").exists()
+    loose = tmp_path / "loose.key"
+    loose.write_text(Fernet.generate_key().decode())
+    loose.chmod(0o644)
+    with pytest.raises(ConfigError) as err:
+        KeyRing(str(loose), env={}).keys()
+    assert err.value.key == "service.key_file"
+    await db.close()
+
+
+async def test_backup_and_restore_round_trip(tmp_path, service_factory, ifs, connector):
+    from tests.conftest import channel_message, post_activity
+
+    svc = await service_factory()
+    ifs.add_order(company="10")
+    await post_activity(svc.base_url, channel_message("link company 10", connector.service_url))
+    await svc.db.backup_to(str(tmp_path / "backup.sqlite3"))
+    restored = await open_database(str(tmp_path / "backup.sqlite3"))
+    try:
+        assert await restored.scalar("SELECT count(*) FROM bindings") == 1
+        vault = Vault(restored, KeyRing(str(tmp_path / "master.key"), env={}))
+        assert await vault.get("ifs.client_secret") == "notifier-secret"
+    finally:
+        await restored.close()
+
+
+async def test_health_readiness_and_metrics(service_factory, ifs, connector):
+    from tests.conftest import channel_message, post_activity
+
+    svc = await service_factory()
+    ifs.add_order(company="10")
+    await post_activity(svc.base_url, channel_message("link company 10", connector.service_url))
+    await svc.poll_source(__import__("core.domain", fromlist=["RecordKind"]).RecordKind.ORDER)
+    await svc.worker.run_once()
+    async with httpx.AsyncClient(base_url=svc.base_url) as client:
+        assert (await client.get("/healthz")).json()["status"] == "ok"
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["ifs"] is True and ready.json()["database"] is True
+        metrics = (await client.get("/metrics")).text
+    assert 'notifier_polls_total{outcome="ok",source="order"} 1' in metrics
+    assert 'notifier_events_total{source="order",type="new"} 1' in metrics
+    assert 'notifier_deliveries_total{outcome="sent"} 1' in metrics
+    assert "notifier_queue_oldest_seconds" in metrics and "# TYPE notifier_deliveries gauge" in metrics
+    await ifs.stop()
+    async with httpx.AsyncClient(base_url=svc.base_url) as client:
+        not_ready = await client.get("/readyz")
+    assert not_ready.status_code == 503 and not_ready.json()["ifs"] is False
+
+
+def run_cli(*args: str, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "app.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          input=stdin, timeout=120, env=full_env)
+
+
+async def test_cli_secrets_never_echo_values_and_bad_config_names_the_key(tmp_path):
+    from tests.conftest import write_config
+
+    cfg = str(write_config(tmp_path))
+    out = await asyncio.to_thread(run_cli, "--config", cfg, "secrets", "set", "ifs.client_secret",
+                                  stdin="top-secret-value\n")
+    assert out.returncode == 0 and "top-secret-value" not in out.stdout + out.stderr
+    listed = await asyncio.to_thread(run_cli, "--config", cfg, "secrets", "list")
+    assert "ifs.client_secret" in listed.stdout and "top-secret-value" not in listed.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[ifs]\npage_size = -1\n")
+    broken = await asyncio.to_thread(run_cli, "--config", str(bad), "check")
+    assert broken.returncode == 2 and "ifs.page_size" in broken.stderr
+    helped = await asyncio.to_thread(run_cli, "--help")
+    for command in ("serve", "demo", "secrets", "poll", "check", "audit"):
+        assert command in helped.stdout
+
+
+async def test_cli_check_reports_precisely(tmp_path, ifs):
+    from tests.conftest import make_service
+
+    svc = await make_service(tmp_path, ifs.base_url)
+    await svc.ifs.aclose()
+    await svc.db.close()
+    cfg = str(tmp_path / "notifier.toml")
+    ok = await asyncio.to_thread(run_cli, "--config", cfg, "check")
+    assert ok.returncode == 0 and "ok   token" in ok.stdout and "orders" in ok.stdout
+    fed = await asyncio.to_thread(run_cli, "--config", cfg, "secrets", "set", "ifs.client_secret", stdin="wrong\n")
+    assert fed.returncode == 0
+    refused = await asyncio.to_thread(run_cli, "--config", cfg, "check")
+    assert refused.returncode == 1 and "refused the credentials" in refused.stdout
+
+
+async def test_json_logs_carry_no_secrets(tmp_path, ifs):
+    from tests.conftest import make_service
+
+    svc = await make_service(tmp_path, ifs.base_url)
+    await svc.ifs.aclose()
+    await svc.db.close()
+    cfg = str(tmp_path / "notifier.toml")
+    out = await asyncio.to_thread(run_cli, "--config", cfg, "poll", "--once",
+                                  env={"NOTIFIER__SERVICE__LOG_FORMAT": "json", "NOTIFIER__SERVICE__LOG_LEVEL": "DEBUG"})
+    lines = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
+    assert lines and all("level" in entry for entry in lines)
+    assert "notifier-secret" not in out.stderr and "access_token" not in out.stderr
