@@ -153,8 +153,8 @@ class DeliveryWorker:
                 if ch in self._active and self._active[ch].done():
                     del self._active[ch]
 
-    def _in_span(self, span: tuple[tuple[int, int], tuple[int, int]]) -> bool:
-        local = datetime.fromtimestamp(self.now(), self.tz)
+    def _in_span(self, span: tuple[tuple[int, int], tuple[int, int]], at: float | None = None) -> bool:
+        local = datetime.fromtimestamp(self.now() if at is None else at, self.tz)
         minutes = local.hour * 60 + local.minute
         (h1, m1), (h2, m2) = span
         start, end = h1 * 60 + m1, h2 * 60 + m2
@@ -175,36 +175,24 @@ class DeliveryWorker:
                 channel = await self.channels.get(channel_id)
                 if channel is None or not channel.active or channel.paused or self.in_quiet_hours():
                     return settled
-                batch = self.in_batch_window()
+                if self.in_batch_window():
+                    await self.outbox.defer_new(channel_id, self._batch_end())
                 work = await self.outbox.claim(channel_id, lease=self.settings.lease_seconds,
-                                               digest_threshold=self.settings.digest_threshold,
-                                               force_digest=batch)
+                                               digest_threshold=self.settings.digest_threshold)
                 if not work:
                     return settled
-                if batch and work[0].event_type is EventType.NEW and len(work) == 1:
-                    # inside a batch window a lone new item waits for the window to close
-                    async with self.db.transaction() as conn:
-                        await self.outbox.settle(conn, [work[0].id], DeliveryStatus.PENDING,
-                                                 next_at=self._batch_end())
-                    continue
                 settled += len(work)
                 if not await self._deliver(channel, work):
                     return settled
 
     def _batch_end(self) -> float:
+        """First minute after now that lies outside every batch window (at most a day ahead)."""
         t = self.now()
-        while self.in_batch_window() and self.now() - t < 86400:
+        for _ in range(24 * 60):
             t += 60
-            if not any(self._in_span_at(w, t) for w in self._batch):
-                return t
+            if not any(self._in_span(w, t) for w in self._batch):
+                break
         return t
-
-    def _in_span_at(self, span: tuple[tuple[int, int], tuple[int, int]], at: float) -> bool:
-        local = datetime.fromtimestamp(at, self.tz)
-        minutes = local.hour * 60 + local.minute
-        (h1, m1), (h2, m2) = span
-        start, end = h1 * 60 + m1, h2 * 60 + m2
-        return start <= minutes < end if start <= end else (minutes >= start or minutes < end)
 
     async def _pace(self, channel_id: str) -> None:
         lim = self._limiters.get(channel_id)

@@ -317,13 +317,20 @@ class Outbox:
             " WHERE d.status = 'pending' AND c.active = 1 AND c.paused = 0")
         return None if v is None else float(v)
 
-    async def claim(self, channel_id: str, *, lease: float, digest_threshold: int,
-                    force_digest: bool = False) -> list[Delivery]:
+    async def defer_new(self, channel_id: str, until: float) -> int:
+        """Hold a channel's new items until `until` (a batch window's end); they leave together as a digest."""
+        async with self._db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE deliveries SET next_at = ?, last_code = 'batched' WHERE channel_id = ? AND status = 'pending'"
+                " AND event_type = 'new' AND next_at < ?", (until, channel_id, until))
+            return cur.rowcount
+
+    async def claim(self, channel_id: str, *, lease: float, digest_threshold: int) -> list[Delivery]:
         """Claim the next unit of work for one channel, atomically.
 
         Older pending deliveries of a record are superseded by its newest one. When more than
-        `digest_threshold` `new` deliveries wait (or `force_digest`), all of them are claimed for one
-        digest; otherwise the oldest single delivery is claimed.
+        `digest_threshold` `new` deliveries wait (or items held by a batch window are due), all of them
+        are claimed for one digest; otherwise the oldest single delivery is claimed.
         """
         now = self._now()
         async with self._db.transaction() as conn:
@@ -332,10 +339,10 @@ class Outbox:
                 " AND id NOT IN (SELECT max(id) FROM deliveries WHERE channel_id = ? AND status = 'pending'"
                 " GROUP BY record_id)", (channel_id, channel_id))
             async with conn.execute(
-                    "SELECT count(*) FROM deliveries WHERE channel_id = ? AND status = 'pending' AND next_at <= ?"
-                    " AND event_type = 'new'", (channel_id, now)) as cur:
-                new_count = (await cur.fetchone())[0]
-            if new_count > digest_threshold or (force_digest and new_count > 1):
+                    "SELECT count(*), sum(last_code IS 'batched') FROM deliveries WHERE channel_id = ?"
+                    " AND status = 'pending' AND next_at <= ? AND event_type = 'new'", (channel_id, now)) as cur:
+                new_count, batched = await cur.fetchone()
+            if new_count > digest_threshold or (batched and new_count > 1):
                 sql = ("UPDATE deliveries SET status = 'sending', lease_until = ?, attempts = attempts + 1"
                        " WHERE channel_id = ? AND status = 'pending' AND next_at <= ? AND event_type = 'new'"
                        " RETURNING id")

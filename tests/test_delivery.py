@@ -209,6 +209,20 @@ async def test_quiet_hours_hold_everything_until_they_end(rig):
     assert rig.connector.posts(CH) == []
 
 
+async def test_batch_window_holds_new_items_and_sends_one_digest_when_it_closes(rig):
+    from datetime import UTC, datetime
+    now = datetime.fromtimestamp(rig.clock.time(), UTC)
+    window = f"{now.hour:02d}:00-{(now.hour + 1) % 24:02d}:00"
+    await rig.emit([(EventType.NEW, record(i), None, "") for i in range(3)])
+    w = rig.worker(batch_windows=(window,))
+    await w.run_once()
+    assert rig.connector.posts(CH) == []
+    await rig.drain(w)
+    assert len(rig.connector.posts(CH)) == 1
+    assert datetime.fromtimestamp(rig.clock.time(), UTC).hour == (now.hour + 1) % 24
+    assert (await status_counts(rig.svc)) == {"digested": 3}
+
+
 def test_classification_of_teams_answers():
     assert classify(SendError("x", status=429)) is Outcome.RETRY
     assert classify(SendError("x", status=None)) is Outcome.RETRY
