@@ -360,8 +360,12 @@ async def open_store(settings: Settings) -> tuple[Database, Vault]:
 
 async def build_service(settings: Settings) -> Service:
     db, vault = await open_store(settings)
-    creds = await load_credentials(settings, vault)
-    return Service(settings, db, vault, creds)
+    try:
+        creds = await load_credentials(settings, vault)
+        return Service(settings, db, vault, creds)
+    except BaseException:
+        await db.close()  # aiosqlite's worker thread would keep the process alive after the error
+        raise
 
 
 async def run_until_signalled(service: Service) -> None:
@@ -369,12 +373,14 @@ async def run_until_signalled(service: Service) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await service.start()
     try:
+        await service.start()
         await stop.wait()
     finally:
-        await service.stop()
-        await service.db.close()
+        try:
+            await service.stop()
+        finally:
+            await service.db.close()
 
 
 # --------------------------------------------------------------------------- CLI commands
@@ -540,7 +546,14 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_manifest(settings: Settings, args: argparse.Namespace) -> int:
     from manifest.build import build_package
 
-    path = build_package(settings, app_id=args.app_id, out_dir=args.out, version=args.version)
+    app_id = args.app_id
+    if app_id is None and os.path.exists(settings.service.database):
+        db, vault = await open_store(settings)
+        try:
+            app_id = await vault.get("bot.app_id")
+        finally:
+            await db.close()
+    path = build_package(settings, app_id=app_id, out_dir=args.out, version=args.version)
     print(f"Teams app package written to {path}")
     return 0
 

@@ -29,7 +29,12 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._write_lock:
-            await self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                await self.conn.execute("BEGIN IMMEDIATE")
+            except asyncio.CancelledError:
+                # aiosqlite may still run the BEGIN in its thread: queue the undo behind it
+                await asyncio.shield(self.conn.rollback())
+                raise
             try:
                 yield self.conn
             except BaseException:

@@ -42,7 +42,8 @@ class KeyRing:
             return [k.strip().encode() for k in self._env[KEY_ENV].split(",") if k.strip()]
         if not self.key_file.exists():
             if not create:
-                raise ConfigError("service.key_file", f"key file {self.key_file} does not exist")
+                raise ConfigError("service.key_file", f"key file {self.key_file} is missing but the database"
+                                                      " holds secrets encrypted with it; restore the key file")
             self.write([Fernet.generate_key()])
             log.info("created a new master key file %s", self.key_file)
         mode = self.key_file.stat().st_mode & 0o777
@@ -66,9 +67,9 @@ class KeyRing:
             os.fsync(fh.fileno())
         os.replace(tmp, self.key_file)
 
-    def fernet(self) -> MultiFernet:
+    def fernet(self, *, create: bool = True) -> MultiFernet:
         try:
-            return MultiFernet([Fernet(k) for k in self.keys()])
+            return MultiFernet([Fernet(k) for k in self.keys(create=create)])
         except ValueError:
             raise ConfigError("service.key_file", "a master key is not a valid Fernet key") from None
 
@@ -83,19 +84,24 @@ class Vault:
             raise ConfigError(name, f"unknown secret (known: {', '.join(KNOWN_SECRETS)})")
         if not value:
             raise ConfigError(name, "empty value")
-        token = self._keyring.fernet().encrypt(value.encode())
+        token = (await self._fernet()).encrypt(value.encode())
         async with self._db.transaction() as conn:
             await conn.execute(
                 "INSERT INTO secrets (name, token, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at",
                 (name, token, time.time()))
 
+    async def _fernet(self) -> MultiFernet:
+        # a new key only for a vault that holds nothing yet: a lost key file must not be silently replaced
+        empty = await self._db.scalar("SELECT count(*) FROM secrets") == 0
+        return self._keyring.fernet(create=empty)
+
     async def get(self, name: str) -> str | None:
         token = await self._db.scalar("SELECT token FROM secrets WHERE name = ?", (name,))
         if token is None:
             return None
         try:
-            return self._keyring.fernet().decrypt(bytes(token)).decode()
+            return (await self._fernet()).decrypt(bytes(token)).decode()
         except InvalidToken:
             raise ConfigError(name, "cannot be decrypted with the configured master key(s)") from None
 

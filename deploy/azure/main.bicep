@@ -1,0 +1,329 @@
+// ifs-teams-notifier on Azure Container Apps (recipe A in deploy/RUNBOOK.md):
+//   - one container app, exactly one replica, its /data on an Azure Files share (SQLite database);
+//   - the Fernet master key in Key Vault, given to the container as NOTIFIER_MASTER_KEY through a
+//     user-assigned identity (Container Apps secret with keyVaultUrl);
+//   - the Azure Bot (SingleTenant app registration, or the user-assigned identity itself) with its
+//     messaging endpoint https://<app>/api/messages and the Microsoft Teams channel.
+//
+// First deployment (the only one that passes masterKey):
+//   az deployment group create -g <resource group> -f deploy/azure/main.bicep \
+//     -p image=<registry>/ifs-teams-notifier:0.1.0 botAppId=<application (client) id> \
+//     -p masterKey="$(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')"
+// Later deployments: leave masterKey out; the key in Key Vault stays as it is.
+
+targetScope = 'resourceGroup'
+
+@description('Prefix of every resource name: 3 to 11 lowercase letters or digits.')
+@minLength(3)
+@maxLength(11)
+param namePrefix string = 'ifsnotify'
+
+@description('Region of everything except the Azure Bot, which is global.')
+param location string = resourceGroup().location
+
+@description('Container image built from deploy/Dockerfile, e.g. myregistry.azurecr.io/ifs-teams-notifier:0.1.0.')
+param image string
+
+@description('Login server of a private registry pulled with the user-assigned identity (grant it AcrPull); empty for a public image.')
+param registryServer string = ''
+
+@description('SingleTenant: an Entra app registration with a client secret (set as bot.app_password in the vault). UserAssignedMSI: the identity created here is the bot, no secret.')
+@allowed([
+  'SingleTenant'
+  'UserAssignedMSI'
+])
+param botAppType string = 'SingleTenant'
+
+@description('Application (client) id of the Entra app registration; required for SingleTenant, ignored for UserAssignedMSI.')
+param botAppId string = ''
+
+@description('Display name of the Azure Bot resource.')
+param botDisplayName string = 'IFS Approvals'
+
+@description('Azure Bot pricing tier; the Teams channel is a standard channel, free on F0.')
+@allowed([
+  'F0'
+  'S1'
+])
+param botSku string = 'F0'
+
+@description('Fernet master key, only on the first deployment (or to replace the key on purpose: see the runbook). Empty: keep the secret already in Key Vault.')
+@secure()
+param masterKey string = ''
+
+@description('More settings as environment variables, e.g. [{ name: \'NOTIFIER__IFS__REALM\', value: \'acme\' }].')
+param extraEnv array = []
+
+var suffix = uniqueString(resourceGroup().id)
+var appName = '${namePrefix}-app'
+var masterKeySecretName = 'notifier-master-key'
+var dataShareName = 'notifier-data'
+var containerPort = 3978
+// Key Vault Secrets User (built-in role)
+var keyVaultSecretsUserRole = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '4633458b-17de-408a-b874-0445c86b69e6')
+
+resource logs 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
+  name: '${namePrefix}-logs'
+  location: location
+  properties: {
+    sku: {
+      name: 'PerGB2018'
+    }
+    retentionInDays: 30
+  }
+}
+
+resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: '${namePrefix}-id'
+  location: location
+}
+
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  name: take('${namePrefix}kv${suffix}', 24)
+  location: location
+  properties: {
+    tenantId: tenant().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: 90
+    enablePurgeProtection: true
+  }
+}
+
+resource masterKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(masterKey)) {
+  parent: vault
+  name: masterKeySecretName
+  properties: {
+    value: masterKey
+    contentType: 'Fernet keys, comma-separated, newest first'
+  }
+}
+
+resource identityReadsSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault.id, identity.id, keyVaultSecretsUserRole)
+  scope: vault
+  properties: {
+    roleDefinitionId: keyVaultSecretsUserRole
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: take('${namePrefix}st${suffix}', 24)
+  location: location
+  kind: 'StorageV2'
+  sku: {
+    name: 'Standard_LRS'
+  }
+  properties: {
+    minimumTlsVersion: 'TLS1_2'
+    allowBlobPublicAccess: false
+    supportsHttpsTrafficOnly: true
+  }
+}
+
+resource fileService 'Microsoft.Storage/storageAccounts/fileServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource dataShare 'Microsoft.Storage/storageAccounts/fileServices/shares@2023-05-01' = {
+  parent: fileService
+  name: dataShareName
+  properties: {
+    shareQuota: 5
+  }
+}
+
+resource containerEnv 'Microsoft.App/managedEnvironments@2024-03-01' = {
+  name: '${namePrefix}-env'
+  location: location
+  properties: {
+    appLogsConfiguration: {
+      destination: 'log-analytics'
+      logAnalyticsConfiguration: {
+        customerId: logs.properties.customerId
+        sharedKey: logs.listKeys().primarySharedKey
+      }
+    }
+  }
+}
+
+resource environmentStorage 'Microsoft.App/managedEnvironments/storages@2024-03-01' = {
+  parent: containerEnv
+  name: 'notifierdata'
+  properties: {
+    azureFile: {
+      accountName: storage.name
+      accountKey: storage.listKeys().keys[0].value
+      shareName: dataShare.name
+      accessMode: 'ReadWrite'
+    }
+  }
+}
+
+var publicHost = '${appName}.${containerEnv.properties.defaultDomain}'
+var resolvedBotAppId = botAppType == 'UserAssignedMSI' ? identity.properties.clientId : botAppId
+
+resource app 'Microsoft.App/containerApps@2024-03-01' = {
+  name: appName
+  location: location
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identity.id}': {}
+    }
+  }
+  dependsOn: [
+    identityReadsSecrets // the first revision must be able to read the key
+    masterKeySecret
+  ]
+  properties: {
+    managedEnvironmentId: containerEnv.id
+    configuration: {
+      activeRevisionsMode: 'Single'
+      ingress: {
+        external: true
+        targetPort: containerPort
+        transport: 'http'
+        allowInsecure: false
+      }
+      secrets: [
+        {
+          name: 'master-key'
+          keyVaultUrl: '${vault.properties.vaultUri}secrets/${masterKeySecretName}'
+          identity: identity.id
+        }
+      ]
+      registries: empty(registryServer) ? [] : [
+        {
+          server: registryServer
+          identity: identity.id
+        }
+      ]
+    }
+    template: {
+      containers: [
+        {
+          name: 'notifier'
+          image: image
+          resources: {
+            cpu: json('0.5')
+            memory: '1Gi'
+          }
+          // service.host, port, database (/data/notifier.sqlite3) and log format come from the image.
+          env: concat([
+            {
+              name: 'NOTIFIER_MASTER_KEY'
+              secretRef: 'master-key'
+            }
+            {
+              name: 'NOTIFIER__SERVICE__PUBLIC_URL'
+              value: 'https://${publicHost}'
+            }
+            {
+              name: 'NOTIFIER__BOT__APP_TYPE'
+              value: botAppType
+            }
+          ], extraEnv)
+          volumeMounts: [
+            {
+              volumeName: 'data'
+              mountPath: '/data'
+            }
+          ]
+          probes: [
+            {
+              type: 'Startup'
+              httpGet: {
+                path: '/healthz'
+                port: containerPort
+              }
+              periodSeconds: 5
+              failureThreshold: 24
+            }
+            {
+              type: 'Liveness'
+              httpGet: {
+                path: '/healthz'
+                port: containerPort
+              }
+              periodSeconds: 30
+              failureThreshold: 3
+            }
+          ]
+        }
+      ]
+      // SIGTERM, then this long to finish the send in flight and close the database.
+      terminationGracePeriodSeconds: 30
+      // Exactly one: one poller and one SQLite writer.
+      scale: {
+        minReplicas: 1
+        maxReplicas: 1
+      }
+      volumes: [
+        {
+          name: 'data'
+          storageType: 'AzureFile'
+          storageName: environmentStorage.name
+          // Owned by the image's user; nobrl keeps SQLite's locks local to the one replica (SMB byte-range
+          // locks break SQLite on Azure Files).
+          mountOptions: 'uid=10001,gid=10001,dir_mode=0700,file_mode=0600,nobrl,mfsymlinks'
+        }
+      ]
+    }
+  }
+}
+
+resource bot 'Microsoft.BotService/botServices@2022-09-15' = {
+  name: '${namePrefix}-bot-${suffix}'
+  location: 'global'
+  kind: 'azurebot'
+  sku: {
+    name: botSku
+  }
+  properties: union({
+    displayName: botDisplayName
+    endpoint: 'https://${publicHost}/api/messages'
+    msaAppId: resolvedBotAppId
+    msaAppType: botAppType
+    msaAppTenantId: tenant().tenantId
+  }, botAppType == 'UserAssignedMSI' ? {
+    msaAppMSIResourceId: identity.id
+  } : {})
+}
+
+resource teamsChannel 'Microsoft.BotService/botServices/channels@2022-09-15' = {
+  parent: bot
+  name: 'MsTeamsChannel'
+  location: 'global'
+  properties: {
+    channelName: 'MsTeamsChannel'
+    properties: {
+      isEnabled: true
+    }
+  }
+}
+
+@description('Base URL of the service: settings service.public_url (already set in the container).')
+output publicUrl string = 'https://${publicHost}'
+
+@description('Azure Bot messaging endpoint.')
+output messagingEndpoint string = 'https://${publicHost}/api/messages'
+
+@description('Value for `python app.py secrets set bot.app_id` and `manifest build --app-id`.')
+output botAppId string = resolvedBotAppId
+
+@description('Value for `python app.py secrets set bot.tenant_id`.')
+output tenantId string = tenant().tenantId
+
+@description('Container app name, for `az containerapp exec` and `az containerapp logs show`.')
+output containerAppName string = app.name
+
+@description('Key Vault that holds the master key (secret notifier-master-key).')
+output keyVaultName string = vault.name

@@ -1,0 +1,448 @@
+"""Tests for deploy: the recipes' files exist and agree, the configs load, and the image's command serves and stops.
+
+No Docker engine here: the container's command line (entrypoint script + CMD, with the image's ENV) is run
+from the repository root, which has the same layout as the image's WORKDIR.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import tomllib
+import typing
+from dataclasses import fields
+from pathlib import Path
+
+import httpx
+import pytest
+
+from core.settings import Settings, is_loopback, load_settings
+from pollers.sources import build_sources
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+DOCKERFILE = DEPLOY / "Dockerfile"
+ENTRYPOINT_SCRIPT = DEPLOY / "docker-entrypoint.sh"
+COMPOSE = DEPLOY / "compose.yaml"
+ENV_EXAMPLE = DEPLOY / "notifier.env.example"
+UNIT = DEPLOY / "notifier.service"
+EXAMPLE_TOML = DEPLOY / "notifier.example.toml"
+BICEP = DEPLOY / "azure" / "main.bicep"
+RUNBOOK = DEPLOY / "RUNBOOK.md"
+STATE_DIR = "/var/lib/ifs-teams-notifier"
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out, pending = [], ""
+    for line in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        text = pending + stripped
+        pending = ""
+        word, _, rest = text.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    return out
+
+
+def dockerfile(name: str) -> list[str]:
+    return [args for word, args in dockerfile_instructions() if word == name]
+
+
+def dockerfile_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for args in dockerfile("ENV"):
+        for pair in shlex.split(args):
+            key, _, value = pair.partition("=")
+            env[key] = value
+    return env
+
+
+def copies() -> list[tuple[list[str], str]]:
+    """COPY sources and destination, flags (--chmod=...) left out."""
+    out = []
+    for args in dockerfile("COPY"):
+        words = [w for w in shlex.split(args) if not w.startswith("--")]
+        out.append((words[:-1], words[-1]))
+    return out
+
+
+def env_file(path: Path) -> dict[str, str]:
+    pairs = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep, f"not KEY=value: {line!r}"
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def unit_entries() -> dict[str, list[tuple[str, str]]]:
+    sections: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    for line in UNIT.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = line.strip("[]")
+            sections[current] = []
+        else:
+            key, _, value = line.partition("=")
+            sections[current].append((key.strip(), value.strip()))
+    return sections
+
+
+def unit_value(section: str, key: str) -> list[str]:
+    return [v for k, v in unit_entries()[section] if k == key]
+
+
+def container_command() -> list[str]:
+    """ENTRYPOINT + CMD as the image runs them, with the entrypoint script taken from the repository."""
+    entrypoint = json.loads(dockerfile("ENTRYPOINT")[-1])
+    cmd = json.loads(dockerfile("CMD")[-1])
+    sources = {dest: srcs[0] for srcs, dest in copies()}
+    script = sources[entrypoint[0]]
+    return ["sh", str(ROOT / script), *entrypoint[1:], *cmd]
+
+
+def base_env() -> dict[str, str]:
+    """The test's environment without NOTIFIER settings, with this interpreter first on PATH as `python`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER")}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- Dockerfile
+
+def test_every_copy_source_exists_and_keeps_the_repository_layout():
+    workdir = dockerfile("WORKDIR")[-1]
+
+    for sources, dest in copies():
+        for src in sources:
+            assert (ROOT / src).exists(), src
+        if not dest.startswith("/"):  # relative to WORKDIR: must mirror the repository, as the tests run it
+            assert len(sources) == 1 and (sources[0].rstrip("/") == dest.rstrip("/") or dest == "./"), (sources, dest)
+    assert workdir == "/app"
+
+
+def test_the_build_context_filter_lets_every_copy_source_through():
+    rules = [line.strip() for line in (DEPLOY / "Dockerfile.dockerignore").read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.startswith("#")]
+    allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+
+    assert rules[0] == "**"
+    assert {src.rstrip("/") for sources, _ in copies() for src in sources} <= allowed
+
+
+def test_image_is_slim_python_non_root_with_data_volume_port_and_healthcheck():
+    env = dockerfile_env()
+    user = dockerfile("USER")[-1].split(":")[0]
+    uid = re.search(r"useradd .*--uid (\d+)", " ".join(dockerfile("RUN"))).group(1)
+    healthcheck = dockerfile("HEALTHCHECK")[-1]
+
+    assert dockerfile("FROM") == ["python:3.11-slim"]
+    assert user not in ("", "0", "root") and user == uid
+    assert any("pip install --no-cache-dir -r requirements.txt" in run for run in dockerfile("RUN"))
+    assert json.loads(dockerfile("VOLUME")[-1]) == ["/data"]
+    assert dockerfile("EXPOSE") == [env["NOTIFIER__SERVICE__PORT"]] == ["3978"]
+    assert env["NOTIFIER__SERVICE__HOST"] == "0.0.0.0"
+    assert env["NOTIFIER__SERVICE__DATABASE"] == "/data/notifier.sqlite3"
+    assert env["NOTIFIER__SERVICE__KEY_FILE"] == "/data/master.key"
+    assert "/healthz" in healthcheck and "python" in healthcheck and "curl" not in healthcheck
+    assert container_command()[2:] == ["python", "app.py", "serve"]
+
+
+def test_image_environment_is_valid_settings():
+    settings = load_settings(env=dockerfile_env())
+
+    assert (settings.service.host, settings.service.port) == ("0.0.0.0", 3978)
+    assert not settings.service.dev_mode
+
+
+def test_entrypoint_script_is_executable_and_valid_sh():
+    done = subprocess.run(["sh", "-n", str(ENTRYPOINT_SCRIPT)], capture_output=True, text=True, timeout=10)
+
+    assert ENTRYPOINT_SCRIPT.stat().st_mode & stat.S_IXUSR
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["python", "app.py", "--help"]])
+def test_entrypoint_runs_app_commands_alone_or_spelled_out(argv):
+    done = subprocess.run(["sh", str(ENTRYPOINT_SCRIPT), *argv], cwd=ROOT, env=base_env(),
+                          capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert "usage: app.py" in done.stdout and "serve" in done.stdout
+
+
+# --------------------------------------------------------------------------- the container's command, for real
+
+async def _run(argv: list[str], env: dict[str, str], stdin: bytes | None = None,
+               kill_after: float = 60) -> tuple[int | None, str, str]:
+    """Exit code (None if it had to be killed after `kill_after` seconds), stdout, stderr."""
+    proc = await asyncio.create_subprocess_exec(*argv, cwd=ROOT, env=env, stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    communicate = asyncio.ensure_future(proc.communicate(stdin))
+    try:
+        out, err = await asyncio.wait_for(asyncio.shield(communicate), timeout=kill_after)
+        return proc.returncode, out.decode(), err.decode()
+    except TimeoutError:
+        proc.kill()
+        out, err = await communicate
+        return None, out.decode(), err.decode()
+
+
+def _local_env(tmp_path: Path, port: int) -> dict[str, str]:
+    """The image's ENV, pointed at a temporary /data and loopback (development mode: no bot credentials)."""
+    return base_env() | dockerfile_env() | {
+        "NOTIFIER__SERVICE__HOST": "127.0.0.1",
+        "NOTIFIER__SERVICE__PORT": str(port),
+        "NOTIFIER__SERVICE__DATABASE": str(tmp_path / "data" / "notifier.sqlite3"),
+        "NOTIFIER__SERVICE__KEY_FILE": str(tmp_path / "data" / "master.key"),
+        "NOTIFIER__SERVICE__DEV_MODE": "true",
+        "NOTIFIER__IFS__REALM": "ifs",
+    }
+
+
+async def test_container_command_serves_health_and_readiness_then_stops_cleanly_on_sigterm(tmp_path, ifs):
+    port = free_port()
+    env = _local_env(tmp_path, port)
+    for name, value in (("ifs.base_url", ifs.base_url), ("ifs.client_id", "notifier"),
+                        ("ifs.client_secret", "notifier-secret")):
+        code, out, err = await _run(["sh", str(ENTRYPOINT_SCRIPT), "python", "app.py", "secrets", "set", name],
+                                    env, stdin=value.encode() + b"\n")
+        assert code == 0 and f"{name} stored" in out, err
+    log_path = tmp_path / "serve.log"
+
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(*container_command(), cwd=ROOT, env=env,
+                                                    stdout=log, stderr=subprocess.STDOUT)
+        try:
+            health = ready = None
+            deadline = time.monotonic() + 60
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2) as client:
+                while time.monotonic() < deadline and proc.returncode is None:
+                    try:
+                        health = await client.get("/healthz")
+                        break
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.1)
+                assert health is not None, log_path.read_text()
+                ready = await client.get("/readyz")
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(proc.wait(), timeout=30)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+    output = log_path.read_text()
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert ready.status_code == 200 and ready.json()["ready"] and ready.json()["ifs"], ready.text
+    assert code == 0, output
+    assert "Traceback" not in output
+    messages = [json.loads(line)["message"] for line in output.splitlines() if line.startswith("{")]
+    assert any(m.startswith("service started") for m in messages), output
+
+
+async def test_container_command_without_ifs_secrets_exits_2_naming_the_key(tmp_path):
+    code, out, err = await _run(container_command(), _local_env(tmp_path, free_port()), kill_after=10)
+
+    assert "ifs.base_url" in err
+    assert code == 2
+
+
+# --------------------------------------------------------------------------- compose and env file
+
+def test_compose_builds_the_dockerfile_from_the_repository_root_with_a_named_data_volume():
+    text = COMPOSE.read_text(encoding="utf-8")
+    context = re.search(r"^\s+context:\s*(\S+)", text, re.M).group(1)
+    dockerfile_path = re.search(r"^\s+dockerfile:\s*(\S+)", text, re.M).group(1)
+    env_file_path = re.search(r"^\s+- path:\s*(\S+)", text, re.M).group(1)
+
+    assert (DEPLOY / context).resolve() == ROOT
+    assert (DEPLOY / context / dockerfile_path).resolve() == DOCKERFILE
+    assert env_file_path == "./notifier.env" and "required: false" in text
+    assert (DEPLOY / (env_file_path.removeprefix("./") + ".example")).is_file()
+    assert re.search(r"^\s+- notifier-data:/data\s*$", text, re.M)
+    assert re.search(r"^volumes:\s*\n\s+notifier-data:", text, re.M)
+
+
+def test_compose_environment_agrees_with_the_image():
+    text = COMPOSE.read_text(encoding="utf-8")
+    compose_env = dict(re.findall(r"^\s+(NOTIFIER__\w+):\s*\"?([^\"\n]*)\"?\s*$", text, re.M))
+    image_env = dockerfile_env()
+
+    assert compose_env
+    assert all(image_env[k] == v for k, v in compose_env.items())
+
+
+def test_env_example_loads_with_the_image_settings():
+    settings = load_settings(env=dockerfile_env() | env_file(ENV_EXAMPLE))
+
+    assert settings.service.public_url.startswith("https://")
+    assert settings.ifs.realm
+
+
+def test_env_example_holds_no_secret_values():
+    pairs = env_file(ENV_EXAMPLE)
+    text = ENV_EXAMPLE.read_text(encoding="utf-8")
+
+    assert all(k.startswith("NOTIFIER__") for k in pairs)
+    assert not [k for k in pairs if re.search(r"SECRET|PASSWORD|TOKEN|MASTER_KEY|CLIENT_ID|APP_ID", k)]
+    assert not re.search(r"^\s*NOTIFIER_MASTER_KEY\s*=", text, re.M)
+    assert not re.search(r"[A-Za-z0-9_-]{43}=", text)  # a Fernet key
+    assert not re.search(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", text, re.I)
+
+
+# --------------------------------------------------------------------------- systemd and the example TOML
+
+def test_systemd_unit_runs_the_service_as_a_dedicated_user_with_hardening():
+    service = dict(unit_entries()["Service"])
+
+    assert service["User"] not in ("", "root") and service["Group"]
+    assert service["WorkingDirectory"] == "/opt/ifs-teams-notifier"
+    assert service["ExecStart"] == "/opt/ifs-teams-notifier/.venv/bin/python app.py serve"
+    assert (ROOT / service["ExecStart"].split()[1]).is_file()
+    assert "NOTIFIER_CONFIG=/etc/ifs-teams-notifier/notifier.toml" in unit_value("Service", "Environment")
+    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ReadWritePaths": STATE_DIR,
+                       "PrivateTmp": "yes", "Restart": "on-failure", "RestartPreventExitStatus": "2",
+                       "KillSignal": "SIGTERM"}.items():
+        assert service.get(key) == value, key
+    assert unit_value("Install", "WantedBy") == ["multi-user.target"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
+    # ExecStart must exist for verify; everything else is checked as written
+    unit = tmp_path / "ifs-teams-notifier.service"
+    unit.write_text(re.sub(r"^ExecStart=.*$", "ExecStart=/bin/true", UNIT.read_text(encoding="utf-8"), flags=re.M))
+
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_example_toml_is_a_complete_production_config_that_loads():
+    raw = tomllib.loads(EXAMPLE_TOML.read_text(encoding="utf-8"))
+
+    settings = load_settings(EXAMPLE_TOML, env={})
+    build_sources(settings.sources)
+
+    sections = {name: tp for name, tp in typing.get_type_hints(Settings).items() if name not in ("sources", "path")}
+    for section, cls in sections.items():
+        assert set(raw[section]) == {f.name for f in fields(cls)}, section
+    assert settings.service.host == "0.0.0.0" and not is_loopback(settings.service.host)
+    assert not settings.service.dev_mode
+    assert settings.service.public_url.startswith("https://")
+    assert settings.ifs.realm
+    for path in (settings.service.database, settings.service.key_file):
+        assert path.startswith(STATE_DIR + "/")
+
+
+# --------------------------------------------------------------------------- Azure (Bicep: read, not deployed)
+
+def _bicep_code() -> str:
+    """The template's code outside strings and comments (string contents dropped), to check brackets."""
+    text, out, i = BICEP.read_text(encoding="utf-8"), [], 0
+    while i < len(text):
+        if text.startswith("//", i):
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+        elif text.startswith("/*", i):
+            i = text.index("*/", i) + 2
+        elif text[i] == "'":
+            i += 1
+            while text[i] != "'":
+                i += 2 if text[i] == "\\" else 1
+            i += 1
+            out.append("''")
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def test_bicep_brackets_balance():
+    code, stack = _bicep_code(), []
+    pairs = {")": "(", "]": "[", "}": "{"}
+
+    for ch in code:
+        if ch in "([{":
+            stack.append(ch)
+        elif ch in pairs:
+            assert stack and stack.pop() == pairs[ch]
+    assert stack == []
+    assert "param masterKey string" in code and "'" not in code.replace("''", "")
+
+
+def test_bicep_wires_bot_key_vault_key_and_data_share_as_the_image_expects():
+    text = BICEP.read_text(encoding="utf-8")
+    uid = dockerfile("USER")[-1].split(":")[0]
+
+    assert "'Microsoft.BotService/botServices@" in text and "'Microsoft.BotService/botServices/channels@" in text
+    assert "channelName: 'MsTeamsChannel'" in text
+    assert re.search(r"endpoint: 'https://\$\{publicHost\}/api/messages'", text)
+    assert re.search(r"msaAppType: botAppType", text) and "'SingleTenant'" in text and "'UserAssignedMSI'" in text
+    assert re.search(r"name: 'NOTIFIER_MASTER_KEY'\s+secretRef: 'master-key'", text)
+    assert re.search(r"name: 'master-key'\s+keyVaultUrl: ", text) and "identity: identity.id" in text
+    assert "'Microsoft.KeyVault/vaults/secrets@" in text and "@secure()\nparam masterKey string" in text
+    assert re.search(r"mountPath: '/data'", text) and "storageType: 'AzureFile'" in text
+    assert f"uid={uid},gid={uid}" in text and "file_mode=0600" in text
+    assert re.search(r"var containerPort = (\d+)", text).group(1) == dockerfile("EXPOSE")[-1]
+    assert re.search(r"maxReplicas: 1\b", text)
+    assert "path: '/healthz'" in text
+
+
+def test_bicep_parameters_are_documented():
+    blocks = BICEP.read_text(encoding="utf-8").split("\n\n")
+
+    params = [b for b in blocks if re.search(r"^param ", b, re.M)]
+    assert len(params) >= 8
+    assert all("@description(" in b for b in params), [b for b in params if "@description(" not in b]
+
+
+# --------------------------------------------------------------------------- cross references
+
+@pytest.mark.parametrize("path", [DOCKERFILE, COMPOSE, ENV_EXAMPLE, UNIT, EXAMPLE_TOML, BICEP, RUNBOOK,
+                                  ENTRYPOINT_SCRIPT])
+def test_every_repository_file_a_recipe_names_exists(path):
+    text = path.read_text(encoding="utf-8")
+
+    named = set(re.findall(r"(?<![\w/.])((?:deploy|tests|manifest)/[\w./-]*\w)", text))
+    assert all((ROOT / p).exists() for p in named), sorted(p for p in named if not (ROOT / p).exists())
+
+
+def test_runbook_covers_the_path_from_registration_to_status():
+    text = RUNBOOK.read_text(encoding="utf-8")
+
+    for needle in ("SingleTenant", "Azure Bot", "secrets set ifs.client_secret", "secrets set bot.app_id",
+                   "Service Accounts Enabled", "20 characters", "PurchaseOrderHandling",
+                   "ManualSupplierInvoiceHandling", "ApproveVouchersHandling", "CONNECT", "Allowed Companies",
+                   "python app.py check", "manifest build", "Upload a custom app", "link company 10", "status",
+                   "rotate-key", "backup", "AADSTS700016", "BotNotInConversationRoster", "server_state_filter = false",
+                   "MessageSizeTooBig", "Clock skew"):
+        assert needle in text, needle
