@@ -20,7 +20,7 @@ from cards._blocks import (
 )
 from cards.record import KINDS, party, record_status
 from cards.size import fit
-from cards.text import DASH, CardContext, currency_code, day, inert, link, money, number, relative_due
+from cards.text import DASH, CardContext, clean, currency_code, day, inert, link, money, number, relative_due
 from core.domain import EventType, FinanceRecord, RecordKind
 
 DEFAULT_TITLE = "IFS approvals digest"
@@ -38,7 +38,7 @@ class _KindSummary:
         self.rows.append((event, record))
         self.events[event] = self.events.get(event, 0) + 1
         if event is not EventType.RESOLVED and record.amount is not None and record.amount.is_finite():
-            code = currency_code(record.currency)
+            code = clean(record.currency).upper()  # raw; made inert when shown
             count, total = self.totals.get(code, (0, Decimal(0)))
             self.totals[code] = (count + 1, total + record.amount)
 
@@ -84,7 +84,7 @@ def _row(event: EventType, record: FinanceRecord, ctx: CardContext) -> Element:
         [
             column([text_block(label, max_lines=2)]),
             column([text_block(amount, align="Right")], width="auto"),
-            column([text_block(when, align="Right", color=color, subtle=color is None)], width="110px"),
+            column([text_block(when, align="Right", color=color, subtle=color is None)], width="auto"),
         ],
         spacing="Small",
     )
@@ -100,21 +100,19 @@ def _event_counts(summary: _KindSummary, locale: str) -> str:
 
 
 def _totals(summary: _KindSummary, ctx: CardContext) -> list[tuple[str, str]]:
+    view = KINDS[summary.kind]
     groups = sorted(summary.totals.items(), key=lambda item: (-item[1][0], item[0]))
     facts = [
         (
-            f"Pending {code}" if code else "Pending",
-            f"{money(total, code, ctx.locale)} · {number(count, ctx.locale)}",
+            f"Pending {currency_code(code)}" if code else "Pending",
+            f"{money(total, code, ctx.locale)} · {view.count(count, ctx.locale)}",
         )
         for code, (count, total) in groups[:MAX_CURRENCIES]
     ]
     if len(groups) > MAX_CURRENCIES:
         rest = sum(count for _, (count, _) in groups[MAX_CURRENCIES:])
         facts.append(
-            (
-                "Other currencies",
-                f"{len(groups) - MAX_CURRENCIES} currencies · {number(rest, ctx.locale)} documents",
-            )
+            ("Other currencies", f"{len(groups) - MAX_CURRENCIES} more · {view.count(rest, ctx.locale)}")
         )
     return facts
 
@@ -133,9 +131,7 @@ def _section(summary: _KindSummary, ctx: CardContext, max_rows: int) -> tuple[El
     left = len(summary.rows) - len(shown)
     if left:
         items.append(
-            text_block(
-                f"and {number(left, ctx.locale)} more {view.plural.lower()}", subtle=True, spacing="Small"
-            )
+            text_block(f"and {number(left, ctx.locale)} more {view.nouns}", subtle=True, spacing="Small")
         )
     return container(items, separator=True, spacing="Medium"), left
 
@@ -169,10 +165,7 @@ def _build(summaries: list[_KindSummary], ctx: CardContext, title: str, max_rows
     actions = compact(
         open_url(f"{KINDS[summary.kind].plural} in IFS", ctx.list_url(summary.kind)) for summary in summaries
     )
-    counts = ", ".join(
-        f"{number(len(summary.rows), ctx.locale)} {KINDS[summary.kind].plural.lower()}"
-        for summary in summaries
-    )
+    counts = ", ".join(KINDS[summary.kind].count(len(summary.rows), ctx.locale) for summary in summaries)
     return adaptive_card(body, fallback=f"{title}: {counts or 'nothing to report'}", actions=actions)
 
 
@@ -188,6 +181,6 @@ def digest_card(
     Shows up to `max_rows` rows per kind, fewer when needed to fit Teams' size limit, and says how
     many it left out.
     """
-    summaries = _summaries(records)
+    summaries = _summaries([(EventType(event), record) for event, record in records])
     heading = inert(title, 100) or DEFAULT_TITLE
     return fit(lambda rows: _build(summaries, ctx, heading, rows), range(max(0, max_rows), -1, -1))

@@ -10,7 +10,7 @@ from typing import Any
 
 from cards._blocks import adaptive_card, compact, container, fact_set, open_url, text_block
 from cards.size import fit
-from cards.text import CardContext, day, inert, money, relative_due
+from cards.text import CardContext, counted, day, inert, money, number, relative_due
 from core.domain import ApprovalStep, EventType, FinanceRecord, RecordKind
 
 Facts = list[tuple[str, str]]
@@ -85,7 +85,11 @@ _OUTCOMES: dict[str, tuple[str, Tone]] = {
 
 
 def _norm(state: str | None) -> str:
-    return "".join(ch for ch in (state or "").lower() if ch.isalnum())
+    """`AwaitingApproval`, `Awaiting Approval` and `IfsApp.X.VoucherState'AwaitingApproval'` all compare equal."""
+    text = state or ""
+    if text.count("'") >= 2:
+        text = text.split("'")[1]  # an enum literal as OData writes it
+    return "".join(ch for ch in text.lower() if ch.isalnum())
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +98,17 @@ class KindView:
 
     title: str
     plural: str
+    noun: str  # in running text: "1 supplier invoice"
+    nouns: str  # "2 supplier invoices"
     awaiting: str  # badge while pending
     approved_word: str  # "authorized" / "approved"
     facts: Callable[[FinanceRecord, CardContext, _Trim, bool], Facts]
     detail_labels: frozenset[str]  # details shown by `facts` under their own titles
     state_labels: dict[str, str]  # kind-specific names for states (voucher Confirmed reads "Approved")
+
+    def count(self, n: int, locale: str | None = None) -> str:
+        """`1 supplier invoice`, `1,234 supplier invoices`."""
+        return f"{number(n, locale)} {self.noun if n == 1 else self.nouns}"
 
 
 def _money(amount: Decimal | None, record: FinanceRecord, ctx: CardContext) -> str | None:
@@ -193,6 +203,8 @@ KINDS: dict[RecordKind, KindView] = {
     RecordKind.INVOICE: KindView(
         title="Supplier invoice",
         plural="Supplier invoices",
+        noun="supplier invoice",
+        nouns="supplier invoices",
         awaiting="Awaiting authorization",
         approved_word="authorized",
         facts=_invoice_facts,
@@ -202,6 +214,8 @@ KINDS: dict[RecordKind, KindView] = {
     RecordKind.ORDER: KindView(
         title="Purchase order",
         plural="Purchase orders",
+        noun="purchase order",
+        nouns="purchase orders",
         awaiting="Awaiting authorization",
         approved_word="authorized",
         facts=_order_facts,
@@ -211,6 +225,8 @@ KINDS: dict[RecordKind, KindView] = {
     RecordKind.VOUCHER: KindView(
         title="GL voucher",
         plural="GL vouchers",
+        noun="GL voucher",
+        nouns="GL vouchers",
         awaiting="Awaiting approval",
         approved_word="approved",
         facts=_voucher_facts,
@@ -288,7 +304,7 @@ def _change_note(record: FinanceRecord, previous_state: str | None) -> str:
 def _chain(record: FinanceRecord, ctx: CardContext, trim: _Trim) -> list[dict[str, Any]]:
     steps = sorted(record.approvers, key=lambda step: step.sequence)
     if not steps or trim.steps == 0:
-        extra = f"Approval chain: {len(steps)} steps (not shown)" if steps else None
+        extra = f"Approval chain: {counted(len(steps), 'step')} (not shown)" if steps else None
         return [text_block(extra, subtle=True, spacing="Small")] if extra else []
     shown = steps if trim.steps is None else steps[: trim.steps]
     facts = []
@@ -312,7 +328,9 @@ def _chain(record: FinanceRecord, ctx: CardContext, trim: _Trim) -> list[dict[st
         ]
     )
     if len(steps) > len(shown):
-        blocks.append(text_block(f"and {len(steps) - len(shown)} more steps", subtle=True, spacing="Small"))
+        blocks.append(
+            text_block(f"and {counted(len(steps) - len(shown), 'more step')}", subtle=True, spacing="Small")
+        )
     return blocks
 
 
@@ -374,4 +392,5 @@ def record_card(
     previous_state: str | None = None,
 ) -> dict[str, Any]:
     """The Adaptive Card for one record event, trimmed (approval chain, long texts) to fit Teams' limit."""
+    event = EventType(event)
     return fit(lambda trim: _build(record, event, ctx, previous_state, trim), _LEVELS)

@@ -10,7 +10,7 @@ from typing import Any
 from cards._blocks import Element, adaptive_card, container, fact_set, text_block
 from cards.record import KINDS
 from cards.size import fit
-from cards.text import DASH, CardContext, ago, inert, number
+from cards.text import DASH, CardContext, ago, counted, inert, number
 from core.domain import Binding, RecordKind
 
 
@@ -121,7 +121,7 @@ def help_card(commands: Sequence[tuple[str, str]], *, title: str = "Commands") -
                 )
             )
         if len(commands) > shown:
-            body.append(text_block(f"and {len(commands) - shown} more commands", subtle=True))
+            body.append(text_block(f"and {counted(len(commands) - shown, 'more command')}", subtle=True))
         names = ", ".join(inert(usage.split(" ", 1)[0], 30) for usage, _ in commands[:20])
         return adaptive_card(body, fallback=f"{heading}: {names}" if names else heading)
 
@@ -146,9 +146,14 @@ def status_card(view: StatusView, ctx: CardContext | None = None) -> dict[str, A
     token = inert(view.token_state, 60) or "unknown"
     if view.token_expires_at is not None:
         token += f", expires {_when(ctx, view.token_expires_at, view.generated_at)}"
-    overall = "good" if view.ifs_reachable and not view.failures and not view.inactive_channels else "warning"
+    problems = [
+        counted(view.failures, "failed delivery", "failed deliveries", ctx.locale) if view.failures else "",
+        counted(len(view.inactive_channels), "inactive channel") if view.inactive_channels else "",
+    ]
+    badge = " · ".join([f"IFS {reachable}", *(problem for problem in problems if problem)])
+    tone = "good" if view.ifs_reachable and not any(problems) else "warning"
     if view.ifs_reachable is False:
-        overall = "attention"
+        tone = "attention"
 
     def build(shown: int) -> dict[str, Any]:
         facts = [
@@ -163,7 +168,7 @@ def status_card(view: StatusView, ctx: CardContext | None = None) -> dict[str, A
             facts.append(("Last error", inert(view.last_error, 200)))
             facts.append(("Last error at", _when(ctx, view.last_error_at, view.generated_at)))
         body: list[Element | None] = [
-            container([text_block(f"IFS {reachable}", weight="Bolder")], style=overall),
+            container([text_block(badge, weight="Bolder")], style=tone),
             _title("Status"),
             text_block(f"As of {ctx.stamp(view.generated_at)}", subtle=True, spacing="None"),
             fact_set(facts),
@@ -188,7 +193,7 @@ def status_card(view: StatusView, ctx: CardContext | None = None) -> dict[str, A
                 )
             )
         if len(view.sources) > shown:
-            body.append(text_block(f"and {len(view.sources) - shown} more sources", subtle=True))
+            body.append(text_block(f"and {counted(len(view.sources) - shown, 'more source')}", subtle=True))
         channels = [
             ("Inactive channels", view.inactive_channels),
             ("Paused channels", view.paused_channels),
@@ -238,9 +243,9 @@ def links_card(
                 facts.append(("Linked by", inert(binding.created_by, 60)))
             body.append(container([fact_set(facts)], separator=True))
         if len(bindings) > shown:
-            body.append(text_block(f"and {len(bindings) - shown} more links", subtle=True))
+            body.append(text_block(f"and {counted(len(bindings) - shown, 'more link')}", subtle=True))
         companies = sorted({inert(binding.company, 20) for binding in bindings})
-        fallback = f"{len(bindings)} linked channels" + (
+        fallback = counted(len(bindings), "linked channel") + (
             f": companies {', '.join(companies[:20])}" if companies else ""
         )
         return adaptive_card(body, fallback=fallback)
@@ -278,7 +283,12 @@ def audit_card(
                 )
             )
         if len(entries) > shown:
-            body.append(text_block(f"and {len(entries) - shown} older entries not shown", subtle=True))
-        return adaptive_card(body, fallback=f"{heading}: {len(entries)} entries")
+            body.append(
+                text_block(
+                    f"and {counted(len(entries) - shown, 'older entry', 'older entries')} not shown",
+                    subtle=True,
+                )
+            )
+        return adaptive_card(body, fallback=f"{heading}: {counted(len(entries), 'entry', 'entries')}")
 
     return fit(build, range(len(entries), -1, -1))

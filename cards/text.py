@@ -26,9 +26,8 @@ _INLINE_SPECIAL = frozenset("\\`*_~[]()<>{}")
 # Starts of a line that make a list item, heading or rule: "- x", "+ x", "# x", "1. x", "---".
 _BLOCK_START = re.compile(r"(?:[-+]|#{1,6}|\d{1,9}\.)(?=\s|$)|-(?=\s*-)")
 _ENTITY = re.compile(r"&(?=#?[A-Za-z0-9]+;)")
-_STRIPPED_CATEGORIES = frozenset(
-    {"Cc", "Cf", "Cs"}
-)  # controls, zero-width / bidi formatting, lone surrogates
+# Controls, zero-width and bidi formatting characters, lone surrogates.
+_STRIPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs"})
 
 
 def clean(text: str | None) -> str:
@@ -232,8 +231,10 @@ def relative_due(due: date, today: date) -> str:
     return f"overdue {-days} day{'s' if days != -1 else ''}"
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
+def counted(count: int, singular: str, plural: str | None = None, locale: str | None = None) -> str:
+    """`1 failed delivery`, `2 failed deliveries`, `1,234 steps`."""
+    word = singular if count == 1 else (plural or singular + "s")
+    return f"{number(count, locale)} {word}"
 
 
 def ago(seconds: float) -> str:
@@ -247,7 +248,7 @@ def ago(seconds: float) -> str:
     elif span < 86400 * 2:
         text = f"{int(span // 3600)} h"
     else:
-        text = _plural(int(span // 86400), "day")
+        text = counted(int(span // 86400), "day")
     return f"in {text}" if future else f"{text} ago"
 
 

@@ -62,6 +62,10 @@ NEW, CHANGED, RESOLVED = EventType.NEW, EventType.CHANGED, EventType.RESOLVED
 # --------------------------------------------------------------------------- fixtures
 
 
+def invoice_link(invoice_id: int) -> str:
+    return page_link(BASE, "ManualSupplierInvoice/Form", [("InvoiceId", invoice_id), ("Company", "10")])
+
+
 def invoice(**changes: Any) -> FinanceRecord:
     record = FinanceRecord(
         kind=RecordKind.INVOICE,
@@ -84,7 +88,7 @@ def invoice(**changes: Any) -> FinanceRecord:
             ApprovalStep(2, "Per Berg", "Unacknowledged", "Authorizer"),
         ),
         details=(("Supplier invoice no", "NS-2026-0042"), ("PO reference", "P1001")),
-        deep_link=page_link(BASE, "ManualSupplierInvoice/Form", [("InvoiceId", 105), ("Company", "10")]),
+        deep_link=invoice_link(105),
     )
     return replace(record, **changes)
 
@@ -144,21 +148,45 @@ def _all_done(record: FinanceRecord, status: str) -> tuple[ApprovalStep, ...]:
 
 SCENARIOS: dict[str, tuple[FinanceRecord, EventType, str | None]] = {
     "invoice_new": (invoice(), NEW, None),
-    "invoice_changed": (invoice(due_date=date(2026, 3, 3), approval_step="2 of 2 lines acknowledged"), CHANGED,
-                        "Preliminary"),
-    "invoice_resolved_approved": (invoice(state="PostedAuth", approvers=_all_done(invoice(), "Authorized")),
-                                  RESOLVED, "Preliminary"),
+    "invoice_changed": (
+        invoice(due_date=date(2026, 3, 3), approval_step="2 of 2 lines acknowledged"),
+        CHANGED,
+        "Preliminary",
+    ),
+    "invoice_resolved_approved": (
+        invoice(
+            state="PostedAuth",
+            approvers=_all_done(invoice(), "Authorized"),
+            approval_step="All lines authorized",
+        ),
+        RESOLVED,
+        "Preliminary",
+    ),
     "invoice_resolved_cancelled": (invoice(state="Cancelled"), RESOLVED, "Preliminary"),
     "order_new": (order(), NEW, None),
     "order_changed": (order(), CHANGED, "Released"),
-    "order_resolved_approved": (order(state="Released", approvers=_all_done(order(), "Approved")), RESOLVED,
-                                "Planned"),
+    "order_resolved_approved": (
+        order(state="Released", approvers=_all_done(order(), "Approved"), approval_step="Fully authorized"),
+        RESOLVED,
+        "Planned",
+    ),
     "order_resolved_cancelled": (order(state="Cancelled"), RESOLVED, "Planned"),
     "voucher_new": (voucher(), NEW, None),
-    "voucher_changed": (voucher(state="PartiallyApproved", approval_step="Second approval pending"), CHANGED,
-                        "AwaitingApproval"),
-    "voucher_resolved_approved": (voucher(state="Confirmed", approvers=_all_done(voucher(), "Approved")),
-                                  RESOLVED, "PartiallyApproved"),
+    "voucher_changed": (
+        voucher(state="PartiallyApproved", approval_step="Second approval pending"),
+        CHANGED,
+        "AwaitingApproval",
+    ),
+    "voucher_resolved_approved": (
+        voucher(
+            state="Confirmed",
+            approvers=_all_done(voucher(), "Approved"),
+            approval_step="Approved",
+            details=(("Voucher type", "M"), ("Accounting year", "2026"), ("Second approval", "Done")),
+        ),
+        RESOLVED,
+        "PartiallyApproved",
+    ),
     "voucher_resolved_cancelled": (voucher(state="Cancelled"), RESOLVED, "AwaitingApproval"),
 }
 
@@ -166,13 +194,51 @@ SCENARIOS: dict[str, tuple[FinanceRecord, EventType, str | None]] = {
 def small_digest_input() -> list[tuple[EventType, FinanceRecord]]:
     return [
         (NEW, invoice()),
-        (NEW, invoice(key="Company=10^InvoiceId=106", number="106", party_name="Fjord Logistics AS", party_id="S1002",
-                      amount=Decimal("980.00"), currency="NOK", due_date=date(2026, 3, 2), deep_link=None)),
-        (CHANGED, invoice(key="Company=10^InvoiceId=107", number="107", amount=Decimal("45000.00"))),
-        (RESOLVED, invoice(key="Company=10^InvoiceId=90", number="90", state="PostedAuth",
-                           approvers=_all_done(invoice(), "Authorized"))),
+        (
+            NEW,
+            invoice(
+                key="Company=10^InvoiceId=106",
+                number="106",
+                party_name="Fjord Logistics AS",
+                party_id="S1002",
+                amount=Decimal("980.00"),
+                currency="NOK",
+                due_date=date(2026, 3, 2),
+                deep_link=None,
+            ),
+        ),
+        (
+            CHANGED,
+            invoice(
+                key="Company=10^InvoiceId=107",
+                number="107",
+                amount=Decimal("45000.00"),
+                deep_link=invoice_link(107),
+            ),
+        ),
+        (
+            RESOLVED,
+            invoice(
+                key="Company=10^InvoiceId=90",
+                number="90",
+                state="PostedAuth",
+                approvers=_all_done(invoice(), "Authorized"),
+                deep_link=invoice_link(90),
+            ),
+        ),
         (NEW, order()),
-        (NEW, order(key="OrderNo=P1002", number="P1002", amount=Decimal("1200.00"), currency="USD")),
+        (
+            NEW,
+            order(
+                key="OrderNo=P1002",
+                number="P1002",
+                amount=Decimal("1200.00"),
+                currency="USD",
+                party_name="Acme Corp",
+                party_id="V300",
+                deep_link=page_link(BASE, "PurchaseOrder/Form", [("OrderNo", "P1002")]),
+            ),
+        ),
         (NEW, voucher()),
         (CHANGED, voucher()),  # the same voucher again: the last event wins
     ]
@@ -182,9 +248,11 @@ def big_digest_input(n: int = 5000) -> list[tuple[EventType, FinanceRecord]]:
     kinds = (invoice, order, voucher)
     currencies = ("SEK", "EUR", "USD", "NOK")
     events = (NEW, NEW, NEW, CHANGED, RESOLVED)
+    final = {invoice: "PostedAuth", order: "Released", voucher: "Confirmed"}
     out = []
     for i in range(n):
         make = kinds[i % 3]
+        event = events[i % 5]
         record = make(
             key=f"K{i:05d}",
             number=f"{10000 + i}",
@@ -193,9 +261,11 @@ def big_digest_input(n: int = 5000) -> list[tuple[EventType, FinanceRecord]]:
             amount=Decimal(i * 7919 % 250_000) + Decimal("0.25"),
             currency=currencies[i % 4],
             due_date=date(2026, 3, 1 + i % 28) if make is invoice else None,
-            deep_link=page_link(BASE, "ManualSupplierInvoice/Form", [("InvoiceId", 10000 + i), ("Company", "10")]),
+            deep_link=invoice_link(10000 + i) if make is invoice else None,
         )
-        out.append((events[i % 5], record))
+        if event is RESOLVED:
+            record = replace(record, state=final[make])
+        out.append((event, record))
     return out
 
 
@@ -220,7 +290,10 @@ def status_view() -> StatusView:
 
 HELP_ROWS = [
     ("help", "Show what I can do"),
-    ("link company <code> [kinds invoices,orders,vouchers] [min <amount>]", "Send this channel an IFS company"),
+    (
+        "link company <code> [kinds invoices,orders,vouchers] [min <amount>]",
+        "Send this channel an IFS company",
+    ),
     ("status", "IFS reachability, polls, deliveries and problems"),
 ]
 
@@ -232,8 +305,14 @@ def reply_cards() -> dict[str, dict[str, Any]]:
         "reply_links": links_card(
             [
                 Binding("19:abc@thread.tacv2", "10"),
-                Binding("19:abc@thread.tacv2", "20", kinds=frozenset({RecordKind.INVOICE}),
-                        cost_centers=frozenset({"CC100", "CC200"}), min_amount=Decimal("5000"), created_by="Jane Doe"),
+                Binding(
+                    "19:abc@thread.tacv2",
+                    "20",
+                    kinds=frozenset({RecordKind.INVOICE}),
+                    cost_centers=frozenset({"CC100", "CC200"}),
+                    min_amount=Decimal("5000"),
+                    created_by="Jane Doe",
+                ),
             ],
             channel_names={"19:abc@thread.tacv2": "Finance approvals"},
         ),
@@ -244,12 +323,16 @@ def reply_cards() -> dict[str, dict[str, Any]]:
             ],
             CTX,
         ),
-        "reply_text": text_card("Linked", ["This channel now receives company 10.", "Invoices **and** orders."]),
+        "reply_text": text_card(
+            "Linked", ["This channel now receives company 10.", "Invoices **and** orders."]
+        ),
     }
 
 
 def all_cards() -> dict[str, dict[str, Any]]:
-    cards = {name: record_card(rec, ev, CTX, previous_state=prev) for name, (rec, ev, prev) in SCENARIOS.items()}
+    cards = {
+        name: record_card(rec, ev, CTX, previous_state=prev) for name, (rec, ev, prev) in SCENARIOS.items()
+    }
     cards["digest_small"] = digest_card(small_digest_input(), CTX)
     cards["digest_5000"] = digest_card(big_digest_input(), CTX)
     cards.update(reply_cards())
@@ -369,10 +452,15 @@ def test_golden_card_is_valid_for_teams(name: str) -> None:
     assert_teams_card(card)
 
 
-@pytest.mark.parametrize("name", CARD_NAMES)
-def test_card_text_is_inert(cards: dict[str, dict[str, Any]], name: str) -> None:
+@pytest.fixture(scope="module")
+def our_links() -> set[str]:
     links = {safe_url(record.deep_link) for _, record in big_digest_input() + small_digest_input()}
-    assert_inert(cards[name], {link for link in links if link})
+    return {link for link in links if link}
+
+
+@pytest.mark.parametrize("name", CARD_NAMES)
+def test_card_text_is_inert(cards: dict[str, dict[str, Any]], our_links: set[str], name: str) -> None:
+    assert_inert(cards[name], our_links)
 
 
 def test_schema_file_is_the_official_draft6_schema() -> None:
@@ -405,7 +493,9 @@ def test_invoice_card_shows_what_an_approver_needs(cards: dict[str, dict[str, An
     assert facts["Net amount"] == f"SEK{NBSP}10,000.00"
     assert facts["Due date"] == "Mar 8, 2026 (due in 3 days)"
     assert facts["Waiting for"] == "Per Berg"
-    assert facts["Step 1 · Authorizer"] == f"Jane Doe · Authorized · Mar 2, 2026, 10:15{NBSP}AM"  # UTC → Stockholm
+    assert (
+        facts["Step 1 · Authorizer"] == f"Jane Doe · Authorized · Mar 2, 2026, 10:15{NBSP}AM"
+    )  # UTC → Stockholm
     assert card["actions"] == [{"type": "Action.OpenUrl", "title": "Open in IFS", "url": invoice().deep_link}]
 
 
@@ -451,19 +541,37 @@ def test_resolved_with_unknown_final_state_is_neutral() -> None:
 
 def test_order_and_voucher_facts(cards: dict[str, dict[str, Any]]) -> None:
     o, v = _facts(cards["order_new"]), _facts(cards["voucher_new"])
-    assert (o["Order no."], o["Site"], o["Buyer"], o["Total amount"]) == ("P1001", "STO1", "Karin Ek", f"EUR{NBSP}48,250.50")
+    assert (o["Order no."], o["Site"], o["Buyer"], o["Total amount"]) == (
+        "P1001",
+        "STO1",
+        "Karin Ek",
+        f"EUR{NBSP}48,250.50",
+    )
     assert o["Authorization"] == "Step 2 of 3: Finance manager"
     assert o["Waiting for"] == "Erik Holm"
     assert (v["Voucher type"], v["Voucher no."], v["Accounting year"]) == ("M", "M 2026000123", "2026")
-    assert (v["Entered by"], v["Second approval"], v["Amount"]) == ("John Doe (JDOE)", "Required", f"SEK{NBSP}7,300.00")
+    assert (v["Entered by"], v["Second approval"], v["Amount"]) == (
+        "John Doe (JDOE)",
+        "Required",
+        f"SEK{NBSP}7,300.00",
+    )
 
 
 def test_card_without_deep_link_has_no_action(cards: dict[str, dict[str, Any]]) -> None:
     assert "actions" not in cards["voucher_new"]
 
 
-@pytest.mark.parametrize("link", ["javascript:alert(1)", "data:text/html,<b>x</b>", "ftp://ifs/x", "https://",
-                                  "https://ifs.example.com/a b", "//evil.example/x"])
+@pytest.mark.parametrize(
+    "link",
+    [
+        "javascript:alert(1)",
+        "data:text/html,<b>x</b>",
+        "ftp://ifs/x",
+        "https://",
+        "https://ifs.example.com/a b",
+        "//evil.example/x",
+    ],
+)
 def test_unsafe_deep_link_is_dropped(link: str) -> None:
     assert "actions" not in record_card(invoice(deep_link=link), NEW, CTX)
 
@@ -476,8 +584,12 @@ def test_deep_link_parentheses_are_encoded_not_dropped() -> None:
 
 
 def test_long_approval_chain_and_texts_are_trimmed_to_fit() -> None:
-    steps = tuple(ApprovalStep(i, f"Approver {i} " + "x" * 150, "Pending", "Role " * 20) for i in range(1, 400))
-    record = invoice(approvers=steps, party_name="Ü" * 5000, details=tuple((f"L{i}", "v" * 400) for i in range(200)))
+    steps = tuple(
+        ApprovalStep(i, f"Approver {i} " + "x" * 150, "Pending", "Role " * 20) for i in range(1, 400)
+    )
+    record = invoice(
+        approvers=steps, party_name="Ü" * 5000, details=tuple((f"L{i}", "v" * 400) for i in range(200))
+    )
     card = record_card(record, NEW, CTX)
     assert_teams_card(card)
     assert any("more steps" in text or "not shown" in text for text in texts(card))
@@ -528,7 +640,14 @@ def hostile_records(draw: st.DrawFn) -> FinanceRecord:
         )
     )
     details = draw(st.lists(st.tuples(hostile_text, hostile_text), max_size=4))
-    labels = ["Supplier invoice no", "Buyer", "Voucher type", "Accounting year", "Entered by", "Second approval"]
+    labels = [
+        "Supplier invoice no",
+        "Buyer",
+        "Voucher type",
+        "Accounting year",
+        "Entered by",
+        "Second approval",
+    ]
     details += [(label, draw(hostile_text)) for label in labels]
     return FinanceRecord(
         kind=draw(st.sampled_from(list(RecordKind))),
@@ -549,38 +668,54 @@ def hostile_records(draw: st.DrawFn) -> FinanceRecord:
         approval_step=draw(maybe),
         approvers=tuple(steps),
         details=tuple(details),
-        deep_link=draw(st.one_of(st.none(), hostile_text, st.just("https://evil.example/a)[x](https://evil"))),
+        deep_link=draw(
+            st.one_of(st.none(), hostile_text, st.just("https://evil.example/a)[x](https://evil"))
+        ),
     )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(record=hostile_records(), event=st.sampled_from(list(EventType)), previous=maybe)
-def test_hostile_text_in_every_field_stays_inert(record: FinanceRecord, event: EventType, previous: str | None) -> None:
+def test_hostile_text_in_every_field_stays_inert(
+    record: FinanceRecord, event: EventType, previous: str | None
+) -> None:
     card = record_card(record, event, CTX, previous_state=previous)
     assert_teams_card(card)
     assert_inert(card)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(records=st.lists(st.tuples(st.sampled_from(list(EventType)), hostile_records()), max_size=12),
-       title=maybe)
-def test_hostile_text_in_digest_stays_inert(records: list[tuple[EventType, FinanceRecord]], title: str | None) -> None:
+@settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    records=st.lists(st.tuples(st.sampled_from(list(EventType)), hostile_records()), max_size=12), title=maybe
+)
+def test_hostile_text_in_digest_stays_inert(
+    records: list[tuple[EventType, FinanceRecord]], title: str | None
+) -> None:
     card = digest_card(records, CTX, title=title)
     assert_teams_card(card)
     allowed = {safe_url(record.deep_link) for _, record in records}
     assert_inert(card, {link for link in allowed if link})
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, database=None)
 @given(text=hostile_text, other=hostile_text)
 def test_hostile_text_in_replies_stays_inert(text: str, other: str) -> None:
-    view = StatusView(generated_at=NOW, token_state=text, sources=(SourceStatus(text, NOW, NOW, other),),
-                      last_error=other, last_error_at=NOW, inactive_channels=(text,), paused_channels=(other,))
+    view = StatusView(
+        generated_at=NOW,
+        token_state=text,
+        sources=(SourceStatus(text, NOW, NOW, other),),
+        last_error=other,
+        last_error_at=NOW,
+        inactive_channels=(text,),
+        paused_channels=(other,),
+    )
     produced = [
         help_card([(text, other)]),
         status_card(view, CTX),
-        links_card([Binding(text, other, cost_centers=frozenset({text}), created_by=other)],
-                   channel_names={text: other}),
+        links_card(
+            [Binding(text, other, cost_centers=frozenset({text}), created_by=other)],
+            channel_names={text: other},
+        ),
         audit_card([AuditView(NOW, text, other, text, other)], CTX),
         text_card(text, [other, text]),
     ]
@@ -591,14 +726,15 @@ def test_hostile_text_in_replies_stays_inert(text: str, other: str) -> None:
 
 
 def test_injected_link_mention_and_html_show_literally() -> None:
-    record = invoice(party_name="[click](https://evil.example)", party_id="<at>CEO</at>",
-                     cost_center="<b>x</b> &lt;at&gt;")
+    record = invoice(
+        party_name="[click](https://evil.example)", party_id="<at>CEO</at>", cost_center="<b>x</b> &lt;at&gt;"
+    )
     facts = _facts(record_card(record, NEW, CTX))
     assert facts["Supplier"] == r"\[click\]\(https://evil.example\) (\<at\>CEO\</at\>)"
     assert facts["Cost centre"] == r"\<b\>x\</b\> \&lt;at\&gt;"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(text=st.text(max_size=200))
 def test_inert_only_adds_escapes(text: str) -> None:
     out = inert(text, limit=None)
@@ -610,7 +746,7 @@ def test_inert_only_adds_escapes(text: str) -> None:
     assert visible.replace(" ", "") == "".join(kept)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(text=st.text(min_size=1, max_size=300), limit=st.integers(1, 120))
 def test_inert_limit_counts_visible_characters(text: str, limit: int) -> None:
     visible = unescape(inert(text, limit))
@@ -658,8 +794,14 @@ def test_money_minor_units_sign_and_rounding() -> None:
 
 @pytest.mark.parametrize(
     ("locale", "expected"),
-    [("en-US", "Mar 5, 2026"), ("en-GB", "5 Mar 2026"), ("de-DE", "05.03.2026"), ("sv-SE", "2026-03-05"),
-     ("fr-FR", "05/03/2026"), ("fi-FI", "5.3.2026")],
+    [
+        ("en-US", "Mar 5, 2026"),
+        ("en-GB", "5 Mar 2026"),
+        ("de-DE", "05.03.2026"),
+        ("sv-SE", "2026-03-05"),
+        ("fr-FR", "05/03/2026"),
+        ("fi-FI", "5.3.2026"),
+    ],
 )
 def test_day_by_locale(locale: str, expected: str) -> None:
     assert day(date(2026, 3, 5), locale) == expected
@@ -667,8 +809,14 @@ def test_day_by_locale(locale: str, expected: str) -> None:
 
 @pytest.mark.parametrize(
     ("due", "expected"),
-    [(date(2026, 3, 8), "due in 3 days"), (date(2026, 3, 6), "due tomorrow"), (date(2026, 3, 5), "due today"),
-     (date(2026, 3, 4), "overdue 1 day"), (date(2026, 3, 3), "overdue 2 days"), (date(2025, 3, 5), "overdue 365 days")],
+    [
+        (date(2026, 3, 8), "due in 3 days"),
+        (date(2026, 3, 6), "due tomorrow"),
+        (date(2026, 3, 5), "due today"),
+        (date(2026, 3, 4), "overdue 1 day"),
+        (date(2026, 3, 3), "overdue 2 days"),
+        (date(2025, 3, 5), "overdue 365 days"),
+    ],
 )
 def test_relative_due(due: date, expected: str) -> None:
     assert relative_due(due, TODAY) == expected
@@ -706,17 +854,25 @@ def test_small_digest_counts_totals_and_orders_rows(cards: dict[str, dict[str, A
     assert invoices["items"][0]["text"] == "Supplier invoices · 4"
     assert invoices["items"][1]["text"] == "2 new · 1 changed · 1 resolved"
     totals = {fact["title"]: fact["value"] for fact in invoices["items"][2]["facts"]}
-    assert totals == {"Pending SEK": f"SEK{NBSP}57,500.00 · 2", "Pending NOK": f"NOK{NBSP}980.00 · 1"}
+    assert totals == {
+        "Pending SEK": f"SEK{NBSP}57,500.00 · 2 supplier invoices",
+        "Pending NOK": f"NOK{NBSP}980.00 · 1 supplier invoice",
+    }
     rows = [item for item in invoices["items"] if item["type"] == "ColumnSet"]
     firsts = [row["columns"][0]["items"][0]["text"] for row in rows]
     assert firsts[0].startswith("[107](https://ifs.example.com/")  # largest amount first
     assert firsts[-1] == "106 · Fjord Logistics AS (S1002)"  # no deep link: no link
-    assert [a["title"] for a in card["actions"]] == ["Supplier invoices in IFS", "Purchase orders in IFS",
-                                                      "GL vouchers in IFS"]
+    assert [a["title"] for a in card["actions"]] == [
+        "Supplier invoices in IFS",
+        "Purchase orders in IFS",
+        "GL vouchers in IFS",
+    ]
     assert card["actions"][1]["url"] == f"{BASE}/main/ifsapplications/web/page/PurchaseOrders/List"
     vouchers = card["body"][4]
     assert vouchers["items"][1]["text"] == "1 changed"
-    assert card["fallbackText"] == "IFS approvals digest: 4 supplier invoices, 2 purchase orders, 1 gl vouchers"
+    assert (
+        card["fallbackText"] == "IFS approvals digest: 4 supplier invoices, 2 purchase orders, 1 GL voucher"
+    )
 
 
 def test_5000_item_digest_fits_and_says_what_it_left_out(cards: dict[str, dict[str, Any]]) -> None:
@@ -774,7 +930,10 @@ def test_fit_raises_when_even_the_smallest_card_is_too_big() -> None:
 
 def test_help_card_lists_usage_literally(cards: dict[str, dict[str, Any]]) -> None:
     body = cards["reply_help"]["body"]
-    assert body[2]["items"][0]["text"] == r"link company \<code\> \[kinds invoices,orders,vouchers\] \[min \<amount\>\]"
+    assert (
+        body[2]["items"][0]["text"]
+        == r"link company \<code\> \[kinds invoices,orders,vouchers\] \[min \<amount\>\]"
+    )
     assert body[2]["items"][0]["fontType"] == "Monospace"
 
 
@@ -782,8 +941,17 @@ def test_status_card_and_text(cards: dict[str, dict[str, Any]]) -> None:
     facts = _facts(cards["reply_status"]["body"][3])  # the overview; sources follow with their own facts
     assert facts["IFS"] == "reachable"
     assert facts["Token"] == f"valid, expires Mar 5, 2026, 1:30{NBSP}PM (in 30 min)"
-    assert (facts["Pending"], facts["Sent"], facts["Backlog"], facts["Failed deliveries"]) == ("15", "45", "2", "1")
-    assert cards["reply_status"]["body"][0]["style"] == "warning"
+    assert (facts["Pending"], facts["Sent"], facts["Backlog"], facts["Failed deliveries"]) == (
+        "15",
+        "45",
+        "2",
+        "1",
+    )
+    badge = cards["reply_status"]["body"][0]
+    assert (badge["style"], badge["items"][0]["text"]) == (
+        "warning",
+        "IFS reachable · 1 failed delivery · 1 inactive channel",
+    )
     text = status_view().as_text()
     assert "invoices · company 10: last poll 2 min ago (ok), next in 3 min" in text
     assert "Inactive channels: Finance – Oslo" in text
@@ -803,3 +971,9 @@ def test_long_replies_are_trimmed() -> None:
     card = links_card(bindings)
     assert_teams_card(card)
     assert card["body"][-1]["text"].endswith("more links")
+
+
+def test_odata_enum_literals_and_plain_event_strings_are_understood() -> None:
+    record = voucher(state="IfsApp.ApproveVouchersHandling.VoucherState'PartiallyApproved'")
+    card = record_card(record, "changed", CTX, previous_state="AwaitingApproval")
+    assert _badge(card) == ("warning", "Awaiting second approval")
