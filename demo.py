@@ -47,7 +47,7 @@ digest_threshold = 10
     return cfg
 
 
-async def start_playground() -> asyncio.subprocess.Process | None:
+async def start_playground(workdir: Path) -> asyncio.subprocess.Process | None:
     npx = shutil.which("npx")
     if npx is None:
         return None
@@ -56,7 +56,7 @@ async def start_playground() -> asyncio.subprocess.Process | None:
     try:
         proc = await asyncio.create_subprocess_exec(
             npx, "--yes", "@microsoft/m365agentsplayground", "start", "-e", "http://127.0.0.1:3978/api/messages",
-            "-c", "msteams", "-p", str(PLAYGROUND_PORT), "--disable-telemetry", env=env,
+            "-c", "msteams", "-p", str(PLAYGROUND_PORT), "--disable-telemetry", env=env, cwd=workdir,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
     except OSError:
         return None
@@ -120,7 +120,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     await service.start()
     print(f"IFS Cloud simulator : {ifs_url}  (admin API: {ifs_url}/_sim/stats)")
     print(f"bot                 : {service.base_url}/api/messages  (health: {service.base_url}/healthz)")
-    playground = None if args.no_playground else await start_playground()
+    playground = None if args.no_playground else await start_playground(data_dir)
     connector = None
     chat = None
     if playground is not None:
