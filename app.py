@@ -132,7 +132,7 @@ class Service:
         self.bot_config = BotConfig(APP_ID=creds.bot_app_id, APP_PASSWORD=creds.bot_app_password,
                                     APP_TYPE=settings.bot.app_type if creds.bot_app_id else "MultiTenant",
                                     APP_TENANTID=creds.bot_tenant_id,
-                                    TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL=settings.bot.openid_metadata_url or None)
+                                    OPENID_METADATA_URL=settings.bot.openid_metadata_url or None)
         self.adapter, self.credentials_factory = make_adapter(self.bot_config)
         self.sender = TeamsSender(self.adapter, creds.bot_app_id)
         self.worker = DeliveryWorker(db, self.sender, CardRenderer(self._render_record, self._render_digest,
@@ -269,7 +269,7 @@ class Service:
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         try:
             response = await self.adapter.process(request, self.bot)
-        except PermissionError:
+        except (PermissionError, web.HTTPUnauthorized):
             await self.audit.record("security", "inbound rejected", "denied", remote=request.remote)
             return web.json_response({"error": "unauthorized"}, status=401)
         if response is not None and response.status == 401:

@@ -18,8 +18,9 @@ from botbuilder.integration.aiohttp.configuration_service_client_credential_fact
 )
 from botbuilder.schema import Activity, ActivityTypes, ConversationReference, ErrorResponseException
 from botbuilder.schema.teams import ChannelInfo, TeamInfo
-from botframework.connector.auth import ServiceClientCredentialsFactory
+from botframework.connector.auth import ChannelValidation, ServiceClientCredentialsFactory
 from msrest.exceptions import ClientRequestError
+from requests import RequestException
 
 from bot.authz import Actor
 from bot.commands import Commands, Reply
@@ -41,7 +42,9 @@ class BotConfig:
     APP_PASSWORD: str = ""
     APP_TYPE: str = "SingleTenant"
     APP_TENANTID: str = ""
-    TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL: str | None = None
+    # Deliberately not TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL: any TO_BOT_FROM_*/TO_CHANNEL_FROM_* attribute
+    # switches botbuilder 4.17.1 to its parameterized authentication, which then needs every endpoint set.
+    OPENID_METADATA_URL: str | None = None
 
     def __repr__(self) -> str:  # the password never reaches a log
         return f"BotConfig(APP_ID={self.APP_ID!r}, APP_TYPE={self.APP_TYPE!r}, APP_TENANTID={self.APP_TENANTID!r})"
@@ -81,9 +84,24 @@ class CachedCredentialsFactory(ServiceClientCredentialsFactory):
         return len(self._cache)
 
 
+class _Authentication(ConfigurationBotFrameworkAuthentication):
+    """Every token botbuilder cannot validate is a 401 (it raises jwt errors, IndexError, bare Exception)."""
+
+    async def authenticate_request(self, activity: Activity, auth_header: str):
+        try:
+            return await super().authenticate_request(activity, auth_header)
+        except (PermissionError, RequestException):  # refused, or the key server could not be asked
+            raise
+        except Exception as exc:  # noqa: BLE001 - an unreadable or invalid token
+            log.warning("inbound token refused: %s", type(exc).__name__)
+            raise PermissionError("invalid token") from None
+
+
 def make_adapter(config: BotConfig) -> tuple[CloudAdapter, CachedCredentialsFactory]:
+    # The public-cloud channel validation reads its OpenID metadata URL from this class attribute.
+    ChannelValidation.open_id_metadata_endpoint = config.OPENID_METADATA_URL or None
     factory = CachedCredentialsFactory(ConfigurationServiceClientCredentialFactory(config))
-    auth = ConfigurationBotFrameworkAuthentication(config, credentials_factory=factory)
+    auth = _Authentication(config, credentials_factory=factory)
     adapter = CloudAdapter(auth)
 
     async def on_error(context: TurnContext, error: Exception) -> None:
@@ -237,6 +255,11 @@ def _send_error(exc: ErrorResponseException) -> SendError:
 
 # --------------------------------------------------------------------------- activity handler
 
+# Reasons a reinstall (or the bot being added again) undoes; a deleted channel stays inactive.
+REVIVED_BY_INSTALL = ("app uninstalled", "bot removed from the team", "BotNotInConversationRoster",
+                      "BotDisabledByAdmin")
+
+
 class NotifierBot(TeamsActivityHandler):
     """Saves conversation references, follows the channel's life, and hands command lines to Commands."""
 
@@ -247,13 +270,19 @@ class NotifierBot(TeamsActivityHandler):
         self._audit = AuditLog(db)
         self._welcome = welcome
 
-    async def _save(self, activity: Activity, action: str) -> bool:
+    async def _save(self, activity: Activity, action: str, *, install: bool = False) -> bool:
         ref = channel_ref_from(activity)
+        revived: list[str] = []
         async with self._db.transaction() as conn:
             became_active = await self._channels.upsert(conn, ref)
-            if became_active:
+            if install and ref.team_id:
+                revived = await self._channels.set_active_for_team(conn, ref.team_id, True, None,
+                                                                   only_reasons=REVIVED_BY_INSTALL)
+            if became_active or revived:
                 await self._audit.add(conn, "lifecycle", action, "ok", channel_id=ref.channel_id,
-                                      team=ref.team_id, tenant=ref.tenant_id)
+                                      team=ref.team_id, tenant=ref.tenant_id, **({"revived": revived} if revived else {}))
+        if revived:
+            self._commands.runtime.wake_delivery()
         return became_active
 
     async def on_message_activity(self, turn_context: TurnContext) -> None:
@@ -268,7 +297,7 @@ class NotifierBot(TeamsActivityHandler):
         await turn_context.send_activity(reply_activity(reply))
 
     async def on_installation_update_add(self, turn_context: TurnContext) -> None:
-        if await self._save(turn_context.activity, "installed") and self._welcome:
+        if await self._save(turn_context.activity, "installed", install=True) and self._welcome:
             await self._send_welcome(turn_context)
 
     async def on_installation_update_remove(self, turn_context: TurnContext) -> None:
@@ -276,7 +305,7 @@ class NotifierBot(TeamsActivityHandler):
 
     async def on_teams_members_added(self, members_added, team_info, turn_context: TurnContext) -> None:
         if any(m.id == turn_context.activity.recipient.id for m in members_added):
-            if await self._save(turn_context.activity, "bot added") and self._welcome:
+            if await self._save(turn_context.activity, "bot added", install=True) and self._welcome:
                 await self._send_welcome(turn_context)
 
     async def on_teams_members_removed(self, members_removed, team_info, turn_context: TurnContext) -> None:
@@ -306,17 +335,19 @@ class NotifierBot(TeamsActivityHandler):
         await self._team_active(team_info, False, "team archived")
 
     async def on_teams_team_unarchived(self, team_info: TeamInfo, turn_context: TurnContext) -> None:
-        await self._team_active(team_info, True, None)
+        await self._team_active(team_info, True, None, only_reasons=("team archived",))
 
     async def on_teams_team_restored(self, team_info: TeamInfo, turn_context: TurnContext) -> None:
-        await self._team_active(team_info, True, None)
+        await self._team_active(team_info, True, None, only_reasons=("team deleted",))
 
     async def on_teams_team_renamed(self, team_info: TeamInfo, turn_context: TurnContext) -> None:
         await self._audit.record("lifecycle", "team renamed", "ok", team=team_info.id, name=team_info.name)
 
-    async def _team_active(self, team_info: TeamInfo, active: bool, reason: str | None) -> None:
+    async def _team_active(self, team_info: TeamInfo, active: bool, reason: str | None, *,
+                           only_reasons: tuple[str, ...] = ()) -> None:
         async with self._db.transaction() as conn:
-            changed = await self._channels.set_active_for_team(conn, team_info.id, active, reason)
+            changed = await self._channels.set_active_for_team(conn, team_info.id, active, reason,
+                                                               only_reasons=only_reasons)
             await self._audit.add(conn, "lifecycle", reason or "team restored", "ok", team=team_info.id,
                                   channels=changed)
         if active:

@@ -136,9 +136,14 @@ class Channels:
         return cur.rowcount > 0
 
     async def set_active_for_team(self, conn: aiosqlite.Connection, team_id: str, active: bool,
-                                  reason: str | None) -> list[str]:
-        async with conn.execute("SELECT channel_id FROM channels WHERE team_id = ? AND active != ?",
-                                (team_id, int(active))) as cur:
+                                  reason: str | None, *, only_reasons: Sequence[str] = ()) -> list[str]:
+        """Change every channel of a team; with `only_reasons`, only channels made inactive for one of them."""
+        sql = "SELECT channel_id FROM channels WHERE team_id = ? AND active != ?"
+        params: list[Any] = [team_id, int(active)]
+        if only_reasons:
+            sql += f" AND inactive_reason IN ({','.join('?' * len(only_reasons))})"
+            params.extend(only_reasons)
+        async with conn.execute(sql, params) as cur:
             ids = [r[0] for r in await cur.fetchall()]
         for cid in ids:
             await self.set_active(conn, cid, active, reason)
@@ -289,10 +294,12 @@ class Outbox:
         now = self._now()
         rows = [(eid, channel_id, rec.record_id, EventType.NEW.value, now, now)
                 for eid, rec in items if binding.matches(rec)]
-        await conn.executemany(
+        if not rows:
+            return 0
+        cur = await conn.executemany(
             "INSERT OR IGNORE INTO deliveries (event_id, channel_id, record_id, event_type, next_at, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?)", rows)
-        return len(rows)
+        return max(cur.rowcount, 0)  # deliveries that already existed are not queued again
 
     async def release_all_leases(self, conn: aiosqlite.Connection) -> int:
         """At start-up of the only worker: whatever is still 'sending' was claimed by a process that died."""
