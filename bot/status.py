@@ -41,6 +41,10 @@ async def build_status(db: Database, runtime: Any, *, channel_id: str | None, no
     if derr is not None and (last_error_at is None or derr["at"] > last_error_at):
         last_error, last_error_at = f"delivery {derr['action']}: {_short(derr['detail'])}", derr["at"]
     channels = await Channels(db).all()
+    if channel_id is not None:  # a channel sees its own team's channels, not other teams' or tenants'
+        here = next((c for c in channels if c.channel_id == channel_id), None)
+        team = here.team_id if here else None
+        channels = [c for c in channels if c.channel_id == channel_id or (team and c.team_id == team)]
     token_state = "valid" if token.get("valid") else ("refresh failed" if token.get("last_error") else "none yet")
     expires = token.get("expires_in")
     return StatusView(

@@ -5,6 +5,7 @@ Keeping the SDK inside this module means a move to its successor touches one fil
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,12 +27,14 @@ from bot.authz import Actor
 from bot.commands import Commands, Reply
 from bot.delivery import SendError
 from core.domain import ChannelRef, PostedCard
+from core.retry import RetryPolicy
 from store.db import Database
 from store.repos import AuditLog, Channels
 
 log = logging.getLogger(__name__)
 
 ADAPTIVE = "application/vnd.microsoft.card.adaptive"
+REPLY_RETRY = RetryPolicy(base=0.5, cap=5.0, max_attempts=3, max_elapsed=15.0)
 
 
 @dataclass(frozen=True)
@@ -294,7 +297,19 @@ class NotifierBot(TeamsActivityHandler):
         text = TurnContext.remove_recipient_mention(activity) or activity.text or ""
         text = _strip_leftover_mention(text, activity)
         reply = await self._commands.run(channel_id, actor_from(activity), text)
-        await turn_context.send_activity(reply_activity(reply))
+        await self._reply(turn_context, reply)
+
+    async def _reply(self, turn_context: TurnContext, reply: Reply) -> None:
+        """Answer a command; the channel's Teams budget is shared with card posts, so honour a 429 briefly."""
+        for attempt in range(1, REPLY_RETRY.max_attempts + 1):
+            try:
+                await turn_context.send_activity(reply_activity(reply))
+                return
+            except ErrorResponseException as exc:
+                err = _send_error(exc)
+                if err.status != 429 or attempt == REPLY_RETRY.max_attempts:
+                    raise
+                await asyncio.sleep(REPLY_RETRY.delay(attempt, retry_after=err.retry_after))
 
     async def on_installation_update_add(self, turn_context: TurnContext) -> None:
         if await self._save(turn_context.activity, "installed", install=True) and self._welcome:
@@ -324,6 +339,16 @@ class NotifierBot(TeamsActivityHandler):
         async with self._db.transaction() as conn:
             if await self._channels.set_active(conn, channel_info.id, False, "channel deleted"):
                 await self._audit.add(conn, "lifecycle", "channel deleted", "ok", channel_id=channel_info.id)
+
+    async def on_teams_channel_restored(self, channel_info: ChannelInfo, team_info: TeamInfo,
+                                        turn_context: TurnContext) -> None:
+        channel = await self._channels.get(channel_info.id)
+        if channel is None or channel.active or channel.inactive_reason != "channel deleted":
+            return
+        async with self._db.transaction() as conn:
+            await self._channels.set_active(conn, channel_info.id, True, None)
+            await self._audit.add(conn, "lifecycle", "channel restored", "ok", channel_id=channel_info.id)
+        self._commands.runtime.wake_delivery()
 
     async def on_teams_team_deleted(self, team_info: TeamInfo, turn_context: TurnContext) -> None:
         await self._team_active(team_info, False, "team deleted")

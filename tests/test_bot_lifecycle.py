@@ -338,3 +338,22 @@ async def test_unknown_events_are_tolerated(ifs, connector, service_factory, act
     replies_before = len(sent(connector, CHANNEL))
     await post(svc, channel_message("help", connector.service_url))
     assert len(sent(connector, CHANNEL)) == replies_before + 1
+
+
+async def test_channel_restored_revives_only_a_deleted_channel(service_factory, connector):
+    from tests.conftest import CHANNEL, TEAM, channel_message, event_activity, post_activity
+
+    svc = await service_factory()
+    await post_activity(svc.base_url, channel_message("links", connector.service_url))
+    team = {"team": {"id": TEAM, "name": "Finance", "aadGroupId": "group-1"}}
+    deleted = event_activity("conversationUpdate", connector.service_url,
+                             channel_data={**team, "eventType": "channelDeleted", "channel": {"id": CHANNEL}})
+    assert await post_activity(svc.base_url, deleted) in (200, 201)
+    assert not (await svc.commands.channels.get(CHANNEL)).active
+    restored = event_activity("conversationUpdate", connector.service_url,
+                              channel_data={**team, "eventType": "channelRestored",
+                                            "channel": {"id": CHANNEL, "name": "Procurement"}})
+    assert await post_activity(svc.base_url, restored) in (200, 201)
+    assert (await svc.commands.channels.get(CHANNEL)).active
+    actions = [e.action for e in await svc.audit.recent(category="lifecycle", limit=10)]
+    assert "channel restored" in actions
