@@ -185,6 +185,19 @@ async def test_transient_errors_retry_until_max_age_then_dead(rig):
     assert ids and (await status_counts(rig.svc)) == {"sent": 1}
 
 
+async def test_connector_down_then_back_delivers_everything_and_nothing_dies_early(rig):
+    await rig.emit([(EventType.NEW, record(i), None, "") for i in range(5)])
+    rig.connector.inject(503, count=12)
+    rig.connector.drop(count=4)
+    w = rig.worker()
+    t0 = rig.clock.time()
+    await rig.drain(w)
+    assert (await status_counts(rig.svc)) == {"sent": 5}
+    assert rig.clock.time() - t0 < 24 * 3600
+    outcomes = {e.outcome for e in await AuditLog(rig.svc.db).recent(limit=500, category="delivery")}
+    assert outcomes == {"retry", "ok"}
+
+
 async def test_other_4xx_fails_for_replay_and_pause_holds_work(rig):
     await rig.emit([(EventType.NEW, record(1), None, "")])
     rig.connector.inject(400, code="BadArgument")
