@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,7 +62,8 @@ class GraphOwnerCheck:
 
     def __init__(self, app_id: str, app_password: str, *, graph_url: str = "https://graph.microsoft.com",
                  authority_host: str = "https://login.microsoftonline.com", http: httpx.AsyncClient | None = None,
-                 ttl: float = 300.0, now=time.monotonic) -> None:
+                 ttl: float = 300.0, now=time.monotonic,
+                 token_provider: Callable[[str], Awaitable[str]] | None = None) -> None:
         self._app_id = app_id
         self._password = app_password
         self._graph = graph_url.rstrip("/")
@@ -71,8 +73,9 @@ class GraphOwnerCheck:
         self._cache: dict[tuple[str, str], tuple[float, bool]] = {}
         self._ttl = ttl
         self._now = now
+        self._token_provider = token_provider or self._msal_token
 
-    def _token(self, tenant: str) -> str:
+    def _msal_token_sync(self, tenant: str) -> str:
         import msal  # imported here: only needed when Graph credentials are configured
 
         app = self._apps.get(tenant)
@@ -80,10 +83,14 @@ class GraphOwnerCheck:
             app = msal.ConfidentialClientApplication(self._app_id, client_credential=self._password,
                                                      authority=f"{self._authority_host}/{tenant}")
             self._apps[tenant] = app
-        result = app.acquire_token_for_client(scopes=[f"{self._graph}/.default"])  # type: ignore[attr-defined]
+        # msal caches the token and renews it before expiry
+        result = app.acquire_token_for_client(scopes=["https://graph.microsoft.com/.default"])  # type: ignore[attr-defined]
         if "access_token" not in result:
             raise PermissionError(result.get("error", "no token"))
         return result["access_token"]
+
+    async def _msal_token(self, tenant: str) -> str:
+        return await asyncio.to_thread(self._msal_token_sync, tenant)
 
     async def is_owner(self, actor: Actor) -> bool:
         if not (actor.team_aad_group_id and actor.aad_object_id and actor.tenant_id):
@@ -92,10 +99,8 @@ class GraphOwnerCheck:
         hit = self._cache.get(key)
         if hit and hit[0] > self._now():
             return hit[1]
-        import asyncio
-
-        token = await asyncio.to_thread(self._token, actor.tenant_id)
-        flt = f"(microsoft.graph.aadUserConversationMember/userId eq '{actor.aad_object_id}')"
+        token = await self._token_provider(actor.tenant_id)
+        flt = f"(microsoft.graph.aadUserConversationMember/userId eq '{actor.aad_object_id.replace(chr(39), '')}')"
         resp = await self._http.get(f"{self._graph}/v1.0/teams/{actor.team_aad_group_id}/members",
                                     params={"$filter": flt}, headers={"Authorization": f"Bearer {token}"})
         resp.raise_for_status()
