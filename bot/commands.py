@@ -10,6 +10,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from bot.authz import Actor, AdminPolicy
+from bot.status import build_status, status_text
+from cards import AuditView, audit_card, help_card, links_card, status_card
 from core.domain import Binding, RecordKind
 from core.errors import CommandError
 from store.db import Database
@@ -184,8 +186,6 @@ LINK_USAGE = "link company <code> [kinds invoices,orders,vouchers] [costcenter <
 
 @command("help", "help", "Show what I can do")
 async def _help(cmds: Commands, call: CommandCall) -> Reply:
-    from cards import help_card
-
     rows = Commands.help_rows()
     text = "\n".join(f"- {u}: {h}" for u, h in rows)
     return Reply("Commands:\n" + text, help_card(rows))
@@ -243,8 +243,6 @@ async def _unlink(cmds: Commands, call: CommandCall) -> Reply:
 
 @command("links", "links", "What this channel receives")
 async def _links(cmds: Commands, call: CommandCall) -> Reply:
-    from cards import links_card
-
     _no_args(call, "links")
     bindings = await cmds.bindings.for_channel(call.channel_id)
     if not bindings:
@@ -254,9 +252,6 @@ async def _links(cmds: Commands, call: CommandCall) -> Reply:
 
 @command("status", "status", "IFS reachability, polls, deliveries and problems")
 async def _status(cmds: Commands, call: CommandCall) -> Reply:
-    from bot.status import build_status, status_text
-    from cards import status_card
-
     _no_args(call, "status")
     view = await build_status(cmds.db, cmds.runtime, channel_id=call.channel_id, now=cmds.now())
     return Reply(status_text(view), status_card(view, cmds.runtime.card_context()))
@@ -264,8 +259,6 @@ async def _status(cmds: Commands, call: CommandCall) -> Reply:
 
 @command("audit", "audit [n] [failed]", "Recent audit entries for this channel")
 async def _audit(cmds: Commands, call: CommandCall) -> Reply:
-    from cards import AuditView, audit_card
-
     limit, failed = 10, False
     for arg in call.args:
         if arg.lower() == "failed":

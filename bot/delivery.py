@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from core.domain import ChannelRef, EventType, PostedCard
+from core.errors import NotifierError
 from core.metrics import Metrics
 from core.ratelimit import MultiLimiter, WindowLimiter
 from core.retry import RetryPolicy
@@ -28,7 +29,7 @@ CHANNEL_WINDOWS: tuple[tuple[int, float], ...] = ((7, 1.0), (8, 2.0), (60, 30.0)
 APP_WINDOWS: tuple[tuple[int, float], ...] = ((50, 1.0),)
 
 
-class SendError(Exception):
+class SendError(NotifierError):
     """A Bot Connector call failed; status/code as Teams answered (status None: no answer)."""
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
