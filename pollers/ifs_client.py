@@ -279,25 +279,53 @@ class IfsClient:
             raise ValueError("page_size must be positive")
         base = self.entity_url(projection, entity_set)
         params = self._options(filter=filter, select=select, orderby=orderby)
+
+        def window(skip: int) -> str:
+            return f"{base}?{_query({**params, '$top': str(page_size), '$skip': str(skip)})}"
+
         seen: set[str] = set()
         skip = 0
-        while True:
-            url = f"{base}?{_query({**params, '$top': str(page_size), '$skip': str(skip)})}"
-            window_rows = 0
-            while True:
-                self._remember(url, seen)
-                body = await self._send("data", "GET", url)
+        window_rows = 0
+        url: str | None = window(0)
+        self._remember(url, seen)
+        # The next page is requested before this one is handed out, so that the server prepares it
+        # (and its body arrives) while the caller is busy with this one: at most one request ahead.
+        ahead: asyncio.Future[Any] | None = asyncio.ensure_future(self._send("data", "GET", url))
+        try:
+            while ahead is not None and url is not None:
+                body = await ahead
+                ahead = None
                 rows = self._rows(body, url)
                 window_rows += len(rows)
+                next_link = body.get("@odata.nextLink")
+                refused: FatalRequestError | None = None
+                nxt: str | None = None
+                try:
+                    if next_link:
+                        nxt = self._next_url(url, next_link)
+                    elif window_rows == page_size:
+                        # a full $top window without a next link: the next window may hold more
+                        skip += page_size
+                        window_rows = 0
+                        nxt = window(skip)
+                    # else: a short window (the end), or more than $top (next links covered it all)
+                    if nxt is not None:
+                        self._remember(nxt, seen)
+                        ahead = asyncio.ensure_future(self._send("data", "GET", nxt))
+                except FatalRequestError as exc:
+                    refused, nxt = exc, None  # raised after this page, as if we had not looked ahead
+                url = nxt
                 if rows:
                     yield rows
-                next_link = body.get("@odata.nextLink")
-                if not next_link:
-                    break
-                url = self._next_url(url, next_link)
-            if window_rows != page_size:
-                return
-            skip += page_size
+                if refused is not None:
+                    raise refused
+        finally:
+            # the caller stopped early (error or break): the page asked for ahead is not needed
+            if ahead is not None:
+                if not ahead.done():
+                    ahead.cancel()
+                elif not ahead.cancelled():
+                    ahead.exception()  # retrieved, so asyncio does not report it as lost
 
     async def get_by_key(
         self, projection: str, entity_set: str, keys: Mapping[str, str | int]

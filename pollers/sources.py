@@ -211,9 +211,18 @@ class RecordMapper:
     spec: SourceSpec
     ifs_base_url: str
     _link_keys: tuple[str, ...] = field(init=False)
+    _key_names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_link_keys", self.spec.link_keys or tuple(k for k, _ in self.spec.keys))
+        object.__setattr__(self, "_key_names", tuple(k for k, _ in self.spec.keys))
+
+    def quick_key(self, row: Mapping[str, Any]) -> str:
+        """The key as key_and_etag would build it for a well-formed row, without validating anything.
+
+        Only for looking a row up among keys that were validated before: a match means the same record.
+        """
+        return "^".join([f"{k}={row.get(k)}" for k in self._key_names])
 
     def key_and_etag(self, row: Mapping[str, Any]) -> tuple[str, str, dict[str, str | int]]:
         keys = self.spec.key_values(row)

@@ -1,0 +1,302 @@
+"""First poll of a large pending set, its floor, and the unchanged re-poll.
+
+`python -m bench.ingest --records N [--page-size 5000] [--json] [--profile FILE]` runs, in this process:
+
+1. the IFS simulator in a child process (bench.ifs_server) holding N pending records, split over
+   orders, invoices and vouchers (about a third each), all for company 10, one channel bound to it;
+2. a warm-up download of every page (the simulator caches each filtered and sorted result set, as a
+   database would have it in cache; neither side of the comparison pays for the first sort);
+3. the first poll: the real Poller + IfsClient + a fresh SQLite file, every record new;
+4. the floor: plain httpx GETs of the same pages (same $filter/$select/$orderby/$top/$skip) with one
+   bearer token, json.loads of each body, nothing else;
+5. the re-poll of the unchanged set (zero events expected), and the floor once more.
+
+`details_limit=0`: the per-record approval reads (two GETs per new record) exist for small cycles,
+where each record becomes its own card; in a first poll of 100,000 records everything ends in digests
+and the engine skips those reads after `details_limit` (default 50) anyway. Zero keeps the request
+count exactly the paging cost being measured.
+
+Run without --records (as `python -m bench` does), it runs 10,000 and 100,000 records each in a fresh
+subprocess so that each peak RSS (ru_maxrss) is that size's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import ROOT, bind, goal, ifs_server, log, peak_rss_mb, rnd, sim_stats
+from core.domain import RecordKind
+from pollers.engine import Poller
+from pollers.ifs_client import IfsClient, IfsClientConfig, _query  # the client's own query encoding
+from pollers.sources import DEFAULT_SOURCES
+from store.db import open_database
+from store.repos import AuditLog, Bindings, PollWriter, Seen
+
+COMPANY = "10"
+CHANNEL = "19:bench-ingest@thread.tacv2"
+KINDS = (RecordKind.ORDER, RecordKind.INVOICE, RecordKind.VOUCHER)
+
+
+def split(records: int) -> dict[RecordKind, int]:
+    base, extra = divmod(records, 3)
+    return {k: base + (1 if i < extra else 0) for i, k in enumerate(KINDS)}
+
+
+def min_requests(n: int, page_size: int) -> int:
+    """The client stops on a short page; a kind of n rows therefore needs floor(n/size)+1 = ceil((n+1)/size)
+    GETs: when n is an exact multiple of the page size the last, empty page is what says "done"."""
+    return math.ceil((n + 1) / page_size)
+
+
+async def floor(base_url: str, page_size: int) -> dict[str, Any]:
+    """Download + json.loads of exactly the pages the poller reads, one token, nothing else."""
+    client_for_urls = IfsClient(IfsClientConfig(base_url=base_url, realm="ifs", client_id="notifier",
+                                                client_secret="notifier-secret"))
+    await client_for_urls.aclose()  # used for entity_url() only
+    started, cpu = time.perf_counter(), time.process_time()
+    rows = requests = 0
+    async with httpx.AsyncClient(timeout=120) as http:
+        resp = await http.post(f"{base_url}/auth/realms/ifs/protocol/openid-connect/token",
+                               data={"grant_type": "client_credentials", "client_id": "notifier",
+                                     "client_secret": "notifier-secret", "scope": "openid microprofile-jwt"})
+        headers = {"Authorization": f"Bearer {resp.json()['access_token']}", "Accept": "application/json"}
+        for kind in KINDS:
+            spec = DEFAULT_SOURCES[kind]
+            params = {"$filter": spec.filter_for(COMPANY), "$select": ",".join(spec.select),
+                      "$orderby": ",".join(spec.orderby)}
+            base = client_for_urls.entity_url(spec.projection, spec.entity_set)
+            skip = 0
+            while True:
+                url = f"{base}?{_query({**params, '$top': str(page_size), '$skip': str(skip)})}"
+                r = await http.get(url, headers=headers)
+                r.raise_for_status()
+                page = json.loads(r.content)["value"]
+                requests += 1
+                rows += len(page)
+                if len(page) < page_size:
+                    break
+                skip += page_size
+    return {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu, "rows": rows,
+            "data_requests": requests}
+
+
+async def measure(records: int, page_size: int, workdir: Path, profile: str | None = None) -> dict[str, Any]:
+    counts = split(records)
+    with ifs_server(counts[RecordKind.ORDER], counts[RecordKind.INVOICE], counts[RecordKind.VOUCHER],
+                    COMPANY) as url:
+        db = await open_database(str(workdir / "ingest.sqlite3"))
+        client = IfsClient(IfsClientConfig(base_url=url, realm="ifs", client_id="notifier",
+                                           client_secret="notifier-secret", timeout=120))
+        await bind(db, CHANNEL, "http://127.0.0.1:9/")
+        poller = Poller(client=client, sources=DEFAULT_SOURCES, seen=Seen(db), bindings=Bindings(db),
+                        writer=PollWriter(db), audit=AuditLog(db), ifs_base_url=url, page_size=page_size,
+                        details_limit=0)
+        try:
+            log(f"ingest {records:,}: warm-up download")
+            await floor(url, page_size)
+            rss_before = peak_rss_mb()
+
+            log(f"ingest {records:,}: first poll")
+            s0 = await sim_stats(url)
+            profiler = None
+            if profile:
+                import cProfile
+                profiler = cProfile.Profile()
+                profiler.enable()
+            t, cpu, main_cpu = time.perf_counter(), time.process_time(), time.thread_time()
+            first = await poller.poll_all()
+            first_s = time.perf_counter() - t
+            first_cpu, first_main = time.process_time() - cpu, time.thread_time() - main_cpu
+            first_stats = dict(client.stats)
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(profile + ".first")
+            rss_after_first = peak_rss_mb()
+            s1 = await sim_stats(url)
+
+            log(f"ingest {records:,}: floor")
+            floor1 = await floor(url, page_size)
+            s2 = await sim_stats(url)
+
+            log(f"ingest {records:,}: re-poll")
+            if profile:
+                profiler = cProfile.Profile()
+                profiler.enable()
+            t, cpu, main_cpu = time.perf_counter(), time.process_time(), time.thread_time()
+            again = await poller.poll_all()
+            repoll_s = time.perf_counter() - t
+            repoll_cpu, repoll_main = time.process_time() - cpu, time.thread_time() - main_cpu
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(profile + ".repoll")
+            s3 = await sim_stats(url)
+            floor2 = await floor(url, page_size)
+
+            events = int(await db.scalar("SELECT count(*) FROM events"))
+            deliveries = int(await db.scalar("SELECT count(*) FROM deliveries"))
+            seen = int(await db.scalar("SELECT count(*) FROM seen"))
+            db_bytes = sum(p.stat().st_size for p in workdir.glob("ingest.sqlite3*"))
+        finally:
+            await client.aclose()
+            await db.close()
+
+    floor_s = min(floor1["seconds"], floor2["seconds"])
+    minimum = {k.value: min_requests(n, page_size) for k, n in counts.items()}
+    return {
+        "records": records,
+        "split": {k.value: n for k, n in counts.items()},
+        "page_size": page_size,
+        "first_poll": {
+            "seconds": first_s,
+            "ok": all(r.ok for r in first),
+            "errors": [r.error for r in first if r.error],
+            "new": sum(r.new for r in first),
+            "rows": sum(r.rows for r in first),
+            "pages": sum(r.pages for r in first),
+            "deliveries": sum(r.deliveries for r in first),
+            "data_requests": s1["data_requests"] - s0["data_requests"],
+            "data_requests_min": sum(minimum.values()),
+            "data_requests_min_by_kind": minimum,
+            "token_requests": s1["tokens_issued"] - s0["tokens_issued"],
+            "cpu_seconds": first_cpu,
+            "cpu_main_thread_seconds": first_main,
+            "client_stats": first_stats,
+        },
+        "floor": {
+            "seconds": floor_s,
+            "runs": [floor1["seconds"], floor2["seconds"]],
+            "cpu_seconds": min(floor1["cpu_seconds"], floor2["cpu_seconds"]),
+            "rows": floor1["rows"],
+            "data_requests": s2["data_requests"] - s1["data_requests"],
+            "token_requests": s2["tokens_issued"] - s1["tokens_issued"],
+        },
+        "repoll": {
+            "seconds": repoll_s,
+            "cpu_seconds": repoll_cpu,
+            "cpu_main_thread_seconds": repoll_main,
+            "ok": all(r.ok for r in again),
+            "new": sum(r.new for r in again),
+            "changed": sum(r.changed for r in again),
+            "resolved": sum(r.resolved for r in again),
+            "events_created": sum(r.new + r.changed + r.resolved for r in again),
+            "rows": sum(r.rows for r in again),
+            "data_requests": s3["data_requests"] - s2["data_requests"],
+            "token_requests": s3["tokens_issued"] - s2["tokens_issued"],
+        },
+        "db": {"events": events, "deliveries": deliveries, "seen": seen, "bytes": db_bytes},
+        "rss_mb": {"before_first_poll": rss_before, "peak_after_first_poll": rss_after_first,
+                   "peak_end": peak_rss_mb()},
+    }
+
+
+def run_child(records: int, page_size: int = 5000, profile: str | None = None) -> dict[str, Any]:
+    """One size in a fresh interpreter, so that its ru_maxrss is its own."""
+    cmd = [sys.executable, "-m", "bench.ingest", "--records", str(records), "--page-size", str(page_size),
+           "--json"]
+    if profile:
+        cmd += ["--profile", profile]
+    out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, check=True, text=True)
+    return json.loads(out.stdout)
+
+
+def summarize(small: dict[str, Any] | None, big: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The `ingest` and `repoll` sections of the summary, goals attached."""
+    fp, fl, rp = big["first_poll"], big["floor"], big["repoll"]
+    ratio = fp["seconds"] / fl["seconds"]
+    ingest: dict[str, Any] = {
+        "records": big["records"],
+        "split": big["split"],
+        "page_size": big["page_size"],
+        "details_limit": 0,
+        "new_events": goal(fp["new"] if fp["ok"] else None, big["records"], "=="),
+        "deliveries": goal(fp["deliveries"], big["records"], "=="),
+        "seen_rows": goal(big["db"]["seen"], big["records"], "=="),
+        "wall_seconds": rnd(fp["seconds"]),
+        "records_per_second": round(big["records"] / fp["seconds"]),
+        "data_requests": fp["data_requests"],
+        "data_requests_min": fp["data_requests_min"],
+        "data_requests_min_by_kind": fp["data_requests_min_by_kind"],
+        "data_requests_note": ("the client pages with $top/$skip and stops on a short page, so a kind with n rows "
+                               "needs ceil((n+1)/page_size) GETs (an exact multiple costs one extra, empty page)"),
+        "data_requests_at_min": goal(fp["data_requests"], fp["data_requests_min"], "=="),
+        "token_requests": goal(fp["token_requests"], 1, "<="),
+        "floor_seconds": rnd(fl["seconds"]),
+        "floor_runs_seconds": [rnd(x) for x in fl["runs"]],
+        "floor_note": ("plain httpx GET + json.loads of the same pages, one bearer token, same server; "
+                       "the smaller of the runs after the first poll and after the re-poll"),
+        "ratio_to_floor": goal(rnd(ratio, 2), 3, "<="),
+        "cpu_seconds": {
+            "main_thread": rnd(fp["cpu_main_thread_seconds"]),
+            "other_threads": rnd(fp["cpu_seconds"] - fp["cpu_main_thread_seconds"]),
+            "floor": rnd(fl["cpu_seconds"]),
+            "note": "this process only (the simulator runs in another); other threads = aiosqlite's SQLite thread",
+        },
+        "peak_rss_mb": big["rss_mb"]["peak_after_first_poll"],
+        "sqlite_bytes": big["db"]["bytes"],
+    }
+    if small is not None:
+        growth = big["rss_mb"]["peak_after_first_poll"] - small["rss_mb"]["peak_after_first_poll"]
+        ingest["rss_growth_mb"] = goal(rnd(growth, 1), 100, "<=", "MB")
+        ingest["rss_note"] = (f"peak RSS after the first poll, each size in its own process: "
+                              f"{small['records']:,} -> {small['rss_mb']['peak_after_first_poll']} MB, "
+                              f"{big['records']:,} -> {big['rss_mb']['peak_after_first_poll']} MB")
+        ingest["small_run"] = {"records": small["records"], "wall_seconds": rnd(small["first_poll"]["seconds"]),
+                               "ratio_to_floor": rnd(small["first_poll"]["seconds"] / small["floor"]["seconds"], 2),
+                               "peak_rss_mb": small["rss_mb"]["peak_after_first_poll"]}
+    repoll = {
+        "records": big["records"],
+        "events_created": goal(rp["events_created"], 0, "=="),
+        "ok": rp["ok"],
+        "rows_read": rp["rows"],
+        "wall_seconds": rnd(rp["seconds"]),
+        "data_requests": rp["data_requests"],
+        "token_requests": rp["token_requests"],
+        "floor_seconds": rnd(fl["seconds"]),
+        "ratio_to_floor": goal(rnd(rp["seconds"] / fl["seconds"], 2), 1.5, "<="),
+        "cpu_seconds": {"main_thread": rnd(rp["cpu_main_thread_seconds"]),
+                        "other_threads": rnd(rp["cpu_seconds"] - rp["cpu_main_thread_seconds"]),
+                        "floor": rnd(fl["cpu_seconds"])},
+    }
+    return {"ingest": ingest, "repoll": repoll}
+
+
+def run(*, quick: bool = False, need_small: bool = True) -> dict[str, dict[str, Any]]:
+    small = None
+    if need_small:
+        log("ingest: 10,000 records in a fresh process")
+        small = run_child(10_000)
+    log("ingest: 100,000 records in a fresh process")
+    big = run_child(100_000)
+    return summarize(small, big)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.ingest")
+    p.add_argument("--records", type=int, default=None, help="one size, in this process (default: 10k and 100k)")
+    p.add_argument("--page-size", type=int, default=5000)
+    p.add_argument("--json", action="store_true", help="print the raw measurement as JSON")
+    p.add_argument("--profile", default=None, help="write cProfile stats of the polls to FILE.first/.repoll")
+    args = p.parse_args(argv)
+    if args.records is None:
+        print(json.dumps(run(), indent=1))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        result = asyncio.run(measure(args.records, args.page_size, Path(tmp), args.profile))
+    print(json.dumps(result, indent=None if args.json else 1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
