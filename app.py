@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -158,16 +158,22 @@ class Service:
                            tz=self.settings.service.timezone, ifs_base_url=self.creds.ifs_base_url or None,
                            list_pages={k: s.list_page for k, s in self.sources.items() if s.list_page})
 
+    def _linked(self, record):
+        """The record with its "Open in IFS" link (links are built at render time, not per polled row)."""
+        if record.deep_link or record.kind not in self.sources:
+            return record
+        return replace(record, deep_link=self.poller.mapper(record.kind).link_for(record))
+
     def _render_record(self, d) -> tuple[dict, str]:
         from cards import record_card
 
-        card = record_card(d.record, d.event_type, self.card_context(), previous_state=d.previous_state)
+        card = record_card(self._linked(d.record), d.event_type, self.card_context(), previous_state=d.previous_state)
         return card, card.get("fallbackText", d.record.number)
 
     def _render_digest(self, ds) -> tuple[dict, str]:
         from cards import digest_card
 
-        card = digest_card([(d.event_type, d.record) for d in ds], self.card_context(),
+        card = digest_card([(d.event_type, self._linked(d.record)) for d in ds], self.card_context(),
                            max_rows=self.settings.delivery.digest_max_rows)
         return card, card.get("fallbackText", f"{len(ds)} documents")
 

@@ -247,10 +247,6 @@ class RecordMapper:
         if not isinstance(state, str) or not state:
             raise BadRecordError(key, s.state_field, "missing state")
         number = " ".join(str(row.get(f)) for f in s.number if row.get(f) not in (None, ""))
-        link = None
-        if self.ifs_base_url and s.link_page:
-            link = page_link(self.ifs_base_url, s.link_page,
-                             [(k, keys[k]) for k in self._link_keys if k in keys])
         step = self.step_of(row) or None
         if approvals:
             step = summarize_chain(approvals) or step
@@ -261,8 +257,21 @@ class RecordMapper:
             currency=_text(row, s.currency, key), doc_date=_date(row, s.doc_date, key),
             due_date=_date(row, s.due_date, key), cost_center=_text(row, s.cost_center, key),
             site=_text(row, s.site, key), approval_step=step, approvers=approvals,
-            details=tuple((label, str(row[f])) for label, f in s.details if row.get(f) not in (None, "")),
-            deep_link=link)
+            details=tuple((label, str(row[f])) for label, f in s.details if row.get(f) not in (None, "")))
+
+    def link_for(self, record: FinanceRecord) -> str | None:
+        """The record's "Open in IFS" link, built when a card is rendered (not for every polled row)."""
+        s = self.spec
+        if not (self.ifs_base_url and s.link_page):
+            return None
+        types = dict(s.keys)
+        values = dict(part.split("=", 1) for part in record.key.split("^"))  # IFS key values never hold '^'
+        filters: list[tuple[str, str | int]] = []
+        for name in self._link_keys:
+            if name in values:
+                raw = values[name]
+                filters.append((name, int(raw) if types.get(name) == "int" and raw.lstrip("-").isdigit() else raw))
+        return page_link(self.ifs_base_url, s.link_page, filters)
 
     def approvals(self, lines: list[Mapping[str, Any]]) -> tuple[ApprovalStep, ...]:
         a = self.spec.approvals

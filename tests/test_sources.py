@@ -1,0 +1,51 @@
+"""Source declarations: filters with fully qualified enums, client-side twin, overrides, deep links."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.domain import RecordKind
+from core.errors import ConfigError
+from pollers.sources import DEFAULT_SOURCES, RecordMapper, build_sources
+
+
+def test_pending_filter_uses_fully_qualified_enum_literals():
+    voucher = DEFAULT_SOURCES[RecordKind.VOUCHER].filter_for("10")
+    assert voucher == ("Company eq '10' and (Objstate eq IfsApp.ApproveVouchersHandling.VoucherState'AwaitingApproval'"
+                       " or Objstate eq IfsApp.ApproveVouchersHandling.VoucherState'PartiallyApproved')")
+    invoice = DEFAULT_SOURCES[RecordKind.INVOICE].filter_for("O'Neil")
+    assert invoice.startswith("Company eq 'O''Neil' and Objstate eq IfsApp.") and invoice.endswith("AuthStatus eq 'AWAITAUTH'")
+
+
+def test_client_side_filter_is_the_twin_of_the_server_filter():
+    spec = build_sources({"invoice": {"server_state_filter": False}})[RecordKind.INVOICE]
+    assert spec.filter_for("10") == "Company eq '10' and AuthStatus eq 'AWAITAUTH'"
+    assert spec.is_pending({"Objstate": "Preliminary", "AuthStatus": "AWAITAUTH"})
+    assert not spec.is_pending({"Objstate": "Preliminary", "AuthStatus": None})
+    assert not spec.is_pending({"Objstate": "PostedAuth", "AuthStatus": "AWAITAUTH"})
+
+
+@pytest.mark.parametrize("overrides,key", [
+    ({"bogus": {}}, "sources.bogus"),
+    ({"order": {"projection_name": "X"}}, "sources.order.projection_name"),
+    ({"order": {"keys": "OrderNo"}}, "sources.order.keys"),
+    ({"order": {"enabled": "yes"}}, "sources.order.enabled"),
+])
+def test_bad_overrides_name_the_key(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        build_sources(overrides)
+    assert err.value.key == key
+
+
+def test_deep_links_quote_string_keys_and_leave_numbers_bare():
+    mapper = RecordMapper(DEFAULT_SOURCES[RecordKind.INVOICE], "https://acme.ifs.cloud")
+    row = {"Company": "10", "InvoiceId": 105, "Objstate": "Preliminary", "@odata.etag": "W/\"x\""}
+    key, etag, keys = mapper.key_and_etag(row)
+    record = mapper.map(row, key, etag, keys=keys)
+    assert mapper.link_for(record) == ("https://acme.ifs.cloud/main/ifsapplications/web/page/ManualSupplierInvoice/Form;"
+                                       "$filter=InvoiceId%20eq%20105%20and%20Company%20eq%20'10'")
+    order = RecordMapper(DEFAULT_SOURCES[RecordKind.ORDER], "https://acme.ifs.cloud")
+    row = {"OrderNo": "P 1/2", "Company": "10", "Objstate": "Planned", "@odata.etag": "W/\"y\""}
+    key, etag, keys = order.key_and_etag(row)
+    assert order.link_for(order.map(row, key, etag, keys=keys)).endswith(";$filter=OrderNo%20eq%20'P%201%2F2'")
+    assert RecordMapper(DEFAULT_SOURCES[RecordKind.ORDER], "").link_for(record) is None
