@@ -209,12 +209,13 @@ async def _link(cmds: Commands, call: CommandCall) -> Reply:
     cmds.runtime.wake_delivery()
     lines = [f"This channel now receives: {binding.describe()}."]
     if check.pending:
-        pending = ", ".join(f"{n} {k}" for k, n in sorted(check.pending.items())) or "nothing"
+        pending = ", ".join(f"{n} {k if n != 1 else k[:-1]}" for k, n in sorted(check.pending.items())) or "nothing"
         lines.append(f"Pending in IFS for company {company} at the last poll: {pending}.")
     else:
         lines.append(f"Company {company} is new to me: I am polling it now.")
     if queued:
-        lines.append(f"{queued} already known pending documents are on their way as a digest.")
+        lines.append(f"{queued} already known pending document{'s are' if queued != 1 else ' is'} on the way"
+                     f"{' as a digest' if queued > 1 else ''}.")
     else:
         lines.append("They will arrive here after the next poll (a digest when there are many).")
     return Reply("\n\n".join(lines))

@@ -190,7 +190,7 @@ async def test_link_again_changes_the_binding_and_reports_what_ifs_has(ifs, conn
     said = await say(svc, connector, "link company 10 kinds orders")
     assert said.text.split("\n\n")[:2] == [
         "This channel now receives: company 10 kinds orders.",
-        "Pending in IFS for company 10 at the last poll: 0 invoices, 1 orders, 0 vouchers.",
+        "Pending in IFS for company 10 at the last poll: 0 invoices, 1 order, 0 vouchers.",
     ]
     [binding] = await svc.bindings.for_channel(CHANNEL)
     assert [k.plural for k in binding.kinds] == ["orders"]
@@ -204,7 +204,7 @@ async def test_link_in_a_second_channel_backfills_what_is_already_pending(ifs, c
     await svc.poll_once()
 
     said = await say(svc, connector, "link company 10", channel=OTHER)
-    assert "1 already known pending documents are on their way as a digest." in said.text.split("\n\n")
+    assert "1 already known pending document is on the way." in said.text.split("\n\n")
     await svc.worker.run_once()
     assert len(connector.posts(OTHER)) == 1
     assert len(connector.posts(CHANNEL)) == 1
@@ -220,7 +220,7 @@ async def test_relink_after_delivery_does_not_promise_documents_again(ifs, conne
     said = await say(svc, connector, "link company 10 min 0")
     await svc.worker.run_once()
     assert len(connector.posts(CHANNEL)) == 1  # nothing new was sent ...
-    assert "already known pending documents are on their way" not in said.text  # ... so nothing was promised
+    assert "already known pending document" not in said.text  # ... so nothing was promised
     rows = await command_audit(svc)
     assert rows[1].detail["backfilled"] == 0
 
