@@ -91,21 +91,28 @@ class FinanceRecord:
         return _encode(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict; fields left at their empty default are omitted (from_dict restores them)."""
         # written out by hand: dataclasses.asdict deep-copies and dominated the cost of a first poll
-        return {
-            "kind": self.kind.value, "company": self.company, "key": self.key, "number": self.number,
-            "state": self.state, "etag": self.etag, "party_id": self.party_id, "party_name": self.party_name,
-            "amount": None if self.amount is None else str(self.amount),
-            "net_amount": None if self.net_amount is None else str(self.net_amount),
-            "currency": self.currency,
-            "doc_date": None if self.doc_date is None else self.doc_date.isoformat(),
-            "due_date": None if self.due_date is None else self.due_date.isoformat(),
-            "cost_center": self.cost_center, "site": self.site, "approval_step": self.approval_step,
-            "approvers": [{"sequence": a.sequence, "approver": a.approver, "status": a.status, "role": a.role,
-                           "decided_at": a.decided_at} for a in self.approvers],
-            "details": [list(pair) for pair in self.details],
-            "deep_link": self.deep_link,
-        }
+        out: dict[str, Any] = {"kind": self.kind.value, "company": self.company, "key": self.key,
+                               "number": self.number, "state": self.state, "etag": self.etag}
+        for name in ("party_id", "party_name", "currency", "cost_center", "site", "approval_step", "deep_link"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.amount is not None:
+            out["amount"] = str(self.amount)
+        if self.net_amount is not None:
+            out["net_amount"] = str(self.net_amount)
+        if self.doc_date is not None:
+            out["doc_date"] = self.doc_date.isoformat()
+        if self.due_date is not None:
+            out["due_date"] = self.due_date.isoformat()
+        if self.approvers:
+            out["approvers"] = [{"sequence": a.sequence, "approver": a.approver, "status": a.status, "role": a.role,
+                                 "decided_at": a.decided_at} for a in self.approvers]
+        if self.details:
+            out["details"] = [list(pair) for pair in self.details]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FinanceRecord:

@@ -10,7 +10,8 @@ Decisions worth knowing before changing this module:
   rare (one per token lifetime, ~180 s), and a token refresh must never queue behind a 429 penalty,
   or the bearer would expire while the data requests wait. A 429/503 on either kind still penalises
   the budget, because the host asked us to slow down.
-* Decimals: responses are parsed with the default `json.loads` (floats stay floats, and
+* Parsing: pages are parsed with orjson (about 3x faster than `json.loads` on IFS pages, the largest
+  per-row cost of a poll after mapping). Decimals: floats stay floats (and
   `IEEE754Compatible=true` decimals stay strings). The mapping layer turns a field into a Decimal
   with `Decimal(str(value))`, which is exact for the 15-16 significant digits a float keeps; set
   `ieee754_compatible=True` where amounts need more. Parsing with `parse_float=Decimal` would cost
@@ -32,6 +33,7 @@ from typing import Any, Literal
 from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
+import orjson
 
 from core.clock import Clock, SystemClock
 from core.errors import AuthError, ConfigError, FatalRequestError, RetriableError
@@ -558,7 +560,7 @@ class IfsClient:
                     status = response.status_code
                     if 200 <= status < 300:
                         try:
-                            return json.loads(response.content)
+                            return orjson.loads(response.content)
                         except ValueError:
                             failure = _Attempt("malformed JSON in a 200 answer", status=status)
                     elif status == 404 and missing_ok and not _unknown_service(response.content):

@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 import aiosqlite
+import orjson
 
 from core.domain import Binding, ChannelRef, EventType, FinanceRecord, PostedCard, RecordKind
 from store.db import Database
@@ -471,7 +472,7 @@ class PollWriter:
                     eid = next_id
                     next_id += 1
                     rid = rec.record_id
-                    events.append((eid, rid, etype.value, rec.to_json(), prev, now))
+                    events.append((eid, rid, etype.value, orjson.dumps(rec.to_dict()).decode(), prev, now))
                     for b in partial:
                         if b.matches(rec):
                             dels.append((eid, b.channel_id, rid, etype.value, now, now))
