@@ -213,9 +213,18 @@ class RecordMapper:
     _link_keys: tuple[str, ...] = field(init=False)
     _key_names: tuple[str, ...] = field(init=False)
 
+    _texts: tuple[tuple[str, str], ...] = field(init=False)
+    _amounts: tuple[tuple[str, str], ...] = field(init=False)
+    _dates: tuple[tuple[str, str], ...] = field(init=False)
+
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_link_keys", self.spec.link_keys or tuple(k for k, _ in self.spec.keys))
-        object.__setattr__(self, "_key_names", tuple(k for k, _ in self.spec.keys))
+        s = self.spec
+        object.__setattr__(self, "_link_keys", s.link_keys or tuple(k for k, _ in s.keys))
+        object.__setattr__(self, "_key_names", tuple(k for k, _ in s.keys))
+        pick = lambda *attrs: tuple((a, getattr(s, a)) for a in attrs if getattr(s, a))  # noqa: E731
+        object.__setattr__(self, "_texts", pick("party_id", "party_name", "currency", "cost_center", "site"))
+        object.__setattr__(self, "_amounts", pick("amount", "net_amount"))
+        object.__setattr__(self, "_dates", pick("doc_date", "due_date"))
 
     def quick_key(self, row: Mapping[str, Any]) -> str:
         """The key as key_and_etag would build it for a well-formed row, without validating anything.
@@ -239,25 +248,40 @@ class RecordMapper:
     def map(self, row: Mapping[str, Any], key: str, etag: str, approvals: tuple[ApprovalStep, ...] = (),
             keys: Mapping[str, str | int] | None = None) -> FinanceRecord:
         s = self.spec
-        keys = s.key_values(row) if keys is None else keys
-        company = row.get(s.company_field)
+        get = row.get
+        company = get(s.company_field)
         if not isinstance(company, str | int) or company == "":
             raise BadRecordError(key, s.company_field, "missing company")
-        state = row.get(s.state_field)
+        state = get(s.state_field)
         if not isinstance(state, str) or not state:
             raise BadRecordError(key, s.state_field, "missing state")
-        number = " ".join(str(row.get(f)) for f in s.number if row.get(f) not in (None, ""))
+        # the hot loop of a first poll: field lists are resolved once per source (see __post_init__)
+        values: dict[str, Any] = {}
+        for attr, name in self._texts:
+            v = get(name)
+            if v is None or v == "":
+                continue
+            if type(v) is str:
+                values[attr] = v
+            elif isinstance(v, dict | list):
+                raise BadRecordError(key, name, "expected text")
+            else:
+                values[attr] = str(v)
+        for attr, name in self._amounts:
+            v = get(name)
+            if v is not None:
+                values[attr] = _to_amount(v, key, name)
+        for attr, name in self._dates:
+            v = get(name)
+            if v is not None and v != "":
+                values[attr] = _to_date(v, key, name)
+        number = " ".join([str(v) for f in s.number if (v := get(f)) is not None and v != ""])
         step = self.step_of(row) or None
         if approvals:
             step = summarize_chain(approvals) or step
-        return FinanceRecord(
-            kind=s.kind, company=str(company), key=key, number=number or key, state=state, etag=etag,
-            party_id=_text(row, s.party_id, key), party_name=_text(row, s.party_name, key),
-            amount=_amount(row, s.amount, key), net_amount=_amount(row, s.net_amount, key),
-            currency=_text(row, s.currency, key), doc_date=_date(row, s.doc_date, key),
-            due_date=_date(row, s.due_date, key), cost_center=_text(row, s.cost_center, key),
-            site=_text(row, s.site, key), approval_step=step, approvers=approvals,
-            details=tuple((label, str(row[f])) for label, f in s.details if row.get(f) not in (None, "")))
+        details = tuple([(label, str(v)) for label, f in s.details if (v := get(f)) is not None and v != ""])
+        return FinanceRecord(kind=s.kind, company=str(company), key=key, number=number or key, state=state,
+                             etag=etag, approval_step=step, approvers=approvals, details=details, **values)
 
     def link_for(self, record: FinanceRecord) -> str | None:
         """The record's "Open in IFS" link, built when a card is rendered (not for every polled row)."""
@@ -313,29 +337,17 @@ def _opt(v: Any) -> str | None:
     return None if v in (None, "") else str(v)
 
 
-def _text(row: Mapping[str, Any], name: str | None, key: str) -> str | None:
-    if not name:
-        return None
-    v = row.get(name)
-    if v is None or v == "":
-        return None
-    if isinstance(v, dict | list):
-        raise BadRecordError(key, name, "expected text")
-    return str(v)
-
-
-def _amount(row: Mapping[str, Any], name: str | None, key: str) -> Decimal | None:
-    if not name:
-        return None
-    v = row.get(name)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int | float | str | Decimal):
+def _to_amount(v: Any, key: str, name: str) -> Decimal:
+    if type(v) is float:  # the usual case: check range on the float, convert once
+        if v != v or v in (math.inf, -math.inf):
+            raise BadRecordError(key, name, "amount is not finite")
+        if abs(v) >= 1e15:
+            raise BadRecordError(key, name, "amount out of range")
+        return Decimal(str(v))
+    if isinstance(v, bool) or not isinstance(v, int | str | Decimal):
         raise BadRecordError(key, name, "amount is not a number")
-    if isinstance(v, float) and not math.isfinite(v):
-        raise BadRecordError(key, name, "amount is not finite")
     try:
-        d = Decimal(v) if isinstance(v, int | Decimal) else Decimal(str(v))
+        d = Decimal(v) if isinstance(v, int | Decimal) else Decimal(v.strip())
     except InvalidOperation:
         raise BadRecordError(key, name, "amount is not a number") from None
     if not d.is_finite() or abs(d) >= MAX_AMOUNT:
@@ -343,12 +355,7 @@ def _amount(row: Mapping[str, Any], name: str | None, key: str) -> Decimal | Non
     return d
 
 
-def _date(row: Mapping[str, Any], name: str | None, key: str) -> date | None:
-    if not name:
-        return None
-    v = row.get(name)
-    if v is None or v == "":
-        return None
+def _to_date(v: Any, key: str, name: str) -> date:
     if not isinstance(v, str):
         raise BadRecordError(key, name, "date is not text")
     try:
