@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from core.domain import EventType, FinanceRecord, RecordKind
+from core.domain import Binding, EventType, FinanceRecord, RecordKind
 from core.errors import AuthError, BadRecordError, FatalRequestError, RetriableError
-from pollers.sources import RecordMapper, SourceSpec
-from store.repos import AuditLog, Bindings, PollWriter, Seen
+from pollers.sources import RecordMapper, SourceSpec, summarize_chain
+from store.repos import AuditLog, Bindings, PollWriter, Seen, SeenRow
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class Poller:
     use_select: bool = True
     details_limit: int = 50  # per cycle: extra per-record reads beyond this are skipped (digest territory)
     monotonic: Any = time.monotonic
+    now: Any = time.time
     _mappers: dict[RecordKind, RecordMapper] = field(default_factory=dict)
 
     def mapper(self, kind: RecordKind) -> RecordMapper:
@@ -114,6 +115,7 @@ class Poller:
         seen = await self.seen.snapshot(kind, company)
         bindings = [b for b in await self.bindings.all(active_only=True) if b.company == company]
         present: set[str] = set()
+        touched: set[str] = set()
         budget = [self.details_limit]
         async for page in self.client.iter_pages(
                 spec.projection, spec.entity_set, filter=spec.filter_for(company),
@@ -144,6 +146,7 @@ class Poller:
                     if old is not None and old.etag == etag and old.state == state and old.step == step:
                         continue
                     record = await self._with_details(mapper, row, key, etag, keys, budget)
+                    touched.add(key)
                     if old is None:
                         changes.append((EventType.NEW, record, None, step))
                     else:
@@ -160,6 +163,10 @@ class Poller:
                     else:
                         result.changed += 1
                 result.bad += len(bad)
+        if spec.approvals is not None and budget[0] > 0:
+            chained = await self._check_chains(kind, company, seen, present, touched, bindings, budget)
+            result.changed += chained[0]
+            result.deliveries += chained[1]
         gone = [k for k in seen if k not in present]
         if gone:
             resolved = []
@@ -185,6 +192,33 @@ class Poller:
             row, etag = current, current.get("@odata.etag") or etag
         return mapper.map(row, key, etag, mapper.approvals(lines))
 
+    async def _check_chains(self, kind: RecordKind, company: str, seen: dict[str, SeenRow], present: set[str],
+                            touched: set[str], bindings: list[Binding], budget: list[int]) -> tuple[int, int]:
+        """Re-read the approval lines of unchanged records whose card is in a channel, least recently
+        checked first, within the cycle's budget: IFS can record an approval step without touching the
+        document row, and the card should still show who signs next. Returns (changed events, deliveries)."""
+        spec = self.sources[kind]
+        mapper = self.mapper(kind)
+        carded = await self.seen.keys_with_cards(kind, company)
+        candidates = sorted((k for k in carded if k in present and k in seen and k not in touched),
+                            key=lambda k: seen[k].chain_checked)[:budget[0]]
+        if not candidates:
+            return 0, 0
+        changes: list[tuple[EventType, FinanceRecord, str | None, str]] = []
+        for key in candidates:
+            budget[0] -= 1
+            lines = await self.client.get_collection(spec.projection, spec.entity_set, _typed_keys(spec, key),
+                                                     spec.approvals.navigation)
+            chain = mapper.approvals(lines)
+            summary = summarize_chain(chain)
+            if summary and summary != seen[key].chain:
+                last = await self.seen.last_record(seen[key].event_id)
+                changes.append((EventType.CHANGED, replace(last, approvers=chain, approval_step=summary),
+                                last.state, seen[key].step))
+        await self.seen.mark_chains_checked(kind, company, candidates, self.now())
+        deliveries = await self.writer.apply(kind, company, changes, bindings) if changes else 0
+        return len(changes), deliveries
+
     async def _final(self, kind: RecordKind, key: str, event_id: int, budget: list[int]) -> FinanceRecord:
         """The record as it left the pending set: re-read by key when we can, else as last seen."""
         last = await self.seen.last_record(event_id)
@@ -192,8 +226,7 @@ class Poller:
             return last
         budget[0] -= 1
         spec = self.sources[kind]
-        keys = dict(part.split("=", 1) for part in key.split("^"))
-        typed = {k: int(keys[k]) if t == "int" else keys[k] for k, t in spec.keys}
+        typed = _typed_keys(spec, key)
         try:
             row = await self.client.get_by_key(spec.projection, spec.entity_set, typed)
         except FatalRequestError:
@@ -209,6 +242,12 @@ class Poller:
             return mapper.map(row, key, row.get("@odata.etag") or last.etag, mapper.approvals(lines))
         except (BadRecordError, FatalRequestError):
             return last
+
+
+def _typed_keys(spec: SourceSpec, key: str) -> dict[str, str | int]:
+    """Key values from our key string ('A=x^B=1'), typed as the source declares them."""
+    values = dict(part.split("=", 1) for part in key.split("^"))
+    return {k: int(values[k]) if t == "int" else values[k] for k, t in spec.keys}
 
 
 def _raw_key(spec: SourceSpec, row: Mapping[str, Any]) -> str:

@@ -119,4 +119,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX audit_channel ON audit (channel_id, id);
     CREATE INDEX audit_outcome ON audit (outcome, id)
     """,
+    # 2: approval chains read per record, so progress on the approval lines (which IFS may record without
+    # touching the document row) can be noticed for documents whose card is in a channel
+    """
+    ALTER TABLE seen ADD COLUMN chain TEXT NOT NULL DEFAULT '';
+    ALTER TABLE seen ADD COLUMN chain_checked REAL NOT NULL DEFAULT 0
+    """,
 ]

@@ -224,6 +224,8 @@ class SeenRow:
     state: str
     step: str
     event_id: int
+    chain: str = ""  # summary of the approval lines when they were last read ("" = never read)
+    chain_checked: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,9 +245,21 @@ class Seen:
 
     async def snapshot(self, kind: RecordKind, company: str) -> dict[str, SeenRow]:
         async with self._db.conn.execute(
-                "SELECT key, etag, state, step, event_id FROM seen WHERE kind = ? AND company = ?",
+                "SELECT key, etag, state, step, event_id, chain, chain_checked FROM seen WHERE kind = ? AND company = ?",
                 (kind.value, company)) as cur:
-            return {r[0]: SeenRow(r[1], r[2], r[3], r[4]) for r in await cur.fetchall()}
+            return {r[0]: SeenRow(r[1], r[2], r[3], r[4], r[5], r[6]) for r in await cur.fetchall()}
+
+    async def keys_with_cards(self, kind: RecordKind, company: str) -> set[str]:
+        """Record keys whose card sits in some channel: the ones whose approval progress people see."""
+        prefix = f"{kind.value}:{company}:"
+        rows = await self._db.fetchall("SELECT DISTINCT record_id FROM cards WHERE record_id >= ? AND record_id < ?",
+                                       (prefix, prefix + "\uffff"))
+        return {r[0][len(prefix):] for r in rows}
+
+    async def mark_chains_checked(self, kind: RecordKind, company: str, keys: Sequence[str], at: float) -> None:
+        async with self._db.transaction() as conn:
+            await conn.executemany("UPDATE seen SET chain_checked = ? WHERE kind = ? AND company = ? AND key = ?",
+                                   [(at, kind.value, company, k) for k in keys])
 
     async def last_record(self, event_id: int) -> FinanceRecord:
         return FinanceRecord.from_json(await self._db.scalar("SELECT record FROM events WHERE id = ?", (event_id,)))
@@ -479,7 +493,9 @@ class PollWriter:
                     if etype is EventType.RESOLVED:
                         deletes.append((kind.value, company, rec.key))
                     else:
-                        upserts.append((kind.value, company, rec.key, rec.etag, rec.state, step, eid, now))
+                        chain = rec.approval_step or "" if rec.approvers else ""
+                        upserts.append((kind.value, company, rec.key, rec.etag, rec.state, step, eid, now, chain,
+                                        now if chain else 0.0))
                 await conn.executemany(
                     "INSERT INTO events (id, record_id, type, record, previous_state, created_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)", events)
@@ -493,9 +509,11 @@ class PollWriter:
                     "INSERT OR IGNORE INTO deliveries (event_id, channel_id, record_id, event_type, next_at, created_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)", dels)
                 await conn.executemany(
-                    "INSERT INTO seen (kind, company, key, etag, state, step, event_id, first_seen)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, company, key) DO UPDATE SET"
-                    " etag = excluded.etag, state = excluded.state, step = excluded.step, event_id = excluded.event_id",
+                    "INSERT INTO seen (kind, company, key, etag, state, step, event_id, first_seen, chain, chain_checked)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, company, key) DO UPDATE SET"
+                    " etag = excluded.etag, state = excluded.state, step = excluded.step, event_id = excluded.event_id,"
+                    " chain = CASE WHEN excluded.chain != '' THEN excluded.chain ELSE chain END,"
+                    " chain_checked = max(chain_checked, excluded.chain_checked)",
                     upserts)
                 await conn.executemany("DELETE FROM seen WHERE kind = ? AND company = ? AND key = ?", deletes)
                 deliveries += len(dels)

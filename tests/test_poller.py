@@ -199,3 +199,29 @@ async def test_only_bound_companies_are_polled(ifs, harness):
     assert {r.company for r in results} == {"20"}
     assert all(r.new <= 1 for r in results)
     assert all("Company eq '20'" in r.query.get("$filter", "") for r in list_requests(ifs, "Set"))
+
+
+async def test_approval_progress_on_the_lines_updates_records_whose_card_is_in_a_channel(ifs, harness):
+    def multi_step_order() -> dict:
+        for _ in range(50):  # the simulator draws 1-3 approval lines per order
+            order = ifs.add_order(company="10")
+            if len(ifs.nav_rows("order", {"OrderNo": order["OrderNo"]})) >= 2:
+                return order
+        raise AssertionError("no multi-step order generated")
+
+    carded, quiet = multi_step_order(), multi_step_order()
+    h = await harness()
+    await h.poller.poll(ORDER, "10")
+    async with h.db.transaction() as conn:
+        from core.domain import PostedCard
+        from store.repos import Outbox
+        await Outbox(h.db).save_card(conn, f"order:10:OrderNo={carded['OrderNo']}", "19:c@thread.tacv2",
+                                     PostedCard("19:c@thread.tacv2;messageid=1", "1"))
+    assert (await h.poller.poll(ORDER, "10")).changed == 0  # lines read again, nothing moved
+    for order in (carded, quiet):
+        ifs.approve_step("order", {"OrderNo": order["OrderNo"]}, by="MARIA")
+    result = await h.poller.poll(ORDER, "10")
+    assert (result.changed, result.resolved) == (1, 0)  # only the record people can see is re-read
+    row = await h.db.fetchone("SELECT record_id, record FROM events WHERE type = 'changed'")
+    assert carded["OrderNo"] in row[0] and "step 2 of" in row[1] and '"status":"Approved"' in row[1]
+    assert (await h.poller.poll(ORDER, "10")).changed == 0
