@@ -739,7 +739,8 @@ def _get(data: Any, *path: str) -> Any:
 
 def _card_line(record: Accepted) -> str:
     contents = card_contents(record.activity)
-    text = first_text(contents[0]) if contents else record.activity.get("text")
+    # a card's fallback text is its one-line summary; else its first text block
+    text = (contents[0].get("fallbackText") or first_text(contents[0])) if contents else record.activity.get("text")
     summary = " ".join(str(text).split()) if text else ""
     return f"{record.op:<6} {record.channel_id} {record.activity_id} {summary}".rstrip()
 
