@@ -13,7 +13,8 @@ from bot.authz import Actor, AdminPolicy
 from bot.status import build_status, status_text
 from cards import AuditView, audit_card, help_card, links_card, status_card
 from core.domain import Binding, RecordKind
-from core.errors import CommandError
+from core.errors import CommandError, ConfigError
+from core.settings import parse_span
 from store.db import Database
 from store.repos import AuditLog, Bindings, Channels, Outbox, Seen
 
@@ -334,6 +335,28 @@ async def _set_paused(cmds: Commands, call: CommandCall, paused: bool) -> Reply:
     cmds.runtime.wake_delivery()
     held = (await cmds.outbox.counts(call.channel_id)).get("pending", 0)
     return Reply(f"Resumed. {held} held notification{'s' if held != 1 else ''} on the way.")
+
+
+@command("quiet", "quiet <HH:MM-HH:MM> | quiet off", "Hold posts here during these hours (service time zone)",
+         admin=True)
+async def _quiet(cmds: Commands, call: CommandCall) -> Reply:
+    usage = "quiet <HH:MM-HH:MM> | quiet off"
+    if len(call.args) != 1:
+        raise CommandError("Give the quiet hours as one span, like 19:00-07:00, or 'off'.", usage=usage)
+    span = None if call.args[0].lower() == "off" else call.args[0]
+    if span is not None:
+        try:
+            parse_span("quiet", span)
+        except ConfigError as exc:
+            raise CommandError(f"'{span[:20]}': {exc.problem}.", usage=usage) from None
+    async with cmds.db.transaction() as conn:
+        await cmds.channels.set_quiet_hours(conn, call.channel_id, span)
+        await cmds.audit.add(conn, "lifecycle", "quiet hours", "ok", channel_id=call.channel_id,
+                             actor=call.actor.label, span=span or "off")
+    cmds.runtime.wake_delivery()
+    if span is None:
+        return Reply("Quiet hours off for this channel: notifications are posted as they come.")
+    return Reply(f"Quiet hours {span}: nothing is posted here then; what arrives is delivered when they end.")
 
 
 def _no_args(call: CommandCall, name: str) -> None:

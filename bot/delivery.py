@@ -123,12 +123,16 @@ class DeliveryWorker:
             if released:
                 await self.audit.add(conn, "delivery", "recovered after restart", "retry", count=released)
         while True:
+            settled = 0
             try:
-                await self.run_once()
+                settled = await self.run_once()
             except Exception:  # noqa: BLE001 - the worker must outlive any single failure
                 log.exception("delivery cycle failed")
             due = await self.outbox.next_due_at()
-            timeout = idle if due is None else max(0.05, min(idle, due - self.now()))
+            if due is None or (due <= self.now() and not settled):
+                timeout = idle  # nothing due, or all of it held (quiet hours): look again in a while
+            else:
+                timeout = max(0.05, min(idle, due - self.now()))
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -141,8 +145,6 @@ class DeliveryWorker:
             released = await self.outbox.release_expired_leases(conn)
             if released:
                 await self.audit.add(conn, "delivery", "lease expired", "retry", count=released)
-        if self.in_quiet_hours():
-            return 0
         channels = await self.outbox.due_channels()
         tasks = [asyncio.ensure_future(self._channel(ch)) for ch in channels if ch not in self._active]
         for ch, task in zip([c for c in channels if c not in self._active], tasks, strict=True):
@@ -161,7 +163,10 @@ class DeliveryWorker:
         start, end = h1 * 60 + m1, h2 * 60 + m2
         return start <= minutes < end if start <= end else (minutes >= start or minutes < end)
 
-    def in_quiet_hours(self) -> bool:
+    def in_quiet_hours(self, channel: ChannelRef | None = None) -> bool:
+        """Global quiet hours, or the channel's own (which replace the global ones for that channel)."""
+        if channel is not None and channel.quiet_hours:
+            return self._in_span(parse_span("quiet", channel.quiet_hours))
         return self._quiet is not None and self._in_span(self._quiet)
 
     def in_batch_window(self) -> bool:
@@ -174,7 +179,7 @@ class DeliveryWorker:
         async with self._slots:
             while True:
                 channel = await self.channels.get(channel_id)
-                if channel is None or not channel.active or channel.paused or self.in_quiet_hours():
+                if channel is None or not channel.active or channel.paused or self.in_quiet_hours(channel):
                     return settled
                 if self.in_batch_window():
                     await self.outbox.defer_new(channel_id, self._batch_end())

@@ -186,6 +186,7 @@ class ChannelRef:
     active: bool = True
     inactive_reason: str | None = None
     paused: bool = False
+    quiet_hours: str | None = None  # "HH:MM-HH:MM" in the service time zone; overrides delivery.quiet_hours
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,4 +125,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE seen ADD COLUMN chain TEXT NOT NULL DEFAULT '';
     ALTER TABLE seen ADD COLUMN chain_checked REAL NOT NULL DEFAULT 0
     """,
+    # 3: quiet hours per channel
+    """
+    ALTER TABLE channels ADD COLUMN quiet_hours TEXT
+    """,
 ]

@@ -150,6 +150,10 @@ class Channels:
             await self.set_active(conn, cid, active, reason)
         return ids
 
+    async def set_quiet_hours(self, conn: aiosqlite.Connection, channel_id: str, span: str | None) -> None:
+        await conn.execute("UPDATE channels SET quiet_hours = ?, updated_at = ? WHERE channel_id = ?",
+                           (span, self._now(), channel_id))
+
     async def set_paused(self, conn: aiosqlite.Connection, channel_id: str, paused: bool) -> None:
         await conn.execute("UPDATE channels SET paused = ?, updated_at = ? WHERE channel_id = ?",
                            (int(paused), self._now(), channel_id))
@@ -162,7 +166,8 @@ class Channels:
 def _channel(row: Any) -> ChannelRef:
     return ChannelRef(channel_id=row["channel_id"], tenant_id=row["tenant_id"], team_id=row["team_id"],
                       service_url=row["service_url"], reference=json.loads(row["reference"]), name=row["name"],
-                      active=bool(row["active"]), inactive_reason=row["inactive_reason"], paused=bool(row["paused"]))
+                      active=bool(row["active"]), inactive_reason=row["inactive_reason"], paused=bool(row["paused"]),
+                      quiet_hours=row["quiet_hours"])
 
 
 class Bindings:

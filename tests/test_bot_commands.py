@@ -672,3 +672,19 @@ async def test_bindings_import_is_all_or_nothing(tmp_path, items, where):
         assert await AuditLog(db).recent(limit=5) == []
     finally:
         await db.close()
+
+
+async def test_quiet_hours_command_sets_checks_and_clears(service_factory, connector):
+    from tests.conftest import CHANNEL, channel_message, post_activity, replies_text
+
+    svc = await service_factory()
+    await post_activity(svc.base_url, channel_message("quiet 19:00-07:00", connector.service_url))
+    assert (await svc.commands.channels.get(CHANNEL)).quiet_hours == "19:00-07:00"
+    await post_activity(svc.base_url, channel_message("quiet 25:00-07:00", connector.service_url))
+    await post_activity(svc.base_url, channel_message("quiet off", connector.service_url))
+    said = replies_text(connector)
+    assert any("Quiet hours 19:00-07:00" in t for t in said)
+    assert any("'25:00-07:00'" in t and "Usage: quiet" in t for t in said)
+    assert (await svc.commands.channels.get(CHANNEL)).quiet_hours is None
+    outcomes = [e.outcome for e in await svc.audit.recent(category="command", limit=10) if e.action == "quiet"]
+    assert outcomes == ["ok", "error", "ok"]

@@ -236,6 +236,22 @@ async def test_batch_window_holds_new_items_and_sends_one_digest_when_it_closes(
     assert (await status_counts(rig.svc)) == {"digested": 3}
 
 
+async def test_channel_quiet_hours_hold_that_channel_only_until_they_end(rig):
+    from datetime import UTC, datetime
+    now = datetime.fromtimestamp(rig.clock.time(), UTC)
+    span = f"{now.hour:02d}:00-{(now.hour + 2) % 24:02d}:00"
+    async with rig.svc.db.transaction() as conn:
+        await Channels(rig.svc.db).set_quiet_hours(conn, CH, span)
+    await rig.emit([(EventType.NEW, record(1), None, "")])
+    w = rig.worker()
+    assert await w.run_once() == 0 and rig.connector.posts(CH) == []
+    rig.clock.advance(2 * 3600)
+    await rig.drain(w)
+    assert len(rig.connector.posts(CH)) == 1
+    assert datetime.fromtimestamp(rig.connector.posts(CH)[0].at - rig.clock.monotonic() + rig.clock.time(),
+                                  UTC).hour == (now.hour + 2) % 24
+
+
 def test_classification_of_teams_answers():
     assert classify(SendError("x", status=429)) is Outcome.RETRY
     assert classify(SendError("x", status=None)) is Outcome.RETRY
