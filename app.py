@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -364,9 +364,12 @@ async def open_store(settings: Settings) -> tuple[Database, Vault]:
     return db, Vault(db, KeyRing(settings.service.key_file))
 
 
-async def build_service(settings: Settings) -> Service:
+async def build_service(settings: Settings, secrets: Mapping[str, str] | None = None) -> Service:
+    """Open the store, store any `secrets` given (demo, tests, benchmarks), and wire the service."""
     db, vault = await open_store(settings)
     try:
+        for name, value in (secrets or {}).items():
+            await vault.set(name, value)
         creds = await load_credentials(settings, vault)
         return Service(settings, db, vault, creds)
     except BaseException:

@@ -112,11 +112,8 @@ async def run_demo(args: argparse.Namespace) -> int:
     for vendor, amount in (("Nordic Steel AB", 12500), ("Acme Fasteners Ltd", 830.4), ("Bolt & Nut GmbH", 56000)):
         sim.add_order(company="10", VendorName=vendor, GrossAmtCurr=amount)
     generator = asyncio.create_task(run_generator(sim, 20.0, kind="order", company="10"))
-    db, vault = await app.open_store(settings)
-    await vault.set("ifs.base_url", ifs_url)
-    await vault.set("ifs.client_id", "notifier")
-    await vault.set("ifs.client_secret", "notifier-secret")
-    service = app.Service(settings, db, vault, await app.load_credentials(settings, vault))
+    service = await app.build_service(settings, sim.vault_secrets())
+    db = service.db
     await service.start()
     print(f"IFS Cloud simulator : {ifs_url}  (admin API: {ifs_url}/_sim/stats)")
     print(f"bot                 : {service.base_url}/api/messages  (health: {service.base_url}/healthz)")

@@ -113,12 +113,8 @@ async def make_service(workdir: Path, ifs_url: str, *, extra: str = ""):
     from core.settings import load_settings
 
     settings = load_settings(write_config(workdir, extra), env={})
-    db, vault = await app.open_store(settings)
-    await vault.set("ifs.base_url", ifs_url)
-    await vault.set("ifs.client_id", "notifier")
-    await vault.set("ifs.client_secret", "notifier-secret")
-    creds = await app.load_credentials(settings, vault)
-    return app.Service(settings, db, vault, creds)
+    return await app.build_service(settings, {"ifs.base_url": ifs_url, "ifs.client_id": "notifier",
+                                              "ifs.client_secret": "notifier-secret"})
 
 
 def channel_ref(channel_id: str, service_url: str, team: str = "team-1"):

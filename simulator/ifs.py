@@ -586,6 +586,11 @@ class IfsSimulator:
 
     # ------------------------------------------------------------ lifecycle
 
+    def vault_secrets(self) -> dict[str, str]:
+        """The service's IFS secrets (vault names) that reach this simulator with its first client."""
+        client_id, secret = next(iter(self.clients.items()))
+        return {"ifs.base_url": self.base_url, "ifs.client_id": client_id, "ifs.client_secret": secret}
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         # handler_cancellation lets a client timeout on a slow fault end the server-side sleep too.
         self._runner = web.AppRunner(

@@ -30,6 +30,9 @@ async def connector():
     await stand_in.stop()
 
 
+IFS_SECRETS = {"ifs.client_id": "notifier", "ifs.client_secret": "notifier-secret"}
+
+
 def write_config(tmp_path: Path, extra: str = "") -> Path:
     cfg = tmp_path / "notifier.toml"
     cfg.write_text(f"""
@@ -51,17 +54,12 @@ retry_max_seconds = 5
     return cfg
 
 
-async def make_service(tmp_path: Path, ifs_url: str, *, extra: str = "", secrets: bool = True):
+async def make_service(tmp_path: Path, ifs_url: str, *, extra: str = ""):
+    """A wired service against the simulator's default client (what `serve` builds, in development mode)."""
     import app
 
     settings = load_settings(write_config(tmp_path, extra), env={})
-    db, vault = await app.open_store(settings)
-    if secrets:
-        await vault.set("ifs.base_url", ifs_url)
-        await vault.set("ifs.client_id", "notifier")
-        await vault.set("ifs.client_secret", "notifier-secret")
-    creds = await app.load_credentials(settings, vault)
-    return app.Service(settings, db, vault, creds)
+    return await app.build_service(settings, IFS_SECRETS | {"ifs.base_url": ifs_url})
 
 
 @pytest.fixture

@@ -35,20 +35,10 @@ async def auth_service(tmp_path: Path, ifs, issuer: TokenIssuer | None, *, app_t
     if issuer is not None:
         extra += f'openid_metadata_url = "{issuer.metadata_url}"\n'
     settings = load_settings(write_config(tmp_path, extra), env={}, overrides={"service": {"dev_mode": dev_mode}})
-    db, vault = await app.open_store(settings)
-    await vault.set("ifs.base_url", ifs.base_url)
-    await vault.set("ifs.client_id", "notifier")
-    await vault.set("ifs.client_secret", "notifier-secret")
+    secrets = ifs.vault_secrets()
     if app_id:
-        await vault.set("bot.app_id", app_id)
-        await vault.set("bot.app_password", "bot-password-not-used-here")
-        await vault.set("bot.tenant_id", TENANT_ID)
-    creds = await app.load_credentials(settings, vault)
-    try:
-        return app.Service(settings, db, vault, creds)
-    except BaseException:
-        await db.close()
-        raise
+        secrets |= {"bot.app_id": app_id, "bot.app_password": "bot-password-not-used-here", "bot.tenant_id": TENANT_ID}
+    return await app.build_service(settings, secrets)
 
 
 @pytest.fixture
