@@ -254,13 +254,13 @@ class Service:
         async def age():
             return {(): await Outbox(self.db).oldest_pending_age()}
 
-        async def token():
-            st = self.ifs.token_state()
-            return {(): float(st.get("renewals", 0))}
+        async def ifs_client():
+            return {(("stat", k),): float(v) for k, v in self.ifs.stats.items()}
 
         self.metrics.gauge("notifier_deliveries", "Deliveries by status", backlog)
         self.metrics.gauge("notifier_queue_oldest_seconds", "Age of the oldest undelivered delivery", age)
-        self.metrics.gauge("notifier_ifs_token_renewals", "IFS token renewals since start", token)
+        self.metrics.gauge("notifier_ifs_client_total", "IFS client totals since start: requests, retries,"
+                           " throttled (429s), token renewals, failures", ifs_client, kind="counter")
 
     # ------------------------------------------------------------------ web
 
@@ -309,11 +309,7 @@ class Service:
             return False
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        self.metrics.inc("notifier_ifs_requests_total", 0, "IFS HTTP requests")
-        body = await self.metrics.render()
-        for k, v in getattr(self.ifs, "stats", {}).items():
-            body += f"# TYPE notifier_ifs_{k}_total counter\nnotifier_ifs_{k}_total {v}\n"
-        return web.Response(text=body, content_type="text/plain", charset="utf-8")
+        return web.Response(text=await self.metrics.render(), content_type="text/plain", charset="utf-8")
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -10,7 +10,7 @@ class Metrics:
     def __init__(self) -> None:
         self._counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(lambda: defaultdict(float))
         self._help: dict[str, str] = {}
-        self._gauges: dict[str, tuple[str, Callable[[], Awaitable[dict[tuple[tuple[str, str], ...], float]]]]] = {}
+        self._observed: dict[str, tuple[str, str, Callable[[], Awaitable[dict[tuple[tuple[str, str], ...], float]]]]] = {}
 
     def inc(self, name: str, amount: float = 1.0, help: str = "", **labels: str) -> None:
         self._counters[name][tuple(sorted(labels.items()))] += amount
@@ -21,8 +21,9 @@ class Metrics:
         return self._counters.get(name, {}).get(tuple(sorted(labels.items())), 0.0)
 
     def gauge(self, name: str, help: str,
-              read: Callable[[], Awaitable[dict[tuple[tuple[str, str], ...], float]]]) -> None:
-        self._gauges[name] = (help, read)
+              read: Callable[[], Awaitable[dict[tuple[tuple[str, str], ...], float]]], *, kind: str = "gauge") -> None:
+        """A series read when scraped; kind "counter" for totals kept elsewhere (e.g. a client's own stats)."""
+        self._observed[name] = (help, kind, read)
 
     async def render(self) -> str:
         lines: list[str] = []
@@ -31,10 +32,10 @@ class Metrics:
             lines.append(f"# TYPE {name} counter")
             for labels, v in sorted(self._counters[name].items()):
                 lines.append(f"{name}{_labels(labels)} {_num(v)}")
-        for name in sorted(self._gauges):
-            help, read = self._gauges[name]
+        for name in sorted(self._observed):
+            help, kind, read = self._observed[name]
             lines.append(f"# HELP {name} {help}")
-            lines.append(f"# TYPE {name} gauge")
+            lines.append(f"# TYPE {name} {kind}")
             for labels, v in sorted((await read()).items()):
                 lines.append(f"{name}{_labels(labels)} {_num(v)}")
         return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
 
+from core.domain import RecordKind
 from core.errors import ConfigError
 from store.db import open_database
 from store.vault import KeyRing, Vault
@@ -78,7 +79,7 @@ async def test_health_readiness_and_metrics(service_factory, ifs, connector):
     svc = await service_factory()
     ifs.add_order(company="10")
     await post_activity(svc.base_url, channel_message("link company 10", connector.service_url))
-    await svc.poll_source(__import__("core.domain", fromlist=["RecordKind"]).RecordKind.ORDER)
+    await svc.poll_source(RecordKind.ORDER)
     await svc.worker.run_once()
     async with httpx.AsyncClient(base_url=svc.base_url) as client:
         assert (await client.get("/healthz")).json()["status"] == "ok"
@@ -89,6 +90,10 @@ async def test_health_readiness_and_metrics(service_factory, ifs, connector):
     assert 'notifier_events_total{source="order",type="new"} 1' in metrics
     assert 'notifier_deliveries_total{outcome="sent"} 1' in metrics
     assert "notifier_queue_oldest_seconds" in metrics and "# TYPE notifier_deliveries gauge" in metrics
+    renewals = [line for line in metrics.splitlines() if line.startswith('notifier_ifs_client_total{stat="token_renewals"}')]
+    assert len(renewals) == 1 and int(renewals[0].split()[-1]) >= 1
+    names = [line.split()[2] for line in metrics.splitlines() if line.startswith("# TYPE")]
+    assert len(names) == len(set(names))  # every series declared once, as Prometheus requires
     await ifs.stop()
     async with httpx.AsyncClient(base_url=svc.base_url) as client:
         not_ready = await client.get("/readyz")
