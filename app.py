@@ -226,10 +226,13 @@ class Service:
 
     # ------------------------------------------------------------------ polling
 
-    async def poll_source(self, kind: RecordKind) -> None:
+    async def poll_source(self, kind: RecordKind) -> list[Any]:
+        """One scheduled job: this source for every company an active channel is bound to."""
+        results = []
         async with self._poll_lock:
             for company in await self.bindings.companies():
                 result = await self.poller.poll(kind, company)
+                results.append(result)
                 self.metrics.inc("notifier_polls_total", 1, "Poll cycles by source and outcome", source=kind.value,
                                  outcome="ok" if result.ok else "failed")
                 self.metrics.inc("notifier_records_seen_total", result.rows, "Rows read from IFS", source=kind.value)
@@ -239,12 +242,11 @@ class Service:
                 if result.bad:
                     self.metrics.inc("notifier_bad_rows_total", result.bad, "Rows quarantined", source=kind.value)
         self.worker.wake()
+        return results
 
     async def poll_once(self) -> list[Any]:
-        results = []
-        async with self._poll_lock:
-            results = await self.poller.poll_all()
-        return results
+        """Every enabled source once (the `poll --once` command)."""
+        return [r for kind, spec in self.sources.items() if spec.enabled for r in await self.poll_source(kind)]
 
     def _install_gauges(self) -> None:
         async def backlog():

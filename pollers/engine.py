@@ -71,15 +71,6 @@ class Poller:
             self._mappers[kind] = RecordMapper(self.sources[kind], self.ifs_base_url)
         return self._mappers[kind]
 
-    async def poll_all(self) -> list[PollResult]:
-        companies = await self.bindings.companies()
-        results = []
-        for kind, spec in self.sources.items():
-            if spec.enabled:
-                for company in companies:
-                    results.append(await self.poll(kind, company))
-        return results
-
     async def poll(self, kind: RecordKind, company: str) -> PollResult:
         started = self.monotonic()
         result = PollResult(kind, company)

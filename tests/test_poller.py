@@ -193,11 +193,12 @@ async def test_min_amount_and_cost_centre_bindings_filter_deliveries(ifs, harnes
 
 async def test_only_bound_companies_are_polled(ifs, harness):
     ifs.add_order(company="10")
-    ifs.add_order(company="20")
+    twenty = ifs.add_order(company="20")
     h = await harness(companies=("20",))
-    results = await h.poller.poll_all()
-    assert {r.company for r in results} == {"20"}
-    assert all(r.new <= 1 for r in results)
+    assert await h.poller.bindings.companies() == ["20"]
+    result = await h.poller.poll(ORDER, "20")
+    assert (result.new, result.deliveries) == (1, 1)
+    assert [r[0] for r in await h.db.fetchall("SELECT record_id FROM events")] == [f"order:20:OrderNo={twenty['OrderNo']}"]
     assert all("Company eq '20'" in r.query.get("$filter", "") for r in list_requests(ifs, "Set"))
 
 
