@@ -532,17 +532,21 @@ class PollWriter:
                                     record_id=f"{kind.value}:{company}:{key}", field=fld, problem=problem)
         return deliveries
 
+    async def _record_source(self, conn: aiosqlite.Connection, kind: str, company: str, ok: bool,
+                             error: str | None, pending: int | None = None) -> None:
+        """Upsert one row of `sources`: ('*', '*') is IFS as a whole, (kind, company) one polled source."""
+        now = self._now()
+        await conn.execute(
+            "INSERT INTO sources (kind, company, last_run, last_ok, last_error, available, pending)"
+            " VALUES (?, ?, ?, ?, ?, ?, coalesce(?, 0)) ON CONFLICT (kind, company) DO UPDATE SET"
+            " last_run = excluded.last_run, last_ok = coalesce(excluded.last_ok, last_ok),"
+            " last_error = excluded.last_error, available = excluded.available, pending = coalesce(?, pending)",
+            (kind, company, now, now if ok else None, error, int(ok), pending, pending))
+
     async def finish(self, kind: RecordKind, company: str, *, ok: bool, pending: int | None, error: str | None,
                      audit: AuditLog, summary: dict[str, Any]) -> None:
-        now = self._now()
         async with self._db.transaction() as conn:
-            await conn.execute(
-                "INSERT INTO sources (kind, company, last_run, last_ok, last_error, available, pending)"
-                " VALUES (?, ?, ?, ?, ?, ?, coalesce(?, 0)) ON CONFLICT (kind, company) DO UPDATE SET"
-                " last_run = excluded.last_run, last_ok = coalesce(excluded.last_ok, last_ok),"
-                " last_error = excluded.last_error, available = excluded.available,"
-                " pending = coalesce(?, pending)",
-                (kind.value, company, now, now if ok else None, error, int(ok), pending, pending))
+            await self._record_source(conn, kind.value, company, ok, error, pending)
             await audit.add(conn, "poll", f"poll {kind.value}", "ok" if ok else "failed", company=company, **summary)
 
     async def ifs_available(self) -> bool:
@@ -550,13 +554,7 @@ class PollWriter:
         return v is None or bool(v)
 
     async def set_ifs_available(self, available: bool, error: str | None, audit: AuditLog) -> None:
-        now = self._now()
         async with self._db.transaction() as conn:
-            await conn.execute(
-                "INSERT INTO sources (kind, company, last_run, last_ok, last_error, available) VALUES ('*', '*', ?, ?, ?, ?)"
-                " ON CONFLICT (kind, company) DO UPDATE SET last_run = excluded.last_run,"
-                " last_ok = coalesce(excluded.last_ok, last_ok), last_error = excluded.last_error,"
-                " available = excluded.available",
-                (now, now if available else None, error, int(available)))
+            await self._record_source(conn, "*", "*", available, error)
             await audit.add(conn, "poll", "ifs " + ("recovered" if available else "unavailable"),
                             "ok" if available else "error", error=error)
