@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
-
-# json.dumps(..., separators=...) builds a new JSONEncoder on every call: half the cost of a small record
-_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class RecordKind(StrEnum):
@@ -87,9 +83,6 @@ class FinanceRecord:
                 return value
         return None
 
-    def to_json(self) -> str:
-        return _encode(self.to_dict())
-
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict; fields left at their empty default are omitted (from_dict restores them)."""
         # written out by hand: dataclasses.asdict deep-copies and dominated the cost of a first poll
@@ -127,10 +120,6 @@ class FinanceRecord:
         values["approvers"] = tuple(ApprovalStep(**step) for step in values.get("approvers", ()))
         values["details"] = tuple((str(a), str(b)) for a, b in values.get("details", ()))
         return cls(**values)
-
-    @classmethod
-    def from_json(cls, text: str) -> FinanceRecord:
-        return cls.from_dict(json.loads(text))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,15 @@ from core.domain import Binding, ChannelRef, EventType, FinanceRecord, PostedCar
 from store.db import Database
 
 
+def dump_record(record: FinanceRecord) -> str:
+    """The stored form of a record (events.record): compact JSON of FinanceRecord.to_dict."""
+    return orjson.dumps(record.to_dict()).decode()
+
+
+def load_record(text: str | bytes) -> FinanceRecord:
+    return FinanceRecord.from_dict(orjson.loads(text))
+
+
 class DeliveryStatus(StrEnum):
     PENDING = "pending"
     SENDING = "sending"  # claimed under a lease
@@ -267,12 +276,12 @@ class Seen:
                                    [(at, kind.value, company, k) for k in keys])
 
     async def last_record(self, event_id: int) -> FinanceRecord:
-        return FinanceRecord.from_json(await self._db.scalar("SELECT record FROM events WHERE id = ?", (event_id,)))
+        return load_record(await self._db.scalar("SELECT record FROM events WHERE id = ?", (event_id,)))
 
     async def pending_records(self, company: str) -> list[tuple[int, FinanceRecord]]:
         rows = await self._db.fetchall(
             "SELECT e.id, e.record FROM seen s JOIN events e ON e.id = s.event_id WHERE s.company = ?", (company,))
-        return [(r[0], FinanceRecord.from_json(r[1])) for r in rows]
+        return [(r[0], load_record(r[1])) for r in rows]
 
     async def source_states(self) -> list[SourceState]:
         rows = await self._db.fetchall("SELECT * FROM sources ORDER BY kind, company")
@@ -291,22 +300,6 @@ class Outbox:
     def __init__(self, db: Database, now=time.time) -> None:
         self._db = db
         self._now = now
-
-    async def add_event(self, conn: aiosqlite.Connection, etype: EventType, record: FinanceRecord,
-                        previous_state: str | None, bindings: Sequence[Binding]) -> tuple[int, int]:
-        """One event row and one delivery per matching binding. Returns (event id, deliveries made)."""
-        now = self._now()
-        cur = await conn.execute(
-            "INSERT INTO events (record_id, type, record, previous_state, created_at) VALUES (?, ?, ?, ?, ?)",
-            (record.record_id, etype.value, record.to_json(), previous_state, now))
-        event_id = cur.lastrowid
-        channels = [b.channel_id for b in bindings if b.matches(record)]
-        if channels:
-            await conn.executemany(
-                "INSERT OR IGNORE INTO deliveries (event_id, channel_id, record_id, event_type, next_at, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(event_id, ch, record.record_id, etype.value, now, now) for ch in channels])
-        return event_id, len(channels)
 
     async def backfill(self, conn: aiosqlite.Connection, channel_id: str, items: Iterable[tuple[int, FinanceRecord]],
                        binding: Binding) -> int:
@@ -459,7 +452,7 @@ def _delivery(r: Any) -> Delivery:
     return Delivery(id=r["id"], event_id=r["event_id"], channel_id=r["channel_id"], record_id=r["record_id"],
                     event_type=EventType(r["event_type"]), status=DeliveryStatus(r["status"]),
                     attempts=r["attempts"], created_at=r["created_at"],
-                    record=FinanceRecord.from_json(r["record"]), previous_state=r["previous_state"])
+                    record=load_record(r["record"]), previous_state=r["previous_state"])
 
 
 class PollWriter:
@@ -491,7 +484,7 @@ class PollWriter:
                     eid = next_id
                     next_id += 1
                     rid = rec.record_id
-                    events.append((eid, rid, etype.value, orjson.dumps(rec.to_dict()).decode(), prev, now))
+                    events.append((eid, rid, etype.value, dump_record(rec), prev, now))
                     for b in partial:
                         if b.matches(rec):
                             dels.append((eid, b.channel_id, rid, etype.value, now, now))

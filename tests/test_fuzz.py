@@ -15,6 +15,7 @@ from bot.commands import REGISTRY
 from core.domain import FinanceRecord, RecordKind
 from core.errors import BadRecordError
 from pollers.sources import DEFAULT_SOURCES, RecordMapper
+from store.repos import dump_record, load_record
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(min_value=-10**20, max_value=10**20),
                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30),
@@ -40,7 +41,7 @@ def test_any_row_maps_or_is_a_bad_record(kind, data):
         assert exc.field and exc.problem
         return
     assert isinstance(record, FinanceRecord)
-    assert FinanceRecord.from_json(record.to_json()) == record
+    assert load_record(dump_record(record)) == record
 
 
 class OfflineRuntime:
