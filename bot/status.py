@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from cards import SourceStatus, StatusView
@@ -57,8 +58,6 @@ async def build_status(db: Database, runtime: Any, *, channel_id: str | None, no
 
 
 def _short(detail: str | None) -> str:
-    import json
-
     if not detail:
         return ""
     d = json.loads(detail)
