@@ -155,7 +155,7 @@ async def measure(workdir: Path) -> dict[str, Any]:
             await bind(rig.svc.db, channel_id(c), rig.connector.service_url, company(c))
         for c in range(CHANNELS):
             await rig.writer.apply(RecordKind.INVOICE, company(c),
-                                   [(EventType.NEW, record(c, i), None, "") for i in range(PER_CHANNEL)],
+                                   [(EventType.NEW, record(c, i).to_dict(), None, "") for i in range(PER_CHANNEL)],
                                    [Binding(channel_id(c), company(c))])
         log(f"delivery: {CHANNELS} channels x {PER_CHANNEL} cards")
         start_mono = rig.clock.monotonic()

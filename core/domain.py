@@ -47,6 +47,15 @@ class ApprovalStep:
     role: str | None = None
     decided_at: str | None = None  # ISO date/time as IFS returned it
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"sequence": self.sequence, "approver": self.approver, "status": self.status, "role": self.role,
+                "decided_at": self.decided_at}
+
+
+def record_id(kind: RecordKind, company: str, key: str) -> str:
+    """Globally unique id of a record: kind + company + key."""
+    return f"{kind.value}:{company}:{key}"
+
 
 @dataclass(frozen=True, slots=True)
 class FinanceRecord:
@@ -74,8 +83,7 @@ class FinanceRecord:
 
     @property
     def record_id(self) -> str:
-        """Globally unique id: kind + company + key."""
-        return f"{self.kind.value}:{self.company}:{self.key}"
+        return record_id(self.kind, self.company, self.key)
 
     def detail(self, label: str) -> str | None:
         for name, value in self.details:
@@ -84,7 +92,8 @@ class FinanceRecord:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict; fields left at their empty default are omitted (from_dict restores them)."""
+        """Plain JSON-ready dict, the stored form; fields left at their empty default are omitted (from_dict
+        restores them). pollers.sources.RecordMapper.stored builds the same form straight from an IFS row."""
         # written out by hand: dataclasses.asdict deep-copies and dominated the cost of a first poll
         out: dict[str, Any] = {"kind": self.kind.value, "company": self.company, "key": self.key,
                                "number": self.number, "state": self.state, "etag": self.etag}
@@ -101,8 +110,7 @@ class FinanceRecord:
         if self.due_date is not None:
             out["due_date"] = self.due_date.isoformat()
         if self.approvers:
-            out["approvers"] = [{"sequence": a.sequence, "approver": a.approver, "status": a.status, "role": a.role,
-                                 "decided_at": a.decided_at} for a in self.approvers]
+            out["approvers"] = [a.to_dict() for a in self.approvers]
         if self.details:
             out["details"] = [list(pair) for pair in self.details]
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -11,7 +12,7 @@ from typing import Any, Protocol
 from core.domain import Binding, EventType, FinanceRecord, RecordKind
 from core.errors import AuthError, BadRecordError, FatalRequestError, RetriableError
 from pollers.sources import RecordMapper, SourceSpec, summarize_chain
-from store.repos import AuditLog, Bindings, PollWriter, Seen, SeenRow
+from store.repos import AuditLog, Bindings, Change, PollWriter, Seen, SeenRow
 
 log = logging.getLogger(__name__)
 
@@ -108,52 +109,64 @@ class Poller:
         present: set[str] = set()
         touched: set[str] = set()
         budget = [self.details_limit]
-        async for page in self.client.iter_pages(
-                spec.projection, spec.entity_set, filter=spec.filter_for(company),
-                select=spec.select if self.use_select else None, orderby=spec.orderby, page_size=self.page_size):
-            result.pages += 1
-            result.rows += len(page)
-            changes: list[tuple[EventType, FinanceRecord, str | None, str]] = []
-            bad: list[tuple[str, str, str]] = []
-            for row in page:
-                try:
-                    if not spec.is_pending(row):
-                        continue
-                    if seen:
-                        # the usual row of a re-poll: seen before and unchanged; nothing to validate
-                        quick = mapper.quick_key(row)
-                        old = seen.get(quick)
-                        if (old is not None and old.etag == (row.get("@odata.etag") or row.get("Objversion"))
-                                and old.state == row.get(spec.state_field) and old.step == mapper.step_of(row)):
-                            present.add(quick)
+        # Page N is written on the database thread while page N+1 is fetched and mapped here: at most
+        # one write in flight, so writes stay in page order and a failure surfaces one page later.
+        writing: asyncio.Future[int] | None = None
+        try:
+            async for page in self.client.iter_pages(
+                    spec.projection, spec.entity_set, filter=spec.filter_for(company),
+                    select=spec.select if self.use_select else None, orderby=spec.orderby,
+                    page_size=self.page_size):
+                result.pages += 1
+                result.rows += len(page)
+                changes: list[Change] = []
+                bad: list[tuple[str, str, str]] = []
+                for row in page:
+                    try:
+                        if not spec.is_pending(row):
                             continue
-                    key, etag, keys = mapper.key_and_etag(row)
-                    if key in present:
-                        continue  # a row repeated across pages (data moved under $skip paging)
-                    present.add(key)
-                    old = seen.get(key)
-                    state = row.get(spec.state_field)
-                    step = mapper.step_of(row)
-                    if old is not None and old.etag == etag and old.state == state and old.step == step:
-                        continue
-                    record = await self._with_details(mapper, row, key, etag, keys, budget)
-                    touched.add(key)
-                    if old is None:
-                        changes.append((EventType.NEW, record, None, step))
-                    else:
-                        changes.append((EventType.CHANGED, record, old.state, step))
-                except BadRecordError as exc:
-                    bad.append((exc.key or _raw_key(spec, row), exc.field, exc.problem))
-            result.pending = len(present)
-            if changes or bad:
-                result.deliveries += await self.writer.apply(kind, company, changes, bindings, bad_rows=bad,
-                                                             audit=self.audit)
-                for etype, *_ in changes:
-                    if etype is EventType.NEW:
-                        result.new += 1
-                    else:
-                        result.changed += 1
+                        if seen:
+                            # the usual row of a re-poll: seen before and unchanged; nothing to validate
+                            quick = mapper.quick_key(row)
+                            old = seen.get(quick)
+                            if (old is not None and old.etag == (row.get("@odata.etag") or row.get("Objversion"))
+                                    and old.state == row.get(spec.state_field) and old.step == mapper.step_of(row)):
+                                present.add(quick)
+                                continue
+                        key, etag, keys = mapper.key_and_etag(row)
+                        if key in present:
+                            continue  # a row repeated across pages (data moved under $skip paging)
+                        present.add(key)
+                        old = seen.get(key)
+                        state = row.get(spec.state_field)
+                        step = mapper.step_of(row)
+                        if old is not None and old.etag == etag and old.state == state and old.step == step:
+                            continue
+                        if spec.approvals is not None and budget[0] > 0:
+                            record = await self._with_details(mapper, row, key, etag, keys, budget)
+                        else:
+                            record = mapper.stored(row, key, etag)
+                        touched.add(key)
+                        if old is None:
+                            changes.append((EventType.NEW, record, None, step))
+                            result.new += 1
+                        else:
+                            changes.append((EventType.CHANGED, record, old.state, step))
+                            result.changed += 1
+                    except BadRecordError as exc:
+                        bad.append((exc.key or _raw_key(spec, row), exc.field, exc.problem))
+                result.pending = len(present)
                 result.bad += len(bad)
+                if changes or bad:
+                    if writing is not None:
+                        result.deliveries += await writing
+                    writing = asyncio.ensure_future(
+                        self.writer.apply(kind, company, changes, bindings, bad_rows=bad, audit=self.audit))
+                    await asyncio.sleep(0)  # let the write reach the database thread before mapping on
+        finally:
+            if writing is not None:
+                # also after a failed listing: the pages read so far are good news and are kept
+                result.deliveries += await writing
         if spec.approvals is not None and budget[0] > 0:
             chained = await self._check_chains(kind, company, seen, present, touched, bindings, budget)
             result.changed += chained[0]
@@ -163,15 +176,15 @@ class Poller:
             resolved = []
             for key in gone:
                 record = await self._final(kind, key, seen[key].event_id, budget)
-                resolved.append((EventType.RESOLVED, record, seen[key].state, ""))
+                resolved.append((EventType.RESOLVED, record.to_dict(), seen[key].state, ""))
             result.deliveries += await self.writer.apply(kind, company, resolved, bindings)
             result.resolved = len(resolved)
 
     async def _with_details(self, mapper: RecordMapper, row: dict[str, Any], key: str, etag: str,
-                            keys: dict[str, str | int], budget: list[int]) -> FinanceRecord:
+                            keys: dict[str, str | int], budget: list[int]) -> dict[str, Any]:
+        """The stored record with its approval chain read (one of the cycle's `details_limit` reads)."""
         spec = mapper.spec
-        if spec.approvals is None or budget[0] <= 0:
-            return mapper.map(row, key, etag, keys=keys)
+        assert spec.approvals is not None
         budget[0] -= 1
         for _attempt in range(2):
             lines = await self.client.get_collection(spec.projection, spec.entity_set, keys,
@@ -179,9 +192,9 @@ class Poller:
             current = await self.client.get_by_key(spec.projection, spec.entity_set, keys)
             # the chain belongs to the version we saw only if the row did not move on meanwhile
             if current is None or current.get("@odata.etag") == etag:
-                return mapper.map(row, key, etag, mapper.approvals(lines))
+                return mapper.stored(row, key, etag, mapper.approvals(lines))
             row, etag = current, current.get("@odata.etag") or etag
-        return mapper.map(row, key, etag, mapper.approvals(lines))
+        return mapper.stored(row, key, etag, mapper.approvals(lines))
 
     async def _check_chains(self, kind: RecordKind, company: str, seen: dict[str, SeenRow], present: set[str],
                             touched: set[str], bindings: list[Binding], budget: list[int]) -> tuple[int, int]:
@@ -195,7 +208,7 @@ class Poller:
                             key=lambda k: seen[k].chain_checked)[:budget[0]]
         if not candidates:
             return 0, 0
-        changes: list[tuple[EventType, FinanceRecord, str | None, str]] = []
+        changes: list[Change] = []
         for key in candidates:
             budget[0] -= 1
             lines = await self.client.get_collection(spec.projection, spec.entity_set, _typed_keys(spec, key),
@@ -204,7 +217,7 @@ class Poller:
             summary = summarize_chain(chain)
             if summary and summary != seen[key].chain:
                 last = await self.seen.last_record(seen[key].event_id)
-                changes.append((EventType.CHANGED, replace(last, approvers=chain, approval_step=summary),
+                changes.append((EventType.CHANGED, replace(last, approvers=chain, approval_step=summary).to_dict(),
                                 last.state, seen[key].step))
         await self.seen.mark_chains_checked(kind, company, candidates, self.now())
         deliveries = await self.writer.apply(kind, company, changes, bindings) if changes else 0

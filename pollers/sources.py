@@ -212,6 +212,8 @@ class RecordMapper:
     ifs_base_url: str
     _link_keys: tuple[str, ...] = field(init=False)
     _key_names: tuple[str, ...] = field(init=False)
+    _key_types: tuple[tuple[str, type], ...] = field(init=False)
+    _kind: str = field(init=False)
 
     _texts: tuple[tuple[str, str], ...] = field(init=False)
     _amounts: tuple[tuple[str, str], ...] = field(init=False)
@@ -221,6 +223,8 @@ class RecordMapper:
         s = self.spec
         object.__setattr__(self, "_link_keys", s.link_keys or tuple(k for k, _ in s.keys))
         object.__setattr__(self, "_key_names", tuple(k for k, _ in s.keys))
+        object.__setattr__(self, "_key_types", tuple((k, int if t == "int" else str) for k, t in s.keys))
+        object.__setattr__(self, "_kind", s.kind.value)
         pick = lambda *attrs: tuple((a, getattr(s, a)) for a in attrs if getattr(s, a))  # noqa: E731
         object.__setattr__(self, "_texts", pick("party_id", "party_name", "currency", "cost_center", "site"))
         object.__setattr__(self, "_amounts", pick("amount", "net_amount"))
@@ -234,10 +238,17 @@ class RecordMapper:
         return "^".join([f"{k}={row.get(k)}" for k in self._key_names])
 
     def key_and_etag(self, row: Mapping[str, Any]) -> tuple[str, str, dict[str, str | int]]:
-        keys = self.spec.key_values(row)
-        key = "^".join(f"{k}={v}" for k, v in keys.items())
-        etag = row.get("@odata.etag") or row.get("Objversion")
-        if not etag or not isinstance(etag, str):
+        get = row.get
+        keys: dict[str, str | int] = {}
+        for name, want in self._key_types:
+            v = get(name)
+            if type(v) is not want or v == "":
+                keys = self.spec.key_values(row)  # the general path: converts, or names the bad field
+                break
+            keys[name] = v
+        key = "^".join([f"{k}={v}" for k, v in keys.items()])
+        etag = get("@odata.etag") or get("Objversion")
+        if not etag or type(etag) is not str:
             raise BadRecordError(key, "@odata.etag", "missing row version")
         return key, etag, keys
 
@@ -245,8 +256,17 @@ class RecordMapper:
         f = self.spec.step_field
         return str(row.get(f) or "") if f else ""
 
-    def map(self, row: Mapping[str, Any], key: str, etag: str, approvals: tuple[ApprovalStep, ...] = (),
-            keys: Mapping[str, str | int] | None = None) -> FinanceRecord:
+    def map(self, row: Mapping[str, Any], key: str, etag: str,
+            approvals: tuple[ApprovalStep, ...] = ()) -> FinanceRecord:
+        return FinanceRecord.from_dict(self.stored(row, key, etag, approvals))
+
+    def stored(self, row: Mapping[str, Any], key: str, etag: str,
+               approvals: tuple[ApprovalStep, ...] = ()) -> dict[str, Any]:
+        """The record in its stored form (FinanceRecord.to_dict's), validated field by field.
+
+        The bulk path of a poll: every new or changed row of a page goes straight from here into the
+        events table, without a FinanceRecord in between (map() builds one where one is needed).
+        """
         s = self.spec
         get = row.get
         company = get(s.company_field)
@@ -255,33 +275,38 @@ class RecordMapper:
         state = get(s.state_field)
         if not isinstance(state, str) or not state:
             raise BadRecordError(key, s.state_field, "missing state")
+        number = " ".join([str(v) for f in s.number if (v := get(f)) is not None and v != ""])
+        out: dict[str, Any] = {"kind": self._kind, "company": str(company), "key": key, "number": number or key,
+                               "state": state, "etag": etag}
         # the hot loop of a first poll: field lists are resolved once per source (see __post_init__)
-        values: dict[str, Any] = {}
         for attr, name in self._texts:
             v = get(name)
             if v is None or v == "":
                 continue
             if type(v) is str:
-                values[attr] = v
+                out[attr] = v
             elif isinstance(v, dict | list):
                 raise BadRecordError(key, name, "expected text")
             else:
-                values[attr] = str(v)
+                out[attr] = str(v)
         for attr, name in self._amounts:
             v = get(name)
             if v is not None:
-                values[attr] = _to_amount(v, key, name)
+                out[attr] = _amount_text(v, key, name)
         for attr, name in self._dates:
             v = get(name)
             if v is not None and v != "":
-                values[attr] = _to_date(v, key, name)
-        number = " ".join([str(v) for f in s.number if (v := get(f)) is not None and v != ""])
+                out[attr] = _to_date(v, key, name).isoformat()
         step = self.step_of(row) or None
         if approvals:
             step = summarize_chain(approvals) or step
-        details = tuple([(label, str(v)) for label, f in s.details if (v := get(f)) is not None and v != ""])
-        return FinanceRecord(kind=s.kind, company=str(company), key=key, number=number or key, state=state,
-                             etag=etag, approval_step=step, approvers=approvals, details=details, **values)
+            out["approvers"] = [a.to_dict() for a in approvals]
+        if step is not None:
+            out["approval_step"] = step
+        details = [[label, str(v)] for label, f in s.details if (v := get(f)) is not None and v != ""]
+        if details:
+            out["details"] = details
+        return out
 
     def link_for(self, record: FinanceRecord) -> str | None:
         """The record's "Open in IFS" link, built when a card is rendered (not for every polled row)."""
@@ -353,6 +378,15 @@ def _to_amount(v: Any, key: str, name: str) -> Decimal:
     if not d.is_finite() or abs(d) >= MAX_AMOUNT:
         raise BadRecordError(key, name, "amount out of range")
     return d
+
+
+def _amount_text(v: Any, key: str, name: str) -> str:
+    """An amount as stored: the text of its Decimal (str(_to_amount(v))), without the Decimal for a float."""
+    if type(v) is float and v == v and abs(v) < 1e15:
+        text = repr(v)  # shortest round-trip digits, as Decimal(str(v)) would keep them
+        if "e" not in text:
+            return text
+    return str(_to_amount(v, key, name))
 
 
 def _to_date(v: Any, key: str, name: str) -> date:

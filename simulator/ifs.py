@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 from aiohttp import web
 
@@ -1189,7 +1189,9 @@ class IfsSimulator:
     async def _serve(
         self, request: web.Request, handler: Callable[..., Any], is_token: bool
     ) -> web.StreamResponse:
-        delay, fault = self.faults.take(request.path, is_token)
+        # faults match on the path and the decoded query, so a test can fail one page ("$skip=20")
+        target = f"{request.path}?{unquote(request.query_string)}" if request.query_string else request.path
+        delay, fault = self.faults.take(target, is_token)
         if delay:
             await asyncio.sleep(delay)
         if fault is not None and fault.action == "drop":

@@ -6,15 +6,17 @@ import asyncio
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
 
 from store.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Database:
@@ -42,6 +44,28 @@ class Database:
                 raise
             else:
                 await self.conn.commit()
+
+    async def run_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work(connection)` on the database thread inside one BEGIN IMMEDIATE ... COMMIT.
+
+        One round trip instead of one per statement: the event loop (and the poller mapping the next
+        page) keeps going while the thread writes, and the thread releases the GIL inside SQLite.
+        The transaction is atomic even if the awaiting task is cancelled: the thread finishes it
+        (commit, or rollback on error) before it runs anything queued after it.
+        """
+        def run() -> T:
+            raw = self.conn._conn  # aiosqlite's sqlite3.Connection, used only on its own thread (here)
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                out = work(raw)
+            except BaseException:
+                raw.rollback()
+                raise
+            raw.commit()
+            return out
+
+        async with self._write_lock:
+            return await self.conn._execute(run)  # aiosqlite's queue to its thread (pinned version)
 
     async def fetchall(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         async with self.conn.execute(sql, params) as cur:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -13,13 +14,12 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from core.domain import Binding, ChannelRef, EventType, FinanceRecord, PostedCard, RecordKind
+from core.domain import Binding, ChannelRef, EventType, FinanceRecord, PostedCard, RecordKind, record_id
 from store.db import Database
 
-
-def dump_record(record: FinanceRecord) -> str:
-    """The stored form of a record (events.record): compact JSON of FinanceRecord.to_dict."""
-    return orjson.dumps(record.to_dict()).decode()
+# One change a poll found: (event type, the record in its stored form (FinanceRecord.to_dict's shape),
+# the state before, the approval step now). The stored form is what events.record holds, as JSON.
+Change = tuple[EventType, dict[str, Any], str | None, str]
 
 
 def load_record(text: str | bytes) -> FinanceRecord:
@@ -79,15 +79,19 @@ class AuditLog:
         self._db = db
         self._now = now
 
-    async def add(self, conn: aiosqlite.Connection, category: str, action: str, outcome: str, *,
-                  channel_id: str | None = None, company: str | None = None, record_id: str | None = None,
-                  delivery_id: int | None = None, actor: str | None = None, **detail: Any) -> None:
+    INSERT = ("INSERT INTO audit (at, category, action, outcome, channel_id, company, record_id, delivery_id,"
+              " actor, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+    def row(self, category: str, action: str, outcome: str, *, channel_id: str | None = None,
+            company: str | None = None, record_id: str | None = None, delivery_id: int | None = None,
+            actor: str | None = None, **detail: Any) -> tuple[Any, ...]:
+        """The parameters of one audit INSERT, stamped now."""
+        return (self._now(), category, action, outcome, channel_id, company, record_id, delivery_id, actor,
+                json.dumps(detail, default=str, separators=(",", ":")) if detail else None)
+
+    async def add(self, conn: aiosqlite.Connection, category: str, action: str, outcome: str, **kwargs: Any) -> None:
         """Write inside the caller's transaction."""
-        await conn.execute(
-            "INSERT INTO audit (at, category, action, outcome, channel_id, company, record_id, delivery_id, actor, detail)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (self._now(), category, action, outcome, channel_id, company, record_id, delivery_id, actor,
-             json.dumps(detail, default=str, separators=(",", ":")) if detail else None))
+        await conn.execute(self.INSERT, self.row(category, action, outcome, **kwargs))
 
     async def record(self, category: str, action: str, outcome: str, **kwargs: Any) -> None:
         async with self._db.transaction() as conn:
@@ -462,68 +466,75 @@ class PollWriter:
         self._db = db
         self._now = now
 
-    async def apply(self, kind: RecordKind, company: str, changes: Sequence[tuple[EventType, FinanceRecord,
-                    str | None, str]], bindings: Sequence[Binding], *,
+    async def apply(self, kind: RecordKind, company: str, changes: Sequence[Change], bindings: Sequence[Binding], *,
                     bad_rows: Sequence[tuple[str, str, str]] = (), audit: AuditLog | None = None) -> int:
-        """changes: (event type, record, previous state, approval step). Returns deliveries made."""
+        """Writes the changes of one page (events, deliveries, seen) and its bad rows. Returns deliveries made."""
         now = self._now()
-        deliveries = 0
-        async with self._db.transaction() as conn:
-            if changes:
-                async with conn.execute("SELECT coalesce(max(id), 0) FROM events") as cur:
-                    next_id = (await cur.fetchone())[0] + 1
-                first_id = next_id
-                events, dels, upserts, deletes = [], [], [], []
-                # A binding without filters takes every event of a page of this kind and company: one
-                # INSERT ... SELECT for it instead of a row (and a round trip through Python) per event.
-                uniform = all(rec.company == company and rec.kind is kind for _, rec, _, _ in changes)
-                whole = [b for b in bindings if uniform and b.company == company and kind in b.kinds
-                         and not b.cost_centers and b.min_amount is None]
-                partial = [b for b in bindings if b not in whole]
-                for etype, rec, prev, step in changes:
-                    eid = next_id
-                    next_id += 1
-                    rid = rec.record_id
-                    events.append((eid, rid, etype.value, dump_record(rec), prev, now))
-                    for b in partial:
-                        if b.matches(rec):
-                            dels.append((eid, b.channel_id, rid, etype.value, now, now))
-                    if etype is EventType.RESOLVED:
-                        deletes.append((kind.value, company, rec.key))
-                    else:
-                        chain = rec.approval_step or "" if rec.approvers else ""
-                        upserts.append((kind.value, company, rec.key, rec.etag, rec.state, step, eid, now, chain,
-                                        now if chain else 0.0))
-                await conn.executemany(
-                    "INSERT INTO events (id, record_id, type, record, previous_state, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)", events)
+        events: list[list[Any]] = []
+        dels: list[tuple[Any, ...]] = []
+        upserts: list[list[Any]] = []
+        deletes: list[tuple[str, str, str]] = []
+        whole: list[Binding] = []
+        if changes:
+            # A binding without filters takes every event of a page of this kind and company: one
+            # INSERT ... SELECT for it instead of a row (and a round trip through Python) per event.
+            uniform = all(rec["company"] == company and rec["kind"] == kind.value for _, rec, _, _ in changes)
+            whole = [b for b in bindings if uniform and b.company == company and kind in b.kinds
+                     and not b.cost_centers and b.min_amount is None]
+            partial = [b for b in bindings if b not in whole]
+            for n, (etype, rec, prev, step) in enumerate(changes):
+                rid = record_id(kind, company, rec["key"])
+                events.append([rid, etype.value, rec, prev])
+                if partial:
+                    full = FinanceRecord.from_dict(rec)
+                    dels.extend((n, b.channel_id, rid, etype.value, now, now) for b in partial if b.matches(full))
+                if etype is EventType.RESOLVED:
+                    deletes.append((kind.value, company, rec["key"]))
+                else:
+                    chain = rec.get("approval_step") or "" if rec.get("approvers") else ""
+                    upserts.append([rec["key"], rec["etag"], rec["state"], step, n, chain, now if chain else 0.0])
+        # Events and seen rows travel as one JSON array per page and are unpacked by SQLite (json_each):
+        # one statement each, so the database thread runs them without taking the GIL back per row.
+        events_json, upserts_json = orjson.dumps(events), orjson.dumps(upserts)
+        quarantined = [(kind.value, company, key, fld, problem, now, now) for key, fld, problem in bad_rows]
+        audits = [] if audit is None else [
+            audit.row("record", "quarantine", "skipped", company=company, record_id=f"{kind.value}:{company}:{key}",
+                      field=fld, problem=problem) for key, fld, problem in bad_rows]
+
+        def write(conn: sqlite3.Connection) -> int:
+            """Everything prepared above, in one transaction on the database thread; ids are offsets."""
+            deliveries = 0
+            if events:
+                base = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
+                conn.execute("INSERT INTO events (id, record_id, type, record, previous_state, created_at)"
+                             " SELECT ? + key, value ->> 0, value ->> 1, value -> 2, value ->> 3, ? FROM json_each(?)",
+                             (base, now, events_json))
                 for b in whole:
-                    cur = await conn.execute(
+                    deliveries += conn.execute(
                         "INSERT OR IGNORE INTO deliveries (event_id, channel_id, record_id, event_type, next_at,"
                         " created_at) SELECT id, ?, record_id, type, ?, ? FROM events WHERE id BETWEEN ? AND ?",
-                        (b.channel_id, now, now, first_id, next_id - 1))
-                    deliveries += cur.rowcount
-                await conn.executemany(
+                        (b.channel_id, now, now, base, base + len(events) - 1)).rowcount
+                deliveries += conn.executemany(
                     "INSERT OR IGNORE INTO deliveries (event_id, channel_id, record_id, event_type, next_at, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)", dels)
-                await conn.executemany(
+                    " VALUES (? + ?, ?, ?, ?, ?, ?)", [(base, *d) for d in dels]).rowcount
+                conn.execute(
                     "INSERT INTO seen (kind, company, key, etag, state, step, event_id, first_seen, chain, chain_checked)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, company, key) DO UPDATE SET"
+                    " SELECT ?, ?, value ->> 0, value ->> 1, value ->> 2, value ->> 3, ? + (value ->> 4), ?,"
+                    " value ->> 5, value ->> 6 FROM json_each(?) WHERE true ON CONFLICT (kind, company, key) DO UPDATE SET"
                     " etag = excluded.etag, state = excluded.state, step = excluded.step, event_id = excluded.event_id,"
                     " chain = CASE WHEN excluded.chain != '' THEN excluded.chain ELSE chain END,"
                     " chain_checked = max(chain_checked, excluded.chain_checked)",
-                    upserts)
-                await conn.executemany("DELETE FROM seen WHERE kind = ? AND company = ? AND key = ?", deletes)
-                deliveries += len(dels)
-            for key, fld, problem in bad_rows:
-                await conn.execute(
-                    "INSERT INTO quarantine (kind, company, key, field, problem, first_at, last_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (kind, company, key) DO UPDATE SET field = excluded.field, problem = excluded.problem,"
-                    " last_at = excluded.last_at, count = count + 1", (kind.value, company, key, fld, problem, now, now))
-                if audit is not None:
-                    await audit.add(conn, "record", "quarantine", "skipped", company=company,
-                                    record_id=f"{kind.value}:{company}:{key}", field=fld, problem=problem)
-        return deliveries
+                    (kind.value, company, base, now, upserts_json))
+                conn.executemany("DELETE FROM seen WHERE kind = ? AND company = ? AND key = ?", deletes)
+            conn.executemany(
+                "INSERT INTO quarantine (kind, company, key, field, problem, first_at, last_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (kind, company, key) DO UPDATE SET field = excluded.field, problem = excluded.problem,"
+                " last_at = excluded.last_at, count = count + 1", quarantined)
+            if audits:
+                conn.executemany(AuditLog.INSERT, audits)
+            return deliveries
+
+        return await self._db.run_transaction(write)
 
     async def _record_source(self, conn: aiosqlite.Connection, kind: str, company: str, ok: bool,
                              error: str | None, pending: int | None = None) -> None:

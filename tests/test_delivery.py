@@ -62,7 +62,8 @@ async def rig(tmp_path, ifs):
     r.writer = PollWriter(svc.db, clock.time)
 
     async def emit(changes):
-        return await r.writer.apply(RecordKind.INVOICE, "10", changes, [Binding(CH, "10")])
+        return await r.writer.apply(RecordKind.INVOICE, "10", [(e, rec.to_dict(), prev, step)
+                                                              for e, rec, prev, step in changes], [Binding(CH, "10")])
 
     async def drain(w: DeliveryWorker, max_rounds: int = 10_000) -> None:
         outbox = Outbox(svc.db, clock.time)

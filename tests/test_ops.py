@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,29 @@ async def test_key_from_environment_and_world_readable_key_file_refused(tmp_path
         KeyRing(str(loose), env={}).keys()
     assert err.value.key == "service.key_file"
     await db.close()
+
+
+async def test_transaction_on_the_database_thread_commits_whole_or_not_at_all(tmp_path):
+    db = await open_database(str(tmp_path / "t.sqlite3"))
+    try:
+        def good(conn):
+            conn.execute("INSERT INTO meta (name, value) VALUES ('a', '1')")
+            return conn.execute("SELECT count(*) FROM meta WHERE name = 'a'").fetchone()[0]
+
+        def bad(conn):
+            conn.execute("INSERT INTO meta (name, value) VALUES ('b', '1')")
+            conn.execute("INSERT INTO meta (name, value) VALUES ('a', '2')")  # primary key clash
+
+        assert await db.run_transaction(good) == 1
+        with pytest.raises(sqlite3.IntegrityError):
+            await db.run_transaction(bad)
+        assert await db.scalar("SELECT group_concat(name) FROM meta WHERE name IN ('a', 'b')") == "a"
+        # the connection is usable (not left inside a transaction) for the next writer
+        async with db.transaction() as conn:
+            await conn.execute("INSERT INTO meta (name, value) VALUES ('c', '1')")
+        assert await db.scalar("SELECT count(*) FROM meta WHERE name = 'c'") == 1
+    finally:
+        await db.close()
 
 
 async def test_backup_and_restore_round_trip(tmp_path, service_factory, ifs, connector):

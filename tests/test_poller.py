@@ -160,6 +160,19 @@ async def test_429_storm_completes_the_cycle(ifs, harness):
     assert h.client.stats["throttled"] >= 4
 
 
+async def test_a_listing_failing_midway_keeps_the_pages_read_and_the_next_poll_adds_only_the_rest(ifs, harness):
+    ifs.bulk_generate("order", 25, company="10")
+    ifs.faults.fail_next(1, status=400, code="BAD_PAGE", path="$skip=20")  # 400: no retry, the listing fails
+    h = await harness(page_size=10, details_limit=0)
+    failed = await h.poller.poll(ORDER, "10")
+    assert not failed.ok and "BAD_PAGE" in (failed.error or "")
+    # the two pages read before the failure were written (the second while the third was being fetched)
+    assert (await h.events("new"), await h.deliveries()) == (20, 20)
+    again = await h.poller.poll(ORDER, "10")
+    assert again.ok and (again.new, again.changed, again.resolved) == (5, 0, 0)
+    assert await h.db.scalar("SELECT count(DISTINCT record_id) FROM events") == 25
+
+
 async def test_outage_logs_unavailable_once_and_recovered_once(ifs, harness, caplog):
     ifs.add_order(company="10")
     h = await harness(retry_attempts=2)

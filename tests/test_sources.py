@@ -41,11 +41,11 @@ def test_deep_links_quote_string_keys_and_leave_numbers_bare():
     mapper = RecordMapper(DEFAULT_SOURCES[RecordKind.INVOICE], "https://acme.ifs.cloud")
     row = {"Company": "10", "InvoiceId": 105, "Objstate": "Preliminary", "@odata.etag": "W/\"x\""}
     key, etag, keys = mapper.key_and_etag(row)
-    record = mapper.map(row, key, etag, keys=keys)
+    record = mapper.map(row, key, etag)
     assert mapper.link_for(record) == ("https://acme.ifs.cloud/main/ifsapplications/web/page/ManualSupplierInvoice/Form;"
                                        "$filter=InvoiceId%20eq%20105%20and%20Company%20eq%20'10'")
     order = RecordMapper(DEFAULT_SOURCES[RecordKind.ORDER], "https://acme.ifs.cloud")
     row = {"OrderNo": "P 1/2", "Company": "10", "Objstate": "Planned", "@odata.etag": "W/\"y\""}
     key, etag, keys = order.key_and_etag(row)
-    assert order.link_for(order.map(row, key, etag, keys=keys)).endswith(";$filter=OrderNo%20eq%20'P%201%2F2'")
+    assert order.link_for(order.map(row, key, etag)).endswith(";$filter=OrderNo%20eq%20'P%201%2F2'")
     assert RecordMapper(DEFAULT_SOURCES[RecordKind.ORDER], "").link_for(record) is None
