@@ -470,62 +470,71 @@ class PollWriter:
                     bad_rows: Sequence[tuple[str, str, str]] = (), audit: AuditLog | None = None) -> int:
         """Writes the changes of one page (events, deliveries, seen) and its bad rows. Returns deliveries made."""
         now = self._now()
-        events: list[list[Any]] = []
+        prefix = record_id(kind, company, "")
+        # Changes are grouped by what their events and seen rows share (type, previous state, approval
+        # step, chain): each group is one INSERT of its records, sent as one JSON array that SQLite unpacks
+        # (json_each), and one INSERT of its seen rows from those events. The database thread then writes a
+        # page in a handful of statements, without taking the GIL back for every row. A first poll's page
+        # is a single group; the groups' sizes stay small because states and steps are few.
+        groups: dict[tuple[str, str | None, str, str], list[dict[str, Any]]] = {}
+        for etype, rec, prev, step in changes:
+            chain = rec.get("approval_step") or "" if rec.get("approvers") else ""
+            groups.setdefault((etype.value, prev, step, chain), []).append(rec)
+        # A binding without filters takes every event of a page of this kind and company (one INSERT ...
+        # SELECT for it); a narrowed one is matched here, record by record.
+        uniform = all(rec["company"] == company and rec["kind"] == kind.value for _, rec, _, _ in changes)
+        whole = [b for b in bindings if uniform and b.company == company and kind in b.kinds
+                 and not b.cost_centers and b.min_amount is None]
+        partial = [b for b in bindings if b not in whole]
+        batches: list[tuple[int, str, str | None, str, str, bytes]] = []
         dels: list[tuple[Any, ...]] = []
-        upserts: list[list[Any]] = []
-        deletes: list[tuple[str, str, str]] = []
-        whole: list[Binding] = []
-        if changes:
-            # A binding without filters takes every event of a page of this kind and company: one
-            # INSERT ... SELECT for it instead of a row (and a round trip through Python) per event.
-            uniform = all(rec["company"] == company and rec["kind"] == kind.value for _, rec, _, _ in changes)
-            whole = [b for b in bindings if uniform and b.company == company and kind in b.kinds
-                     and not b.cost_centers and b.min_amount is None]
-            partial = [b for b in bindings if b not in whole]
-            for n, (etype, rec, prev, step) in enumerate(changes):
-                rid = record_id(kind, company, rec["key"])
-                events.append([rid, etype.value, rec, prev])
-                if partial:
+        offset = 0
+        for (etype_value, prev, step, chain), records in groups.items():
+            batches.append((offset, etype_value, prev, step, chain, orjson.dumps(records)))
+            if partial:
+                for n, rec in enumerate(records, start=offset):
                     full = FinanceRecord.from_dict(rec)
-                    dels.extend((n, b.channel_id, rid, etype.value, now, now) for b in partial if b.matches(full))
-                if etype is EventType.RESOLVED:
-                    deletes.append((kind.value, company, rec["key"]))
-                else:
-                    chain = rec.get("approval_step") or "" if rec.get("approvers") else ""
-                    upserts.append([rec["key"], rec["etag"], rec["state"], step, n, chain, now if chain else 0.0])
-        # Events and seen rows travel as one JSON array per page and are unpacked by SQLite (json_each):
-        # one statement each, so the database thread runs them without taking the GIL back per row.
-        events_json, upserts_json = orjson.dumps(events), orjson.dumps(upserts)
+                    dels.extend((n, b.channel_id, prefix + rec["key"], etype_value, now, now)
+                                for b in partial if b.matches(full))
+            offset += len(records)
+        total = offset
         quarantined = [(kind.value, company, key, fld, problem, now, now) for key, fld, problem in bad_rows]
         audits = [] if audit is None else [
-            audit.row("record", "quarantine", "skipped", company=company, record_id=f"{kind.value}:{company}:{key}",
+            audit.row("record", "quarantine", "skipped", company=company, record_id=prefix + key,
                       field=fld, problem=problem) for key, fld, problem in bad_rows]
 
         def write(conn: sqlite3.Connection) -> int:
-            """Everything prepared above, in one transaction on the database thread; ids are offsets."""
+            """Everything prepared above, in one transaction on the database thread; ids are base + offset."""
             deliveries = 0
-            if events:
+            if total:
                 base = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
-                conn.execute("INSERT INTO events (id, record_id, type, record, previous_state, created_at)"
-                             " SELECT ? + key, value ->> 0, value ->> 1, value -> 2, value ->> 3, ? FROM json_each(?)",
-                             (base, now, events_json))
+                for start, etype_value, prev, step, chain, records_json in batches:
+                    first = base + start
+                    last = conn.execute(
+                        "INSERT INTO events (id, record_id, type, record, previous_state, created_at)"
+                        " SELECT ? + key, ? || (value ->> 'key'), ?, value, ?, ? FROM json_each(?)",
+                        (first, prefix, etype_value, prev, now, records_json)).rowcount + first - 1
+                    if etype_value == EventType.RESOLVED.value:
+                        conn.execute("DELETE FROM seen WHERE kind = ? AND company = ? AND key IN"
+                                     " (SELECT substr(record_id, ?) FROM events WHERE id BETWEEN ? AND ?)",
+                                     (kind.value, company, len(prefix) + 1, first, last))
+                        continue
+                    conn.execute(
+                        "INSERT INTO seen (kind, company, key, etag, state, step, event_id, first_seen, chain,"
+                        " chain_checked) SELECT ?, ?, substr(record_id, ?), record ->> 'etag', record ->> 'state', ?,"
+                        " id, ?, ?, ? FROM events WHERE id BETWEEN ? AND ? ON CONFLICT (kind, company, key) DO UPDATE SET"
+                        " etag = excluded.etag, state = excluded.state, step = excluded.step, event_id = excluded.event_id,"
+                        " chain = CASE WHEN excluded.chain != '' THEN excluded.chain ELSE chain END,"
+                        " chain_checked = max(chain_checked, excluded.chain_checked)",
+                        (kind.value, company, len(prefix) + 1, step, now, chain, now if chain else 0.0, first, last))
                 for b in whole:
                     deliveries += conn.execute(
                         "INSERT OR IGNORE INTO deliveries (event_id, channel_id, record_id, event_type, next_at,"
                         " created_at) SELECT id, ?, record_id, type, ?, ? FROM events WHERE id BETWEEN ? AND ?",
-                        (b.channel_id, now, now, base, base + len(events) - 1)).rowcount
+                        (b.channel_id, now, now, base, base + total - 1)).rowcount
                 deliveries += conn.executemany(
                     "INSERT OR IGNORE INTO deliveries (event_id, channel_id, record_id, event_type, next_at, created_at)"
                     " VALUES (? + ?, ?, ?, ?, ?, ?)", [(base, *d) for d in dels]).rowcount
-                conn.execute(
-                    "INSERT INTO seen (kind, company, key, etag, state, step, event_id, first_seen, chain, chain_checked)"
-                    " SELECT ?, ?, value ->> 0, value ->> 1, value ->> 2, value ->> 3, ? + (value ->> 4), ?,"
-                    " value ->> 5, value ->> 6 FROM json_each(?) WHERE true ON CONFLICT (kind, company, key) DO UPDATE SET"
-                    " etag = excluded.etag, state = excluded.state, step = excluded.step, event_id = excluded.event_id,"
-                    " chain = CASE WHEN excluded.chain != '' THEN excluded.chain ELSE chain END,"
-                    " chain_checked = max(chain_checked, excluded.chain_checked)",
-                    (kind.value, company, base, now, upserts_json))
-                conn.executemany("DELETE FROM seen WHERE kind = ? AND company = ? AND key = ?", deletes)
             conn.executemany(
                 "INSERT INTO quarantine (kind, company, key, field, problem, first_at, last_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (kind, company, key) DO UPDATE SET field = excluded.field, problem = excluded.problem,"
