@@ -104,8 +104,11 @@ class Poller:
     async def _poll(self, kind: RecordKind, company: str, result: PollResult) -> None:
         spec = self.sources[kind]
         mapper = self.mapper(kind)
-        seen = await self.seen.snapshot(kind, company)
-        bindings = [b for b in await self.bindings.all(active_only=True) if b.company == company]
+        # what was seen before loads on the database thread while the first page is on its way
+        loading = asyncio.ensure_future(self._load(company, kind))
+        seen: dict[str, SeenRow] = {}
+        bindings: list[Binding] = []
+        loaded = False
         present: set[str] = set()
         touched: set[str] = set()
         budget = [self.details_limit]
@@ -117,6 +120,9 @@ class Poller:
                     spec.projection, spec.entity_set, filter=spec.filter_for(company),
                     select=spec.select if self.use_select else None, orderby=spec.orderby,
                     page_size=self.page_size):
+                if not loaded:
+                    seen, bindings = await loading
+                    loaded = True
                 result.pages += 1
                 result.rows += len(page)
                 changes: list[Change] = []
@@ -163,10 +169,18 @@ class Poller:
                     writing = asyncio.ensure_future(
                         self.writer.apply(kind, company, changes, bindings, bad_rows=bad, audit=self.audit))
                     await asyncio.sleep(0)  # let the write reach the database thread before mapping on
+        except BaseException:
+            if not loading.done():
+                loading.cancel()
+            elif not loading.cancelled():
+                loading.exception()  # retrieved: the listing's error is the one to report
+            raise
         finally:
             if writing is not None:
                 # also after a failed listing: the pages read so far are good news and are kept
                 result.deliveries += await writing
+        if not loaded:  # an empty listing
+            seen, bindings = await loading
         if spec.approvals is not None and budget[0] > 0:
             chained = await self._check_chains(kind, company, seen, present, touched, bindings, budget)
             result.changed += chained[0]
@@ -179,6 +193,10 @@ class Poller:
                 resolved.append((EventType.RESOLVED, record.to_dict(), seen[key].state, ""))
             result.deliveries += await self.writer.apply(kind, company, resolved, bindings)
             result.resolved = len(resolved)
+
+    async def _load(self, company: str, kind: RecordKind) -> tuple[dict[str, SeenRow], list[Binding]]:
+        seen = await self.seen.snapshot(kind, company)
+        return seen, [b for b in await self.bindings.all(active_only=True) if b.company == company]
 
     async def _with_details(self, mapper: RecordMapper, row: dict[str, Any], key: str, etag: str,
                             keys: dict[str, str | int], budget: list[int]) -> dict[str, Any]:

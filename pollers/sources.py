@@ -79,7 +79,7 @@ class SourceSpec:
         """Client-side twin of filter_for's state conditions."""
         if self.pending_states and row.get(self.state_field) not in self.pending_states:
             return False
-        return all(row.get(name) == value for name, value in self.pending_equals)
+        return not self.pending_equals or all(row.get(name) == value for name, value in self.pending_equals)
 
     @property
     def orderby(self) -> tuple[str, ...]:
@@ -235,7 +235,10 @@ class RecordMapper:
 
         Only for looking a row up among keys that were validated before: a match means the same record.
         """
-        return "^".join([f"{k}={row.get(k)}" for k in self._key_names])
+        names = self._key_names
+        if len(names) == 1:
+            return f"{names[0]}={row.get(names[0])}"
+        return "^".join([f"{k}={row.get(k)}" for k in names])
 
     def key_and_etag(self, row: Mapping[str, Any]) -> tuple[str, str, dict[str, str | int]]:
         get = row.get

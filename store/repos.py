@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 import orjson
@@ -236,8 +236,9 @@ def _binding(row: Any) -> Binding:
 
 # --------------------------------------------------------------------------- seen records and source state
 
-@dataclass(frozen=True, slots=True)
-class SeenRow:
+class SeenRow(NamedTuple):
+    """What the last poll saw of a record (a tuple: a snapshot holds one per pending record)."""
+
     etag: str
     state: str
     step: str
@@ -262,10 +263,15 @@ class Seen:
         self._db = db
 
     async def snapshot(self, kind: RecordKind, company: str) -> dict[str, SeenRow]:
-        async with self._db.conn.execute(
-                "SELECT key, etag, state, step, event_id, chain, chain_checked FROM seen WHERE kind = ? AND company = ?",
-                (kind.value, company)) as cur:
-            return {r[0]: SeenRow(r[1], r[2], r[3], r[4], r[5], r[6]) for r in await cur.fetchall()}
+        def read(conn: sqlite3.Connection) -> dict[str, SeenRow]:
+            cur = conn.cursor()
+            cur.row_factory = None  # plain tuples
+            cur.execute("SELECT key, etag, state, step, event_id, chain, chain_checked FROM seen"
+                        " WHERE kind = ? AND company = ?", (kind.value, company))
+            make = SeenRow._make
+            return {key: make(rest) for key, *rest in cur}
+
+        return await self._db.run_read(read)
 
     async def keys_with_cards(self, kind: RecordKind, company: str) -> set[str]:
         """Record keys whose card sits in some channel: the ones whose approval progress people see."""
