@@ -1,6 +1,7 @@
 """First poll of a large pending set, its floor, and the unchanged re-poll.
 
-`python -m bench.ingest --records N [--page-size 5000] [--json] [--profile FILE]` runs, in this process:
+`python -m bench.ingest --records N [--page-size 5000] [--rounds 3] [--json] [--profile FILE]` runs, in this
+process:
 
 1. the IFS simulator in a child process (bench.ifs_server) holding N pending records, split over
    orders, invoices and vouchers (about a third each), all for company 10, one channel bound to it;
@@ -9,7 +10,9 @@
 3. the first poll: the real Poller + IfsClient + a fresh SQLite file, every record new;
 4. the floor: plain httpx GETs of the same pages (same $filter/$select/$orderby/$top/$skip) with one
    bearer token, json.loads of each body, nothing else;
-5. the re-poll of the unchanged set (zero events expected), and the floor once more.
+5. the re-poll of the unchanged set (zero events expected), and the floor once more;
+steps 3-5 `--rounds` times, each with a fresh SQLite file; the medians are reported (run-to-run noise on a
+shared 2-core VM is about +-15 %, for the floor as much as for the poll).
 
 `details_limit=0`: the per-record approval reads (two GETs per new record) exist for small cycles,
 where each record becomes its own card; in a first poll of 100,000 records everything ends in digests
@@ -26,6 +29,7 @@ import argparse
 import asyncio
 import json
 import math
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,74 +96,56 @@ async def floor(base_url: str, page_size: int) -> dict[str, Any]:
             "data_requests": requests}
 
 
-async def measure(records: int, page_size: int, workdir: Path, profile: str | None = None) -> dict[str, Any]:
-    counts = split(records)
-    with ifs_server(counts[RecordKind.ORDER], counts[RecordKind.INVOICE], counts[RecordKind.VOUCHER],
-                    COMPANY) as url:
-        db = await open_database(str(workdir / "ingest.sqlite3"))
-        client = IfsClient(IfsClientConfig(base_url=url, realm="ifs", client_id="notifier",
-                                           client_secret="notifier-secret", timeout=120))
-        await bind(db, CHANNEL, "http://127.0.0.1:9/")
-        poller = Poller(client=client, sources=DEFAULT_SOURCES, seen=Seen(db), bindings=Bindings(db),
-                        writer=PollWriter(db), audit=AuditLog(db), ifs_base_url=url, page_size=page_size,
-                        details_limit=0)
-        try:
-            log(f"ingest {records:,}: warm-up download")
-            await floor(url, page_size)
-            rss_before = peak_rss_mb()
+async def one_round(url: str, records: int, page_size: int, db_path: Path,
+                    profile: str | None = None) -> dict[str, Any]:
+    """A fresh database: the first poll, the floor, the unchanged re-poll, the floor again."""
+    db = await open_database(str(db_path))
+    client = IfsClient(IfsClientConfig(base_url=url, realm="ifs", client_id="notifier",
+                                       client_secret="notifier-secret", timeout=120))
+    await bind(db, CHANNEL, "http://127.0.0.1:9/")
+    poller = Poller(client=client, sources=DEFAULT_SOURCES, seen=Seen(db), bindings=Bindings(db),
+                    writer=PollWriter(db), audit=AuditLog(db), ifs_base_url=url, page_size=page_size,
+                    details_limit=0)
 
-            log(f"ingest {records:,}: first poll")
-            s0 = await sim_stats(url)
-            profiler = None
-            if profile:
-                import cProfile
-                profiler = cProfile.Profile()
-                profiler.enable()
-            t, cpu, main_cpu = time.perf_counter(), time.process_time(), time.thread_time()
-            first = [await poller.poll(kind, COMPANY) for kind in poller.sources]
-            first_s = time.perf_counter() - t
-            first_cpu, first_main = time.process_time() - cpu, time.thread_time() - main_cpu
-            first_stats = dict(client.stats)
-            if profiler is not None:
-                profiler.disable()
-                profiler.dump_stats(profile + ".first")
-            rss_after_first = peak_rss_mb()
-            s1 = await sim_stats(url)
+    async def timed(what: str) -> tuple[list[Any], dict[str, float]]:
+        profiler = None
+        if profile:
+            import cProfile
+            profiler = cProfile.Profile()
+            profiler.enable()
+        t, cpu, main_cpu = time.perf_counter(), time.process_time(), time.thread_time()
+        results = [await poller.poll(kind, COMPANY) for kind in poller.sources]
+        took = {"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - cpu,
+                "cpu_main_thread_seconds": time.thread_time() - main_cpu}
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(f"{profile}.{what}")
+        return results, took
 
-            log(f"ingest {records:,}: floor")
-            floor1 = await floor(url, page_size)
-            s2 = await sim_stats(url)
-
-            log(f"ingest {records:,}: re-poll")
-            if profile:
-                profiler = cProfile.Profile()
-                profiler.enable()
-            t, cpu, main_cpu = time.perf_counter(), time.process_time(), time.thread_time()
-            again = [await poller.poll(kind, COMPANY) for kind in poller.sources]
-            repoll_s = time.perf_counter() - t
-            repoll_cpu, repoll_main = time.process_time() - cpu, time.thread_time() - main_cpu
-            if profiler is not None:
-                profiler.disable()
-                profiler.dump_stats(profile + ".repoll")
-            s3 = await sim_stats(url)
-            floor2 = await floor(url, page_size)
-
-            events = int(await db.scalar("SELECT count(*) FROM events"))
-            deliveries = int(await db.scalar("SELECT count(*) FROM deliveries"))
-            seen = int(await db.scalar("SELECT count(*) FROM seen"))
-            db_bytes = sum(p.stat().st_size for p in workdir.glob("ingest.sqlite3*"))
-        finally:
-            await client.aclose()
-            await db.close()
-
-    floor_s = min(floor1["seconds"], floor2["seconds"])
-    minimum = {k.value: min_requests(n, page_size) for k, n in counts.items()}
+    try:
+        log(f"ingest {records:,}: first poll")
+        s0 = await sim_stats(url)
+        first, first_t = await timed("first")
+        first_stats = dict(client.stats)
+        rss_after_first = peak_rss_mb()
+        s1 = await sim_stats(url)
+        log(f"ingest {records:,}: floor")
+        floor1 = await floor(url, page_size)
+        s2 = await sim_stats(url)
+        log(f"ingest {records:,}: re-poll")
+        again, again_t = await timed("repoll")
+        s3 = await sim_stats(url)
+        floor2 = await floor(url, page_size)
+        events = int(await db.scalar("SELECT count(*) FROM events"))
+        deliveries = int(await db.scalar("SELECT count(*) FROM deliveries"))
+        seen = int(await db.scalar("SELECT count(*) FROM seen"))
+        db_bytes = sum(p.stat().st_size for p in db_path.parent.glob(db_path.name + "*"))
+    finally:
+        await client.aclose()
+        await db.close()
     return {
-        "records": records,
-        "split": {k.value: n for k, n in counts.items()},
-        "page_size": page_size,
         "first_poll": {
-            "seconds": first_s,
+            **first_t,
             "ok": all(r.ok for r in first),
             "errors": [r.error for r in first if r.error],
             "new": sum(r.new for r in first),
@@ -167,25 +153,14 @@ async def measure(records: int, page_size: int, workdir: Path, profile: str | No
             "pages": sum(r.pages for r in first),
             "deliveries": sum(r.deliveries for r in first),
             "data_requests": s1["data_requests"] - s0["data_requests"],
-            "data_requests_min": sum(minimum.values()),
-            "data_requests_min_by_kind": minimum,
             "token_requests": s1["tokens_issued"] - s0["tokens_issued"],
-            "cpu_seconds": first_cpu,
-            "cpu_main_thread_seconds": first_main,
             "client_stats": first_stats,
         },
-        "floor": {
-            "seconds": floor_s,
-            "runs": [floor1["seconds"], floor2["seconds"]],
-            "cpu_seconds": min(floor1["cpu_seconds"], floor2["cpu_seconds"]),
-            "rows": floor1["rows"],
-            "data_requests": s2["data_requests"] - s1["data_requests"],
-            "token_requests": s2["tokens_issued"] - s1["tokens_issued"],
-        },
+        "floors": [floor1, floor2],
+        "floor_requests": {"data_requests": s2["data_requests"] - s1["data_requests"],
+                           "token_requests": s2["tokens_issued"] - s1["tokens_issued"]},
         "repoll": {
-            "seconds": repoll_s,
-            "cpu_seconds": repoll_cpu,
-            "cpu_main_thread_seconds": repoll_main,
+            **again_t,
             "ok": all(r.ok for r in again),
             "new": sum(r.new for r in again),
             "changed": sum(r.changed for r in again),
@@ -196,7 +171,63 @@ async def measure(records: int, page_size: int, workdir: Path, profile: str | No
             "token_requests": s3["tokens_issued"] - s2["tokens_issued"],
         },
         "db": {"events": events, "deliveries": deliveries, "seen": seen, "bytes": db_bytes},
-        "rss_mb": {"before_first_poll": rss_before, "peak_after_first_poll": rss_after_first,
+        "rss_after_first_poll": rss_after_first,
+    }
+
+
+async def measure(records: int, page_size: int, workdir: Path, profile: str | None = None,
+                  rounds: int = 3) -> dict[str, Any]:
+    """`rounds` rounds against one server, each with a fresh database; medians are what count (a shared
+    2-core VM varies by +-15 % from run to run, the floor as much as the poll)."""
+    counts = split(records)
+    with ifs_server(counts[RecordKind.ORDER], counts[RecordKind.INVOICE], counts[RecordKind.VOUCHER],
+                    COMPANY) as url:
+        log(f"ingest {records:,}: warm-up download")
+        await floor(url, page_size)
+        rss_before = peak_rss_mb()
+        done = [await one_round(url, records, page_size, workdir / f"ingest-{i}.sqlite3",
+                                profile if i == 0 else None) for i in range(rounds)]
+    floors = [f for r in done for f in r["floors"]]
+    first = [r["first_poll"] for r in done]
+    again = [r["repoll"] for r in done]
+
+    def median_of(items: list[dict[str, Any]], key: str) -> float:
+        return statistics.median(x[key] for x in items)
+
+    minimum = {k.value: min_requests(n, page_size) for k, n in counts.items()}
+    return {
+        "records": records,
+        "split": {k.value: n for k, n in counts.items()},
+        "page_size": page_size,
+        "rounds": rounds,
+        "first_poll": {
+            **done[0]["first_poll"],  # counts are the same in every round (checked below)
+            "seconds": median_of(first, "seconds"),
+            "runs": [x["seconds"] for x in first],
+            "cpu_seconds": median_of(first, "cpu_seconds"),
+            "cpu_main_thread_seconds": median_of(first, "cpu_main_thread_seconds"),
+            "ok": all(x["ok"] for x in first) and len({(x["new"], x["deliveries"]) for x in first}) == 1,
+            "data_requests_min": sum(minimum.values()),
+            "data_requests_min_by_kind": minimum,
+        },
+        "floor": {
+            "seconds": median_of(floors, "seconds"),
+            "runs": [f["seconds"] for f in floors],
+            "cpu_seconds": median_of(floors, "cpu_seconds"),
+            "rows": floors[0]["rows"],
+            **done[0]["floor_requests"],
+        },
+        "repoll": {
+            **done[0]["repoll"],
+            "seconds": median_of(again, "seconds"),
+            "runs": [x["seconds"] for x in again],
+            "cpu_seconds": median_of(again, "cpu_seconds"),
+            "cpu_main_thread_seconds": median_of(again, "cpu_main_thread_seconds"),
+            "ok": all(x["ok"] for x in again),
+            "events_created": sum(x["events_created"] for x in again),
+        },
+        "db": done[0]["db"],
+        "rss_mb": {"before_first_poll": rss_before, "peak_after_first_poll": done[0]["rss_after_first_poll"],
                    "peak_end": peak_rss_mb()},
     }
 
@@ -234,8 +265,10 @@ def summarize(small: dict[str, Any] | None, big: dict[str, Any]) -> dict[str, di
         "token_requests": goal(fp["token_requests"], 1, "<="),
         "floor_seconds": rnd(fl["seconds"]),
         "floor_runs_seconds": [rnd(x) for x in fl["runs"]],
+        "first_poll_runs_seconds": [rnd(x) for x in fp["runs"]],
         "floor_note": ("plain httpx GET + json.loads of the same pages, one bearer token, same server; "
-                       "the smaller of the runs after the first poll and after the re-poll"),
+                       "run after each first poll and each re-poll; wall_seconds, floor_seconds and the ratios "
+                       "are medians over the rounds (each round a fresh database)"),
         "ratio_to_floor": goal(rnd(ratio, 2), 3, "<="),
         "cpu_seconds": {
             "main_thread": rnd(fp["cpu_main_thread_seconds"]),
@@ -261,6 +294,7 @@ def summarize(small: dict[str, Any] | None, big: dict[str, Any]) -> dict[str, di
         "ok": rp["ok"],
         "rows_read": rp["rows"],
         "wall_seconds": rnd(rp["seconds"]),
+        "runs_seconds": [rnd(x) for x in rp["runs"]],
         "data_requests": rp["data_requests"],
         "token_requests": rp["token_requests"],
         "floor_seconds": rnd(fl["seconds"]),
@@ -287,13 +321,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--records", type=int, default=None, help="one size, in this process (default: 10k and 100k)")
     p.add_argument("--page-size", type=int, default=5000)
     p.add_argument("--json", action="store_true", help="print the raw measurement as JSON")
-    p.add_argument("--profile", default=None, help="write cProfile stats of the polls to FILE.first/.repoll")
+    p.add_argument("--rounds", type=int, default=3, help="rounds, each with a fresh database (medians count)")
+    p.add_argument("--profile", default=None, help="write cProfile stats of round 1's polls to FILE.first/.repoll")
     args = p.parse_args(argv)
     if args.records is None:
         print(json.dumps(run(), indent=1))
         return 0
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        result = asyncio.run(measure(args.records, args.page_size, Path(tmp), args.profile))
+        result = asyncio.run(measure(args.records, args.page_size, Path(tmp), args.profile, args.rounds))
     print(json.dumps(result, indent=None if args.json else 1, default=str))
     return 0
 

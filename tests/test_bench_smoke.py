@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 async def test_ingest_benchmark_runs_and_counts_right():
     out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "bench.ingest", "--records", "300",
-                                                   "--json"], cwd=ROOT, capture_output=True, text=True,
+                                                   "--rounds", "2", "--json"], cwd=ROOT, capture_output=True, text=True,
                                   timeout=120, check=True)
     result = json.loads(out.stdout)
     assert result["first_poll"]["new"] == 300 and result["repoll"]["events_created"] == 0
