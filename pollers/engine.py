@@ -151,7 +151,7 @@ class Poller:
                         if spec.approvals is not None and budget[0] > 0:
                             record = await self._with_details(mapper, row, key, etag, keys, budget)
                         else:
-                            record = mapper.stored(row, key, etag)
+                            record = mapper.stored(row, key, etag, step=step)
                         touched.add(key)
                         if old is None:
                             changes.append((EventType.NEW, record, None, step))

@@ -249,7 +249,11 @@ class RecordMapper:
                 keys = self.spec.key_values(row)  # the general path: converts, or names the bad field
                 break
             keys[name] = v
-        key = "^".join([f"{k}={v}" for k, v in keys.items()])
+        if len(keys) == 1:
+            [(name, v)] = keys.items()
+            key = f"{name}={v}"
+        else:
+            key = "^".join([f"{k}={v}" for k, v in keys.items()])
         etag = get("@odata.etag") or get("Objversion")
         if not etag or type(etag) is not str:
             raise BadRecordError(key, "@odata.etag", "missing row version")
@@ -263,8 +267,8 @@ class RecordMapper:
             approvals: tuple[ApprovalStep, ...] = ()) -> FinanceRecord:
         return FinanceRecord.from_dict(self.stored(row, key, etag, approvals))
 
-    def stored(self, row: Mapping[str, Any], key: str, etag: str,
-               approvals: tuple[ApprovalStep, ...] = ()) -> dict[str, Any]:
+    def stored(self, row: Mapping[str, Any], key: str, etag: str, approvals: tuple[ApprovalStep, ...] = (),
+               step: str | None = None) -> dict[str, Any]:
         """The record in its stored form (FinanceRecord.to_dict's), validated field by field.
 
         The bulk path of a poll: every new or changed row of a page goes straight from here into the
@@ -273,21 +277,28 @@ class RecordMapper:
         s = self.spec
         get = row.get
         company = get(s.company_field)
-        if not isinstance(company, str | int) or company == "":
-            raise BadRecordError(key, s.company_field, "missing company")
+        if type(company) is not str or not company:  # the usual case first: a non-empty string
+            if not isinstance(company, str | int) or isinstance(company, bool) or company == "":
+                raise BadRecordError(key, s.company_field, "missing company")
+            company = str(company)
         state = get(s.state_field)
-        if not isinstance(state, str) or not state:
+        if type(state) is not str or not state:
             raise BadRecordError(key, s.state_field, "missing state")
-        number = " ".join([str(v) for f in s.number if (v := get(f)) is not None and v != ""])
-        out: dict[str, Any] = {"kind": self._kind, "company": str(company), "key": key, "number": number or key,
+        if len(s.number) == 1:
+            number = get(s.number[0])
+            number = "" if number is None else number if type(number) is str else str(number)
+        else:
+            number = " ".join([str(v) for f in s.number if (v := get(f)) is not None and v != ""])
+        out: dict[str, Any] = {"kind": self._kind, "company": company, "key": key, "number": number or key,
                                "state": state, "etag": etag}
         # the hot loop of a first poll: field lists are resolved once per source (see __post_init__)
         for attr, name in self._texts:
             v = get(name)
-            if v is None or v == "":
-                continue
             if type(v) is str:
-                out[attr] = v
+                if v:
+                    out[attr] = v
+            elif v is None:
+                continue
             elif isinstance(v, dict | list):
                 raise BadRecordError(key, name, "expected text")
             else:
@@ -300,15 +311,19 @@ class RecordMapper:
             v = get(name)
             if v is not None and v != "":
                 out[attr] = _to_date(v, key, name).isoformat()
-        step = self.step_of(row) or None
+        step = (self.step_of(row) if step is None else step) or None
         if approvals:
             step = summarize_chain(approvals) or step
             out["approvers"] = [a.to_dict() for a in approvals]
         if step is not None:
             out["approval_step"] = step
-        details = [[label, str(v)] for label, f in s.details if (v := get(f)) is not None and v != ""]
-        if details:
-            out["details"] = details
+        details = None
+        for label, name in s.details:
+            v = get(name)
+            if v is not None and v != "":
+                if details is None:
+                    details = out["details"] = []
+                details.append([label, v if type(v) is str else str(v)])
         return out
 
     def link_for(self, record: FinanceRecord) -> str | None:

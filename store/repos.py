@@ -488,7 +488,8 @@ class PollWriter:
             groups.setdefault((etype.value, prev, step, chain), []).append(rec)
         # A binding without filters takes every event of a page of this kind and company (one INSERT ...
         # SELECT for it); a narrowed one is matched here, record by record.
-        uniform = all(rec["company"] == company and rec["kind"] == kind.value for _, rec, _, _ in changes)
+        kind_value = kind.value
+        uniform = all(rec["company"] == company and rec["kind"] == kind_value for _, rec, _, _ in changes)
         whole = [b for b in bindings if uniform and b.company == company and kind in b.kinds
                  and not b.cost_centers and b.min_amount is None]
         partial = [b for b in bindings if b not in whole]
