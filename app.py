@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from core import heap
 from core.domain import RecordKind
 from core.errors import AuthError, ConfigError, FatalRequestError, NotifierError, RetriableError
 from core.links import odata_literal
@@ -393,7 +394,9 @@ async def run_until_signalled(service: Service) -> None:
 # --------------------------------------------------------------------------- CLI commands
 
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    await run_until_signalled(await build_service(settings))
+    service = await build_service(settings)
+    heap.settle()
+    await run_until_signalled(service)
     return 0
 
 

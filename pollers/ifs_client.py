@@ -192,6 +192,15 @@ class _Attempt:
 
 
 _NO_FAILURE = _Attempt("")
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """One HTTP answer as read: status, headers and the whole (decoded) body."""
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
 _Kind = Literal["token", "data"]
 
 
@@ -503,7 +512,7 @@ class IfsClient:
         log.debug("IFS token obtained for client %s, valid %.0f s", self.config.client_id, lifetime)
         return value
 
-    def _token_refused(self, response: httpx.Response) -> AuthError:
+    def _token_refused(self, response: _Answer) -> AuthError:
         try:
             body = json.loads(response.content)
             error = str(body.get("error") or "")
@@ -628,11 +637,15 @@ class IfsClient:
 
     async def _exchange(
         self, method: str, url: str, headers: dict[str, str], form: Mapping[str, str] | None = None
-    ) -> tuple[httpx.Response | None, _Attempt]:
+    ) -> tuple[_Answer | None, _Attempt]:
         """One HTTP round trip: the response, or None and why the transport failed."""
         self.stats["requests"] += 1
         try:
-            return await self._http.request(method, url, headers=headers, data=form), _NO_FAILURE
+            # Streamed into a buffer of our own: an httpx Response keeps its body in a reference cycle
+            # (response <-> stream), so a buffered 2.5 MB page would wait for the cyclic collector.
+            async with self._http.stream(method, url, headers=headers, data=form) as response:
+                chunks = [chunk async for chunk in response.aiter_bytes()]  # decoded (gzip ...)
+                return _Answer(response.status_code, response.headers, b"".join(chunks)), _NO_FAILURE
         except httpx.TimeoutException as exc:
             return None, _Attempt(f"timeout ({type(exc).__name__})")
         except httpx.RequestError as exc:

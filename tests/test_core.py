@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 
 import orjson
 import pytest
 
+from core import heap
 from core.clock import FakeClock
 from core.domain import ApprovalStep, Binding, FinanceRecord, RecordKind
 from core.links import page_link
@@ -113,3 +117,12 @@ def test_invalid_config_names_the_key(tmp_path, text, env, key):
     with pytest.raises(ConfigError) as err:
         load_settings(cfg, env=env)
     assert err.value.key == key
+
+
+def test_heap_settle_freezes_startup_objects_and_raises_the_young_threshold():
+    # in a child interpreter: the collector's settings are process-wide
+    code = ("import gc; from core import heap; heap.settle(); "
+            "print(gc.get_threshold()[0], gc.get_freeze_count() > 1000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.split() == [str(heap.YOUNG_GENERATION_THRESHOLD), "True"]
