@@ -13,6 +13,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -81,6 +82,7 @@ class ScheduleSettings:
     finance_window_minutes: float = 0.0  # >0: poll this often inside the finance window
     finance_window_last_days: int = 3  # last N business days of the month
     finance_window_first_days: int = 2  # first N business days of the next month
+    holidays: tuple[date, ...] = ()  # public holidays: not business days for the finance window
     jitter_seconds: float = 0.0
 
 
@@ -181,6 +183,13 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {value!r}")
         return value
+    if tp is date:
+        if isinstance(value, date) and not isinstance(value, datetime):  # a TOML date
+            return value
+        try:
+            return date.fromisoformat(value.strip()) if isinstance(value, str) else _fail()
+        except (ValueError, TypeError):
+            raise ConfigError(key, f"expected a date (YYYY-MM-DD), got {value!r}") from None
     if origin is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

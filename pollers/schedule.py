@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import math
+from collections.abc import Collection
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -12,10 +13,10 @@ from apscheduler.triggers.base import BaseTrigger
 from core.settings import ScheduleSettings, parse_hhmm
 
 
-def business_days(year: int, month: int) -> list[date]:
-    """Monday to Friday of a month (public holidays are not known here)."""
+def business_days(year: int, month: int, holidays: Collection[date] = ()) -> list[date]:
+    """Monday to Friday of a month, without the configured public holidays."""
     days = calendar.monthrange(year, month)[1]
-    return [d for d in (date(year, month, i) for i in range(1, days + 1)) if d.weekday() < 5]
+    return [d for d in (date(year, month, i) for i in range(1, days + 1)) if d.weekday() < 5 and d not in holidays]
 
 
 def _shift(year: int, month: int, by: int) -> tuple[int, int]:
@@ -27,12 +28,13 @@ def finance_windows(s: ScheduleSettings, around: datetime, tz: ZoneInfo) -> list
     """Windows (local start, local end) overlapping the months around `around`: from the start of the
     last N business days of a month to the end of the first M business days of the next."""
     out = []
+    holidays = frozenset(s.holidays)
     local = around.astimezone(tz)
     for by in (-1, 0, 1):
         y, m = _shift(local.year, local.month, by)
-        last = business_days(y, m)[-s.finance_window_last_days:] if s.finance_window_last_days else []
+        last = business_days(y, m, holidays)[-s.finance_window_last_days:] if s.finance_window_last_days else []
         ny, nm = _shift(y, m, 1)
-        first = business_days(ny, nm)[:s.finance_window_first_days] if s.finance_window_first_days else []
+        first = business_days(ny, nm, holidays)[:s.finance_window_first_days] if s.finance_window_first_days else []
         start_day = last[0] if last else (first[0] if first else None)
         end_day = first[-1] if first else (last[-1] if last else None)
         if start_day is None or end_day is None:

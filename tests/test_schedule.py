@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from core.settings import ScheduleSettings
-from pollers.schedule import PollTrigger, finance_windows, next_fire
+import pytest
+
+from core.errors import ConfigError
+from core.settings import ScheduleSettings, load_settings
+from pollers.schedule import PollTrigger, business_days, finance_windows, next_fire
 
 STHLM = ZoneInfo("Europe/Stockholm")
 
@@ -51,6 +54,27 @@ def test_finance_window_across_month_end_and_dst_change():
     closing = fires(s, datetime(2027, 11, 2, 23, 50, tzinfo=STHLM), 4)
     assert [f.astimezone(STHLM).strftime("%d %H:%M") for f in closing] == ["02 23:55", "03 00:00", "03 01:00",
                                                                           "03 02:00"]
+
+
+def test_public_holidays_are_not_business_days_for_the_finance_window(tmp_path):
+    # December 2026 ends Thu 31; with 24, 25 and 31 as holidays the last three business days are
+    # Mon 28 - Wed 30; 1 January is a holiday too, so the first two of January are Mon 4 and Tue 5
+    cfg = tmp_path / "n.toml"
+    cfg.write_text("[schedule]\nfinance_window_minutes = 5\n"
+                   'holidays = [2026-12-24, "2026-12-25", 2026-12-31, 2027-01-01]\n')
+    s = load_settings(cfg, env={}).schedule
+    start, end = next(w for w in finance_windows(s, datetime(2026, 12, 15, tzinfo=UTC), STHLM)
+                      if w[0].month == 12)
+    assert (start.date(), end.date()) == (date(2026, 12, 28), date(2027, 1, 6))
+    without = ScheduleSettings(finance_window_minutes=5)
+    start, end = next(w for w in finance_windows(without, datetime(2026, 12, 15, tzinfo=UTC), STHLM)
+                      if w[0].month == 12)
+    assert (start.date(), end.date()) == (date(2026, 12, 29), date(2027, 1, 5))
+    assert business_days(2026, 12, s.holidays)[-1] == date(2026, 12, 30)
+
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, env={"NOTIFIER__SCHEDULE__HOLIDAYS": "2026-12-24,24.12.2026"})
+    assert err.value.key == "schedule.holidays[1]"
 
 
 def test_trigger_wraps_next_fire_for_apscheduler():
