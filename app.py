@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from core import heap
+from core import runtime
 from core.domain import RecordKind
 from core.errors import AuthError, ConfigError, FatalRequestError, NotifierError, RetriableError
 from core.links import odata_literal
@@ -395,7 +395,7 @@ async def run_until_signalled(service: Service) -> None:
 
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     service = await build_service(settings)
-    heap.settle()
+    runtime.settle()
     await run_until_signalled(service)
     return 0
 

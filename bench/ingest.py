@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 
 from bench.common import ROOT, bind, goal, ifs_server, log, peak_rss_mb, rnd, sim_stats
-from core import heap
+from core import runtime
 from core.domain import RecordKind
 from pollers.engine import Poller
 from pollers.ifs_client import IfsClient, IfsClientConfig, _query  # the client's own query encoding
@@ -185,7 +185,7 @@ async def measure(records: int, page_size: int, workdir: Path, profile: str | No
                     COMPANY) as url:
         log(f"ingest {records:,}: warm-up download")
         await floor(url, page_size)
-        heap.settle()  # as `app.py serve` does once it is wired
+        runtime.settle()  # as `app.py serve` does once it is wired
         rss_before = peak_rss_mb()
         done = [await one_round(url, records, page_size, workdir / f"ingest-{i}.sqlite3",
                                 profile if i == 0 else None) for i in range(rounds)]

@@ -477,15 +477,15 @@ class PollWriter:
         """Writes the changes of one page (events, deliveries, seen) and its bad rows. Returns deliveries made."""
         now = self._now()
         prefix = record_id(kind, company, "")
-        # Changes are grouped by what their events and seen rows share (type, previous state, approval
-        # step, chain): each group is one INSERT of its records, sent as one JSON array that SQLite unpacks
-        # (json_each), and one INSERT of its seen rows from those events. The database thread then writes a
-        # page in a handful of statements, without taking the GIL back for every row. A first poll's page
-        # is a single group; the groups' sizes stay small because states and steps are few.
-        groups: dict[tuple[str, str | None, str, str], list[dict[str, Any]]] = {}
+        # Changes are grouped by what their events and seen rows share (type, previous state, state,
+        # approval step, chain; a first poll's page is one group per state). Each group travels as one
+        # JSON object {key: stored record} and one JSON array of etags, which SQLite unpacks (json_each)
+        # in one INSERT of events and one of seen rows: the database thread writes a page in a handful
+        # of statements, never parses a record again and never takes the GIL back for a row.
+        groups: dict[tuple[str, str | None, str, str, str], dict[str, dict[str, Any]]] = {}
         for etype, rec, prev, step in changes:
             chain = rec.get("approval_step") or "" if rec.get("approvers") else ""
-            groups.setdefault((etype.value, prev, step, chain), []).append(rec)
+            groups.setdefault((etype.value, prev, rec["state"], step, chain), {})[rec["key"]] = rec
         # A binding without filters takes every event of a page of this kind and company (one INSERT ...
         # SELECT for it); a narrowed one is matched here, record by record.
         kind_value = kind.value
@@ -493,15 +493,16 @@ class PollWriter:
         whole = [b for b in bindings if uniform and b.company == company and kind in b.kinds
                  and not b.cost_centers and b.min_amount is None]
         partial = [b for b in bindings if b not in whole]
-        batches: list[tuple[int, str, str | None, str, str, bytes]] = []
+        batches: list[tuple[int, int, tuple[str, str | None, str, str, str], bytes, bytes]] = []
         dels: list[tuple[Any, ...]] = []
         offset = 0
-        for (etype_value, prev, step, chain), records in groups.items():
-            batches.append((offset, etype_value, prev, step, chain, orjson.dumps(records)))
+        for group, records in groups.items():
+            batches.append((offset, len(records), group, orjson.dumps(records),
+                            orjson.dumps([rec["etag"] for rec in records.values()])))
             if partial:
-                for n, rec in enumerate(records, start=offset):
+                for n, rec in enumerate(records.values(), start=offset):
                     full = FinanceRecord.from_dict(rec)
-                    dels.extend((n, b.channel_id, prefix + rec["key"], etype_value, now, now)
+                    dels.extend((n, b.channel_id, prefix + rec["key"], group[0], now, now)
                                 for b in partial if b.matches(full))
             offset += len(records)
         total = offset
@@ -515,12 +516,15 @@ class PollWriter:
             deliveries = 0
             if total:
                 base = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
-                for start, etype_value, prev, step, chain, records_json in batches:
-                    first = base + start
-                    last = conn.execute(
-                        "INSERT INTO events (id, record_id, type, record, previous_state, created_at)"
-                        " SELECT ? + key, ? || (value ->> 'key'), ?, value, ?, ? FROM json_each(?)",
-                        (first, prefix, etype_value, prev, now, records_json)).rowcount + first - 1
+                for start, count, (etype_value, prev, state, step, chain), records_json, etags_json in batches:
+                    first, last = base + start, base + start + count - 1
+                    # rowids are given as max + 1, row by row: the group's events are first .. last
+                    conn.execute("INSERT INTO events (record_id, type, record, previous_state, created_at)"
+                                 " SELECT ? || key, ?, value, ?, ? FROM json_each(?)",
+                                 (prefix, etype_value, prev, now, records_json))
+                    got = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                    if got != last:
+                        raise sqlite3.IntegrityError(f"events ids {first}..{got}, expected ..{last}")
                     if etype_value == EventType.RESOLVED.value:
                         conn.execute("DELETE FROM seen WHERE kind = ? AND company = ? AND key IN"
                                      " (SELECT substr(record_id, ?) FROM events WHERE id BETWEEN ? AND ?)",
@@ -528,24 +532,29 @@ class PollWriter:
                         continue
                     conn.execute(
                         "INSERT INTO seen (kind, company, key, etag, state, step, event_id, first_seen, chain,"
-                        " chain_checked) SELECT ?, ?, substr(record_id, ?), record ->> 'etag', record ->> 'state', ?,"
-                        " id, ?, ?, ? FROM events WHERE id BETWEEN ? AND ? ON CONFLICT (kind, company, key) DO UPDATE SET"
+                        " chain_checked) SELECT ?, ?, substr(e.record_id, ?), j.value, ?, ?, e.id, ?, ?, ?"
+                        " FROM json_each(?) AS j CROSS JOIN events AS e WHERE e.id = ? + j.key"
+                        " ON CONFLICT (kind, company, key) DO UPDATE SET"
                         " etag = excluded.etag, state = excluded.state, step = excluded.step, event_id = excluded.event_id,"
                         " chain = CASE WHEN excluded.chain != '' THEN excluded.chain ELSE chain END,"
                         " chain_checked = max(chain_checked, excluded.chain_checked)",
-                        (kind.value, company, len(prefix) + 1, step, now, chain, now if chain else 0.0, first, last))
+                        (kind.value, company, len(prefix) + 1, state, step, now, chain, now if chain else 0.0,
+                         etags_json, first))
                 for b in whole:
                     deliveries += conn.execute(
                         "INSERT OR IGNORE INTO deliveries (event_id, channel_id, record_id, event_type, next_at,"
                         " created_at) SELECT id, ?, record_id, type, ?, ? FROM events WHERE id BETWEEN ? AND ?",
                         (b.channel_id, now, now, base, base + total - 1)).rowcount
-                deliveries += conn.executemany(
-                    "INSERT OR IGNORE INTO deliveries (event_id, channel_id, record_id, event_type, next_at, created_at)"
-                    " VALUES (? + ?, ?, ?, ?, ?, ?)", [(base, *d) for d in dels]).rowcount
-            conn.executemany(
-                "INSERT INTO quarantine (kind, company, key, field, problem, first_at, last_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (kind, company, key) DO UPDATE SET field = excluded.field, problem = excluded.problem,"
-                " last_at = excluded.last_at, count = count + 1", quarantined)
+                if dels:
+                    deliveries += conn.executemany(
+                        "INSERT OR IGNORE INTO deliveries (event_id, channel_id, record_id, event_type, next_at,"
+                        " created_at) VALUES (? + ?, ?, ?, ?, ?, ?)", [(base, *d) for d in dels]).rowcount
+            if quarantined:  # (each statement on this thread costs a GIL hand-over: none for nothing)
+                conn.executemany(
+                    "INSERT INTO quarantine (kind, company, key, field, problem, first_at, last_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (kind, company, key) DO UPDATE SET field = excluded.field, problem = excluded.problem,"
+                    " last_at = excluded.last_at, count = count + 1", quarantined)
             if audits:
                 conn.executemany(AuditLog.INSERT, audits)
             return deliveries

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from core import heap
+from core import runtime
 from core.clock import FakeClock
 from core.domain import ApprovalStep, Binding, FinanceRecord, RecordKind
 from core.links import page_link
@@ -119,10 +119,11 @@ def test_invalid_config_names_the_key(tmp_path, text, env, key):
     assert err.value.key == key
 
 
-def test_heap_settle_freezes_startup_objects_and_raises_the_young_threshold():
-    # in a child interpreter: the collector's settings are process-wide
-    code = ("import gc; from core import heap; heap.settle(); "
-            "print(gc.get_threshold()[0], gc.get_freeze_count() > 1000)")
+def test_runtime_settle_freezes_startup_objects_and_tunes_collection_and_switching():
+    # in a child interpreter: these settings are process-wide
+    code = ("import gc, sys; from core import runtime; runtime.settle(); "
+            "print(gc.get_threshold()[0], gc.get_freeze_count() > 1000, sys.getswitchinterval())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
-    assert out.stdout.split() == [str(heap.YOUNG_GENERATION_THRESHOLD), "True"]
+    assert out.stdout.split() == [str(runtime.YOUNG_GENERATION_THRESHOLD), "True",
+                                  str(runtime.SWITCH_INTERVAL_SECONDS)]
