@@ -14,6 +14,7 @@ async def build_status(db: Database, runtime: Any, *, channel_id: str | None, no
     seen = Seen(db)
     outbox = Outbox(db, lambda: now)
     states = await seen.source_states()
+    quarantined = await seen.quarantine_counts()
     ifs = next((s for s in states if s.kind == "*"), None)
     next_runs = runtime.next_runs() if runtime is not None else {}
     token = runtime.ifs_token_state() if runtime is not None else {}
@@ -27,7 +28,7 @@ async def build_status(db: Database, runtime: Any, *, channel_id: str | None, no
         sources.append(SourceStatus(
             name=f"{s.kind}s · company {s.company}", last_poll_at=s.last_run,
             next_poll_at=next_runs.get(s.kind), last_outcome="ok" if s.last_error is None else f"failed: {s.last_error}",
-            pending=s.pending, sent=sent))
+            pending=s.pending, sent=sent, quarantined=quarantined.get((s.kind, s.company), 0)))
     for kind, at in sorted(next_runs.items()):
         if not any(x.kind == kind for x in states):
             sources.append(SourceStatus(name=f"{kind}s", next_poll_at=at, last_outcome="not polled yet"))
@@ -68,7 +69,9 @@ def status_text(view: StatusView) -> str:
     lines = [f"IFS: {'reachable' if view.ifs_reachable else 'UNREACHABLE' if view.ifs_reachable is False else 'not checked yet'}"
              f", token {view.token_state}"]
     for s in view.sources:
-        lines.append(f"- {s.name}: {s.last_outcome or '-'}, pending {s.pending}, sent {s.sent}")
+        lines.append(f"- {s.name}: {s.last_outcome or '-'}, pending {s.pending}, sent {s.sent}"
+                     + (f", {s.quarantined} unreadable rows set aside (audit: record quarantine)"
+                        if s.quarantined else ""))
     lines.append(f"Deliveries waiting: {view.backlog}; failed: {view.failures}")
     if view.last_error:
         lines.append(f"Last error: {view.last_error}")

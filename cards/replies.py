@@ -24,6 +24,7 @@ class SourceStatus:
     last_outcome: str | None = None  # "ok", "failed: timeout" ...
     pending: int = 0  # records currently awaiting approval
     sent: int = 0  # cards delivered (period chosen by the bot, e.g. today)
+    quarantined: int = 0  # rows that could not be read at the last poll (kept aside, audited)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,8 @@ class StatusView:
             outcome = inert(source.last_outcome, 80) or DASH
             lines.append(
                 f"{inert(source.name, 80)}: last poll {last} ({outcome}), next {nxt}, "
-                f"pending {source.pending}, sent {source.sent}."
+                f"pending {source.pending}, sent {source.sent}"
+                + (f", {source.quarantined} unreadable rows set aside." if source.quarantined else ".")
             )
         if self.last_error:
             lines.append(f"Last error: {inert(self.last_error, 200)}")
@@ -185,6 +187,8 @@ def status_card(view: StatusView, ctx: CardContext | None = None) -> dict[str, A
                                 ("Next poll", _when(ctx, source.next_poll_at, view.generated_at)),
                                 ("Pending", number(source.pending, ctx.locale)),
                                 ("Sent", number(source.sent, ctx.locale)),
+                                *([("Unreadable rows", number(source.quarantined, ctx.locale))]
+                                  if source.quarantined else []),
                             ],
                             spacing="Small",
                         ),

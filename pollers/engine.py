@@ -75,8 +75,9 @@ class Poller:
     async def poll(self, kind: RecordKind, company: str) -> PollResult:
         started = self.monotonic()
         result = PollResult(kind, company)
+        fixed: list[str] = []
         try:
-            await self._poll(kind, company, result)
+            fixed = await self._poll(kind, company, result)
         except (RetriableError, AuthError) as exc:
             result.ok, result.error = False, _describe(exc)
             await self._ifs_down(result.error)
@@ -88,7 +89,8 @@ class Poller:
             await self._ifs_up()
         result.seconds = self.monotonic() - started
         await self.writer.finish(kind, company, ok=result.ok, pending=result.pending if result.ok else None,
-                                 error=result.error, audit=self.audit, summary=result.summary())
+                                 error=result.error, audit=self.audit, summary=result.summary(),
+                                 unquarantine=fixed)
         return result
 
     async def _ifs_down(self, error: str) -> None:
@@ -101,13 +103,16 @@ class Poller:
             log.info("IFS recovered")
             await self.writer.set_ifs_available(True, None, self.audit)
 
-    async def _poll(self, kind: RecordKind, company: str, result: PollResult) -> None:
+    async def _poll(self, kind: RecordKind, company: str, result: PollResult) -> list[str]:
+        """Returns the quarantined keys that were not bad this time (fixed, or gone): to release."""
         spec = self.sources[kind]
         mapper = self.mapper(kind)
         # what was seen before loads on the database thread while the first page is on its way
         loading = asyncio.ensure_future(self._load(company, kind))
         seen: dict[str, SeenRow] = {}
         bindings: list[Binding] = []
+        quarantined: set[str] = set()
+        bad_keys: set[str] = set()
         loaded = False
         present: set[str] = set()
         touched: set[str] = set()
@@ -121,7 +126,7 @@ class Poller:
                     select=spec.select if self.use_select else None, orderby=spec.orderby,
                     page_size=self.page_size):
                 if not loaded:
-                    seen, bindings = await loading
+                    seen, bindings, quarantined = await loading
                     loaded = True
                 result.pages += 1
                 result.rows += len(page)
@@ -163,6 +168,8 @@ class Poller:
                         bad.append((exc.key or _raw_key(spec, row), exc.field, exc.problem))
                 result.pending = len(present)
                 result.bad += len(bad)
+                if quarantined:
+                    bad_keys.update(key for key, _, _ in bad)
                 if changes or bad:
                     if writing is not None:
                         result.deliveries += await writing
@@ -180,7 +187,7 @@ class Poller:
                 # also after a failed listing: the pages read so far are good news and are kept
                 result.deliveries += await writing
         if not loaded:  # an empty listing
-            seen, bindings = await loading
+            seen, bindings, quarantined = await loading
         if spec.approvals is not None and budget[0] > 0:
             chained = await self._check_chains(kind, company, seen, present, touched, bindings, budget)
             result.changed += chained[0]
@@ -193,10 +200,12 @@ class Poller:
                 resolved.append((EventType.RESOLVED, record.to_dict(), seen[key].state, ""))
             result.deliveries += await self.writer.apply(kind, company, resolved, bindings)
             result.resolved = len(resolved)
+        return sorted(quarantined - bad_keys)
 
-    async def _load(self, company: str, kind: RecordKind) -> tuple[dict[str, SeenRow], list[Binding]]:
+    async def _load(self, company: str, kind: RecordKind) -> tuple[dict[str, SeenRow], list[Binding], set[str]]:
         seen = await self.seen.snapshot(kind, company)
-        return seen, [b for b in await self.bindings.all(active_only=True) if b.company == company]
+        bindings = [b for b in await self.bindings.all(active_only=True) if b.company == company]
+        return seen, bindings, await self.seen.quarantined_keys(kind, company)
 
     async def _with_details(self, mapper: RecordMapper, row: dict[str, Any], key: str, etag: str,
                             keys: dict[str, str | int], budget: list[int]) -> dict[str, Any]:

@@ -301,6 +301,16 @@ class Seen:
     async def quarantine_count(self) -> int:
         return int(await self._db.scalar("SELECT count(*) FROM quarantine") or 0)
 
+    async def quarantined_keys(self, kind: RecordKind, company: str) -> set[str]:
+        rows = await self._db.fetchall("SELECT key FROM quarantine WHERE kind = ? AND company = ?",
+                                       (kind.value, company))
+        return {r[0] for r in rows}
+
+    async def quarantine_counts(self) -> dict[tuple[str, str], int]:
+        """Rows quarantined now (bad at their last poll), by (kind, company)."""
+        rows = await self._db.fetchall("SELECT kind, company, count(*) FROM quarantine GROUP BY kind, company")
+        return {(r[0], r[1]): int(r[2]) for r in rows}
+
 
 # --------------------------------------------------------------------------- events, outbox, cards
 
@@ -573,9 +583,15 @@ class PollWriter:
             (kind, company, now, now if ok else None, error, int(ok), pending, pending))
 
     async def finish(self, kind: RecordKind, company: str, *, ok: bool, pending: int | None, error: str | None,
-                     audit: AuditLog, summary: dict[str, Any]) -> None:
+                     audit: AuditLog, summary: dict[str, Any], unquarantine: Sequence[str] = ()) -> None:
+        """Close a poll: the source's state, its audit line, and the release of quarantined rows that
+        were fine (or gone) this time."""
         async with self._db.transaction() as conn:
             await self._record_source(conn, kind.value, company, ok, error, pending)
+            if unquarantine:
+                await conn.executemany("DELETE FROM quarantine WHERE kind = ? AND company = ? AND key = ?",
+                                       [(kind.value, company, key) for key in unquarantine])
+                summary = {**summary, "released": len(unquarantine)}
             await audit.add(conn, "poll", f"poll {kind.value}", "ok" if ok else "failed", company=company, **summary)
 
     async def ifs_available(self) -> bool:

@@ -957,6 +957,19 @@ def test_status_card_and_text(cards: dict[str, dict[str, Any]]) -> None:
     assert "Inactive channels: Finance – Oslo" in text
 
 
+def test_status_shows_unreadable_rows_only_for_the_source_that_has_them() -> None:
+    view = replace(status_view(), sources=(
+        SourceStatus("invoices · company 10", NOW - 120, NOW + 180, "ok", pending=12, sent=40, quarantined=2),
+        SourceStatus("orders · company 10", NOW - 300, NOW + 600, "ok", pending=3, sent=5),
+    ))
+    card = status_card(view, CTX)
+    assert_teams_card(card)
+    facts = [[f["title"] for f in el["facts"]] for item in card["body"] if item.get("type") == "Container"
+             for el in item["items"] if el.get("type") == "FactSet"]
+    assert [("Unreadable rows" in titles) for titles in facts] == [True, False]
+    assert "sent 40, 2 unreadable rows set aside." in view.as_text()
+
+
 def test_status_card_without_context_uses_utc() -> None:
     card = status_card(StatusView(generated_at=NOW))
     assert card["body"][2]["text"] == f"As of Mar 5, 2026, 12:00{NBSP}PM"
