@@ -109,7 +109,7 @@ class Service:
         from bot.authz import AdminPolicy, GraphOwnerCheck
         from bot.commands import Commands
         from bot.delivery import CardRenderer, DeliveryWorker
-        from bot.teams import BotConfig, NotifierBot, TeamsSender, make_adapter
+        from bot.teams import BotConfig, NotifierBot, SigningKeys, TeamsSender, make_adapter
         from pollers.engine import Poller
         from pollers.sources import build_sources
         from store.repos import PollWriter
@@ -135,6 +135,7 @@ class Service:
                                     APP_TENANTID=creds.bot_tenant_id,
                                     OPENID_METADATA_URL=settings.bot.openid_metadata_url or None)
         self.adapter, self.credentials_factory = make_adapter(self.bot_config)
+        self.signing_keys = SigningKeys()
         self.sender = TeamsSender(self.adapter, creds.bot_app_id)
         self.worker = DeliveryWorker(db, self.sender, CardRenderer(self._render_record, self._render_digest,
                                                                     self._render_reply),
@@ -338,6 +339,8 @@ class Service:
             await site.start()
             host, port = self.runner.addresses[0][:2]
             self.base_url = f"http://{host}:{port}"
+            if not self.bot_config.auth_disabled:
+                self._tasks.append(asyncio.create_task(self.signing_keys.run(), name="signing-keys"))
         await self.audit.record("system", "service started", "ok", version=VERSION,
                                 auth="off (development)" if self.bot_config.auth_disabled else "on")
         log.info("service started on %s:%s (bot authentication %s)", self.settings.service.host,

@@ -19,7 +19,12 @@ from botbuilder.integration.aiohttp.configuration_service_client_credential_fact
 )
 from botbuilder.schema import Activity, ActivityTypes, ConversationReference, ErrorResponseException
 from botbuilder.schema.teams import ChannelInfo, TeamInfo
-from botframework.connector.auth import ChannelValidation, ServiceClientCredentialsFactory
+from botframework.connector.auth import (
+    AuthenticationConstants,
+    ChannelValidation,
+    JwtTokenExtractor,
+    ServiceClientCredentialsFactory,
+)
 from msrest.exceptions import ClientRequestError
 from msrest.universal_http.requests import ClientRetryPolicy
 from requests import RequestException
@@ -122,6 +127,44 @@ def make_adapter(config: BotConfig) -> tuple[CloudAdapter, CachedCredentialsFact
 
     adapter.on_turn_error = on_error
     return adapter, factory
+
+
+class SigningKeys:
+    """Keeps botbuilder's copy of the Bot Framework signing keys fresh, fetched off the event loop.
+
+    botbuilder checks an inbound token against keys it downloads with a blocking `requests.get`, on the
+    event loop, whenever its copy is a day old: every request waits meanwhile. Refreshed here in a
+    worker thread at start and every 12 hours, its copy never gets that old. A failed refresh is logged
+    and tried again in 5 minutes; botbuilder's own fetch stays the fallback.
+    """
+
+    EVERY_SECONDS = 12 * 3600
+    RETRY_SECONDS = 300
+
+    def __init__(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self._sleep = sleep
+        self.refreshed = asyncio.Event()  # set after each successful refresh
+
+    @staticmethod
+    def url() -> str:
+        """The metadata URL channel validation uses (set from bot.openid_metadata_url by make_adapter)."""
+        return ChannelValidation.open_id_metadata_endpoint or AuthenticationConstants.TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL
+
+    async def refresh(self) -> None:
+        metadata = JwtTokenExtractor.get_open_id_metadata(self.url())
+        # botbuilder's refresh is a coroutine around blocking calls: run it on a loop of its own, in a thread
+        await asyncio.to_thread(asyncio.run, metadata._refresh())
+        self.refreshed.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+                wait = self.EVERY_SECONDS
+            except Exception as exc:  # noqa: BLE001 - any failure: log, try again later
+                log.warning("could not refresh the Bot Framework signing keys: %s", type(exc).__name__)
+                wait = self.RETRY_SECONDS
+            await self._sleep(wait)
 
 
 # --------------------------------------------------------------------------- conversation references

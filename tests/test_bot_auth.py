@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -89,6 +90,40 @@ async def test_valid_token_is_accepted_and_the_command_processed(ifs, connector,
         assert (await client.get(f"{svc.base_url}/healthz")).status_code == 200
     started = await svc.audit.recent(limit=50, category="system")
     assert started[-1].detail["auth"] == "on"
+
+
+async def test_signing_keys_are_fetched_at_start_off_the_event_loop_not_per_request(ifs, connector, issuer,
+                                                                                  secured):
+    before = issuer.key_fetches
+    svc = await secured()
+    await asyncio.wait_for(svc.signing_keys.refreshed.wait(), 10)
+    assert issuer.key_fetches == before + 1
+    resp = await send(svc, channel_message("links", connector.service_url),
+                      issuer.header(audience=APP_ID, service_url=connector.service_url))
+    assert resp.status_code in (200, 201)
+    assert issuer.key_fetches == before + 1  # validated with the keys fetched at start
+
+
+async def test_a_failed_signing_key_refresh_is_logged_and_retried_soon(monkeypatch, caplog):
+    from botframework.connector.auth import ChannelValidation
+
+    from bot.teams import SigningKeys
+
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    monkeypatch.setattr(ChannelValidation, "open_id_metadata_endpoint", f"http://127.0.0.1:{port}/openid")
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        raise asyncio.CancelledError  # stop after the first round
+
+    keys = SigningKeys(sleep=sleep)
+    with pytest.raises(asyncio.CancelledError):
+        await keys.run()
+    assert waits == [SigningKeys.RETRY_SECONDS] and not keys.refreshed.is_set()
+    assert any("could not refresh the Bot Framework signing keys" in r.getMessage() for r in caplog.records)
 
 
 async def test_token_expired_within_the_clock_skew_is_accepted(ifs, connector, issuer, secured):
