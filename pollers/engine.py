@@ -181,11 +181,16 @@ class Poller:
                 loading.cancel()
             elif not loading.cancelled():
                 loading.exception()  # retrieved: the listing's error is the one to report
-            raise
-        finally:
             if writing is not None:
-                # also after a failed listing: the pages read so far are good news and are kept
-                result.deliveries += await writing
+                # the pages read before the listing failed are good news: their write is finished
+                try:
+                    result.deliveries += await writing
+                except Exception as exc:  # noqa: BLE001 - the listing's error is the one that propagates
+                    log.error("writing a page failed after the listing of %s failed: %s", kind.value,
+                              type(exc).__name__, extra={"source": kind.value, "company": company})
+            raise
+        if writing is not None:
+            result.deliveries += await writing
         if not loaded:  # an empty listing
             seen, bindings, quarantined = await loading
         if spec.approvals is not None and budget[0] > 0:

@@ -257,6 +257,9 @@ class RecordMapper:
         etag = get("@odata.etag") or get("Objversion")
         if not etag or type(etag) is not str:
             raise BadRecordError(key, "@odata.etag", "missing row version")
+        if "\x00" in key or "\x00" in etag:  # SQLite's JSON functions would cut the text there
+            bad = next((k for k, v in keys.items() if "\x00" in str(v)), "@odata.etag")
+            raise BadRecordError(key.replace("\x00", "\\0"), bad, "NUL character")
         return key, etag, keys
 
     def step_of(self, row: Mapping[str, Any]) -> str:

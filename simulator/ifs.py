@@ -1444,7 +1444,8 @@ class IfsSimulator:
         if source is None:
             # a page read before (same query, same data): its bytes, as a database answers a repeated
             # query from cache; the benchmarks' warm-up pass fills this, so the floor is the client's
-            page_key = (request.path_qs, self._versions[sdef.kind], ieee754, self.server_page_size,
+            page_key = (str(request.url.origin()), request.path_qs, self._versions[sdef.kind], ieee754,
+                        self.server_page_size,
                         None if self.granted_companies is None else frozenset(self.granted_companies),
                         self.reject_objstate_filter)
             cached = self._pages.get(page_key)

@@ -39,11 +39,12 @@ class Database:
                 raise
             try:
                 yield self.conn
-            except BaseException:
-                await self.conn.rollback()
-                raise
-            else:
                 await self.conn.commit()
+            except BaseException:
+                # also when COMMIT itself failed (disk full, a deferred constraint): never leave the
+                # connection inside a transaction, or every later BEGIN would fail
+                await asyncio.shield(self.conn.rollback())  # (a no-op outside a transaction)
+                raise
 
     async def run_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work(connection)` on the database thread inside one BEGIN IMMEDIATE ... COMMIT.
@@ -58,10 +59,11 @@ class Database:
             raw.execute("BEGIN IMMEDIATE")
             try:
                 out = work(raw)
+                raw.commit()
             except BaseException:
-                raw.rollback()
+                if raw.in_transaction:  # also when COMMIT itself failed
+                    raw.rollback()
                 raise
-            raw.commit()
             return out
 
         async with self._write_lock:

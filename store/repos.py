@@ -496,6 +496,9 @@ class PollWriter:
         for etype, rec, prev, step in changes:
             chain = rec.get("approval_step") or "" if rec.get("approvers") else ""
             groups.setdefault((etype.value, prev, rec["state"], step, chain), {})[rec["key"]] = rec
+        if len({rec["key"] for _, rec, _, _ in changes}) != len(changes):
+            # one event per record and page: a second one would be written in group order, not in order
+            raise ValueError("a record appears twice in one page's changes")
         # A binding without filters takes every event of a page of this kind and company (one INSERT ...
         # SELECT for it); a narrowed one is matched here, record by record.
         kind_value = kind.value

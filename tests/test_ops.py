@@ -77,6 +77,25 @@ async def test_transaction_on_the_database_thread_commits_whole_or_not_at_all(tm
         async with db.transaction() as conn:
             await conn.execute("INSERT INTO meta (name, value) VALUES ('c', '1')")
         assert await db.scalar("SELECT count(*) FROM meta WHERE name = 'c'") == 1
+
+        # COMMIT itself failing (a deferred foreign key stands in for a full disk) leaves no
+        # transaction open behind it, on either path
+        orphan = ("INSERT INTO seen (kind, company, key, etag, state, step, event_id, first_seen)"
+                  " VALUES ('order', '10', 'K', 'e', 's', '', 999999, 0)")
+
+        def fails_at_commit(conn):
+            conn.execute("PRAGMA defer_foreign_keys = ON")
+            conn.execute(orphan)
+
+        with pytest.raises(sqlite3.IntegrityError):
+            await db.run_transaction(fails_at_commit)
+        with pytest.raises(sqlite3.IntegrityError):
+            async with db.transaction() as conn:
+                await conn.execute("PRAGMA defer_foreign_keys = ON")
+                await conn.execute(orphan)
+        await db.run_transaction(lambda conn: conn.execute("INSERT INTO meta (name, value) VALUES ('z', '1')"))
+        assert await db.scalar("SELECT count(*) FROM meta WHERE name = 'z'") == 1
+        assert await db.scalar("SELECT count(*) FROM seen") == 0
     finally:
         await db.close()
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from bot.status import build_status, status_text
-from core.domain import Binding, ChannelRef, RecordKind
+from core.domain import Binding, ChannelRef, EventType, RecordKind
 from pollers.engine import Poller
 from pollers.ifs_client import IfsClient, IfsClientConfig
 from pollers.sources import DEFAULT_SOURCES, build_sources
@@ -186,6 +186,31 @@ async def test_a_listing_failing_midway_keeps_the_pages_read_and_the_next_poll_a
     again = await h.poller.poll(ORDER, "10")
     assert again.ok and (again.new, again.changed, again.resolved) == (5, 0, 0)
     assert await h.db.scalar("SELECT count(DISTINCT record_id) FROM events") == 25
+
+
+async def test_a_page_write_failing_while_the_listing_fails_reports_the_listing_error(ifs, harness, caplog):
+    ifs.bulk_generate("order", 25, company="10")
+    ifs.faults.fail_next(1, status=400, code="BAD_PAGE", path="$skip=20")
+    h = await harness(page_size=10, details_limit=0)
+    second_page = sorted(r["OrderNo"] for r in ifs.rows("order"))[10]
+    async with h.db.transaction() as conn:  # the database refuses the second page's events
+        await conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.record_id ="
+                           f" 'order:10:OrderNo={second_page}' BEGIN SELECT RAISE(ABORT, 'disk trouble'); END")
+    caplog.set_level(logging.ERROR, logger="pollers.engine")
+    result = await h.poller.poll(ORDER, "10")
+    assert not result.ok and "BAD_PAGE" in (result.error or "")
+    assert any("writing a page failed" in r.getMessage() for r in caplog.records)
+    assert await h.events("new") == 10  # the first page; the second was refused whole
+    assert await h.db.scalar("SELECT last_error FROM sources WHERE kind = 'order'") == result.error
+
+
+async def test_a_page_never_carries_two_changes_for_one_record(ifs, harness):
+    h = await harness()
+    rec = {"kind": "order", "company": "10", "key": "OrderNo=P1", "number": "P1", "state": "Planned", "etag": "e"}
+    with pytest.raises(ValueError):
+        await h.poller.writer.apply(ORDER, "10", [(EventType.NEW, rec, None, ""),
+                                                  (EventType.CHANGED, {**rec, "etag": "f"}, "Planned", "")], [])
+    assert await h.events() == 0
 
 
 async def test_outage_logs_unavailable_once_and_recovered_once(ifs, harness, caplog):

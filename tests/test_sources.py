@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.domain import RecordKind
-from core.errors import ConfigError
+from core.errors import BadRecordError, ConfigError
 from pollers.sources import DEFAULT_SOURCES, RecordMapper, build_sources
 
 
@@ -49,3 +49,13 @@ def test_deep_links_quote_string_keys_and_leave_numbers_bare():
     key, etag, keys = order.key_and_etag(row)
     assert order.link_for(order.map(row, key, etag)).endswith(";$filter=OrderNo%20eq%20'P%201%2F2'")
     assert RecordMapper(DEFAULT_SOURCES[RecordKind.ORDER], "").link_for(record) is None
+
+
+def test_nul_characters_in_a_key_or_row_version_make_a_bad_record():
+    mapper = RecordMapper(DEFAULT_SOURCES[RecordKind.ORDER], "https://acme.ifs.cloud")
+    with pytest.raises(BadRecordError) as err:
+        mapper.key_and_etag({"OrderNo": "P1\x00", "@odata.etag": "W/\"x\""})
+    assert (err.value.field, err.value.problem) == ("OrderNo", "NUL character")
+    with pytest.raises(BadRecordError) as err:
+        mapper.key_and_etag({"OrderNo": "P1", "@odata.etag": "W/\"x\x00\""})
+    assert err.value.field == "@odata.etag"
