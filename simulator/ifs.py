@@ -359,7 +359,8 @@ class _Fault:
 class FaultPlan:
     """Queued failures for the next requests, and an optional server-side rate limit.
 
-    Each fault counts down over the data requests whose path contains `path` (any when None); with
+    Each fault counts down over the data requests whose path or decoded query string contains `path`
+    (any when None; "$skip=20" picks one page of a listing); with
     `token=True` the token endpoint counts too. Several slow faults add up; at most one fail, drop or
     malformed fault applies to a request, the earliest queued."""
 
