@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import aiosqlite
 
+from core.errors import ConfigError
 from store.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,12 @@ async def open_database(path: str) -> Database:
     await conn.execute("PRAGMA synchronous=FULL")
     await conn.execute("PRAGMA foreign_keys=ON")
     await conn.execute("PRAGMA busy_timeout=10000")
+    try:  # a poll's page is written through SQLite's JSON functions (json_each)
+        await conn.execute("SELECT count(*) FROM json_each('[1]')")
+    except sqlite3.OperationalError:
+        await conn.close()
+        raise ConfigError("service.database", f"SQLite {sqlite3.sqlite_version} lacks the JSON functions"
+                          " (json_each); use a Python built with SQLite 3.38 or later") from None
     db = Database(conn, path)
     await migrate(db)
     return db
