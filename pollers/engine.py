@@ -117,6 +117,8 @@ class Poller:
         present: set[str] = set()
         touched: set[str] = set()
         budget = [self.details_limit]
+        state_field, pending_states, step_field = spec.state_field, spec.pending_states, spec.step_field
+        with_chains = spec.approvals is not None
         # Page N is written on the database thread while page N+1 is fetched and mapped here: at most
         # one write in flight, so writes stay in page order and a failure surfaces one page later.
         writing: asyncio.Future[int] | None = None
@@ -134,14 +136,18 @@ class Poller:
                 bad: list[tuple[str, str, str]] = []
                 for row in page:
                     try:
-                        if not spec.is_pending(row):
+                        # spec.is_pending and mapper.step_of, spelled out: this loop runs once per IFS row
+                        state = row.get(state_field)
+                        if (pending_states and state not in pending_states) or (
+                                spec.pending_equals and not spec.is_pending(row)):
                             continue
+                        step = (str(row.get(step_field) or "") if step_field else "")
                         if seen:
                             # the usual row of a re-poll: seen before and unchanged; nothing to validate
                             quick = mapper.quick_key(row)
                             old = seen.get(quick)
                             if (old is not None and old.etag == (row.get("@odata.etag") or row.get("Objversion"))
-                                    and old.state == row.get(spec.state_field) and old.step == mapper.step_of(row)):
+                                    and old.state == state and old.step == step):
                                 present.add(quick)
                                 continue
                         key, etag, keys = mapper.key_and_etag(row)
@@ -149,11 +155,9 @@ class Poller:
                             continue  # a row repeated across pages (data moved under $skip paging)
                         present.add(key)
                         old = seen.get(key)
-                        state = row.get(spec.state_field)
-                        step = mapper.step_of(row)
                         if old is not None and old.etag == etag and old.state == state and old.step == step:
                             continue
-                        if spec.approvals is not None and budget[0] > 0:
+                        if with_chains and budget[0] > 0:
                             record = await self._with_details(mapper, row, key, etag, keys, budget)
                         else:
                             record = mapper.stored(row, key, etag, step=step)
