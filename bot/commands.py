@@ -10,7 +10,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from bot.authz import Actor, AdminPolicy
-from bot.status import build_status, status_text
+from bot.status import build_status
 from cards import AuditView, audit_card, help_card, links_card, status_card
 from core.domain import Binding, RecordKind
 from core.errors import CommandError, ConfigError
@@ -256,7 +256,7 @@ async def _links(cmds: Commands, call: CommandCall) -> Reply:
 async def _status(cmds: Commands, call: CommandCall) -> Reply:
     _no_args(call, "status")
     view = await build_status(cmds.db, cmds.runtime, channel_id=call.channel_id, now=cmds.now())
-    return Reply(status_text(view), status_card(view, cmds.runtime.card_context()))
+    return Reply(view.as_text(), status_card(view, cmds.runtime.card_context()))
 
 
 @command("audit", "audit [n] [failed]", "Recent audit entries for this channel")

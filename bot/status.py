@@ -63,20 +63,3 @@ def _short(detail: str | None) -> str:
         return ""
     d = json.loads(detail)
     return " ".join(str(d[k]) for k in ("status", "code") if d.get(k)) or "see audit"
-
-
-def status_text(view: StatusView) -> str:
-    lines = [f"IFS: {'reachable' if view.ifs_reachable else 'UNREACHABLE' if view.ifs_reachable is False else 'not checked yet'}"
-             f", token {view.token_state}"]
-    for s in view.sources:
-        lines.append(f"- {s.name}: {s.last_outcome or '-'}, pending {s.pending}, sent {s.sent}"
-                     + (f", {s.quarantined} unreadable rows set aside (audit: record quarantine)"
-                        if s.quarantined else ""))
-    lines.append(f"Deliveries waiting: {view.backlog}; failed: {view.failures}")
-    if view.last_error:
-        lines.append(f"Last error: {view.last_error}")
-    for c in view.inactive_channels:
-        lines.append(f"Inactive channel: {c}")
-    for c in view.paused_channels:
-        lines.append(f"Paused channel: {c}")
-    return "\n".join(lines)

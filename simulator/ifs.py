@@ -704,14 +704,18 @@ class IfsSimulator:
                 raise ValueError(f"key column {name} cannot be updated")
         return self._replace(sdef, row, self._coerce(sdef.entity, fields))
 
-    def approve(
-        self, kind: RecordKind | str, key: Mapping[str, Any], by: str = "APPROVER1"
-    ) -> dict[str, Any]:
-        """Approve fully (a two-approver voucher needs two calls); raises ValueError when not pending."""
+    def _pending(self, kind: RecordKind | str, key: Mapping[str, Any]) -> tuple[_Set, dict[str, Any]]:
         sdef = SETS[_kind(kind)]
         row = self._require(sdef, key)
         if not is_pending(sdef.kind, row):
             raise ValueError(f"{sdef.kind.value} {self._key_text(sdef, row)} is not awaiting approval")
+        return sdef, row
+
+    def approve(
+        self, kind: RecordKind | str, key: Mapping[str, Any], by: str = "APPROVER1"
+    ) -> dict[str, Any]:
+        """Approve fully (a two-approver voucher needs two calls); raises ValueError when not pending."""
+        sdef, row = self._pending(kind, key)
         if sdef.kind is RecordKind.VOUCHER:
             return self._approve_voucher(row, by)
         children = self._nav_of(sdef, row)
@@ -724,10 +728,7 @@ class IfsSimulator:
     ) -> dict[str, Any]:
         """Sign the next open approval line only. As in IFS, the header row (and its etag) changes only when
         the last line completes the approval; vouchers have no lines, so this equals `approve`."""
-        sdef = SETS[_kind(kind)]
-        row = self._require(sdef, key)
-        if not is_pending(sdef.kind, row):
-            raise ValueError(f"{sdef.kind.value} {self._key_text(sdef, row)} is not awaiting approval")
+        sdef, row = self._pending(kind, key)
         if sdef.kind is RecordKind.VOUCHER:
             return self._approve_voucher(row, by)
         children = self._nav_of(sdef, row)

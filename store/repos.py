@@ -298,9 +298,6 @@ class Seen:
         return [SourceState(r["kind"], r["company"], r["last_run"], r["last_ok"], r["last_error"],
                             bool(r["available"]), r["pending"]) for r in rows]
 
-    async def quarantine_count(self) -> int:
-        return int(await self._db.scalar("SELECT count(*) FROM quarantine") or 0)
-
     async def quarantined_keys(self, kind: RecordKind, company: str) -> set[str]:
         rows = await self._db.fetchall("SELECT key FROM quarantine WHERE kind = ? AND company = ?",
                                        (kind.value, company))

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from bot.status import build_status, status_text
+from bot.status import build_status
 from core.domain import Binding, ChannelRef, EventType, RecordKind
 from pollers.engine import Poller
 from pollers.ifs_client import IfsClient, IfsClientConfig
@@ -124,7 +124,7 @@ async def test_bad_rows_are_quarantined_and_the_rest_processed(ifs, harness):
     entries = await AuditLog(h.db).recent(category="record")
     assert entries and entries[0].detail["field"] == "GrossCurrAmount"
     assert str(bad["InvoiceId"]) in entries[0].record_id
-    assert await Seen(h.db).quarantine_count() == 1
+    assert await Seen(h.db).quarantine_counts() == {("invoice", "10"): 1}
     assert len(good) == 3
 
     # still bad at the next poll: still set aside, counted again; status shows it for that source
@@ -132,13 +132,13 @@ async def test_bad_rows_are_quarantined_and_the_rest_processed(ifs, harness):
     assert again.bad == 1 and await h.db.scalar("SELECT count FROM quarantine") == 2
     view = await build_status(h.db, None, channel_id=None, now=0.0)
     assert [(s.name, s.quarantined) for s in view.sources] == [("invoices · company 10", 1)]
-    assert "1 unreadable rows set aside" in status_text(view)
+    assert "1 unreadable rows set aside" in view.as_text()
 
     # repaired in IFS: the row is read as new and released from quarantine
     ifs.update("invoice", {"Company": "10", "InvoiceId": bad["InvoiceId"]}, GrossCurrAmount=12.5)
     fixed = await h.poller.poll(RecordKind.INVOICE, "10")
     assert (fixed.new, fixed.bad) == (1, 0)
-    assert await Seen(h.db).quarantine_count() == 0
+    assert await Seen(h.db).quarantine_counts() == {}
     assert (await build_status(h.db, None, channel_id=None, now=0.0)).sources[0].quarantined == 0
 
 
