@@ -7,12 +7,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import compress
+from operator import itemgetter, ne
 from typing import Any, Protocol
 
 from core.domain import Binding, EventType, FinanceRecord, RecordKind
 from core.errors import AuthError, BadRecordError, FatalRequestError, RetriableError
 from pollers.sources import RecordMapper, SourceSpec, summarize_chain
-from store.repos import AuditLog, Bindings, Change, PollWriter, Seen, SeenRow
+from store.repos import AuditLog, Bindings, Change, PollWriter, Seen, SeenSet, Version
+
+BadRow = tuple[str, str, str]  # (record key, field, problem)
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +113,7 @@ class Poller:
         mapper = self.mapper(kind)
         # what was seen before loads on the database thread while the first page is on its way
         loading = asyncio.ensure_future(self._load(company, kind))
-        seen: dict[str, SeenRow] = {}
+        seen = SeenSet({}, {})
         bindings: list[Binding] = []
         quarantined: set[str] = set()
         bad_keys: set[str] = set()
@@ -117,8 +121,6 @@ class Poller:
         present: set[str] = set()
         touched: set[str] = set()
         budget = [self.details_limit]
-        state_field, pending_states, step_field = spec.state_field, spec.pending_states, spec.step_field
-        with_chains = spec.approvals is not None
         # Page N is written on the database thread while page N+1 is fetched and mapped here: at most
         # one write in flight, so writes stay in page order and a failure surfaces one page later.
         writing: asyncio.Future[int] | None = None
@@ -132,49 +134,16 @@ class Poller:
                     loaded = True
                 result.pages += 1
                 result.rows += len(page)
-                changes: list[Change] = []
-                bad: list[tuple[str, str, str]] = []
-                for row in page:
-                    try:
-                        # spec.is_pending and mapper.step_of, spelled out: this loop runs once per IFS row
-                        state = row.get(state_field)
-                        if (pending_states and state not in pending_states) or (
-                                spec.pending_equals and not spec.is_pending(row)):
-                            continue
-                        step = (str(row.get(step_field) or "") if step_field else "")
-                        if seen:
-                            # the usual row of a re-poll: seen before and unchanged; nothing to validate
-                            quick = mapper.quick_key(row)
-                            old = seen.get(quick)
-                            if (old is not None and old.etag == (row.get("@odata.etag") or row.get("Objversion"))
-                                    and old.state == state and old.step == step):
-                                present.add(quick)
-                                continue
-                        key, etag, keys = mapper.key_and_etag(row)
-                        if key in present:
-                            continue  # a row repeated across pages (data moved under $skip paging)
-                        present.add(key)
-                        old = seen.get(key)
-                        if old is not None and old.etag == etag and old.state == state and old.step == step:
-                            continue
-                        if with_chains and budget[0] > 0:
-                            record = await self._with_details(mapper, row, key, etag, keys, budget)
-                        else:
-                            record = mapper.stored(row, key, etag, step=step)
-                        touched.add(key)
-                        if old is None:
-                            changes.append((EventType.NEW, record, None, step))
-                            result.new += 1
-                        else:
-                            changes.append((EventType.CHANGED, record, old.state, step))
-                            result.changed += 1
-                    except BadRecordError as exc:
-                        bad.append((exc.key or _raw_key(spec, row), exc.field, exc.problem))
+                changes, bad = await self._page(mapper, spec.pending_rows(page), seen.versions, present, touched,
+                                                budget)
                 result.pending = len(present)
                 result.bad += len(bad)
                 if quarantined:
                     bad_keys.update(key for key, _, _ in bad)
                 if changes or bad:
+                    new = sum(map(EventType.NEW.__eq__, map(itemgetter(0), changes)))
+                    result.new += new
+                    result.changed += len(changes) - new
                     if writing is not None:
                         result.deliveries += await writing
                     writing = asyncio.ensure_future(
@@ -198,20 +167,92 @@ class Poller:
         if not loaded:  # an empty listing
             seen, bindings, quarantined = await loading
         if spec.approvals is not None and budget[0] > 0:
-            chained = await self._check_chains(kind, company, seen, present, touched, bindings, budget)
+            chained = await self._check_chains(kind, company, present, touched, bindings, budget)
             result.changed += chained[0]
             result.deliveries += chained[1]
-        gone = [k for k in seen if k not in present]
-        if gone:
+        versions = seen.versions
+        if versions.keys() - present:
             resolved = []
-            for key in gone:
-                record = await self._final(kind, key, seen[key].event_id, budget)
-                resolved.append((EventType.RESOLVED, record.to_dict(), seen[key].state, ""))
+            for key in [k for k in versions if k not in present]:
+                record = await self._final(kind, key, seen.event_ids[key], budget)
+                resolved.append((EventType.RESOLVED, record.to_dict(), versions[key][1], ""))
             result.deliveries += await self.writer.apply(kind, company, resolved, bindings)
             result.resolved = len(resolved)
         return sorted(quarantined - bad_keys)
 
-    async def _load(self, company: str, kind: RecordKind) -> tuple[dict[str, SeenRow], list[Binding], set[str]]:
+    async def _page(self, mapper: RecordMapper, rows: list[dict[str, Any]], versions: dict[str, Version],
+                    present: set[str], touched: set[str], budget: list[int]) -> tuple[list[Change], list[BadRow]]:
+        """The changes and the bad rows among a page's pending rows; adds their keys to `present`.
+
+        A page whose rows all have well-formed keys and etags (the usual page) is compared with what was
+        seen column by column; any other page goes row by row (_rows), which names each bad row's field."""
+        ids = mapper.identify(rows)
+        if ids is None or len(set(ids[0])) != len(rows) or not present.isdisjoint(ids[0]):
+            return await self._rows(mapper, rows, versions, present, touched, budget)
+        keys, etags, states, steps = ids
+        present.update(keys)
+        olds: list[Version | None] = [None] * len(keys)
+        if versions:
+            olds = list(map(versions.get, keys))
+            picked = list(compress(range(len(keys)), map(ne, olds, zip(etags, states, steps, strict=True))))
+            if len(picked) < len(keys):  # the usual re-poll: most rows unchanged, nothing more to do for them
+                rows, keys, etags, steps = ([c[i] for i in picked] for c in (rows, keys, etags, steps))
+                olds = [olds[i] for i in picked]
+        if not rows:
+            return [], []
+        records: list[dict[str, Any] | None] = [None] * len(rows)
+        bad: list[BadRow] = []
+        detailed = min(budget[0], len(rows)) if mapper.spec.approvals is not None else 0
+        # the first few within the cycle's budget are read with their approval chain (a card each) ...
+        for i in range(detailed):
+            try:
+                records[i] = await self._with_details(mapper, rows[i], keys[i], etags[i],
+                                                      mapper.key_and_etag(rows[i])[2], budget)
+            except BadRecordError as exc:
+                bad.append((keys[i], exc.field, exc.problem))
+        # ... the rest, a digest's worth, are shaped column by column
+        rest = mapper.stored_page(rows[detailed:], keys[detailed:], etags[detailed:], steps[detailed:])
+        if rest is not None:
+            records[detailed:] = rest
+        else:  # some field the column checks do not accept: row by row, naming the bad rows
+            for i in range(detailed, len(rows)):
+                try:
+                    records[i] = mapper.stored(rows[i], keys[i], etags[i], step=steps[i])
+                except BadRecordError as exc:
+                    bad.append((keys[i], exc.field, exc.problem))
+        changes: list[Change] = [
+            (EventType.NEW, record, None, step) if old is None else (EventType.CHANGED, record, old[1], step)
+            for record, old, step in zip(records, olds, steps, strict=True) if record is not None]
+        touched.update(record["key"] for _, record, _, _ in changes)
+        return changes, bad
+
+    async def _rows(self, mapper: RecordMapper, rows: list[dict[str, Any]], versions: dict[str, Version],
+                    present: set[str], touched: set[str], budget: list[int]) -> tuple[list[Change], list[BadRow]]:
+        """_page's row-by-row path, for a page holding a malformed key or etag, or a record twice."""
+        spec = mapper.spec
+        changes: list[Change] = []
+        bad: list[BadRow] = []
+        for row, step in zip(rows, mapper.steps(rows), strict=True):
+            try:
+                key, etag, keys = mapper.key_and_etag(row)
+                if key in present:
+                    continue  # a row repeated across pages (data moved under $skip paging)
+                present.add(key)
+                old = versions.get(key)
+                if old == (etag, row.get(spec.state_field), step):
+                    continue
+                if spec.approvals is not None and budget[0] > 0:
+                    record = await self._with_details(mapper, row, key, etag, keys, budget)
+                else:
+                    record = mapper.stored(row, key, etag, step=step)
+                touched.add(key)
+                changes.append((EventType.NEW, record, None, step) if old is None
+                               else (EventType.CHANGED, record, old[1], step))
+            except BadRecordError as exc:
+                bad.append((exc.key or _raw_key(spec, row), exc.field, exc.problem))
+        return changes, bad
+
+    async def _load(self, company: str, kind: RecordKind) -> tuple[SeenSet, list[Binding], set[str]]:
         seen = await self.seen.snapshot(kind, company)
         bindings = [b for b in await self.bindings.all(active_only=True) if b.company == company]
         return seen, bindings, await self.seen.quarantined_keys(kind, company)
@@ -232,30 +273,31 @@ class Poller:
             row, etag = current, current.get("@odata.etag") or etag
         return mapper.stored(row, key, etag, mapper.approvals(lines))
 
-    async def _check_chains(self, kind: RecordKind, company: str, seen: dict[str, SeenRow], present: set[str],
-                            touched: set[str], bindings: list[Binding], budget: list[int]) -> tuple[int, int]:
+    async def _check_chains(self, kind: RecordKind, company: str, present: set[str], touched: set[str],
+                            bindings: list[Binding], budget: list[int]) -> tuple[int, int]:
         """Re-read the approval lines of unchanged records whose card is in a channel, least recently
         checked first, within the cycle's budget: IFS can record an approval step without touching the
         document row, and the card should still show who signs next. Returns (changed events, deliveries)."""
         spec = self.sources[kind]
+        assert spec.approvals is not None
         mapper = self.mapper(kind)
-        carded = await self.seen.keys_with_cards(kind, company)
-        candidates = sorted((k for k in carded if k in present and k in seen and k not in touched),
-                            key=lambda k: seen[k].chain_checked)[:budget[0]]
+        carded = await self.seen.with_cards(kind, company)
+        candidates = sorted((r for r in carded if r.key in present and r.key not in touched),
+                            key=lambda r: r.chain_checked)[:budget[0]]
         if not candidates:
             return 0, 0
         changes: list[Change] = []
-        for key in candidates:
+        for row in candidates:
             budget[0] -= 1
-            lines = await self.client.get_collection(spec.projection, spec.entity_set, _typed_keys(spec, key),
+            lines = await self.client.get_collection(spec.projection, spec.entity_set, _typed_keys(spec, row.key),
                                                      spec.approvals.navigation)
             chain = mapper.approvals(lines)
             summary = summarize_chain(chain)
-            if summary and summary != seen[key].chain:
-                last = await self.seen.last_record(seen[key].event_id)
+            if summary and summary != row.chain:
+                last = await self.seen.last_record(row.event_id)
                 changes.append((EventType.CHANGED, replace(last, approvers=chain, approval_step=summary).to_dict(),
-                                last.state, seen[key].step))
-        await self.seen.mark_chains_checked(kind, company, candidates, self.now())
+                                last.state, row.step))
+        await self.seen.mark_chains_checked(kind, company, [r.key for r in candidates], self.now())
         deliveries = await self.writer.apply(kind, company, changes, bindings) if changes else 0
         return len(changes), deliveries
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+import operator
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal, InvalidOperation
+from itertools import compress, repeat
 from typing import Any
 
 from core.domain import ApprovalStep, FinanceRecord, RecordKind
@@ -92,6 +94,15 @@ class SourceSpec:
                               self.doc_date, self.due_date, self.cost_center, self.site, self.step_field) if f]
         names += [f for _, f in self.details] + [f for f, _ in self.pending_equals] + list(self.extra_select)
         return tuple(dict.fromkeys(names))
+
+    def pending_rows(self, page: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows of a page that is_pending keeps, in order, tested column by column."""
+        rows = page
+        if self.pending_states:
+            rows = list(compress(rows, map(self.pending_states.__contains__, column(rows, self.state_field))))
+        for name, value in self.pending_equals:
+            rows = list(compress(rows, map(operator.eq, column(rows, name), repeat(value))))
+        return rows
 
     def key_values(self, row: Mapping[str, Any]) -> dict[str, str | int]:
         out: dict[str, str | int] = {}
@@ -213,6 +224,7 @@ class RecordMapper:
     _link_keys: tuple[str, ...] = field(init=False)
     _key_names: tuple[str, ...] = field(init=False)
     _key_types: tuple[tuple[str, type], ...] = field(init=False)
+    _key_format: str = field(init=False)
     _kind: str = field(init=False)
 
     _texts: tuple[tuple[str, str], ...] = field(init=False)
@@ -224,21 +236,13 @@ class RecordMapper:
         object.__setattr__(self, "_link_keys", s.link_keys or tuple(k for k, _ in s.keys))
         object.__setattr__(self, "_key_names", tuple(k for k, _ in s.keys))
         object.__setattr__(self, "_key_types", tuple((k, int if t == "int" else str) for k, t in s.keys))
+        object.__setattr__(self, "_key_format", "^".join(f"{k.replace('{', '{{').replace('}', '}}')}={{}}"
+                                                           for k, _ in s.keys))
         object.__setattr__(self, "_kind", s.kind.value)
         pick = lambda *attrs: tuple((a, getattr(s, a)) for a in attrs if getattr(s, a))  # noqa: E731
         object.__setattr__(self, "_texts", pick("party_id", "party_name", "currency", "cost_center", "site"))
         object.__setattr__(self, "_amounts", pick("amount", "net_amount"))
         object.__setattr__(self, "_dates", pick("doc_date", "due_date"))
-
-    def quick_key(self, row: Mapping[str, Any]) -> str:
-        """The key as key_and_etag would build it for a well-formed row, without validating anything.
-
-        Only for looking a row up among keys that were validated before: a match means the same record.
-        """
-        names = self._key_names
-        if len(names) == 1:
-            return f"{names[0]}={row.get(names[0])}"
-        return "^".join([f"{k}={row.get(k)}" for k in names])
 
     def key_and_etag(self, row: Mapping[str, Any]) -> tuple[str, str, dict[str, str | int]]:
         get = row.get
@@ -329,6 +333,129 @@ class RecordMapper:
                 details.append([label, v if type(v) is str else str(v)])
         return out
 
+    # A page at a time: the same results as key_and_etag / stored row by row, computed column by column
+    # with C-level builtins (map, zip, compress, set, join), about 3x less interpreter work per row. Each
+    # column is checked for the shapes IFS sends (non-empty text, plain numbers, yyyy-mm-dd dates); a page
+    # holding anything else returns None and goes through the row-by-row path, which names the bad field.
+
+    def identify(self, rows: list[dict[str, Any]]) -> tuple[list[str], list[str], list[Any], list[str]] | None:
+        """(keys, etags, states, approval steps) of rows whose key fields and etag are well formed, or None."""
+        cols = []
+        for name, want in self._key_types:
+            col = column(rows, name)
+            if not _only(col, want) or (want is str and "" in col):
+                return None
+            cols.append(col)
+        keys = list(map(self._key_format.format, *cols)) if rows else []
+        etags = column(rows, "@odata.etag")
+        if not _only(etags, str) or "" in etags or "\x00" in "".join(keys) or "\x00" in "".join(etags):
+            return None
+        return keys, etags, column(rows, self.spec.state_field), self.steps(rows)
+
+    def steps(self, rows: list[dict[str, Any]]) -> list[str]:
+        """step_of for each row."""
+        f = self.spec.step_field
+        if not f:
+            return [""] * len(rows)
+        col = column(rows, f)
+        return col if _only(col, str) else [str(v or "") for v in col]
+
+    def stored_page(self, rows: list[dict[str, Any]], keys: list[str], etags: list[str],
+                    steps: list[str]) -> list[dict[str, Any]] | None:
+        """[stored(row, key, etag, step=step) ...] for rows that identify() accepted, or None."""
+        s, n = self.spec, len(rows)
+        if not n:
+            return []
+        company = column(rows, s.company_field)
+        state = column(rows, s.state_field)
+        if not _only(company, str):
+            if not set(map(type, company)) <= {str, int}:
+                return None
+            company = list(map(str, company))
+        if not _only(state, str) or "" in company or "" in state:
+            return None
+        if len(s.number) == 1:
+            number = column(rows, s.number[0])
+            if not _only(number, str):
+                if not set(map(type, number)) <= {str, int}:
+                    return None
+                number = list(map(str, number))
+        else:
+            parts = [column(rows, f) for f in s.number]
+            for i, p in enumerate(parts):
+                if _only(p, int):
+                    parts[i] = list(map(str, p))
+                elif not _only(p, str) or "" in p:
+                    return None
+            number = list(map(" ".join, zip(*parts, strict=True)))
+        if "" in number:
+            number = [v or k for v, k in zip(number, keys, strict=True)]
+        attrs = ["kind", "company", "key", "number", "state", "etag"]
+        cols: list[Any] = [repeat(self._kind), company, keys, number, state, etags]
+        gaps: list[tuple[str, list[Any]]] = []  # (attribute, column) where some rows have no value
+
+        def add(attr: str, col: list[Any]) -> None:
+            if None in col:
+                if col.count(None) == n:
+                    return
+                gaps.append((attr, col))
+            attrs.append(attr)
+            cols.append(col)
+
+        for attr, name in self._texts:
+            col = column(rows, name)
+            if not _only(col, str) or "" in col:
+                if set(map(type, col)) & {dict, list}:
+                    return None
+                col = _texts(col)
+            add(attr, col)
+        for attr, name in self._amounts:
+            col = column(rows, name)
+            values = [v for v in col if v is not None] if None in col else col
+            if not set(map(type, values)) <= {float, int}:
+                return None
+            texts = list(map(repr, values))
+            joined = "".join(texts)
+            if "e" in joined or "n" in joined or (values and max(map(abs, values)) >= 1e15):
+                return None  # exponents, inf, nan, out of range: the row path says which and why
+            if values is not col:
+                it = iter(texts)
+                texts = [None if v is None else next(it) for v in col]
+            add(attr, texts)
+        for attr, name in self._dates:
+            col = column(rows, name)
+            if not set(map(type, col)) <= {str, NoneType}:
+                return None
+            col = [v or None for v in col] if "" in col else col
+            values = [v for v in col if v is not None] if None in col else col
+            if set(map(len, values)) - {10}:  # date-times: the date part, as _to_date reads them
+                col = [v and v[:10] for v in col]
+                values = [v for v in col if v is not None] if None in col else col
+            try:
+                if list(map(date.isoformat, map(date.fromisoformat, values))) != values:
+                    return None
+            except ValueError:
+                return None
+            add(attr, col)
+        add("approval_step", [v or None for v in steps] if "" in steps else steps)
+        if s.details:
+            pairs = []
+            for label, name in s.details:
+                col = column(rows, name)
+                if not _only(col, str) or "" in col:
+                    col = _texts(col)
+                pairs.append(list(map(list, zip(repeat(label), col))))
+            details: list[Any] = list(map(list, zip(*pairs, strict=True)))
+            if any(None in map(operator.itemgetter(1), p) for p in pairs):
+                details = [[p for p in d if p[1] is not None] or None for d in details]
+            add("details", details)
+        out = list(map(dict, map(zip, repeat(attrs), zip(*cols, strict=False))))  # strict=False: the kind column is repeat()
+        for attr, col in gaps:
+            for d, v in zip(out, col, strict=True):
+                if v is None:
+                    del d[attr]
+        return out
+
     def link_for(self, record: FinanceRecord) -> str | None:
         """The record's "Open in IFS" link, built when a card is rendered (not for every polled row)."""
         s = self.spec
@@ -365,6 +492,24 @@ class RecordMapper:
                                       status=status, role=None if not a.role else _opt(line.get(a.role)),
                                       decided_at=None if decided is None else str(decided)))
         return tuple(sorted(steps, key=lambda st: st.sequence))
+
+
+NoneType = type(None)
+
+
+def column(rows: list[dict[str, Any]], name: str) -> list[Any]:
+    """[row.get(name) for row in rows], without the interpreter loop."""
+    return list(map(dict.get, rows, repeat(name)))
+
+
+def _texts(col: list[Any]) -> list[str | None]:
+    """Each value as stored() keeps a text: None when empty or missing, else as text."""
+    return [None if v is None or v == "" else v if type(v) is str else str(v) for v in col]
+
+
+def _only(col: Sequence[Any], t: type) -> bool:
+    """Every value is exactly of type t (bool is not int, None is not str)."""
+    return not col or set(map(type, col)) == {t}
 
 
 def summarize_chain(steps: tuple[ApprovalStep, ...]) -> str:

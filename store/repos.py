@@ -236,15 +236,27 @@ def _binding(row: Any) -> Binding:
 
 # --------------------------------------------------------------------------- seen records and source state
 
-class SeenRow(NamedTuple):
-    """What the last poll saw of a record (a tuple: a snapshot holds one per pending record)."""
+Version = tuple[str, str, str]  # what a poll compares: (etag, state, approval step)
 
-    etag: str
+
+class SeenSet(NamedTuple):
+    """What the last poll of a source saw, as a poll compares against it: per record key its version
+    (etag, state, approval step) and the event that recorded it. Two flat dicts, built from the query's
+    columns without a Python object per row (a source can hold 100,000 pending records)."""
+
+    versions: dict[str, Version]
+    event_ids: dict[str, int]
+
+
+class ChainRow(NamedTuple):
+    """A seen record whose card is in a channel, with what is known of its approval lines."""
+
+    key: str
     state: str
     step: str
     event_id: int
-    chain: str = ""  # summary of the approval lines when they were last read ("" = never read)
-    chain_checked: float = 0.0
+    chain: str  # summary of the approval lines when they were last read ("" = never read)
+    chain_checked: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,23 +274,29 @@ class Seen:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def snapshot(self, kind: RecordKind, company: str) -> dict[str, SeenRow]:
-        def read(conn: sqlite3.Connection) -> dict[str, SeenRow]:
+    async def snapshot(self, kind: RecordKind, company: str) -> SeenSet:
+        def read(conn: sqlite3.Connection) -> SeenSet:
             cur = conn.cursor()
             cur.row_factory = None  # plain tuples
-            cur.execute("SELECT key, etag, state, step, event_id, chain, chain_checked FROM seen"
-                        " WHERE kind = ? AND company = ?", (kind.value, company))
-            make = SeenRow._make
-            return {key: make(rest) for key, *rest in cur}
+            rows = cur.execute("SELECT key, etag, state, step, event_id FROM seen WHERE kind = ? AND company = ?",
+                               (kind.value, company)).fetchall()
+            if not rows:
+                return SeenSet({}, {})
+            keys, etags, states, steps, event_ids = zip(*rows, strict=True)
+            return SeenSet(dict(zip(keys, zip(etags, states, steps, strict=True), strict=True)),
+                           dict(zip(keys, event_ids, strict=True)))
 
         return await self._db.run_read(read)
 
-    async def keys_with_cards(self, kind: RecordKind, company: str) -> set[str]:
-        """Record keys whose card sits in some channel: the ones whose approval progress people see."""
+    async def with_cards(self, kind: RecordKind, company: str) -> list[ChainRow]:
+        """Seen records whose card sits in some channel: the ones whose approval progress people see."""
         prefix = f"{kind.value}:{company}:"
-        rows = await self._db.fetchall("SELECT DISTINCT record_id FROM cards WHERE record_id >= ? AND record_id < ?",
-                                       (prefix, prefix + "\uffff"))
-        return {r[0][len(prefix):] for r in rows}
+        rows = await self._db.fetchall(
+            "SELECT s.key, s.state, s.step, s.event_id, s.chain, s.chain_checked"
+            " FROM (SELECT DISTINCT substr(record_id, ?) AS key FROM cards WHERE record_id >= ? AND record_id < ?) c"
+            " JOIN seen s ON s.kind = ? AND s.company = ? AND s.key = c.key",
+            (len(prefix) + 1, prefix, prefix + "\uffff", kind.value, company))
+        return [ChainRow(*r) for r in rows]
 
     async def mark_chains_checked(self, kind: RecordKind, company: str, keys: Sequence[str], at: float) -> None:
         async with self._db.transaction() as conn:

@@ -13,7 +13,7 @@ from pollers.engine import Poller
 from pollers.ifs_client import IfsClient, IfsClientConfig
 from pollers.sources import DEFAULT_SOURCES, build_sources
 from store.db import open_database
-from store.repos import AuditLog, Bindings, Channels, PollWriter, Seen
+from store.repos import AuditLog, Bindings, Channels, PollWriter, Seen, load_record
 
 ORDER = RecordKind.ORDER
 
@@ -140,6 +140,32 @@ async def test_bad_rows_are_quarantined_and_the_rest_processed(ifs, harness):
     assert (fixed.new, fixed.bad) == (1, 0)
     assert await Seen(h.db).quarantine_counts() == {}
     assert (await build_status(h.db, None, channel_id=None, now=0.0)).sources[0].quarantined == 0
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("InvoiceDate", "2026-02-30", "not a date"), ("GrossCurrAmount", 1e300, "amount out of range"),
+    ("IdentityName", {"nested": 1}, "expected text"), ("DueDate", 20261127, "date is not text")])
+async def test_one_bad_row_in_a_page_read_column_by_column(ifs, harness, field, value, problem):
+    """Pages are shaped column by column; a page with one bad value in some column still records every
+    other row (exactly as row by row) and quarantines that one row, naming the field."""
+    rows = [ifs.add_invoice(company="10") for _ in range(6)]
+    corrupt(ifs, RecordKind.INVOICE, ("10", rows[2]["InvoiceId"]), **{field: value})
+    h = await harness(page_size=4, details_limit=0)
+    result = await h.poller.poll(RecordKind.INVOICE, "10")
+    assert (result.ok, result.new, result.bad) == (True, 5, 1)
+    entries = await AuditLog(h.db).recent(category="record")
+    assert [(e.detail["field"], e.detail["problem"]) for e in entries] == [(field, problem)]
+    stored = [load_record(r[0]) for r in await h.db.fetchall("SELECT record FROM events ORDER BY id")]
+    mapper = h.poller.mapper(RecordKind.INVOICE)
+    want = []
+    for row in rows[:2] + rows[3:]:
+        served = await h.client.get_by_key(mapper.spec.projection, mapper.spec.entity_set,
+                                           {"Company": "10", "InvoiceId": row["InvoiceId"]})
+        key, etag, _ = mapper.key_and_etag(served)
+        want.append(mapper.map(served, key, etag))
+    assert stored == want
+    again = await h.poller.poll(RecordKind.INVOICE, "10")
+    assert (again.new, again.changed, again.resolved, again.bad) == (0, 0, 0, 1)
 
 
 async def test_client_side_state_filter_for_tenants_rejecting_objstate(tmp_path, harness):
