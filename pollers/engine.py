@@ -8,13 +8,13 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import compress
-from operator import itemgetter, ne
+from operator import itemgetter
 from typing import Any, Protocol
 
 from core.domain import Binding, EventType, FinanceRecord, RecordKind
 from core.errors import AuthError, BadRecordError, FatalRequestError, RetriableError
 from pollers.sources import RecordMapper, SourceSpec, summarize_chain
-from store.repos import AuditLog, Bindings, Change, PollWriter, Seen, SeenSet, Version
+from store.repos import AuditLog, Bindings, Change, PollWriter, Seen
 
 BadRow = tuple[str, str, str]  # (record key, field, problem)
 
@@ -113,7 +113,8 @@ class Poller:
         mapper = self.mapper(kind)
         # what was seen before loads on the database thread while the first page is on its way
         loading = asyncio.ensure_future(self._load(company, kind))
-        seen = SeenSet({}, {})
+        known = 0  # records the last polls left pending; 0 on a first poll: everything is new
+        unseen = 0  # records read now that were not among them
         bindings: list[Binding] = []
         quarantined: set[str] = set()
         bad_keys: set[str] = set()
@@ -130,20 +131,21 @@ class Poller:
                     select=spec.select if self.use_select else None, orderby=spec.orderby,
                     page_size=self.page_size):
                 if not loaded:
-                    seen, bindings, quarantined = await loading
+                    known, bindings, quarantined = await loading
                     loaded = True
                 result.pages += 1
                 result.rows += len(page)
-                changes, bad = await self._page(mapper, spec.pending_rows(page), seen.versions, present, touched,
-                                                budget)
+                changes, bad, new = await self._page(kind, company, mapper, spec.pending_rows(page), known, present,
+                                                     touched, budget)
+                unseen += new
                 result.pending = len(present)
                 result.bad += len(bad)
                 if quarantined:
                     bad_keys.update(key for key, _, _ in bad)
                 if changes or bad:
-                    new = sum(map(EventType.NEW.__eq__, map(itemgetter(0), changes)))
-                    result.new += new
-                    result.changed += len(changes) - new
+                    fresh = sum(map(EventType.NEW.__eq__, map(itemgetter(0), changes)))
+                    result.new += fresh
+                    result.changed += len(changes) - fresh
                     if writing is not None:
                         result.deliveries += await writing
                     writing = asyncio.ensure_future(
@@ -165,43 +167,45 @@ class Poller:
         if writing is not None:
             result.deliveries += await writing
         if not loaded:  # an empty listing
-            seen, bindings, quarantined = await loading
+            known, bindings, quarantined = await loading
         if spec.approvals is not None and budget[0] > 0:
             chained = await self._check_chains(kind, company, present, touched, bindings, budget)
             result.changed += chained[0]
             result.deliveries += chained[1]
-        versions = seen.versions
-        if versions.keys() - present:
+        if len(present) - unseen < known:  # some of what was pending is no longer listed
             resolved = []
-            for key in [k for k in versions if k not in present]:
-                record = await self._final(kind, key, seen.event_ids[key], budget)
-                resolved.append((EventType.RESOLVED, record.to_dict(), versions[key][1], ""))
+            for key, state, event_id in await self.seen.left(kind, company, present):
+                record = await self._final(kind, key, event_id, budget)
+                resolved.append((EventType.RESOLVED, record.to_dict(), state, ""))
             result.deliveries += await self.writer.apply(kind, company, resolved, bindings)
             result.resolved = len(resolved)
         return sorted(quarantined - bad_keys)
 
-    async def _page(self, mapper: RecordMapper, rows: list[dict[str, Any]], versions: dict[str, Version],
-                    present: set[str], touched: set[str], budget: list[int]) -> tuple[list[Change], list[BadRow]]:
-        """The changes and the bad rows among a page's pending rows; adds their keys to `present`.
+    async def _page(self, kind: RecordKind, company: str, mapper: RecordMapper, rows: list[dict[str, Any]],
+                    known: int, present: set[str], touched: set[str], budget: list[int]
+                    ) -> tuple[list[Change], list[BadRow], int]:
+        """The changes and the bad rows among a page's pending rows, and how many of its records were never
+        seen before; adds the page's keys to `present`.
 
-        A page whose rows all have well-formed keys and etags (the usual page) is compared with what was
-        seen column by column; any other page goes row by row (_rows), which names each bad row's field."""
+        The usual page (well-formed keys, etags and states) is identified column by column; any other goes
+        row by row, which names each bad row's field. Versions are compared by the database (only when
+        something was seen before), and the new or changed rows are shaped column by column."""
+        bad: list[BadRow] = []
         ids = mapper.identify(rows)
-        if ids is None or len(set(ids[0])) != len(rows) or not present.isdisjoint(ids[0]):
-            return await self._rows(mapper, rows, versions, present, touched, budget)
+        if ids is None or not present.isdisjoint(ids[0]):
+            rows, ids, bad = mapper.identify_rows(rows, present)
         keys, etags, states, steps = ids
         present.update(keys)
-        olds: list[Version | None] = [None] * len(keys)
-        if versions:
-            olds = list(map(versions.get, keys))
-            picked = list(compress(range(len(keys)), map(ne, olds, zip(etags, states, steps, strict=True))))
-            if len(picked) < len(keys):  # the usual re-poll: most rows unchanged, nothing more to do for them
+        olds: list[str | None] = [None] * len(keys)
+        if known and keys:
+            differ = await self.seen.compare(kind, company, keys, etags, states, steps)
+            if len(differ) < len(keys):  # the usual re-poll: most rows unchanged, nothing more to do for them
+                picked = list(compress(range(len(keys)), map(differ.__contains__, keys)))
                 rows, keys, etags, steps = ([c[i] for i in picked] for c in (rows, keys, etags, steps))
-                olds = [olds[i] for i in picked]
+            olds = list(map(differ.__getitem__, keys))
         if not rows:
-            return [], []
+            return [], bad, 0
         records: list[dict[str, Any] | None] = [None] * len(rows)
-        bad: list[BadRow] = []
         detailed = min(budget[0], len(rows)) if mapper.spec.approvals is not None else 0
         # the first few within the cycle's budget are read with their approval chain (a card each) ...
         for i in range(detailed):
@@ -221,41 +225,15 @@ class Poller:
                 except BadRecordError as exc:
                     bad.append((keys[i], exc.field, exc.problem))
         changes: list[Change] = [
-            (EventType.NEW, record, None, step) if old is None else (EventType.CHANGED, record, old[1], step)
+            (EventType.NEW, record, None, step) if old is None else (EventType.CHANGED, record, old, step)
             for record, old, step in zip(records, olds, steps, strict=True) if record is not None]
         touched.update(record["key"] for _, record, _, _ in changes)
-        return changes, bad
+        return changes, bad, olds.count(None)
 
-    async def _rows(self, mapper: RecordMapper, rows: list[dict[str, Any]], versions: dict[str, Version],
-                    present: set[str], touched: set[str], budget: list[int]) -> tuple[list[Change], list[BadRow]]:
-        """_page's row-by-row path, for a page holding a malformed key or etag, or a record twice."""
-        spec = mapper.spec
-        changes: list[Change] = []
-        bad: list[BadRow] = []
-        for row, step in zip(rows, mapper.steps(rows), strict=True):
-            try:
-                key, etag, keys = mapper.key_and_etag(row)
-                if key in present:
-                    continue  # a row repeated across pages (data moved under $skip paging)
-                present.add(key)
-                old = versions.get(key)
-                if old == (etag, row.get(spec.state_field), step):
-                    continue
-                if spec.approvals is not None and budget[0] > 0:
-                    record = await self._with_details(mapper, row, key, etag, keys, budget)
-                else:
-                    record = mapper.stored(row, key, etag, step=step)
-                touched.add(key)
-                changes.append((EventType.NEW, record, None, step) if old is None
-                               else (EventType.CHANGED, record, old[1], step))
-            except BadRecordError as exc:
-                bad.append((exc.key or _raw_key(spec, row), exc.field, exc.problem))
-        return changes, bad
-
-    async def _load(self, company: str, kind: RecordKind) -> tuple[SeenSet, list[Binding], set[str]]:
-        seen = await self.seen.snapshot(kind, company)
+    async def _load(self, company: str, kind: RecordKind) -> tuple[int, list[Binding], set[str]]:
+        known = await self.seen.known(kind, company)
         bindings = [b for b in await self.bindings.all(active_only=True) if b.company == company]
-        return seen, bindings, await self.seen.quarantined_keys(kind, company)
+        return known, bindings, await self.seen.quarantined_keys(kind, company)
 
     async def _with_details(self, mapper: RecordMapper, row: dict[str, Any], key: str, etag: str,
                             keys: dict[str, str | int], budget: list[int]) -> dict[str, Any]:
@@ -330,10 +308,6 @@ def _typed_keys(spec: SourceSpec, key: str) -> dict[str, str | int]:
     """Key values from our key string ('A=x^B=1'), typed as the source declares them."""
     values = dict(part.split("=", 1) for part in key.split("^"))
     return {k: int(values[k]) if t == "int" else values[k] for k, t in spec.keys}
-
-
-def _raw_key(spec: SourceSpec, row: Mapping[str, Any]) -> str:
-    return "^".join(f"{k}={row.get(k)}" for k, _ in spec.keys)
 
 
 def _describe(exc: Exception) -> str:

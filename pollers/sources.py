@@ -122,6 +122,10 @@ class SourceSpec:
             out[name] = value if typ == "int" else str(value)
         return out
 
+    def raw_key(self, row: Mapping[str, Any]) -> str:
+        """A key for naming a row whose key fields are broken (as received, unvalidated)."""
+        return "^".join(f"{k}={row.get(k)}" for k, _ in self.keys)
+
     def key_of(self, row: Mapping[str, Any]) -> str:
         return "^".join(f"{k}={v}" for k, v in self.key_values(row).items())
 
@@ -215,6 +219,8 @@ def _convert(key: str, current: Any, value: Any) -> Any:
 
 # --------------------------------------------------------------------------- row -> record
 
+Identified = tuple[list[str], list[str], list[str], list[str]]  # keys, etags, states, approval steps of a page
+
 @dataclass(frozen=True)
 class RecordMapper:
     """Turns one OData row of a source into a FinanceRecord; raises BadRecordError naming the field."""
@@ -264,6 +270,8 @@ class RecordMapper:
         if "\x00" in key or "\x00" in etag:  # SQLite's JSON functions would cut the text there
             bad = next((k for k, v in keys.items() if "\x00" in str(v)), "@odata.etag")
             raise BadRecordError(key.replace("\x00", "\\0"), bad, "NUL character")
+        if "\x1f" in etag:  # the separator of a record's version as the poll compares it
+            raise BadRecordError(key, "@odata.etag", "control character")
         return key, etag, keys
 
     def step_of(self, row: Mapping[str, Any]) -> str:
@@ -338,8 +346,9 @@ class RecordMapper:
     # column is checked for the shapes IFS sends (non-empty text, plain numbers, yyyy-mm-dd dates); a page
     # holding anything else returns None and goes through the row-by-row path, which names the bad field.
 
-    def identify(self, rows: list[dict[str, Any]]) -> tuple[list[str], list[str], list[Any], list[str]] | None:
-        """(keys, etags, states, approval steps) of rows whose key fields and etag are well formed, or None."""
+    def identify(self, rows: list[dict[str, Any]]) -> Identified | None:
+        """(keys, etags, states, approval steps) of rows whose keys, etag and state are all well formed and
+        whose keys are distinct; else None (identify_rows then sorts the good rows from the bad)."""
         cols = []
         for name, want in self._key_types:
             col = column(rows, name)
@@ -348,9 +357,49 @@ class RecordMapper:
             cols.append(col)
         keys = list(map(self._key_format.format, *cols)) if rows else []
         etags = column(rows, "@odata.etag")
-        if not _only(etags, str) or "" in etags or "\x00" in "".join(keys) or "\x00" in "".join(etags):
+        states = column(rows, self.spec.state_field)
+        if not (_only(etags, str) and _only(states, str)) or "" in etags or "" in states:
             return None
-        return keys, etags, column(rows, self.spec.state_field), self.steps(rows)
+        steps = self.steps(rows)
+        if ("\x00" in "".join(keys) or "\x00" in "".join(etags) or "\x1f" in "".join(etags)
+                or "\x1f" in "".join(states) or "\x1f" in "".join(steps) or len(set(keys)) != len(keys)):
+            return None
+        return keys, etags, states, steps
+
+    def identify_rows(self, rows: list[dict[str, Any]], present: set[str]
+                      ) -> tuple[list[dict[str, Any]], Identified, list[tuple[str, str, str]]]:
+        """identify, row by row: (the rows that can be compared, their keys, etags, states and steps, and
+        the bad rows as (key, field, problem)). Skips a row whose key is in `present` or came earlier in
+        the page (a row repeated across pages: data moved under $skip paging), and adds the keys of the
+        rows it returns or refuses to `present`."""
+        good: list[dict[str, Any]] = []
+        keys: list[str] = []
+        etags: list[str] = []
+        states: list[str] = []
+        steps: list[str] = []
+        bad: list[tuple[str, str, str]] = []
+        state_field = self.spec.state_field
+        for row in rows:
+            try:
+                key, etag, _ = self.key_and_etag(row)
+            except BadRecordError as exc:
+                bad.append((exc.key or self.spec.raw_key(row), exc.field, exc.problem))
+                continue
+            if key in present:
+                continue
+            present.add(key)
+            state, step = row.get(state_field), self.step_of(row)
+            if type(state) is not str or not state:
+                bad.append((key, state_field, "missing state"))
+            elif "\x1f" in state or "\x1f" in step:
+                bad.append((key, state_field if "\x1f" in state else str(self.spec.step_field), "control character"))
+            else:
+                good.append(row)
+                keys.append(key)
+                etags.append(etag)
+                states.append(state)
+                steps.append(step)
+        return good, (keys, etags, states, steps), bad
 
     def steps(self, rows: list[dict[str, Any]]) -> list[str]:
         """step_of for each row."""

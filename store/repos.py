@@ -236,18 +236,6 @@ def _binding(row: Any) -> Binding:
 
 # --------------------------------------------------------------------------- seen records and source state
 
-Version = tuple[str, str, str]  # what a poll compares: (etag, state, approval step)
-
-
-class SeenSet(NamedTuple):
-    """What the last poll of a source saw, as a poll compares against it: per record key its version
-    (etag, state, approval step) and the event that recorded it. Two flat dicts, built from the query's
-    columns without a Python object per row (a source can hold 100,000 pending records)."""
-
-    versions: dict[str, Version]
-    event_ids: dict[str, int]
-
-
 class ChainRow(NamedTuple):
     """A seen record whose card is in a channel, with what is known of its approval lines."""
 
@@ -274,19 +262,40 @@ class Seen:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def snapshot(self, kind: RecordKind, company: str) -> SeenSet:
-        def read(conn: sqlite3.Connection) -> SeenSet:
+    # A record's version as a poll compares it: etag, state and approval step joined by a unit separator,
+    # which the poller refuses inside any of them (so equal texts mean equal triples).
+    VERSION_SQL = "s.etag || char(31) || s.state || char(31) || s.step"
+    VERSION = "{}\x1f{}\x1f{}".format
+
+    async def known(self, kind: RecordKind, company: str) -> int:
+        """How many records of a source the last polls left pending."""
+        return int(await self._db.scalar("SELECT count(*) FROM seen WHERE kind = ? AND company = ?",
+                                         (kind.value, company)))
+
+    async def compare(self, kind: RecordKind, company: str, keys: Sequence[str], etags: Sequence[str],
+                      states: Sequence[str], steps: Sequence[str]) -> dict[str, str | None]:
+        """The keys among these whose version differs from the one seen, each with the state seen then
+        (None: never seen). SQLite compares (on the database thread, without holding the GIL) against
+        the page sent as one JSON object {key: version}: no Python object per unchanged record."""
+        versions = orjson.dumps(dict(zip(keys, map(self.VERSION, etags, states, steps), strict=True)))
+
+        def read(conn: sqlite3.Connection) -> dict[str, str | None]:
             cur = conn.cursor()
-            cur.row_factory = None  # plain tuples
-            rows = cur.execute("SELECT key, etag, state, step, event_id FROM seen WHERE kind = ? AND company = ?",
-                               (kind.value, company)).fetchall()
-            if not rows:
-                return SeenSet({}, {})
-            keys, etags, states, steps, event_ids = zip(*rows, strict=True)
-            return SeenSet(dict(zip(keys, zip(etags, states, steps, strict=True), strict=True)),
-                           dict(zip(keys, event_ids, strict=True)))
+            cur.row_factory = None
+            return dict(cur.execute(
+                "SELECT j.key, s.state FROM json_each(?) AS j"
+                " LEFT JOIN seen AS s ON s.kind = ? AND s.company = ? AND s.key = j.key"
+                f" WHERE s.key IS NULL OR {self.VERSION_SQL} IS NOT j.value", (versions, kind.value, company)))
 
         return await self._db.run_read(read)
+
+    async def left(self, kind: RecordKind, company: str, present: Iterable[str]) -> list[tuple[str, str, int]]:
+        """(key, state, event id) of the seen records not among `present`, by key: the ones that left."""
+        rows = await self._db.fetchall(
+            "SELECT key, state, event_id FROM seen WHERE kind = ? AND company = ?"
+            " AND key NOT IN (SELECT value FROM json_each(?)) ORDER BY key",
+            (kind.value, company, orjson.dumps(list(present))))
+        return [(r[0], r[1], r[2]) for r in rows]
 
     async def with_cards(self, kind: RecordKind, company: str) -> list[ChainRow]:
         """Seen records whose card sits in some channel: the ones whose approval progress people see."""
