@@ -227,7 +227,7 @@ class Poller:
         changes: list[Change] = [
             (EventType.NEW, record, None, step) if old is None else (EventType.CHANGED, record, old, step)
             for record, old, step in zip(records, olds, steps, strict=True) if record is not None]
-        touched.update(record["key"] for _, record, _, _ in changes)
+        touched.update(map(itemgetter("key"), map(itemgetter(1), changes)))
         return changes, bad, olds.count(None)
 
     async def _load(self, company: str, kind: RecordKind) -> tuple[int, list[Binding], set[str]]:

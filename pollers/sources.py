@@ -476,12 +476,14 @@ class RecordMapper:
             if not set(map(type, col)) <= {str, NoneType}:
                 return None
             col = [v or None for v in col] if "" in col else col
-            values = [v for v in col if v is not None] if None in col else col
-            if set(map(len, values)) - {10}:  # date-times: the date part, as _to_date reads them
+            distinct = set(col)  # a page holds few distinct dates: each is checked once
+            distinct.discard(None)
+            if set(map(len, distinct)) - {10}:  # date-times: the date part, as _to_date reads them
                 col = [v and v[:10] for v in col]
-                values = [v for v in col if v is not None] if None in col else col
+                distinct = set(col)
+                distinct.discard(None)
             try:
-                if list(map(date.isoformat, map(date.fromisoformat, values))) != values:
+                if any(date.fromisoformat(v).isoformat() != v for v in distinct):
                     return None
             except ValueError:
                 return None
@@ -495,8 +497,13 @@ class RecordMapper:
                     col = _texts(col)
                 pairs.append(list(map(list, zip(repeat(label), col))))
             details: list[Any] = list(map(list, zip(*pairs, strict=True)))
-            if any(None in map(operator.itemgetter(1), p) for p in pairs):
-                details = [[p for p in d if p[1] is not None] or None for d in details]
+            holes: set[int] = set()  # rows missing some detail: only those are rebuilt
+            for p in pairs:
+                values = list(map(operator.itemgetter(1), p))
+                if None in values:
+                    holes.update(compress(range(n), map(operator.is_, values, repeat(None))))
+            for i in holes:
+                details[i] = [p for p in details[i] if p[1] is not None] or None
             add("details", details)
         out = list(map(dict, map(zip, repeat(attrs), zip(*cols, strict=False))))  # strict=False: the kind column is repeat()
         for attr, col in gaps:
