@@ -115,9 +115,22 @@ class FinanceRecord:
             out["details"] = [list(pair) for pair in self.details]
         return out
 
+    # The compact stored form: these fields in this order as a JSON array, None where absent, details as
+    # one flat [label, value, label, value ...] list. The poller stores bulk pages this way (about 30 %
+    # less text than to_dict's, and no dict per record to build): RecordMapper.stored_page.
+    COMPACT = ("kind", "company", "key", "number", "state", "etag", "party_id", "party_name", "amount",
+               "net_amount", "currency", "doc_date", "due_date", "cost_center", "site", "approval_step", "details")
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FinanceRecord:
-        values = dict(data)
+    def from_dict(cls, data: dict[str, Any] | list[Any] | tuple[Any, ...]) -> FinanceRecord:
+        """From either stored form: to_dict's, or the compact array (COMPACT)."""
+        if isinstance(data, list | tuple):
+            values = {k: v for k, v in zip(cls.COMPACT, data, strict=False) if v is not None}
+            if "details" in values:
+                flat = iter(values["details"])
+                values["details"] = list(zip(flat, flat, strict=True))
+        else:
+            values = dict(data)
         values["kind"] = RecordKind(values["kind"])
         for name in ("amount", "net_amount"):
             if values.get(name) is not None:

@@ -7,8 +7,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import compress
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import is_not, itemgetter
 from typing import Any, Protocol
 
 from core.domain import Binding, EventType, FinanceRecord, RecordKind
@@ -227,7 +227,7 @@ class Poller:
         changes: list[Change] = [
             (EventType.NEW, record, None, step) if old is None else (EventType.CHANGED, record, old, step)
             for record, old, step in zip(records, olds, steps, strict=True) if record is not None]
-        touched.update(map(itemgetter("key"), map(itemgetter(1), changes)))
+        touched.update(compress(keys, map(is_not, records, repeat(None))))
         return changes, bad, olds.count(None)
 
     async def _load(self, company: str, kind: RecordKind) -> tuple[int, list[Binding], set[str]]:

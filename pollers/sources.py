@@ -410,8 +410,9 @@ class RecordMapper:
         return col if _only(col, str) else [str(v or "") for v in col]
 
     def stored_page(self, rows: list[dict[str, Any]], keys: list[str], etags: list[str],
-                    steps: list[str]) -> list[dict[str, Any]] | None:
-        """[stored(row, key, etag, step=step) ...] for rows that identify() accepted, or None."""
+                    steps: list[str]) -> list[tuple[Any, ...]] | None:
+        """The records of rows that identify() accepted, in the compact stored form (FinanceRecord.COMPACT:
+        from_dict of each equals from_dict of stored(row, key, etag, step=step)), or None."""
         s, n = self.spec, len(rows)
         if not n:
             return []
@@ -439,25 +440,16 @@ class RecordMapper:
             number = list(map(" ".join, zip(*parts, strict=True)))
         if "" in number:
             number = [v or k for v, k in zip(number, keys, strict=True)]
-        attrs = ["kind", "company", "key", "number", "state", "etag"]
-        cols: list[Any] = [repeat(self._kind), company, keys, number, state, etags]
-        gaps: list[tuple[str, list[Any]]] = []  # (attribute, column) where some rows have no value
-
-        def add(attr: str, col: list[Any]) -> None:
-            if None in col:
-                if col.count(None) == n:
-                    return
-                gaps.append((attr, col))
-            attrs.append(attr)
-            cols.append(col)
-
+        absent = repeat(None)
+        fields: dict[str, Any] = dict.fromkeys(FinanceRecord.COMPACT, absent)
+        fields.update(kind=repeat(self._kind), company=company, key=keys, number=number, state=state, etag=etags)
         for attr, name in self._texts:
             col = column(rows, name)
             if not _only(col, str) or "" in col:
                 if set(map(type, col)) & {dict, list}:
                     return None
                 col = _texts(col)
-            add(attr, col)
+            fields[attr] = col
         for attr, name in self._amounts:
             col = column(rows, name)
             values = [v for v in col if v is not None] if None in col else col
@@ -470,7 +462,7 @@ class RecordMapper:
             if values is not col:
                 it = iter(texts)
                 texts = [None if v is None else next(it) for v in col]
-            add(attr, texts)
+            fields[attr] = texts
         for attr, name in self._dates:
             col = column(rows, name)
             if not set(map(type, col)) <= {str, NoneType}:
@@ -487,30 +479,24 @@ class RecordMapper:
                     return None
             except ValueError:
                 return None
-            add(attr, col)
-        add("approval_step", [v or None for v in steps] if "" in steps else steps)
+            fields[attr] = col
+        fields["approval_step"] = [v or None for v in steps] if "" in steps else steps
         if s.details:
-            pairs = []
+            flat: list[Any] = []  # label, values, label, values ...: one flat list per row
+            holes: set[int] = set()  # rows missing some detail: only those are rebuilt
             for label, name in s.details:
                 col = column(rows, name)
                 if not _only(col, str) or "" in col:
                     col = _texts(col)
-                pairs.append(list(map(list, zip(repeat(label), col))))
-            details: list[Any] = list(map(list, zip(*pairs, strict=True)))
-            holes: set[int] = set()  # rows missing some detail: only those are rebuilt
-            for p in pairs:
-                values = list(map(operator.itemgetter(1), p))
-                if None in values:
-                    holes.update(compress(range(n), map(operator.is_, values, repeat(None))))
+                    if None in col:
+                        holes.update(compress(range(n), map(operator.is_, col, repeat(None))))
+                flat += (repeat(label), col)
+            details: list[Any] = list(map(list, zip(*flat, strict=False)))  # strict=False: labels repeat()
             for i in holes:
-                details[i] = [p for p in details[i] if p[1] is not None] or None
-            add("details", details)
-        out = list(map(dict, map(zip, repeat(attrs), zip(*cols, strict=False))))  # strict=False: the kind column is repeat()
-        for attr, col in gaps:
-            for d, v in zip(out, col, strict=True):
-                if v is None:
-                    del d[attr]
-        return out
+                details[i] = [v for pair in zip(*[iter(details[i])] * 2, strict=True) if pair[1] is not None
+                              for v in pair] or None
+            fields["details"] = details
+        return list(zip(*fields.values(), strict=False))  # strict=False: constant fields are repeat()
 
     def link_for(self, record: FinanceRecord) -> str | None:
         """The record's "Open in IFS" link, built when a card is rendered (not for every polled row)."""

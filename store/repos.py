@@ -19,9 +19,22 @@ import orjson
 from core.domain import Binding, ChannelRef, EventType, FinanceRecord, PostedCard, RecordKind, record_id
 from store.db import Database
 
-# One change a poll found: (event type, the record in its stored form (FinanceRecord.to_dict's shape),
-# the state before, the approval step now). The stored form is what events.record holds, as JSON.
-Change = tuple[EventType, dict[str, Any], str | None, str]
+# One change a poll found: (event type, the record in a stored form (FinanceRecord.to_dict's dict, or the
+# compact tuple, FinanceRecord.COMPACT), the state before, the approval step now). The stored form is what
+# events.record holds, as JSON.
+Change = tuple[EventType, dict[str, Any] | tuple[Any, ...], str | None, str]
+_COMPACT_AT = {name: i for i, name in enumerate(FinanceRecord.COMPACT)}
+
+
+def _field(records: list[Any], name: str) -> list[Any]:
+    """One field of records in either stored form (a compact record has no approvers: [] for it)."""
+    forms = set(map(type, records))
+    if forms <= {dict}:
+        return list(map(methodcaller("get", name), records))
+    at = _COMPACT_AT.get(name)
+    if forms <= {tuple, list}:
+        return list(map(itemgetter(at), records)) if at is not None else [None] * len(records)
+    return [r.get(name) if type(r) is dict else None if at is None else r[at] for r in records]
 
 
 def load_record(text: str | bytes) -> FinanceRecord:
@@ -520,15 +533,16 @@ class PollWriter:
         # of statements, never parses a record again and never takes the GIL back for a row.
         # (column by column: a first poll's page is 5,000 changes of one group)
         records_of = list(map(itemgetter(1), changes))
-        keys = list(map(itemgetter("key"), records_of))
+        keys = _field(records_of, "key")
         if len(set(keys)) != len(keys):
             # one event per record and page: a second one would be written in group order, not in order
             raise ValueError("a record appears twice in one page's changes")
         chains: Iterable[str] = repeat("")
-        if any(map(methodcaller("get", "approvers"), records_of)):
-            chains = [rec.get("approval_step") or "" if rec.get("approvers") else "" for rec in records_of]
+        if any(_field(records_of, "approvers")):
+            chains = [rec.get("approval_step") or "" if type(rec) is dict and rec.get("approvers") else ""
+                      for rec in records_of]
         group_of = list(zip(map(attrgetter("value"), map(itemgetter(0), changes)), map(itemgetter(2), changes),
-                            map(itemgetter("state"), records_of), map(itemgetter(3), changes), chains,
+                            _field(records_of, "state"), map(itemgetter(3), changes), chains,
                             strict=False))  # chains may be repeat("")
         groups: dict[tuple[str, str | None, str, str, str], dict[str, dict[str, Any]]] = {}
         if len(set(group_of)) == 1:
@@ -539,8 +553,7 @@ class PollWriter:
         # A binding without filters takes every event of a page of this kind and company (one INSERT ...
         # SELECT for it); a narrowed one is matched here, record by record.
         kind_value = kind.value
-        uniform = (set(map(itemgetter("company"), records_of)) <= {company}
-                   and set(map(itemgetter("kind"), records_of)) <= {kind_value})
+        uniform = set(_field(records_of, "company")) <= {company} and set(_field(records_of, "kind")) <= {kind_value}
         whole = [b for b in bindings if uniform and b.company == company and kind in b.kinds
                  and not b.cost_centers and b.min_amount is None]
         partial = [b for b in bindings if b not in whole]
@@ -549,11 +562,11 @@ class PollWriter:
         offset = 0
         for group, records in groups.items():
             batches.append((offset, len(records), group, orjson.dumps(records),
-                            orjson.dumps(list(map(itemgetter("etag"), records.values())))))
+                            orjson.dumps(_field(list(records.values()), "etag"))))
             if partial:
                 for n, rec in enumerate(records.values(), start=offset):
                     full = FinanceRecord.from_dict(rec)
-                    dels.extend((n, b.channel_id, prefix + rec["key"], group[0], now, now)
+                    dels.extend((n, b.channel_id, prefix + full.key, group[0], now, now)
                                 for b in partial if b.matches(full))
             offset += len(records)
         total = offset

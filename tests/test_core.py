@@ -79,6 +79,19 @@ def test_record_round_trips_through_its_stored_form():
     assert rec.detail("Supplier invoice no") == "INV-9"
 
 
+def test_the_compact_stored_form_is_the_same_record():
+    """Bulk pages are stored as arrays in FinanceRecord.COMPACT order (None where absent, details flat)."""
+    compact = ["invoice", "10", "Company=10^InvoiceId=105", "105", "Preliminary", "W/\"1\"", "V1", None, "1234.50",
+               None, "EUR", "2026-11-01", None, None, None, None, ["Supplier invoice no", "INV-9", "PO ref", "77"]]
+    rec = load_record(orjson.dumps(compact))
+    assert rec == FinanceRecord(kind=RecordKind.INVOICE, company="10", key="Company=10^InvoiceId=105",
+                                number="105", state="Preliminary", etag='W/"1"', party_id="V1",
+                                amount=Decimal("1234.50"), currency="EUR", doc_date=date(2026, 11, 1),
+                                details=(("Supplier invoice no", "INV-9"), ("PO ref", "77")))
+    assert FinanceRecord.from_dict(rec.to_dict()) == rec == FinanceRecord.from_dict(tuple(compact))
+    assert load_record(orjson.dumps(compact[:6])).party_id is None  # trailing fields may be left off
+
+
 def test_binding_filters_by_kind_cost_centre_and_amount():
     rec = FinanceRecord(kind=RecordKind.ORDER, company="10", key="OrderNo=P1", number="P1", state="Planned",
                         amount=Decimal("500"), cost_center="CC1")
