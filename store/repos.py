@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 from itertools import repeat
-from operator import attrgetter, itemgetter, methodcaller
+from operator import itemgetter, methodcaller
 from typing import Any, NamedTuple
 
 import aiosqlite
@@ -541,15 +541,16 @@ class PollWriter:
         if any(_field(records_of, "approvers")):
             chains = [rec.get("approval_step") or "" if type(rec) is dict and rec.get("approvers") else ""
                       for rec in records_of]
-        group_of = list(zip(map(attrgetter("value"), map(itemgetter(0), changes)), map(itemgetter(2), changes),
-                            _field(records_of, "state"), map(itemgetter(3), changes), chains,
-                            strict=False))  # chains may be repeat("")
-        groups: dict[tuple[str, str | None, str, str, str], dict[str, dict[str, Any]]] = {}
-        if len(set(group_of)) == 1:
-            groups[group_of[0]] = dict(zip(keys, records_of, strict=True))
+        parts = [list(map(itemgetter(0), changes)), list(map(itemgetter(2), changes)), _field(records_of, "state"),
+                 list(map(itemgetter(3), changes)), chains]
+        groups: dict[tuple[str, str | None, str, str, str], dict[str, Any]] = {}
+        if changes and all(part.count(part[0]) == len(part) for part in parts if isinstance(part, list)):
+            # one group (list.count compares in C; a tuple of an enum member would hash it in Python)
+            groups[(parts[0][0].value, parts[1][0], parts[2][0], parts[3][0], next(iter(chains)))] = dict(
+                zip(keys, records_of, strict=True))
         else:
-            for group, key, rec in zip(group_of, keys, records_of, strict=True):
-                groups.setdefault(group, {})[key] = rec
+            for etype, prev, state, step, chain, key, rec in zip(*parts, keys, records_of, strict=False):
+                groups.setdefault((etype.value, prev, state, step, chain), {})[key] = rec
         # A binding without filters takes every event of a page of this kind and company (one INSERT ...
         # SELECT for it); a narrowed one is matched here, record by record.
         kind_value = kind.value
