@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from core.domain import Binding, EventType, FinanceRecord, RecordKind
 from core.errors import AuthError, BadRecordError, FatalRequestError, RetriableError
-from pollers.sources import RecordMapper, SourceSpec, summarize_chain
+from pollers.sources import Columns, RecordMapper, SourceSpec, summarize_chain
 from store.repos import AuditLog, Bindings, Change, PollWriter, Seen
 
 BadRow = tuple[str, str, str]  # (record key, field, problem)
@@ -135,8 +135,10 @@ class Poller:
                     loaded = True
                 result.pages += 1
                 result.rows += len(page)
-                changes, bad, new = await self._page(kind, company, mapper, spec.pending_rows(page), known, present,
-                                                     touched, budget)
+                cols = Columns(page)
+                rows = spec.pending_rows(page, cols)
+                changes, bad, new = await self._page(kind, company, mapper, rows, cols, known, present, touched,
+                                                     budget)
                 unseen += new
                 result.pending = len(present)
                 result.bad += len(bad)
@@ -182,7 +184,7 @@ class Poller:
         return sorted(quarantined - bad_keys)
 
     async def _page(self, kind: RecordKind, company: str, mapper: RecordMapper, rows: list[dict[str, Any]],
-                    known: int, present: set[str], touched: set[str], budget: list[int]
+                    cols: Columns, known: int, present: set[str], touched: set[str], budget: list[int]
                     ) -> tuple[list[Change], list[BadRow], int]:
         """The changes and the bad rows among a page's pending rows, and how many of its records were never
         seen before; adds the page's keys to `present`.
@@ -191,7 +193,7 @@ class Poller:
         row by row, which names each bad row's field. Versions are compared by the database (only when
         something was seen before), and the new or changed rows are shaped column by column."""
         bad: list[BadRow] = []
-        ids = mapper.identify(rows)
+        ids = mapper.identify(rows, cols)
         if ids is None or not present.isdisjoint(ids[0]):
             rows, ids, bad = mapper.identify_rows(rows, present)
         keys, etags, states, steps = ids
@@ -215,7 +217,8 @@ class Poller:
             except BadRecordError as exc:
                 bad.append((keys[i], exc.field, exc.problem))
         # ... the rest, a digest's worth, are shaped column by column
-        rest = mapper.stored_page(rows[detailed:], keys[detailed:], etags[detailed:], steps[detailed:])
+        rest = (mapper.stored_page(rows, keys, etags, steps, cols) if not detailed else
+                mapper.stored_page(rows[detailed:], keys[detailed:], etags[detailed:], steps[detailed:]))
         if rest is not None:
             records[detailed:] = rest
         else:  # some field the column checks do not accept: row by row, naming the bad rows
@@ -224,11 +227,17 @@ class Poller:
                     records[i] = mapper.stored(rows[i], keys[i], etags[i], step=steps[i])
                 except BadRecordError as exc:
                     bad.append((keys[i], exc.field, exc.problem))
-        changes: list[Change] = [
-            (EventType.NEW, record, None, step) if old is None else (EventType.CHANGED, record, old, step)
-            for record, old, step in zip(records, olds, steps, strict=True) if record is not None]
-        touched.update(compress(keys, map(is_not, records, repeat(None))))
-        return changes, bad, olds.count(None)
+        unseen = olds.count(None)
+        changes: list[Change]
+        if unseen == len(olds) and None not in records:  # a first poll's page: all new, all well formed
+            changes = list(zip(repeat(EventType.NEW), records, olds, steps))  # noqa: B905 - repeat() is endless
+            touched.update(keys)
+        else:
+            changes = [
+                (EventType.NEW, record, None, step) if old is None else (EventType.CHANGED, record, old, step)
+                for record, old, step in zip(records, olds, steps, strict=True) if record is not None]
+            touched.update(compress(keys, map(is_not, records, repeat(None))))
+        return changes, bad, unseen
 
     async def _load(self, company: str, kind: RecordKind) -> tuple[int, list[Binding], set[str]]:
         known = await self.seen.known(kind, company)

@@ -7,6 +7,7 @@ confirmed there can be overridden per tenant in the TOML file under [sources.<ki
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import operator
 from collections.abc import Mapping, Sequence
@@ -95,13 +96,17 @@ class SourceSpec:
         names += [f for _, f in self.details] + [f for f, _ in self.pending_equals] + list(self.extra_select)
         return tuple(dict.fromkeys(names))
 
-    def pending_rows(self, page: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The rows of a page that is_pending keeps, in order, tested column by column."""
-        rows = page
-        if self.pending_states:
-            rows = list(compress(rows, map(self.pending_states.__contains__, column(rows, self.state_field))))
-        for name, value in self.pending_equals:
-            rows = list(compress(rows, map(operator.eq, column(rows, name), repeat(value))))
+    def pending_rows(self, page: list[dict[str, Any]], cols: Columns | None = None) -> list[dict[str, Any]]:
+        """The rows of a page that is_pending keeps, in order, tested column by column (the page itself
+        when it keeps them all, as it does when IFS applied the same filter)."""
+        rows, cols = page, _columns(page, cols)
+        tests = [(self.state_field, self.pending_states.__contains__)] if self.pending_states else []
+        tests += [(name, functools.partial(operator.eq, value)) for name, value in self.pending_equals]
+        for name, test in tests:
+            keep = list(map(test, cols[name]))
+            if not all(keep):
+                rows = list(compress(rows, keep))
+                cols = Columns(rows)
         return rows
 
     def key_values(self, row: Mapping[str, Any]) -> dict[str, str | int]:
@@ -346,21 +351,22 @@ class RecordMapper:
     # column is checked for the shapes IFS sends (non-empty text, plain numbers, yyyy-mm-dd dates); a page
     # holding anything else returns None and goes through the row-by-row path, which names the bad field.
 
-    def identify(self, rows: list[dict[str, Any]]) -> Identified | None:
+    def identify(self, rows: list[dict[str, Any]], page: Columns | None = None) -> Identified | None:
         """(keys, etags, states, approval steps) of rows whose keys, etag and state are all well formed and
         whose keys are distinct; else None (identify_rows then sorts the good rows from the bad)."""
+        page = _columns(rows, page)
         cols = []
         for name, want in self._key_types:
-            col = column(rows, name)
+            col = page[name]
             if not _only(col, want) or (want is str and "" in col):
                 return None
             cols.append(col)
         keys = list(map(self._key_format.format, *cols)) if rows else []
-        etags = column(rows, "@odata.etag")
-        states = column(rows, self.spec.state_field)
+        etags = page["@odata.etag"]
+        states = page[self.spec.state_field]
         if not (_only(etags, str) and _only(states, str)) or "" in etags or "" in states:
             return None
-        steps = self.steps(rows)
+        steps = self.steps(rows, page)
         if ("\x00" in "".join(keys) or "\x00" in "".join(etags) or "\x1f" in "".join(etags)
                 or "\x1f" in "".join(states) or "\x1f" in "".join(steps) or len(set(keys)) != len(keys)):
             return None
@@ -401,23 +407,24 @@ class RecordMapper:
                 steps.append(step)
         return good, (keys, etags, states, steps), bad
 
-    def steps(self, rows: list[dict[str, Any]]) -> list[str]:
+    def steps(self, rows: list[dict[str, Any]], page: Columns | None = None) -> list[str]:
         """step_of for each row."""
         f = self.spec.step_field
         if not f:
             return [""] * len(rows)
-        col = column(rows, f)
+        col = _columns(rows, page)[f]
         return col if _only(col, str) else [str(v or "") for v in col]
 
-    def stored_page(self, rows: list[dict[str, Any]], keys: list[str], etags: list[str],
-                    steps: list[str]) -> list[tuple[Any, ...]] | None:
+    def stored_page(self, rows: list[dict[str, Any]], keys: list[str], etags: list[str], steps: list[str],
+                    page: Columns | None = None) -> list[tuple[Any, ...]] | None:
         """The records of rows that identify() accepted, in the compact stored form (FinanceRecord.COMPACT:
         from_dict of each equals from_dict of stored(row, key, etag, step=step)), or None."""
         s, n = self.spec, len(rows)
         if not n:
             return []
-        company = column(rows, s.company_field)
-        state = column(rows, s.state_field)
+        page = _columns(rows, page)
+        company = page[s.company_field]
+        state = page[s.state_field]
         if not _only(company, str):
             if not set(map(type, company)) <= {str, int}:
                 return None
@@ -425,13 +432,13 @@ class RecordMapper:
         if not _only(state, str) or "" in company or "" in state:
             return None
         if len(s.number) == 1:
-            number = column(rows, s.number[0])
+            number = page[s.number[0]]
             if not _only(number, str):
                 if not set(map(type, number)) <= {str, int}:
                     return None
                 number = list(map(str, number))
         else:
-            parts = [column(rows, f) for f in s.number]
+            parts = [page[f] for f in s.number]
             for i, p in enumerate(parts):
                 if _only(p, int):
                     parts[i] = list(map(str, p))
@@ -444,14 +451,14 @@ class RecordMapper:
         fields: dict[str, Any] = dict.fromkeys(FinanceRecord.COMPACT, absent)
         fields.update(kind=repeat(self._kind), company=company, key=keys, number=number, state=state, etag=etags)
         for attr, name in self._texts:
-            col = column(rows, name)
+            col = page[name]
             if not _only(col, str) or "" in col:
                 if set(map(type, col)) & {dict, list}:
                     return None
                 col = _texts(col)
             fields[attr] = col
         for attr, name in self._amounts:
-            col = column(rows, name)
+            col = page[name]
             values = [v for v in col if v is not None] if None in col else col
             if not set(map(type, values)) <= {float, int}:
                 return None
@@ -464,7 +471,7 @@ class RecordMapper:
                 texts = [None if v is None else next(it) for v in col]
             fields[attr] = texts
         for attr, name in self._dates:
-            col = column(rows, name)
+            col = page[name]
             if not set(map(type, col)) <= {str, NoneType}:
                 return None
             col = [v or None for v in col] if "" in col else col
@@ -485,7 +492,7 @@ class RecordMapper:
             flat: list[Any] = []  # label, values, label, values ...: one flat list per row
             holes: set[int] = set()  # rows missing some detail: only those are rebuilt
             for label, name in s.details:
-                col = column(rows, name)
+                col = page[name]
                 if not _only(col, str) or "" in col:
                     col = _texts(col)
                     if None in col:
@@ -542,6 +549,23 @@ NoneType = type(None)
 def column(rows: list[dict[str, Any]], name: str) -> list[Any]:
     """[row.get(name) for row in rows], without the interpreter loop."""
     return list(map(dict.get, rows, repeat(name)))
+
+
+class Columns(dict[str, list[Any]]):
+    """The columns of one list of rows, each read from the rows once, when first asked for (a page's
+    state column serves the pending filter, identify and stored_page)."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.rows = rows
+
+    def __missing__(self, name: str) -> list[Any]:
+        self[name] = col = column(self.rows, name)
+        return col
+
+
+def _columns(rows: list[dict[str, Any]], cols: Columns | None) -> Columns:
+    return cols if cols is not None and cols.rows is rows else Columns(rows)
 
 
 def _texts(col: list[Any]) -> list[str | None]:
