@@ -18,6 +18,7 @@ from store.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+SYNCHRONOUS = "FULL"  # every commit waits for the disk, unless run_transaction(synced=False) says otherwise
 
 
 class Database:
@@ -47,24 +48,37 @@ class Database:
                 await asyncio.shield(self.conn.rollback())  # (a no-op outside a transaction)
                 raise
 
-    async def run_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def run_transaction(self, work: Callable[[sqlite3.Connection], T], *, synced: bool = True) -> T:
         """Run `work(connection)` on the database thread inside one BEGIN IMMEDIATE ... COMMIT.
 
         One round trip instead of one per statement: the event loop (and the poller mapping the next
         page) keeps going while the thread writes, and the thread releases the GIL inside SQLite.
         The transaction is atomic even if the awaiting task is cancelled: the thread finishes it
         (commit, or rollback on error) before it runs anything queued after it.
+
+        synced=False commits without waiting for the disk (synchronous=NORMAL for this one commit): the
+        transaction is atomic and survives the process being killed, but a power cut before the next
+        synced commit could undo it, together with everything committed after it. For a poll's pages:
+        the poll ends with a synced commit (PollWriter.finish), and anything delivered from a page is
+        marked so with a synced commit; the write-ahead log is one file written in order, so either makes
+        every earlier page durable too. A page undone by a power cut is simply read as new again.
         """
         def run() -> T:
             raw = self._raw()
-            raw.execute("BEGIN IMMEDIATE")
+            if not synced:
+                raw.execute("PRAGMA synchronous=NORMAL")
             try:
-                out = work(raw)
-                raw.commit()
-            except BaseException:
-                if raw.in_transaction:  # also when COMMIT itself failed
-                    raw.rollback()
-                raise
+                raw.execute("BEGIN IMMEDIATE")
+                try:
+                    out = work(raw)
+                    raw.commit()
+                except BaseException:
+                    if raw.in_transaction:  # also when COMMIT itself failed
+                        raw.rollback()
+                    raise
+            finally:
+                if not synced:
+                    raw.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
             return out
 
         async with self._write_lock:
@@ -123,7 +137,7 @@ async def open_database(path: str) -> Database:
     if fresh:
         os.chmod(path, 0o600)
     await conn.execute("PRAGMA journal_mode=WAL")
-    await conn.execute("PRAGMA synchronous=FULL")
+    await conn.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
     await conn.execute("PRAGMA foreign_keys=ON")
     await conn.execute("PRAGMA busy_timeout=10000")
     try:  # a poll's page is written through SQLite's JSON functions (json_each)

@@ -523,7 +523,9 @@ class PollWriter:
 
     async def apply(self, kind: RecordKind, company: str, changes: Sequence[Change], bindings: Sequence[Binding], *,
                     bad_rows: Sequence[tuple[str, str, str]] = (), audit: AuditLog | None = None) -> int:
-        """Writes the changes of one page (events, deliveries, seen) and its bad rows. Returns deliveries made."""
+        """Writes the changes of one page (events, deliveries, seen) and its bad rows. Returns deliveries made.
+
+        Part of a poll, which finish() closes: see Database.run_transaction(synced=False)."""
         now = self._now()
         prefix = record_id(kind, company, "")
         # Changes are grouped by what their events and seen rows share (type, previous state, state,
@@ -584,10 +586,9 @@ class PollWriter:
                 for start, count, (etype_value, prev, state, step, chain), records_json, etags_json in batches:
                     first, last = base + start, base + start + count - 1
                     # rowids are given as max + 1, row by row: the group's events are first .. last
-                    conn.execute("INSERT INTO events (record_id, type, record, previous_state, created_at)"
-                                 " SELECT ? || key, ?, value, ?, ? FROM json_each(?)",
-                                 (prefix, etype_value, prev, now, records_json))
-                    got = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                    got = conn.execute("INSERT INTO events (record_id, type, record, previous_state, created_at)"
+                                       " SELECT ? || key, ?, value, ?, ? FROM json_each(?)",
+                                       (prefix, etype_value, prev, now, records_json)).lastrowid
                     if got != last:
                         raise sqlite3.IntegrityError(f"events ids {first}..{got}, expected ..{last}")
                     if etype_value == EventType.RESOLVED.value:
@@ -624,7 +625,8 @@ class PollWriter:
                 conn.executemany(AuditLog.INSERT, audits)
             return deliveries
 
-        return await self._db.run_transaction(write)
+        # a poll's pages commit without waiting for the disk; finish() closes the poll with a synced commit
+        return await self._db.run_transaction(write, synced=False)
 
     async def _record_source(self, conn: aiosqlite.Connection, kind: str, company: str, ok: bool,
                              error: str | None, pending: int | None = None) -> None:

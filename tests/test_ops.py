@@ -96,6 +96,16 @@ async def test_transaction_on_the_database_thread_commits_whole_or_not_at_all(tm
         await db.run_transaction(lambda conn: conn.execute("INSERT INTO meta (name, value) VALUES ('z', '1')"))
         assert await db.scalar("SELECT count(*) FROM meta WHERE name = 'z'") == 1
         assert await db.scalar("SELECT count(*) FROM seen") == 0
+
+        # an unsynced commit (a poll's page) runs at synchronous=NORMAL and puts FULL back, also on failure
+        def level(conn):
+            return conn.execute("PRAGMA synchronous").fetchone()[0]
+
+        assert await db.run_transaction(level, synced=False) == 1  # NORMAL
+        with pytest.raises(sqlite3.IntegrityError):
+            await db.run_transaction(bad, synced=False)
+        assert await db.run_transaction(level) == 2  # FULL
+        assert await db.scalar("PRAGMA synchronous") == 2
     finally:
         await db.close()
 
