@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import compress, repeat
@@ -17,6 +18,7 @@ from pollers.sources import Columns, RecordMapper, SourceSpec, summarize_chain
 from store.repos import AuditLog, Bindings, Change, PollWriter, Seen
 
 BadRow = tuple[str, str, str]  # (record key, field, problem)
+WRITES_IN_FLIGHT = 2  # page writes queued for the database thread at once (see Poller._poll)
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +124,10 @@ class Poller:
         present: set[str] = set()
         touched: set[str] = set()
         budget = [self.details_limit]
-        # Page N is written on the database thread while page N+1 is fetched and mapped here: at most
-        # one write in flight, so writes stay in page order and a failure surfaces one page later.
-        writing: asyncio.Future[int] | None = None
+        # Pages are written on the database thread while the next ones are fetched and mapped here. Two
+        # writes in flight: the database thread starts page N+1 the moment page N is committed, however
+        # busy this thread is at that moment. Writes run in page order; a failure surfaces two pages later.
+        writing: deque[asyncio.Future[int]] = deque()
         try:
             async for page in self.client.iter_pages(
                     spec.projection, spec.entity_set, filter=spec.filter_for(company),
@@ -148,26 +151,26 @@ class Poller:
                     fresh = sum(map(EventType.NEW.__eq__, map(itemgetter(0), changes)))
                     result.new += fresh
                     result.changed += len(changes) - fresh
-                    if writing is not None:
-                        result.deliveries += await writing
-                    writing = asyncio.ensure_future(
-                        self.writer.apply(kind, company, changes, bindings, bad_rows=bad, audit=self.audit))
-                    await asyncio.sleep(0)  # let the write reach the database thread before mapping on
+                    if len(writing) == WRITES_IN_FLIGHT:
+                        result.deliveries += await writing.popleft()
+                    writing.append(asyncio.ensure_future(
+                        self.writer.apply(kind, company, changes, bindings, bad_rows=bad, audit=self.audit)))
+                    await asyncio.sleep(0)  # let the write reach the database thread's queue before mapping on
+            while writing:
+                result.deliveries += await writing.popleft()
         except BaseException:
             if not loading.done():
                 loading.cancel()
             elif not loading.cancelled():
                 loading.exception()  # retrieved: the listing's error is the one to report
-            if writing is not None:
-                # the pages read before the listing failed are good news: their write is finished
+            # the pages read before the listing (or a page's write) failed are good news: their writes finish
+            while writing:
                 try:
-                    result.deliveries += await writing
-                except Exception as exc:  # noqa: BLE001 - the listing's error is the one that propagates
-                    log.error("writing a page failed after the listing of %s failed: %s", kind.value,
-                              type(exc).__name__, extra={"source": kind.value, "company": company})
+                    result.deliveries += await writing.popleft()
+                except Exception as exc:  # noqa: BLE001 - the first error is the one that propagates
+                    log.error("writing a page of %s failed as well: %s", kind.value, type(exc).__name__,
+                              extra={"source": kind.value, "company": company})
             raise
-        if writing is not None:
-            result.deliveries += await writing
         if not loaded:  # an empty listing
             known, bindings, quarantined = await loading
         if spec.approvals is not None and budget[0] > 0:

@@ -81,8 +81,22 @@ class Database:
                     raw.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
             return out
 
+        # Queued while holding the write lock, awaited after releasing it. The job is one unit on the
+        # thread's first-in first-out queue, so a transaction() that takes the lock after this one
+        # begins after it has committed; and a poll's next page, queued while this one is being
+        # written, starts the moment it is done, not when the busy event loop gets round to it.
         async with self._write_lock:
-            return await self.conn._execute(run)  # aiosqlite's queue to its thread (pinned version)
+            done = self._enqueue(run)
+        return await done
+
+    def _enqueue(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """What aiosqlite's Connection._execute does before it awaits (pinned version: 0.22.1)."""
+        conn = self.conn
+        if not conn._running or not conn._connection:
+            raise ValueError("Connection closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        conn._tx.put_nowait((future, fn))
+        return future
 
     async def run_read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work(connection)` on the database thread, outside any write transaction: for reads that

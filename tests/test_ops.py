@@ -58,6 +58,43 @@ async def test_key_from_environment_and_world_readable_key_file_refused(tmp_path
     await db.close()
 
 
+async def test_queued_transactions_never_run_inside_another_writer(tmp_path):
+    """run_transaction queues its job under the write lock and awaits it outside: a transaction() that
+    takes the lock later begins after the queued job committed, and jobs run in the order queued."""
+    import threading
+
+    db = await open_database(str(tmp_path / "q.sqlite3"))
+    try:
+        gate = threading.Event()
+        order: list[str] = []
+
+        def slow(conn):
+            gate.wait(10)
+            conn.execute("INSERT INTO meta (name, value) VALUES ('first', '1')")
+            order.append("first")
+
+        def quick(conn):
+            conn.execute("INSERT INTO meta (name, value) VALUES ('second', '1')")
+            order.append("second")
+
+        async def other_writer():
+            async with db.transaction() as conn:
+                await conn.execute("INSERT INTO meta (name, value) VALUES ('third', '1')")
+                order.append("third")
+
+        jobs = [asyncio.ensure_future(db.run_transaction(slow)), asyncio.ensure_future(db.run_transaction(quick)),
+                asyncio.ensure_future(other_writer())]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert order == []  # all three wait behind the first job, which the thread is running
+        gate.set()
+        await asyncio.gather(*jobs)
+        assert order == ["first", "second", "third"]
+        assert await db.scalar("SELECT count(*) FROM meta WHERE name IN ('first', 'second', 'third')") == 3
+    finally:
+        await db.close()
+
+
 async def test_transaction_on_the_database_thread_commits_whole_or_not_at_all(tmp_path):
     db = await open_database(str(tmp_path / "t.sqlite3"))
     try:

@@ -225,7 +225,7 @@ async def test_a_page_write_failing_while_the_listing_fails_reports_the_listing_
     caplog.set_level(logging.ERROR, logger="pollers.engine")
     result = await h.poller.poll(ORDER, "10")
     assert not result.ok and "BAD_PAGE" in (result.error or "")
-    assert any("writing a page failed" in r.getMessage() for r in caplog.records)
+    assert any("writing a page of order failed" in r.getMessage() for r in caplog.records)
     assert await h.events("new") == 10  # the first page; the second was refused whole
     assert await h.db.scalar("SELECT last_error FROM sources WHERE kind = 'order'") == result.error
 
