@@ -196,11 +196,15 @@ class Poller:
         row by row, which names each bad row's field. Versions are compared by the database (only when
         something was seen before), and the new or changed rows are shaped column by column."""
         bad: list[BadRow] = []
+        before = len(present)
         ids = mapper.identify(rows, cols)
         if ids is None or not present.isdisjoint(ids[0]):
             rows, ids, bad = mapper.identify_rows(rows, present)
         keys, etags, states, steps = ids
         present.update(keys)
+        # records present but not compared (a well-keyed row with a broken state): counted as unseen, so
+        # that the poll asks SQLite which seen records left rather than assume none did
+        uncompared = len(present) - before - len(keys)
         olds: list[str | None] = [None] * len(keys)
         if known and keys:
             differ = await self.seen.compare(kind, company, keys, etags, states, steps)
@@ -209,7 +213,7 @@ class Poller:
                 rows, keys, etags, steps = ([c[i] for i in picked] for c in (rows, keys, etags, steps))
             olds = list(map(differ.__getitem__, keys))
         if not rows:
-            return [], bad, 0
+            return [], bad, uncompared
         records: list[dict[str, Any] | None] = [None] * len(rows)
         detailed = min(budget[0], len(rows)) if mapper.spec.approvals is not None else 0
         # the first few within the cycle's budget are read with their approval chain (a card each) ...
@@ -240,7 +244,7 @@ class Poller:
                 (EventType.NEW, record, None, step) if old is None else (EventType.CHANGED, record, old, step)
                 for record, old, step in zip(records, olds, steps, strict=True) if record is not None]
             touched.update(compress(keys, map(is_not, records, repeat(None))))
-        return changes, bad, unseen
+        return changes, bad, unseen + uncompared
 
     async def _load(self, company: str, kind: RecordKind) -> tuple[int, list[Binding], set[str]]:
         known = await self.seen.known(kind, company)

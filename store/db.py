@@ -100,7 +100,7 @@ class Database:
 
     async def run_read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work(connection)` on the database thread, outside any write transaction: for reads that
-        build many objects (a poll's snapshot of 100,000 seen rows), built there in one round trip."""
+        hold several statements or much data (a poll's page compared with what was seen), in one round trip."""
         return await self.conn._execute(lambda: work(self._raw()))
 
     def _raw(self) -> sqlite3.Connection:

@@ -168,6 +168,22 @@ async def test_one_bad_row_in_a_page_read_column_by_column(ifs, harness, field, 
     assert (again.new, again.changed, again.resolved, again.bad) == (0, 0, 0, 1)
 
 
+async def test_a_record_leaving_is_noticed_when_a_new_row_has_a_broken_step(ifs, harness):
+    """Which seen records left is asked of SQLite whenever fewer of them were compared than were
+    pending: a row present in IFS but refused before comparison (a unit separator in its step) must not
+    stand in for the record that left."""
+    h = await harness(sources=build_sources({"order": {"step_field": "BuyerCode"}}), details_limit=0)
+    first = ifs.add_order(company="10", BuyerCode="JONAS")
+    assert (await h.poller.poll(ORDER, "10")).new == 1
+    ifs.approve("order", {"OrderNo": first["OrderNo"]})
+    broken = ifs.add_order(company="10", BuyerCode="JO\x1fNAS")
+    result = await h.poller.poll(ORDER, "10")
+    assert (result.new, result.resolved, result.bad) == (0, 1, 1)
+    entries = await AuditLog(h.db).recent(category="record")
+    assert [(e.record_id.endswith(broken["OrderNo"]), e.detail["problem"]) for e in entries] == [
+        (True, "control character")]
+
+
 async def test_client_side_state_filter_for_tenants_rejecting_objstate(tmp_path, harness):
     from simulator.ifs import IfsSimulator
 
