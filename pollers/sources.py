@@ -367,8 +367,8 @@ class RecordMapper:
         if not (_only(etags, str) and _only(states, str)) or "" in etags or "" in states:
             return None
         steps = self.steps(rows, page)
-        if ("\x00" in "".join(keys) or "\x00" in "".join(etags) or "\x1f" in "".join(etags)
-                or "\x1f" in "".join(states) or "\x1f" in "".join(steps) or len(set(keys)) != len(keys)):
+        version = "".join(etags) + "".join(states) + "".join(steps)  # compared in SQLite, joined by \x1f
+        if "\x00" in "".join(keys) or "\x00" in version or "\x1f" in version or len(set(keys)) != len(keys):
             return None
         return keys, etags, states, steps
 
@@ -397,8 +397,11 @@ class RecordMapper:
             state, step = row.get(state_field), self.step_of(row)
             if type(state) is not str or not state:
                 bad.append((key, state_field, "missing state"))
-            elif "\x1f" in state or "\x1f" in step:
-                bad.append((key, state_field if "\x1f" in state else str(self.spec.step_field), "control character"))
+            elif (control := next((c for c in ("\x1f", "\x00") if c in state or c in step), None)) is not None:
+                # a version is compared in SQLite as etag, state and step joined by \x1f, through its JSON
+                # functions, which end a text at NUL: neither may be inside
+                bad.append((key, state_field if control in state else str(self.spec.step_field),
+                            "NUL character" if control == "\x00" else "control character"))
             else:
                 good.append(row)
                 keys.append(key)

@@ -61,19 +61,22 @@ def test_nul_characters_in_a_key_or_row_version_make_a_bad_record():
     assert err.value.field == "@odata.etag"
 
 
-def test_a_unit_separator_in_a_row_version_or_state_makes_a_bad_record():
-    """A record's version is compared as etag, state and step joined by \\x1f: none may hold one."""
+def test_a_unit_separator_or_nul_in_a_row_version_or_state_makes_a_bad_record():
+    """A record's version is compared in SQLite as etag, state and step joined by \\x1f (and SQLite's
+    JSON functions end a text at NUL): none may hold either."""
     spec = DEFAULT_SOURCES[RecordKind.VOUCHER]
     mapper = RecordMapper(spec, "")
     good = {"Company": "10", "AccountingYear": 2026, "VoucherType": "J", "VoucherNo": 1,
             "Objstate": "AwaitingApproval", "@odata.etag": "W/\"1\""}
     rows = [good, {**good, "VoucherNo": 2, "@odata.etag": "W/\"\x1f\""},
-            {**good, "VoucherNo": 3, "Objstate": "Awaiting\x1fApproval"}, {**good, "VoucherNo": 4, "Objstate": None}]
+            {**good, "VoucherNo": 3, "Objstate": "Awaiting\x1fApproval"}, {**good, "VoucherNo": 4, "Objstate": None},
+            {**good, "VoucherNo": 5, "Objstate": "Awaiting\x00Approval"}]
     assert mapper.identify(rows) is None and mapper.identify(rows[:1]) is not None
     present: set[str] = set()
     kept, (keys, _, _, _), bad = mapper.identify_rows(rows + [good], present)
     assert kept == [good] and keys == ["Company=10^AccountingYear=2026^VoucherType=J^VoucherNo=1"]
     assert [(k.rsplit("=", 1)[1], f, p) for k, f, p in bad] == [
         ("2", "@odata.etag", "control character"), ("3", "Objstate", "control character"),
-        ("4", "Objstate", "missing state")]
-    assert len(present) == 3  # the broken states are still present in IFS (not resolved); the repeat is skipped
+        ("4", "Objstate", "missing state"), ("5", "Objstate", "NUL character")]
+    assert mapper.identify([good, rows[4]]) is None
+    assert len(present) == 4  # the broken states are still present in IFS (not resolved); the repeat is skipped
