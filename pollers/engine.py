@@ -214,7 +214,7 @@ class Poller:
             olds = list(map(differ.__getitem__, keys))
         if not rows:
             return [], bad, uncompared
-        records: list[dict[str, Any] | None] = [None] * len(rows)
+        records: list[dict[str, Any] | tuple[Any, ...] | None] = [None] * len(rows)
         detailed = min(budget[0], len(rows)) if mapper.spec.approvals is not None else 0
         # the first few within the cycle's budget are read with their approval chain (a card each) ...
         for i in range(detailed):
