@@ -463,6 +463,10 @@ class IfsClient:
         rows = body.get("value") if isinstance(body, dict) else None
         if not isinstance(rows, list):
             raise FatalRequestError(f"IFS GET {urlsplit(url).path}: response has no 'value' list", status=200)
+        if not set(map(type, rows)) <= {dict}:  # an entity is a JSON object; nothing else can be read as one
+            at, item = next((i, r) for i, r in enumerate(rows) if type(r) is not dict)
+            raise FatalRequestError(f"IFS GET {urlsplit(url).path}: 'value' holds {type(item).__name__} at"
+                                    f" index {at} where an entity (a JSON object) belongs", status=200)
         return rows
 
     # ---- token -----------------------------------------------------------------------------

@@ -551,7 +551,10 @@ NoneType = type(None)
 
 def column(rows: list[dict[str, Any]], name: str) -> list[Any]:
     """[row.get(name) for row in rows], without the interpreter loop."""
-    return list(map(dict.get, rows, repeat(name)))
+    try:
+        return list(map(operator.itemgetter(name), rows))  # rows read with $select hold every field
+    except KeyError:
+        return list(map(dict.get, rows, repeat(name)))
 
 
 class Columns(dict[str, list[Any]]):

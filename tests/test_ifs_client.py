@@ -614,3 +614,13 @@ def test_config_refuses_a_base_url_with_a_path():
         IfsClientConfig(base_url="https://t.ifs.cloud/main", realm="r", client_id="c", client_secret="s")
 
     assert caught.value.key == "base_url"
+
+
+def test_a_page_whose_value_holds_a_non_object_is_refused_by_position():
+    from core.errors import FatalRequestError
+
+    url = "https://ifs.example.com/main/ifsapplications/projection/v1/P.svc/Set?$top=2"
+    assert IfsClient._rows({"value": [{"a": 1}]}, url) == [{"a": 1}]
+    with pytest.raises(FatalRequestError) as err:
+        IfsClient._rows({"value": [{"a": 1}, 5, None]}, url)
+    assert "'value' holds int at index 1" in str(err.value) and err.value.status == 200
