@@ -90,7 +90,8 @@ class Database:
         return await done
 
     def _enqueue(self, fn: Callable[[], T]) -> asyncio.Future[T]:
-        """What aiosqlite's Connection._execute does before it awaits (pinned version: 0.22.1)."""
+        """Put `fn` on aiosqlite's queue to its thread, as its Connection._execute does before it awaits
+        (pinned version: 0.22.1); the one place this module reaches into aiosqlite's queue."""
         conn = self.conn
         if not conn._running or not conn._connection:
             raise ValueError("Connection closed")
@@ -101,7 +102,7 @@ class Database:
     async def run_read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work(connection)` on the database thread, outside any write transaction: for reads that
         hold several statements or much data (a poll's page compared with what was seen), in one round trip."""
-        return await self.conn._execute(lambda: work(self._raw()))
+        return await self._enqueue(lambda: work(self._raw()))
 
     def _raw(self) -> sqlite3.Connection:
         return self.conn._conn  # aiosqlite's sqlite3.Connection: only ever used on its own thread

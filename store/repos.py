@@ -27,7 +27,7 @@ _COMPACT_AT = {name: i for i, name in enumerate(FinanceRecord.COMPACT)}
 
 
 def _field(records: list[Any], name: str) -> list[Any]:
-    """One field of records in either stored form (a compact record has no approvers: [] for it)."""
+    """One field of records in either stored form (None for a field the compact form lacks, approvers)."""
     forms = set(map(type, records))
     if forms <= {dict}:
         return list(map(methodcaller("get", name), records))
@@ -532,8 +532,8 @@ class PollWriter:
         # approval step, chain; a first poll's page is one group per state). Each group travels as one
         # JSON object {key: stored record} and one JSON array of etags, which SQLite unpacks (json_each)
         # in one INSERT of events and one of seen rows: the database thread writes a page in a handful
-        # of statements, never parses a record again and never takes the GIL back for a row.
-        # (column by column: a first poll's page is 5,000 changes of one group)
+        # of statements, never parses a record again and never takes the GIL back for a row. The grouping
+        # itself goes column by column: a first poll's page is 5,000 changes of one group.
         records_of = list(map(itemgetter(1), changes))
         keys = _field(records_of, "key")
         if len(set(keys)) != len(keys):
