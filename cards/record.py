@@ -53,9 +53,6 @@ _LEVELS = (
     _Trim(40, 0, 0),
 )
 
-# Approval-line statuses that mean the line is done (IFS: Authorized lines, PO rows with a date, ...).
-_DONE_STEP = frozenset({"authorized", "approved", "confirmed", "released", "done", "signed"})
-
 # Objstate values while a document waits for approval (IFS reference, section 10).
 _PENDING_STATES = {
     "preliminary": "Preliminary",
@@ -131,7 +128,7 @@ def _waiting_for(record: FinanceRecord, trim: _Trim) -> str | None:
     names = [
         inert(step.approver, 60)
         for step in sorted(record.approvers, key=lambda s: s.sequence)
-        if step.approver and _norm(step.status) not in _DONE_STEP
+        if step.approver and not step.done
     ]
     names = list(dict.fromkeys(name for name in names if name))
     if not names:
@@ -250,7 +247,7 @@ def state_name(kind: RecordKind, state: str | None) -> str:
 
 
 def _last_decision(record: FinanceRecord) -> ApprovalStep | None:
-    done = [step for step in record.approvers if step.approver and _norm(step.status) in _DONE_STEP]
+    done = [step for step in record.approvers if step.approver and step.done]
     return max(done, key=lambda step: step.sequence, default=None)
 
 
@@ -273,7 +270,7 @@ def record_status(
     if key in view.state_labels or key in _OUTCOMES:
         label, tone = _OUTCOMES.get(key, ("", Tone.GOOD))
         label = view.state_labels.get(key, label)
-    elif record.approvers and all(_norm(step.status) in _DONE_STEP for step in record.approvers):
+    elif record.approvers and all(step.done for step in record.approvers):
         label, tone = view.approved_word.capitalize(), Tone.GOOD
     else:
         label, tone = f"No longer {view.awaiting.lower()}", Tone.DEFAULT

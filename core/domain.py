@@ -37,6 +37,12 @@ class EventType(StrEnum):
     RESOLVED = "resolved"  # left the pending set (approved, posted, released, cancelled ...)
 
 
+# Approval-line statuses that end a line, unless a source declares its own (`approvals.done_states`):
+# invoice authorizer lines end Authorized, or Acknowledged when a superior was added to authorize; PO
+# approval rows have no status and count as Approved once dated.
+DEFAULT_DONE_STATES: tuple[str, ...] = ("Authorized", "Acknowledged", "Approved")
+
+
 @dataclass(frozen=True, slots=True)
 class ApprovalStep:
     """One line of an approval chain (PO approval row, invoice authorizer line, voucher approver)."""
@@ -46,10 +52,17 @@ class ApprovalStep:
     status: str  # e.g. Unacknowledged / Acknowledged / Authorized / Pending / Approved
     role: str | None = None
     decided_at: str | None = None  # ISO date/time as IFS returned it
+    done: bool = False  # the line needs nothing more: its status is one of the source's done states
 
     def to_dict(self) -> dict[str, Any]:
         return {"sequence": self.sequence, "approver": self.approver, "status": self.status, "role": self.role,
-                "decided_at": self.decided_at}
+                "decided_at": self.decided_at, "done": self.done}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ApprovalStep:
+        if "done" in d:
+            return cls(**d)
+        return cls(**d, done=d.get("status") in DEFAULT_DONE_STATES)  # stored before lines carried it
 
 
 def record_id(kind: RecordKind, company: str, key: str) -> str:
@@ -138,7 +151,7 @@ class FinanceRecord:
         for name in ("doc_date", "due_date"):
             if values.get(name) is not None:
                 values[name] = date.fromisoformat(values[name])
-        values["approvers"] = tuple(ApprovalStep(**step) for step in values.get("approvers", ()))
+        values["approvers"] = tuple(ApprovalStep.from_dict(step) for step in values.get("approvers", ()))
         values["details"] = tuple((str(a), str(b)) for a, b in values.get("details", ()))
         return cls(**values)
 

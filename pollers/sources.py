@@ -17,7 +17,7 @@ from decimal import Decimal, InvalidOperation
 from itertools import compress, repeat
 from typing import Any
 
-from core.domain import ApprovalStep, FinanceRecord, RecordKind
+from core.domain import DEFAULT_DONE_STATES, ApprovalStep, FinanceRecord, RecordKind
 from core.errors import BadRecordError, ConfigError
 from core.links import odata_literal, page_link
 
@@ -34,7 +34,7 @@ class ApprovalSpec:
     status: str | None = None  # field holding the line state; None: derived from decided_at
     role: str | None = None
     decided_at: str | None = None
-    done_states: tuple[str, ...] = ("Authorized", "Approved")
+    done_states: tuple[str, ...] = DEFAULT_DONE_STATES  # line statuses that end a line
 
 
 @dataclass(frozen=True)
@@ -538,11 +538,10 @@ class RecordMapper:
             else:
                 status = "Approved" if decided else "Pending"
             approver = line.get(a.approver)
-            if a.decided_at is None and approver is None:
-                approver = None
             steps.append(ApprovalStep(sequence=seq, approver=None if approver is None else str(approver),
                                       status=status, role=None if not a.role else _opt(line.get(a.role)),
-                                      decided_at=None if decided is None else str(decided)))
+                                      decided_at=None if decided is None else str(decided),
+                                      done=status in a.done_states if a.status else decided is not None))
         return tuple(sorted(steps, key=lambda st: st.sequence))
 
 
@@ -585,8 +584,8 @@ def _only(col: Sequence[Any], t: type) -> bool:
 
 
 def summarize_chain(steps: tuple[ApprovalStep, ...]) -> str:
-    done = [s for s in steps if s.status in ("Authorized", "Approved")]
-    waiting = [s for s in steps if s.status not in ("Authorized", "Approved")]
+    done = [s for s in steps if s.done]
+    waiting = [s for s in steps if not s.done]
     if not steps:
         return ""
     if not waiting:

@@ -84,7 +84,7 @@ def invoice(**changes: Any) -> FinanceRecord:
         cost_center="CC100",
         approval_step="1 of 2 lines authorized",
         approvers=(
-            ApprovalStep(1, "Jane Doe", "Authorized", "Authorizer", "2026-03-02T09:15:00Z"),
+            ApprovalStep(1, "Jane Doe", "Authorized", "Authorizer", "2026-03-02T09:15:00Z", done=True),
             ApprovalStep(2, "Per Berg", "Unacknowledged", "Authorizer"),
         ),
         details=(("Supplier invoice no", "NS-2026-0042"), ("PO reference", "P1001")),
@@ -109,7 +109,7 @@ def order(**changes: Any) -> FinanceRecord:
         site="STO1",
         approval_step="Step 2 of 3: Finance manager",
         approvers=(
-            ApprovalStep(1, "Anna Lind", "Approved", "Department head", "2026-03-02T14:30:00+01:00"),
+            ApprovalStep(1, "Anna Lind", "Approved", "Department head", "2026-03-02T14:30:00+01:00", done=True),
             ApprovalStep(2, "Erik Holm", "Pending", "Finance manager"),
             ApprovalStep(3, None, "Pending", "CFO"),
         ),
@@ -141,7 +141,8 @@ def voucher(**changes: Any) -> FinanceRecord:
 
 def _all_done(record: FinanceRecord, status: str) -> tuple[ApprovalStep, ...]:
     return tuple(
-        replace(step, approver=step.approver or "Olof Berg", status=status, decided_at="2026-03-05T08:00:00Z")
+        replace(step, approver=step.approver or "Olof Berg", status=status, decided_at="2026-03-05T08:00:00Z",
+                done=True)
         for step in record.approvers
     )
 
