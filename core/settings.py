@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 import tomllib
 import types
@@ -221,17 +222,46 @@ _SECTIONS = {"service": ServiceSettings, "ifs": IfsSettings, "bot": BotSettings,
              "delivery": DeliverySettings, "schedule": ScheduleSettings}
 
 
+def _set_source_from_env(sources: dict[str, Any], var: str, path: list[str], text: str) -> None:
+    """NOTIFIER__SOURCES__INVOICE__ENTITY_SET=X, ...__DETAILS='[["Label","Field"]]' (lists and tables as JSON),
+    ...__AMOUNT=false (drop an optional field), ...__APPROVALS__NAVIGATION=X (one key of a sub-table)."""
+    value: Any = text
+    stripped = text.strip()
+    if stripped.lower() in ("true", "false"):
+        value = stripped.lower() == "true"
+    elif stripped[:1] in ("[", "{"):
+        try:
+            value = json.loads(stripped)
+        except ValueError as exc:
+            raise ConfigError(var, f"not valid JSON ({exc})") from None
+    table = sources
+    for name in path[:-1]:
+        inner = table.get(name)
+        if inner is None or inner is False:
+            inner = table[name] = {}
+        elif not isinstance(inner, Mapping):
+            raise ConfigError(var, f"{name} is not a table")
+        else:
+            inner = table[name] = dict(inner)
+        table = inner
+    table[path[-1]] = value
+
+
 def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
                   overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
     """Read TOML (if a path is given), apply environment overrides, validate. Raises ConfigError."""
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
+    if path is not None and not str(path).strip():
+        path = None  # NOTIFIER_CONFIG= (set but empty) means no file, as unset does
     if path is not None:
         p = Path(path)
         try:
             raw = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError("--config", f"file not found: {p}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("--config", f"cannot read {p}: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("--config", f"{p} is not valid TOML: {exc}") from None
     merged: dict[str, dict[str, Any]] = {name: dict(raw.get(name, {}) or {}) for name in _SECTIONS}
@@ -240,16 +270,21 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
             raise ConfigError(name, f"unknown section (known: {', '.join(sorted([*_SECTIONS, 'sources']))})")
     for section, values in (overrides or {}).items():
         merged.setdefault(section, {}).update(values)
-    for var, value in env.items():
-        if not var.startswith(ENV_PREFIX):
-            continue
-        parts = var[len(ENV_PREFIX):].lower().split("__")
-        if len(parts) != 2 or parts[0] not in _SECTIONS:
-            raise ConfigError(var, "expected NOTIFIER__<SECTION>__<KEY> with a known section")
-        merged[parts[0]][parts[1]] = value
     sources = raw.get("sources", {}) or {}
     if not isinstance(sources, Mapping):
         raise ConfigError("sources", "expected a table of [sources.<kind>] tables")
+    sources = {kind: dict(table) if isinstance(table, Mapping) else table for kind, table in sources.items()}
+    for var, value in sorted(env.items()):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        parts = var[len(ENV_PREFIX):].lower().split("__")
+        if parts[0] == "sources" and len(parts) >= 3 and all(parts):
+            _set_source_from_env(sources, var, parts[1:], value)
+            continue
+        if len(parts) != 2 or parts[0] not in _SECTIONS:
+            raise ConfigError(var, "expected NOTIFIER__<SECTION>__<KEY> with a known section,"
+                                   " or NOTIFIER__SOURCES__<KIND>__<KEY>")
+        merged[parts[0]][parts[1]] = value
     built = {name: _build(cls, name, merged[name]) for name, cls in _SECTIONS.items()}
     settings = Settings(**built, sources=types.MappingProxyType(dict(sources)),
                         path=str(path) if path is not None else None)

@@ -152,7 +152,6 @@ DEFAULT_SOURCES: dict[RecordKind, SourceSpec] = {
         kind=RecordKind.INVOICE, projection="ManualSupplierInvoiceHandling", entity_set="ManualSupplierInvoiceSet",
         keys=(("Company", "str"), ("InvoiceId", "int")), number=("InvoiceId",),
         enum_type="IfsApp.ManualSupplierInvoiceHandling.ManSuppInvoiceState", pending_states=("Preliminary",),
-        pending_equals=(("AuthStatus", "AWAITAUTH"),),
         party_id="Identity", party_name="IdentityName", amount="GrossCurrAmount", net_amount="NetCurrAmount",
         currency="Currency", doc_date="InvoiceDate", due_date="DueDate", cost_center="CostCenter",
         details=(("Supplier invoice no", "InvoiceNo"), ("Recipient", "InvoiceRecipient"), ("PO ref", "PoRefNumber")),
@@ -175,6 +174,12 @@ DEFAULT_SOURCES: dict[RecordKind, SourceSpec] = {
 }
 
 
+REQUIRED_FIELDS = frozenset({"projection", "entity_set", "keys", "company_field", "state_field"})
+# what `false` sets an optional field to: its empty form ("" for names that default to "", () for lists)
+_EMPTY = {f.name: () if f.type.startswith("tuple") else "" if f.default == "" else None
+          for f in dataclasses.fields(SourceSpec)}
+
+
 def build_sources(overrides: Mapping[str, Mapping[str, Any]]) -> dict[RecordKind, SourceSpec]:
     """Defaults with [sources.<kind>] overrides applied; unknown kinds or fields are config errors."""
     out = dict(DEFAULT_SOURCES)
@@ -191,32 +196,52 @@ def build_sources(overrides: Mapping[str, Mapping[str, Any]]) -> dict[RecordKind
             key = f"sources.{kind_name}.{name}"
             if name not in names:
                 raise ConfigError(key, f"unknown source setting (known: {', '.join(sorted(names))})")
-            current = getattr(out[kind], name)
-            changes[name] = _convert(key, current, value)
+            changes[name] = _convert(key, name, getattr(out[kind], name), value)
         out[kind] = dataclasses.replace(out[kind], **changes)
+        if not out[kind].keys:
+            raise ConfigError(f"sources.{kind_name}.keys", "at least one key field is required")
+        if not out[kind].number:
+            out[kind] = dataclasses.replace(out[kind], number=tuple(k for k, _ in out[kind].keys))
     return out
 
 
-def _convert(key: str, current: Any, value: Any) -> Any:
+def _convert(key: str, name: str, current: Any, value: Any) -> Any:
+    if value is False and not isinstance(current, bool):  # `false` drops an optional field
+        if name in REQUIRED_FIELDS:
+            raise ConfigError(key, "required: it cannot be switched off")
+        return _EMPTY[name]
     if isinstance(current, bool):
         if not isinstance(value, bool):
             raise ConfigError(key, "expected true or false")
         return value
-    if isinstance(current, ApprovalSpec) or (current is None and isinstance(value, Mapping)):
-        if value is False or value == {}:
+    if name == "approvals":
+        if value == {}:
             return None
         if not isinstance(value, Mapping):
             raise ConfigError(key, "expected a table or false")
+        base = dataclasses.asdict(current) if isinstance(current, ApprovalSpec) else {}
+        merged = {**base, **{k: tuple(v) if isinstance(v, list) else (None if v is False else v)
+                             for k, v in value.items()}}
         try:
-            return ApprovalSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+            spec = ApprovalSpec(**merged)
         except TypeError as exc:
-            raise ConfigError(key, str(exc)) from None
+            raise ConfigError(key, str(exc).replace("ApprovalSpec.__init__() ", "")) from None
+        if not (spec.navigation and spec.sequence and spec.approver):
+            raise ConfigError(key, "navigation, sequence and approver are required")
+        return spec
     if isinstance(current, tuple):
         if not isinstance(value, list):
             raise ConfigError(key, "expected a list")
-        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
-    if value is False and current is None:
-        return None
+        converted = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        if name in ("keys", "details", "pending_equals") and not all(
+                isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, str) for x in v) for v in converted):
+            raise ConfigError(key, "expected a list of two-string lists, e.g. [[\"Company\", \"str\"]]")
+        if name == "keys" and any(t not in ("str", "int") for _, t in converted):
+            raise ConfigError(key, 'each key is [field, "str"] or [field, "int"]')
+        if name in ("number", "pending_states", "extra_select", "link_keys") and not all(
+                isinstance(v, str) for v in converted):
+            raise ConfigError(key, "expected a list of strings")
+        return converted
     if not isinstance(value, str):
         raise ConfigError(key, "expected a string")
     return value

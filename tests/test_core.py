@@ -112,6 +112,30 @@ def test_settings_from_toml_env_and_defaults(tmp_path):
     assert s.delivery.digest_threshold == 10
 
 
+def test_every_source_setting_can_come_from_the_environment(tmp_path):
+    from core.settings import load_settings
+    from pollers.sources import build_sources
+    cfg = tmp_path / "n.toml"
+    cfg.write_text('[sources.invoice]\nprojection = "SupplierInvoiceHandling"\n')
+    s = load_settings(cfg, env={
+        "NOTIFIER__SOURCES__INVOICE__ENTITY_SET": "SupplierInvoices",
+        "NOTIFIER__SOURCES__INVOICE__KEYS": '[["Company", "str"], ["InvoiceId", "int"]]',
+        "NOTIFIER__SOURCES__INVOICE__COST_CENTER": "false",
+        "NOTIFIER__SOURCES__INVOICE__APPROVALS__NAVIGATION": "AuthLines",
+        "NOTIFIER__SOURCES__VOUCHER__ENABLED": "false"})
+    spec = build_sources(s.sources)
+    inv = spec[RecordKind.INVOICE]
+    assert (inv.projection, inv.entity_set, inv.keys, inv.cost_center) == (
+        "SupplierInvoiceHandling", "SupplierInvoices", (("Company", "str"), ("InvoiceId", "int")), None)
+    assert inv.approvals.navigation == "AuthLines" and inv.approvals.sequence == "LineNo"
+    assert spec[RecordKind.VOUCHER].enabled is False
+
+
+def test_an_empty_config_path_means_no_file():
+    from core.settings import load_settings
+    assert load_settings("", env={}).path is None
+
+
 @pytest.mark.parametrize("text,env,key", [
     ('[service]\nport = "x"\n', {}, "service.port"),
     ('[service]\nprot = 1\n', {}, "service.prot"),
@@ -121,6 +145,8 @@ def test_settings_from_toml_env_and_defaults(tmp_path):
     ('', {"NOTIFIER__IFS__PAGE_SIZE": "0"}, "ifs.page_size"),
     ('[delivery]\nquiet_hours = "25:00-07:00"\n', {}, "delivery.quiet_hours"),
     ('not toml [', {}, "--config"),
+    ('', {"NOTIFIER__SOURCES__INVOICE__DETAILS": "[not json"}, "NOTIFIER__SOURCES__INVOICE__DETAILS"),
+    ('', {"NOTIFIER__SOURCES": "x"}, "NOTIFIER__SOURCES"),
 ])
 def test_invalid_config_names_the_key(tmp_path, text, env, key):
     from core.errors import ConfigError
