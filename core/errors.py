@@ -24,7 +24,11 @@ class ConfigError(NotifierError):
 
 
 class AuthError(NotifierError):
-    """Credentials were refused (after one fresh attempt)."""
+    """Credentials were refused (after one fresh attempt), or there is no IAM to ask (status 404)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RetriableError(NotifierError):

@@ -49,7 +49,7 @@ _QUERY_SAFE = "'(),:$*/@!;"
 # ...and in a key predicate inside the path: the predicate's own syntax.
 _KEY_SAFE = "'=,"
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
-_ERROR_TEXT_LIMIT = 300
+_ERROR_TEXT_LIMIT = 1000  # IFS names the offending property at the end of a long detail
 
 
 class Secret:
@@ -168,6 +168,19 @@ def _odata_error(content: bytes) -> tuple[str | None, str]:
     return (str(code) if code else None), message[:_ERROR_TEXT_LIMIT]
 
 
+def _transport_cause(exc: Exception) -> str:
+    """What an admin can act on in a transport error: TLS, DNS or a refused connection (no URLs, no data)."""
+    text = str(exc).lower()
+    if "certificate" in text or "ssl" in text or "tls" in text:
+        return ": TLS handshake or certificate verification failed"
+    if "name or service not known" in text or "name resolution" in text or "nodename nor servname" in text \
+            or "getaddrinfo" in text or "no address associated" in text:
+        return ": the host name does not resolve (DNS)"
+    if "connection refused" in text or "connect call failed" in text:
+        return ": connection refused"
+    return ""
+
+
 def _unknown_service(content: bytes) -> bool:
     """A 404 about the projection itself ("Metadata not found."), not about a missing entity."""
     code, _ = _odata_error(content)
@@ -262,11 +275,11 @@ class IfsClient:
 
     # ---- public surface -------------------------------------------------------------------
 
+    def service_url(self, projection: str) -> str:
+        return f"{self._base}/{self.config.path_prefix}/ifsapplications/projection/v1/{quote(projection, safe='')}.svc"
+
     def entity_url(self, projection: str, entity_set: str) -> str:
-        return (
-            f"{self._base}/{self.config.path_prefix}/ifsapplications/projection/v1/"
-            f"{quote(projection, safe='')}.svc/{quote(entity_set, safe='')}"
-        )
+        return f"{self.service_url(projection)}/{quote(entity_set, safe='')}"
 
     async def iter_pages(
         self,
@@ -384,6 +397,19 @@ class IfsClient:
         body = await self._send("data", "GET", url)
         rows = self._rows(body, url)
         return rows[0] if rows else None
+
+    async def metadata(self, projection: str) -> bytes:
+        """The projection's `$metadata` document (EDMX), as sent. 404 (unknown projection) raises."""
+        url = f"{self.service_url(projection)}/$metadata"
+        return await self._send("data", "GET", url, raw=True)
+
+    async def iam_configuration(self) -> dict[str, Any]:
+        """The realm's OpenID configuration: proves that an IFS (Keycloak) IAM and the realm exist."""
+        url = self._token_url.rsplit("/protocol/", 1)[0] + "/.well-known/openid-configuration"
+        body = await self._send("token", "GET", url)
+        if not isinstance(body, dict) or "token_endpoint" not in body:
+            raise FatalRequestError(f"GET {urlsplit(url).path} answered without a token_endpoint", status=200)
+        return body
 
     async def ensure_token(self) -> None:
         """Fetch a fresh token now (for connection checks).
@@ -527,9 +553,16 @@ class IfsClient:
         secret = self.config.secret.reveal()
         if secret and secret in reason:
             reason = reason.replace(secret, "**********")
+        if response.status_code == 404:  # no such realm, or no IFS IAM at this address at all
+            return AuthError(
+                f"no IFS IAM token endpoint for realm {self.config.realm!r} at {self._base} "
+                f"(HTTP 404): {reason[:_ERROR_TEXT_LIMIT]}",
+                status=404,
+            )
         return AuthError(
             f"IAM refused client {self.config.client_id!r} in realm {self.config.realm!r} "
-            f"(HTTP {response.status_code}): {reason[:_ERROR_TEXT_LIMIT]}"
+            f"(HTTP {response.status_code}): {reason[:_ERROR_TEXT_LIMIT]}",
+            status=response.status_code,
         )
 
     # ---- the one request path --------------------------------------------------------------
@@ -542,6 +575,7 @@ class IfsClient:
         *,
         form: Mapping[str, str] | None = None,
         missing_ok: bool = False,
+        raw: bool = False,
     ) -> Any:
         """Send one logical request; return its parsed JSON (None for a tolerated 404).
 
@@ -572,9 +606,17 @@ class IfsClient:
                 if response is not None:
                     status = response.status_code
                     if 200 <= status < 300:
+                        if raw:
+                            return response.content
                         try:
                             return orjson.loads(response.content)
                         except ValueError:
+                            if kind == "token":  # a web page, not an IAM: asking again will not help
+                                raise FatalRequestError(
+                                    f"{method} {path} answered {status} with something that is not JSON"
+                                    f" ({response.headers.get('Content-Type', 'no content type')})",
+                                    status=status,
+                                ) from None
                             failure = _Attempt("malformed JSON in a 200 answer", status=status)
                     elif status == 404 and missing_ok and not _unknown_service(response.content):
                         return None
@@ -653,7 +695,7 @@ class IfsClient:
         except httpx.TimeoutException as exc:
             return None, _Attempt(f"timeout ({type(exc).__name__})")
         except httpx.RequestError as exc:
-            return None, _Attempt(f"connection failed ({type(exc).__name__})")
+            return None, _Attempt(f"connection failed ({type(exc).__name__}{_transport_cause(exc)})")
 
     async def _take_slot(self) -> None:
         while (wait := self._limiter.try_acquire()) > 0:
