@@ -25,6 +25,8 @@ from core.links import odata_literal
 from core.metrics import Metrics
 from core.retry import RetryPolicy
 from core.settings import Settings, load_settings
+from pollers.sources import build_sources
+from pollers.tenant import TenantSchema, check_source, connection_problem, discover, render, toml_value
 from store.db import Database, open_database
 from store.repos import AuditLog, Bindings, Outbox, Seen
 from store.vault import KNOWN_SECRETS, KeyRing, Vault
@@ -81,7 +83,8 @@ async def load_credentials(settings: Settings, vault: Vault) -> Credentials:
         bot_tenant_id=(await vault.get("bot.tenant_id")) or "")
 
 
-def make_ifs_client(settings: Settings, creds: Credentials):
+def make_ifs_client(settings: Settings, creds: Credentials, *, quick: bool = False):
+    """The service's IFS client; `quick` (check, discover) gives up after two attempts within 15 s."""
     from pollers.ifs_client import IfsClient, IfsClientConfig
 
     missing = [n for n, v in (("ifs.base_url", creds.ifs_base_url), ("ifs.client_id", creds.ifs_client_id),
@@ -95,7 +98,8 @@ def make_ifs_client(settings: Settings, creds: Credentials):
         base_url=creds.ifs_base_url, realm=s.realm, client_id=creds.ifs_client_id or "",
         client_secret=creds.ifs_client_secret or "", scope=s.scope, path_prefix=s.path_prefix, timeout=s.timeout,
         requests_per_minute=s.requests_per_minute, max_concurrency=s.max_concurrency,
-        retry=RetryPolicy(base=0.5, cap=30.0, max_attempts=s.retry_attempts, max_elapsed=s.retry_max_seconds),
+        retry=RetryPolicy(base=0.5, cap=30.0, max_attempts=2 if quick else s.retry_attempts,
+                          max_elapsed=min(15.0, s.retry_max_seconds) if quick else s.retry_max_seconds),
         user_agent=f"ifs-teams-notifier/{VERSION}", time_zone_aware=s.time_zone_aware))
 
 
@@ -422,42 +426,107 @@ async def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    """Token, then per enabled source: names against $metadata and the poll's own queries. Exit 1 on any FAIL."""
     db, vault = await open_store(settings)
     try:
         creds = await load_credentials(settings, vault)
-        try:
-            client = make_ifs_client(settings, creds)
-        except ConfigError as exc:
-            print(f"FAIL {exc}")
-            return 1
-        ok = True
-        try:
-            await client.ensure_token()
-            print(f"ok   token from {creds.ifs_base_url}/auth/realms/{settings.ifs.realm}")
-            from pollers.sources import build_sources
-
-            for kind, spec in build_sources(settings.sources).items():
-                if not spec.enabled:
-                    continue
-                try:
-                    await client.probe(spec.projection, spec.entity_set, filter=None)
-                    print(f"ok   {kind.plural}: {spec.projection}.svc/{spec.entity_set} answers")
-                except NotifierError as exc:
-                    ok = False
-                    print(f"FAIL {kind.plural}: {spec.projection}.svc/{spec.entity_set}: {exc}")
-        except AuthError as exc:
-            print(f"FAIL IFS refused the credentials: {exc}")
-            ok = False
-        except RetriableError as exc:
-            print(f"FAIL IFS unreachable: {exc}")
-            ok = False
-        finally:
-            await client.aclose()
-        if not creds.bot_app_id:
-            print("warn bot.app_id not set: only development mode (auth off, loopback) will start")
-        return 0 if ok else 1
+        companies = await Bindings(db).companies()
     finally:
         await db.close()
+    try:
+        client = make_ifs_client(settings, creds, quick=True)
+    except ConfigError as exc:
+        print(f"FAIL {exc.key}: {exc.problem}")
+        return 1
+    ok = True
+    try:
+        try:
+            await client.ensure_token()
+        except NotifierError as exc:
+            print("FAIL " + connection_problem(exc, base_url=creds.ifs_base_url, realm=settings.ifs.realm))
+            return 1
+        print(f"ok   token from {creds.ifs_base_url}/auth/realms/{settings.ifs.realm}")
+        sources = build_sources(settings.sources)
+        schema = TenantSchema(client, sources, log_problems=False)
+        company = args.company or (companies[0] if companies else None)
+        for kind, spec in sources.items():
+            if not spec.enabled:
+                print(f"skip {kind.plural}: enabled = false")
+                continue
+            try:
+                lines = await check_source(client, schema, kind, company, use_select=settings.ifs.select)
+            except NotifierError as exc:
+                lines = [("FAIL", connection_problem(exc, base_url=creds.ifs_base_url, realm=settings.ifs.realm))]
+            for level, text in lines:
+                print(f"{level:4} {text}")
+                ok = ok and level != "FAIL"
+    finally:
+        await client.aclose()
+    if not creds.bot_app_id:
+        print("warn bot.app_id not set: only development mode (auth off, loopback) will start")
+    return 0 if ok else 1
+
+
+async def cmd_discover(settings: Settings, args: argparse.Namespace) -> int:
+    """Propose [sources.*] for this tenant from its catalogue and $metadata; --write FILE for review."""
+    db, vault = await open_store(settings)
+    try:
+        creds = await load_credentials(settings, vault)
+    finally:
+        await db.close()
+    try:
+        client = make_ifs_client(settings, creds, quick=True)
+    except ConfigError as exc:
+        print(f"error: {exc.key}: {exc.problem}", file=sys.stderr)
+        return 1
+    try:
+        try:
+            await client.ensure_token()
+            progress = (lambda line: print(line, file=sys.stderr)) if args.write else print
+            proposals = await discover(client, company=args.company, progress=progress)
+        except NotifierError as exc:
+            print("error: " + connection_problem(exc, base_url=creds.ifs_base_url, realm=settings.ifs.realm),
+                  file=sys.stderr)
+            return 1
+    finally:
+        await client.aclose()
+    header = (f"# Proposed by `app.py discover` from {creds.ifs_base_url} on {datetime.now().date()}.\n"
+              "# Review each choice (comments say why; `# guess` marks what nothing matched well), then run\n"
+              "# `python app.py --config THIS_FILE check`.\n")
+    text = render(proposals)
+    if not args.write:
+        print(header + "\n" + text)
+        return 0
+    base = settings_toml(settings)
+    try:
+        with open(args.write, "x" if not args.force else "w", encoding="utf-8") as f:
+            f.write(header + "\n" + base + text)
+    except FileExistsError:
+        print(f"error: {args.write} exists (use --force to replace it)", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot write {args.write}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.write}: review it, then `python app.py --config {args.write} check`", file=sys.stderr)
+    return 0
+
+
+def settings_toml(settings: Settings) -> str:
+    """The sections of the settings file in use other than [sources.*], so a written proposal is a whole config."""
+    if not settings.path:
+        return ""
+    import tomllib
+
+    with open(settings.path, "rb") as f:
+        raw = tomllib.load(f)
+    out = []
+    for section, table in raw.items():
+        if section == "sources" or not isinstance(table, dict):
+            continue
+        out.append(f"[{section}]")
+        out += [f"{k} = {toml_value(v)}" for k, v in table.items()]
+        out.append("")
+    return "\n".join(out) + "\n"
 
 
 async def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
@@ -587,7 +656,14 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--once", action="store_true", required=True)
     pl.add_argument("--deliver", action="store_true", help="also deliver what the poll queued")
     pl.set_defaults(fn=cmd_poll)
-    sub.add_parser("check", help="test the IFS connection and credentials").set_defaults(fn=cmd_check)
+    c = sub.add_parser("check", help="IFS credentials, then every source's names and the queries a poll runs")
+    c.add_argument("--company", help="company to run the listing with (default: the first linked one)")
+    c.set_defaults(fn=cmd_check)
+    dc = sub.add_parser("discover", help="read the tenant's catalogue and $metadata and propose [sources.*]")
+    dc.add_argument("--company", help="company whose rows are sampled for plain-text states")
+    dc.add_argument("--write", metavar="FILE", help="write a whole config (this one plus the proposal) for review")
+    dc.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    dc.set_defaults(fn=cmd_discover)
     a = sub.add_parser("audit", help="show the audit trail")
     a.add_argument("--last", type=int, default=50)
     a.add_argument("--failed", action="store_true")

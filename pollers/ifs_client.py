@@ -388,28 +388,28 @@ class IfsClient:
                 return result
             url = self._next_url(url, next_link)
 
-    async def probe(self, projection: str, entity_set: str, *, filter: str | None) -> dict[str, Any] | None:
-        """The first row matching `filter` (`$top=1`), or None: checks a connection or a company.
+    async def probe(self, projection: str, entity_set: str, *, filter: str | None,
+                    select: Sequence[str] | None = None, orderby: Sequence[str] = (),
+                    top: int = 1) -> dict[str, Any] | None:
+        """The first row of a query (`$top=1`), or None: checks a connection, a company or a poll's query.
 
         IFS answers empty sets, not 403, for companies the service user is not granted.
         """
-        url = f"{self.entity_url(projection, entity_set)}?{_query({**self._options(filter=filter), '$top': '1'})}"
-        body = await self._send("data", "GET", url)
-        rows = self._rows(body, url)
+        rows = await self.sample(projection, entity_set, filter=filter, select=select, orderby=orderby, top=top)
         return rows[0] if rows else None
+
+    async def sample(self, projection: str, entity_set: str, *, filter: str | None = None,
+                     select: Sequence[str] | None = None, orderby: Sequence[str] = (),
+                     top: int = 100) -> list[dict[str, Any]]:
+        """The first `top` rows of a query, one request (no paging)."""
+        options = self._options(filter=filter, select=select, orderby=orderby)
+        url = f"{self.entity_url(projection, entity_set)}?{_query({**options, '$top': str(top)})}"
+        return self._rows(await self._send("data", "GET", url), url)
 
     async def metadata(self, projection: str) -> bytes:
         """The projection's `$metadata` document (EDMX), as sent. 404 (unknown projection) raises."""
         url = f"{self.service_url(projection)}/$metadata"
         return await self._send("data", "GET", url, raw=True)
-
-    async def iam_configuration(self) -> dict[str, Any]:
-        """The realm's OpenID configuration: proves that an IFS (Keycloak) IAM and the realm exist."""
-        url = self._token_url.rsplit("/protocol/", 1)[0] + "/.well-known/openid-configuration"
-        body = await self._send("token", "GET", url)
-        if not isinstance(body, dict) or "token_endpoint" not in body:
-            raise FatalRequestError(f"GET {urlsplit(url).path} answered without a token_endpoint", status=200)
-        return body
 
     async def ensure_token(self) -> None:
         """Fetch a fresh token now (for connection checks).

@@ -69,14 +69,18 @@ class SourceSpec:
     enabled: bool = True
 
     def filter_for(self, company: str) -> str:
-        parts = [f"{self.company_field} eq {odata_literal(company)}"]
+        return " and ".join([f"{self.company_field} eq {odata_literal(company)}", *self.pending_conditions()])
+
+    def pending_conditions(self) -> list[str]:
+        """The state conditions of the listing's $filter (joined with `and`)."""
+        parts = []
         if self.server_state_filter and self.pending_states:
             states = [f"{self.state_field} eq {self.enum_type}'{s}'" if self.enum_type
                       else f"{self.state_field} eq {odata_literal(s)}" for s in self.pending_states]
             parts.append(states[0] if len(states) == 1 else "(" + " or ".join(states) + ")")
         for name, value in self.pending_equals:
             parts.append(f"{name} eq {odata_literal(value)}")
-        return " and ".join(parts)
+        return parts
 
     def is_pending(self, row: Mapping[str, Any]) -> bool:
         """Client-side twin of filter_for's state conditions."""
