@@ -20,12 +20,12 @@ from aiohttp import web
 
 from core import runtime
 from core.domain import RecordKind
-from core.errors import AuthError, ConfigError, FatalRequestError, NotifierError, RetriableError
+from core.errors import ConfigError, NotifierError
 from core.links import odata_literal
 from core.metrics import Metrics
 from core.retry import RetryPolicy
 from core.settings import Settings, load_settings
-from pollers.sources import build_sources
+from pollers.sources import SourceSpec, build_sources
 from pollers.tenant import TenantSchema, check_source, connection_problem, discover, render, toml_value
 from store.db import Database, open_database
 from store.repos import AuditLog, Bindings, Outbox, Seen
@@ -131,6 +131,7 @@ class Service:
         self.ifs = make_ifs_client(settings, creds)
         self.audit = AuditLog(db)
         self.bindings = Bindings(db)
+        self.tenant = TenantSchema(self.ifs, self.sources)
         self.poller = Poller(client=self.ifs, sources=self.sources, seen=Seen(db), bindings=self.bindings,
                              writer=PollWriter(db), audit=self.audit, ifs_base_url=creds.ifs_base_url,
                              page_size=settings.ifs.page_size, use_select=settings.ifs.select)
@@ -190,25 +191,56 @@ class Service:
     # ------------------------------------------------------------------ Runtime protocol for commands
 
     async def check_company(self, company: str):
+        """Whether IFS knows `company`, and for each kind whether its cards will arrive (and if not, why)."""
         from bot.commands import CompanyCheck
 
+        kinds: dict[str, str | None] = {}
+        usable: list[SourceSpec] = []
+        for kind, spec in self.sources.items():
+            if not spec.enabled:
+                kinds[kind.plural] = f"[sources.{kind.value}] enabled = false in the service's configuration"
+                continue
+            validation = await self._validated(kind)
+            if validation is not None and validation.fatal:
+                kinds[kind.plural] = validation.fix
+                continue
+            kinds[kind.plural] = None
+            usable.append(validation.spec if validation is not None else spec)
         try:
             found = False
-            for spec in self.sources.values():
-                if spec.enabled and await self.ifs.probe(spec.projection, spec.entity_set,
-                                                         filter=f"{spec.company_field} eq {odata_literal(company)}"):
+            for spec in usable:
+                if await self.ifs.probe(spec.projection, spec.entity_set,
+                                        filter=f"{spec.company_field} eq {odata_literal(company)}"):
                     found = True
                     break
-        except (AuthError, RetriableError, FatalRequestError) as exc:
-            return CompanyCheck(False, error=f"IFS did not answer properly ({type(exc).__name__}: {exc})")
-        if not found:
+        except NotifierError as exc:
+            return CompanyCheck(False, error=f"IFS did not answer properly: {exc}", kinds=kinds)
+        if not found and usable:
             return CompanyCheck(False, error="IFS returned no documents for it. Either the code is wrong, or the"
-                                             " IFS service user is not allowed to see that company (Allowed Companies)")
+                                             " IFS service user is not allowed to see that company (Allowed Companies)",
+                                kinds=kinds)
         pending: dict[str, int] = {}
         for st in await Seen(self.db).source_states():
             if st.company == company:
                 pending[RecordKind(st.kind).plural] = st.pending
-        return CompanyCheck(True, pending=pending)
+        return CompanyCheck(True, pending=pending, kinds=kinds)
+
+    async def _validated(self, kind: RecordKind):
+        """The source checked against the tenant's $metadata, or None when that cannot be read now (the poll
+        then runs as configured and reports what IFS says)."""
+        try:
+            return await self.tenant.validate(kind)
+        except NotifierError:
+            return None
+
+    def source_problems(self) -> dict[str, tuple[str | None, tuple[str, ...]]]:
+        """Per kind: the line that says why it cannot be polled (or None), and the names left out of it."""
+        out = {}
+        for kind in self.sources:
+            v = self.tenant.last(kind)
+            if v is not None and v.problems:
+                out[kind.value] = (v.fix, tuple(p.line() for p in v.problems if not p.fatal))
+        return out
 
     def next_runs(self) -> dict[str, float | None]:
         if self.scheduler is None:
@@ -236,8 +268,20 @@ class Service:
         """One scheduled job: this source for every company an active channel is bound to."""
         results = []
         async with self._poll_lock:
-            for company in await self.bindings.companies():
+            companies = await self.bindings.companies()
+            validation = await self._validated(kind) if companies else None
+            if validation is not None and validation.fatal:
+                # the names this source needs do not exist on the tenant: say which setting, poll nothing
+                for company in companies:
+                    await self.poller.writer.finish(kind, company, ok=False, pending=None, error=validation.fix,
+                                                    audit=self.audit, summary={"error": validation.fix})
+                return []
+            if validation is not None:
+                self.poller.set_source(validation.spec)
+            for company in companies:
                 result = await self.poller.poll(kind, company)
+                if not result.ok and result.status == 400:  # a name IFS no longer has: read $metadata again
+                    self.tenant.invalidate(self.sources[kind].projection)
                 results.append(result)
                 self.metrics.inc("notifier_polls_total", 1, "Poll cycles by source and outcome", source=kind.value,
                                  outcome="ok" if result.ok else "failed")

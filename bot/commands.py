@@ -26,6 +26,7 @@ class CompanyCheck:
     ok: bool
     pending: dict[str, int] = field(default_factory=dict)  # per kind plural, when known
     error: str | None = None
+    kinds: dict[str, str | None] = field(default_factory=dict)  # kind plural -> why it will not arrive, or None
 
 
 class Runtime(Protocol):
@@ -209,6 +210,13 @@ async def _link(cmds: Commands, call: CommandCall) -> Reply:
     cmds.runtime.poll_soon()
     cmds.runtime.wake_delivery()
     lines = [f"This channel now receives: {binding.describe()}."]
+    wanted = {k.plural for k in binding.kinds}
+    blocked = {k: why for k, why in check.kinds.items() if k in wanted and why}
+    if blocked:
+        arriving = sorted(k for k in wanted if k not in blocked)
+        lines.append(("Cards will arrive for " + ", ".join(arriving) + "." if arriving else "No cards can arrive yet.")
+                     + " Not arriving until an admin changes the service's configuration:")
+        lines += [f"- {kind}: {why}" for kind, why in sorted(blocked.items())]
     if check.pending:
         pending = ", ".join(f"{n} {k if n != 1 else k[:-1]}" for k, n in sorted(check.pending.items())) or "nothing"
         lines.append(f"Pending in IFS for company {company} at the last poll: {pending}.")

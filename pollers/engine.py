@@ -49,6 +49,7 @@ class PollResult:
     deliveries: int = 0
     pages: int = 0
     error: str | None = None
+    status: int | None = None  # IFS's HTTP status when the poll failed on an answer
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -73,6 +74,12 @@ class Poller:
     now: Any = time.time
     _mappers: dict[RecordKind, RecordMapper] = field(default_factory=dict)
 
+    def set_source(self, spec: SourceSpec) -> None:
+        """Poll `spec` for its kind from now on (the configured source with names the tenant lacks left out)."""
+        if self.sources.get(spec.kind) != spec:
+            self.sources = {**self.sources, spec.kind: spec}
+            self._mappers.pop(spec.kind, None)
+
     def mapper(self, kind: RecordKind) -> RecordMapper:
         if kind not in self._mappers:
             self._mappers[kind] = RecordMapper(self.sources[kind], self.ifs_base_url)
@@ -85,10 +92,10 @@ class Poller:
         try:
             fixed = await self._poll(kind, company, result)
         except (RetriableError, AuthError) as exc:
-            result.ok, result.error = False, _describe(exc)
+            result.ok, result.error, result.status = False, _describe(exc), getattr(exc, "status", None)
             await self._ifs_down(result.error)
         except FatalRequestError as exc:
-            result.ok, result.error = False, _describe(exc)
+            result.ok, result.error, result.status = False, _describe(exc), exc.status
             log.warning("poll of %s failed: %s", kind.value, result.error,
                         extra={"source": kind.value, "company": company})
         else:
@@ -327,11 +334,9 @@ def _typed_keys(spec: SourceSpec, key: str) -> dict[str, str | int]:
 
 
 def _describe(exc: Exception) -> str:
-    parts = [type(exc).__name__]
-    status = getattr(exc, "status", None)
-    code = getattr(exc, "code", None)
-    if status:
-        parts.append(f"HTTP {status}")
-    if code:
-        parts.append(str(code))
-    return f"{' '.join(parts)}: {exc}"
+    """What a failed poll says in status and audit: IFS's words, whole; no class names."""
+    if isinstance(exc, AuthError):
+        return f"IFS refused the service user: {exc}"
+    if isinstance(exc, RetriableError):
+        return f"IFS unavailable: {exc}"
+    return str(exc)
