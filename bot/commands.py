@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from bot.authz import Actor, AdminPolicy
 from bot.status import build_status
-from cards import AuditView, audit_card, help_card, links_card, status_card
+from cards import AuditView, audit_card, help_card, inert, links_card, status_card
 from core.domain import Binding, RecordKind
 from core.errors import CommandError, ConfigError
 from core.settings import parse_span
@@ -260,10 +260,36 @@ async def _links(cmds: Commands, call: CommandCall) -> Reply:
     return Reply("\n".join(f"- {b.describe()}" for b in bindings), links_card(bindings))
 
 
-@command("status", "status", "IFS reachability, polls, deliveries and problems")
+STATUS_USAGE = "status [all | invoices | orders | vouchers]"
+
+
+@command("status", STATUS_USAGE, "This channel's companies: IFS, polls, deliveries, and what to fix; 'all' for"
+         " every company (admins), a kind for its full IFS message")
 async def _status(cmds: Commands, call: CommandCall) -> Reply:
-    _no_args(call, "status")
-    view = await build_status(cmds.db, cmds.runtime, channel_id=call.channel_id, now=cmds.now())
+    if len(call.args) > 1:
+        raise CommandError("'status' takes at most one word.", usage=STATUS_USAGE)
+    word = call.args[0].lower() if call.args else ""
+    kind: RecordKind | None = None
+    companies: set[str] | None = {b.company for b in await cmds.bindings.for_channel(call.channel_id)}
+    if word == "all":
+        if not await cmds.policy.is_admin(call.actor):
+            raise CommandError("Only admins can see every company's status; 'status' shows this channel's.",
+                               usage=STATUS_USAGE)
+        companies = None
+    elif word:
+        try:
+            kind = RecordKind.parse(word)
+        except ValueError:
+            raise CommandError(f"I don't know '{word[:40]}' here.", usage=STATUS_USAGE) from None
+    view = await build_status(cmds.db, cmds.runtime, channel_id=call.channel_id, now=cmds.now(),
+                              companies=companies, kind=kind.value if kind else None)
+    if kind is not None:  # the full story of one kind: what to fix and IFS's own words, whole
+        lines = [f"{kind.plural.capitalize()}: " + ("failing" if any(s.failing for s in view.sources) else "ok")]
+        for source in view.sources:
+            lines.append(f"{source.name}: last poll {source.last_outcome or 'never'}"
+                         + (f". {source.fix}" if source.fix else ""))
+            lines += [f"Left out: {line}" for line in source.left_out]
+        return Reply("\n\n".join(inert(line, 2000) for line in lines))
     return Reply(view.as_text(), status_card(view, cmds.runtime.card_context()))
 
 

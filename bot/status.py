@@ -10,10 +10,14 @@ from store.db import Database
 from store.repos import Channels, Outbox, Seen
 
 
-async def build_status(db: Database, runtime: Any, *, channel_id: str | None, now: float) -> StatusView:
+async def build_status(db: Database, runtime: Any, *, channel_id: str | None, now: float,
+                       companies: set[str] | None = None, kind: str | None = None) -> StatusView:
+    """`companies`: only these companies' sources (None: all); `kind`: only that kind's sources."""
     seen = Seen(db)
     outbox = Outbox(db, lambda: now)
-    states = await seen.source_states()
+    states = [s for s in await seen.source_states()
+              if s.kind == "*" or ((companies is None or s.company in companies) and (kind is None or s.kind == kind))]
+    problems = runtime.source_problems() if runtime is not None and hasattr(runtime, "source_problems") else {}
     quarantined = await seen.quarantine_counts()
     ifs = next((s for s in states if s.kind == "*"), None)
     next_runs = runtime.next_runs() if runtime is not None else {}
@@ -25,13 +29,18 @@ async def build_status(db: Database, runtime: Any, *, channel_id: str | None, no
         sent = int(await db.scalar(
             "SELECT count(*) FROM deliveries WHERE status IN ('sent', 'digested') AND record_id LIKE ?",
             (f"{s.kind}:{s.company}:%",)) or 0)
+        fix, left_out = problems.get(s.kind, (None, ()))
+        failing = s.last_error is not None or fix is not None
         sources.append(SourceStatus(
             name=f"{s.kind}s · company {s.company}", last_poll_at=s.last_run,
-            next_poll_at=next_runs.get(s.kind), last_outcome="ok" if s.last_error is None else f"failed: {s.last_error}",
-            pending=s.pending, sent=sent, quarantined=quarantined.get((s.kind, s.company), 0)))
-    for kind, at in sorted(next_runs.items()):
-        if not any(x.kind == kind for x in states):
-            sources.append(SourceStatus(name=f"{kind}s", next_poll_at=at, last_outcome="not polled yet"))
+            next_poll_at=next_runs.get(s.kind), last_outcome="failing" if failing else "ok",
+            pending=s.pending, sent=sent, quarantined=quarantined.get((s.kind, s.company), 0), failing=failing,
+            fix=fix or s.last_error, last_ok_at=s.last_ok, left_out=left_out))
+    for k, at in sorted(next_runs.items()):
+        if not any(x.kind == k for x in states) and (kind is None or k == kind):
+            fix, left_out = problems.get(k, (None, ()))
+            sources.append(SourceStatus(name=f"{k}s", next_poll_at=at, last_outcome="not polled yet",
+                                        failing=fix is not None, fix=fix, left_out=left_out))
     counts = await outbox.counts(channel_id)
     errors = [(s.last_run or 0, s.last_error) for s in states if s.last_error]
     last_error = max(errors)[1] if errors else None

@@ -25,6 +25,10 @@ class SourceStatus:
     pending: int = 0  # records currently awaiting approval
     sent: int = 0  # cards delivered (period chosen by the bot, e.g. today)
     quarantined: int = 0  # rows that could not be read at the last poll (kept aside, audited)
+    failing: bool = False  # the last poll failed, or the source cannot be polled as configured
+    fix: str | None = None  # one line: the setting to change, or what IFS said
+    last_ok_at: float | None = None  # the last poll that succeeded
+    left_out: tuple[str, ...] = ()  # configured names the tenant lacks, left out of the poll (one line each)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,14 @@ class StatusView:
         return sum(source.pending for source in self.sources)
 
     @property
+    def headline(self) -> str:
+        """The worst news first: failing sources, then IFS reachability."""
+        failing = sum(source.failing for source in self.sources)
+        if failing:
+            return f"{failing} of {len(self.sources)} source{'s' if len(self.sources) != 1 else ''} failing"
+        return "IFS " + {True: "reachable", False: "unreachable", None: "not checked yet"}[self.ifs_reachable]
+
+    @property
     def sent(self) -> int:
         return sum(source.sent for source in self.sources)
 
@@ -55,7 +67,7 @@ class StatusView:
         """The same story as plain lines (inert), for a text reply or a log-free summary."""
         reachable = {True: "reachable", False: "unreachable", None: "not checked yet"}[self.ifs_reachable]
         lines = [
-            f"IFS {reachable}; token {inert(self.token_state, 60) or 'unknown'}.",
+            f"{self.headline}. IFS {reachable}; token {inert(self.token_state, 60) or 'unknown'}.",
             f"Pending {self.pending}, sent {self.sent}, backlog {self.backlog}, failed deliveries {self.failures}.",
         ]
         for source in self.sources:
@@ -69,6 +81,10 @@ class StatusView:
                 f"pending {source.pending}, sent {source.sent}"
                 + (f", {source.quarantined} unreadable rows set aside." if source.quarantined else ".")
             )
+            if source.failing:
+                good = ago(self.generated_at - source.last_ok_at) if source.last_ok_at is not None else "never"
+                lines.append(f"Fix: {inert(source.fix, 300) or DASH} (last good poll {good})")
+            lines += [f"Left out: {inert(line, 300)}" for line in source.left_out]
         if self.last_error:
             lines.append(f"Last error: {inert(self.last_error, 200)}")
         for label, names in (("Inactive", self.inactive_channels), ("Paused", self.paused_channels)):
@@ -152,9 +168,10 @@ def status_card(view: StatusView, ctx: CardContext | None = None) -> dict[str, A
         counted(view.failures, "failed delivery", "failed deliveries", ctx.locale) if view.failures else "",
         counted(len(view.inactive_channels), "inactive channel") if view.inactive_channels else "",
     ]
-    badge = " · ".join([f"IFS {reachable}", *(problem for problem in problems if problem)])
-    tone = "good" if view.ifs_reachable and not any(problems) else "warning"
-    if view.ifs_reachable is False:
+    badge = " · ".join([view.headline, *(problem for problem in problems if problem)])
+    failing = any(source.failing for source in view.sources)
+    tone = "good" if view.ifs_reachable and not any(problems) and not failing else "warning"
+    if view.ifs_reachable is False or failing:
         tone = "attention"
 
     def build(shown: int) -> dict[str, Any]:
@@ -189,6 +206,10 @@ def status_card(view: StatusView, ctx: CardContext | None = None) -> dict[str, A
                                 ("Sent", number(source.sent, ctx.locale)),
                                 *([("Unreadable rows", number(source.quarantined, ctx.locale))]
                                   if source.quarantined else []),
+                                *([("Fix", inert(source.fix, 300) or DASH),
+                                   ("Last good poll", _when(ctx, source.last_ok_at, view.generated_at))]
+                                  if source.failing else []),
+                                *[("Left out", inert(line, 300)) for line in source.left_out[:10]],
                             ],
                             spacing="Small",
                         ),

@@ -309,7 +309,7 @@ async def test_status_reports_sources_backlog_and_failures(ifs, connector, servi
     assert (row.action, row.outcome, row.actor) == ("status", "ok", "Alice")
 
     said = await say(svc, connector, "status now")
-    assert said.text == "'status' takes no arguments.\n\nUsage: status"
+    assert said.text == "I don't know 'now' here.\n\nUsage: status [all | invoices | orders | vouchers]"
 
 
 async def test_audit_recent_count_and_failed(ifs, connector, service_factory):
