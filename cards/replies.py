@@ -230,7 +230,8 @@ def status_card(view: StatusView, ctx: CardContext | None = None) -> dict[str, A
                 body.append(text_block(f"{label}: {listed}{more}", separator=True))
         return adaptive_card(
             [item for item in body if item],
-            fallback=f"Status: IFS {reachable}, backlog {view.backlog}, failed deliveries {view.failures}",
+            fallback=f"Status: {view.headline}, IFS {reachable}, backlog {view.backlog},"
+                     f" failed deliveries {view.failures}",
         )
 
     return fit(build, range(len(view.sources), -1, -1))

@@ -176,8 +176,8 @@ def _transport_cause(exc: Exception) -> str:
     if "name or service not known" in text or "name resolution" in text or "nodename nor servname" in text \
             or "getaddrinfo" in text or "no address associated" in text:
         return ": the host name does not resolve (DNS)"
-    if "connection refused" in text or "connect call failed" in text:
-        return ": connection refused"
+    if "connection refused" in text or "connect call failed" in text or "all connection attempts failed" in text:
+        return ": nothing accepts connections there (refused or unreachable)"
     return ""
 
 

@@ -113,7 +113,7 @@ def suggest(name: str, existing: Iterable[str], preferred: Iterable[str] = (), *
     existing = [n for n in existing if accept(n)]
     have = set(existing)
     picks = [p for p in preferred if p in have and p != name]
-    picks += difflib.get_close_matches(name, existing, n=3, cutoff=0.6)
+    picks += difflib.get_close_matches(name, existing, n=3, cutoff=0.75)
     lowered = {n.lower(): n for n in existing}
     if name.lower() in lowered:
         picks.insert(0, lowered[name.lower()])
