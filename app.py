@@ -233,6 +233,13 @@ class Service:
         except NotifierError:
             return None
 
+    async def validate_sources(self) -> None:
+        """Check every enabled source's names against the tenant once at start (one log line per problem),
+        whether or not a channel is linked yet."""
+        for kind, spec in self.sources.items():
+            if spec.enabled:
+                await self._validated(kind)
+
     def source_problems(self) -> dict[str, tuple[str | None, tuple[str, ...]]]:
         """Per kind: the line that says why it cannot be polled (or None), and the names left out of it."""
         out = {}
@@ -380,6 +387,7 @@ class Service:
                                            misfire_grace_time=300, next_run_time=datetime.now(self.tz))
             self.scheduler.start()
             self._tasks.append(asyncio.create_task(self.worker.run(), name="delivery-worker"))
+            self._tasks.append(asyncio.create_task(self.validate_sources(), name="validate-sources"))
         if web_runner:
             self.runner = web.AppRunner(self.web_app(), access_log=None)
             await self.runner.setup()
