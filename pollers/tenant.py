@@ -9,6 +9,7 @@ navigation) is left out of `$select` and the cards show what remains.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import difflib
 import logging
@@ -286,6 +287,7 @@ class TenantSchema:
         self._refresh = refresh_seconds
         self._metadata: dict[str, tuple[float, Metadata]] = {}
         self._validations: dict[RecordKind, Validation] = {}
+        self._fetching = asyncio.Lock()  # the start-up check and the first poll ask at once: fetch once
 
     def invalidate(self, projection: str | None = None) -> None:
         if projection is None:
@@ -294,16 +296,17 @@ class TenantSchema:
             self._metadata.pop(projection, None)
 
     async def metadata(self, projection: str) -> Metadata:
-        cached = self._metadata.get(projection)
-        now = self._clock.monotonic()
-        if cached is not None and now - cached[0] < self._refresh:
-            return cached[1]
-        try:
-            md = parse_metadata(projection, await self.client.metadata(projection))
-        except MetadataError as exc:
-            raise FatalRequestError(str(exc), status=200) from None
-        self._metadata[projection] = (now, md)
-        return md
+        async with self._fetching:
+            cached = self._metadata.get(projection)
+            now = self._clock.monotonic()
+            if cached is not None and now - cached[0] < self._refresh:
+                return cached[1]
+            try:
+                md = parse_metadata(projection, await self.client.metadata(projection))
+            except MetadataError as exc:
+                raise FatalRequestError(str(exc), status=200) from None
+            self._metadata[projection] = (now, md)
+            return md
 
     async def validate(self, kind: RecordKind) -> Validation:
         """The source as it can be polled; problems are logged once each time they change. Raises
