@@ -245,3 +245,31 @@ async def test_an_empty_notifier_config_and_an_unknown_enum_type_need_no_traceba
     polled = await cli("--config", cfg, "poll", "--once")
     assert "Traceback" not in polled.stderr
     assert "nothing to poll" in polled.stdout  # no channel linked: nothing asked of IFS
+
+
+async def test_metadata_is_read_once_refreshed_daily_and_after_a_rejected_name(ifs):
+    from app import Credentials, make_ifs_client
+    from core.clock import FakeClock
+    from core.settings import load_settings
+    from pollers.tenant import TenantSchema
+
+    settings = load_settings(None, env={"NOTIFIER__IFS__REALM": "ifs"})
+    client = make_ifs_client(settings, Credentials(ifs.base_url, *IFS_SECRETS.values(), "", "", ""))
+    clock = FakeClock()
+    schema = TenantSchema(client, DEFAULT_SOURCES, clock=clock, log_problems=False)
+    try:
+        fetched = lambda: len(ifs.data_requests("PurchaseOrderHandling.svc/$metadata"))  # noqa: E731
+        await asyncio.gather(schema.validate(RecordKind.ORDER), schema.validate(RecordKind.ORDER))
+        await schema.validate(RecordKind.ORDER)
+        assert fetched() == 1
+        clock.advance(23 * 3600)
+        await schema.validate(RecordKind.ORDER)
+        assert fetched() == 1
+        clock.advance(3600)
+        await schema.validate(RecordKind.ORDER)
+        assert fetched() == 2
+        schema.invalidate("PurchaseOrderHandling")
+        await schema.validate(RecordKind.ORDER)
+        assert fetched() == 3
+    finally:
+        await client.aclose()
