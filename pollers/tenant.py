@@ -49,9 +49,9 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "approvals.approver": ("AuthorizeId", "Authorizer", "AuthorizerId", "Approver", "ApproverId", "UserId",
                            "Userid", "ApproverSign"),
     "approvals.status": ("Objstate", "Status", "State", "LineState"),
-    "approvals.role": ("Route", "Role", "ApprovalRule", "AuthorizeGroupId"),
-    "approvals.decided_at": ("DateApproved", "AuthorizedDate", "ApprovedDate", "DecidedAt", "ApprovalDate",
-                             "AuthorizeDate"),
+    "approvals.role": ("Route", "Role", "AuthorizerRole", "ApproverRole", "ApprovalRule", "AuthorizeGroupId"),
+    "approvals.decided_at": ("DateApproved", "AuthorizedDate", "ApprovedDate", "ApprovedAt", "DecisionDate",
+                             "DecidedAt", "ApprovalDate", "AuthorizeDate", "SignedAt"),
 }
 # kind-specific names for the party of a voucher (who entered it) and for the invoice's awaiting-authorization
 # marker (IFS: posting proposal head message_id = 'AWAITAUTH', exposed under various names)
