@@ -10,7 +10,7 @@ profile's, and `to_profile` / `to_canonical` map whole rows.
 Profiles (`-` = the field or navigation does not exist; fields not listed keep their canonical name):
 
 ==================== ============================= ============================= =============================
-\\                    default                       renamed                       lean
+kind / item          default                       renamed                       lean
 ==================== ============================= ============================= =============================
 order projection     PurchaseOrderHandling         PurchaseOrderHandling         PurchaseOrderHandling
 order entity set     PurchaseOrderSet              PurchaseOrders                PurchaseOrderSet
@@ -24,6 +24,7 @@ order fields         VendorNo VendorName           SupplierId SupplierName      
                      CostCenter                    CodeB                         CostCenter -
 order lines          PurchaseOrderApprovalArray    ApprovalRouteArray            -
   line type          PurchaseOrderApproval         PurchaseOrderApprovalRoute    -
+  line entity set    PurchaseOrderApprovalSet      PurchaseOrderApprovalRouteSet -
   line fields        OrderNo SequenceNo            PurchaseOrderNo StepNo        -
                      AuthorizeId ApproverSign      ApproverId SignedBy           -
                      DateApproved                  ApprovedAt                    -
@@ -31,7 +32,7 @@ invoice projection   ManualSupplierInvoiceHandling SupplierInvoiceHandling      
 invoice entity set   ManualSupplierInvoiceSet      SupplierInvoices              ManSuppInvoiceSet
 invoice entity type  ManualSupplierInvoice         SupplierInvoice               ManSuppInvoice
 invoice state        Objstate: ManSuppInvoiceState InvoiceState: Edm.String      Objstate: ManSuppInvoiceState
-invoice awaiting     AuthStatus                    AuthorizationStatus           AuthStatus
+invoice auth marker  AuthStatus                    AuthorizationStatus           AuthStatus
 invoice fields       Identity IdentityName         SupplierId SupplierName       Identity, IdentityName -
                      Currency GrossCurrAmount      CurrencyCode GrossAmount      Currency GrossCurrAmount
                      NetCurrAmount DueDate         NetAmount DueDate             NetCurrAmount -, DueDate -
@@ -39,6 +40,7 @@ invoice fields       Identity IdentityName         SupplierId SupplierName      
                      PoRefNumber CostCenter        PurchaseOrderRef CodeB        PoRefNumber -, CostCenter -
 invoice lines        AuthorizerArray               PostingAuthorizerArray        -
   line type          PostingProposalAuth           InvoiceAuthorizer             -
+  line entity set    PostingProposalAuthSet        InvoiceAuthorizerSet          -
   line state         Objstate: AuthorizerLineState LineState: Edm.String         -
   line fields        Authorizer Role               AuthorizerId AuthorizerRole   -
                      AuthorizedDate                DecisionDate                  -
@@ -48,14 +50,23 @@ voucher entity type  VoucherApproval               VoucherToApprove             
 voucher state        Objstate: VoucherState        Objstate: Edm.String          Objstate: VoucherState
 voucher fields       Userid AmountInAccCurr        EnteredBy Amount              Userid AmountInAccCurr
                      AccCurrencyCode VoucherText2  CurrencyCode Text             AccCurrencyCode, VoucherText2 -
-                     SumDebitAmount SumCreditAmount DebitTotal CreditTotal       SumDebitAmount SumCreditAmount
+                     SumDebitAmount                DebitTotal                    SumDebitAmount
+                     SumCreditAmount               CreditTotal                   SumCreditAmount
                      DateReg CostCenter            EnteredDate CodeB             DateReg, CostCenter -
-                     ApprovedByUserid ApprovalDate FirstApprover FirstApprovalDate (unchanged)
+                     ApprovedByUserid              FirstApprover                 ApprovedByUserid
+                     ApprovalDate                  FirstApprovalDate             ApprovalDate
                      SecondApproverId              SecondApprover                SecondApproverId
-catalogue            AllProjections.svc/Projections (404: Metadata not found.)   AllProjections.svc/Projections
-decoy sets           (none; Reference_Company in   Reference_SupplierInfo,       Reference_SupplierInfo,
-                     every $metadata as before)    Reference_*StateLov, ...      Reference_CurrencyCode
+catalogue            AllProjections.svc/           - (404 Metadata not       AllProjections.svc/
+                     Projections                   found.)                       Projections
+decoy sets           -                             Reference_SupplierInfo,       Reference_SupplierInfo,
+                                                   Reference_*StateLov,          Reference_CurrencyCode
+                                                   Reference_VoucherType
 ==================== ============================= ============================= =============================
+
+Every projection's $metadata also declares `Reference_Company`, as it always has. Each header set with
+approval lines binds its navigation (`NavigationPropertyBinding`) to a line entity set that lists the lines
+of every visible record. Decoy sets and the catalogue are queryable like the record sets. `Company` keeps
+its name in every profile: the grant check reads it.
 
 `renamed` has no enum type anywhere: states are plain strings (`Status eq 'Planned'`), and a filter with
 an enum literal answers 400 naming the undefined type, as IFS does. `lean` has enum types, some under
@@ -189,6 +200,8 @@ class Profile:
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", _frozen(self.kinds))
         for kind, names in self.kinds.items():
+            if names.field("Company") != "Company":
+                raise ValueError(f"profile {self.name}: {kind.value} must keep the Company field")
             lost = [f for f in REQUIRED_FIELDS[kind] if names.field(f) is None]
             if names.nav is not None:
                 lost += [f"line {f}" for f in REQUIRED_LINE_FIELDS[kind] if names.nav.field(f) is None]

@@ -13,6 +13,7 @@ import pytest
 
 from core.clock import FakeClock
 from core.domain import RecordKind
+from pollers.sources import DEFAULT_SOURCES
 from simulator.ifs import IfsSimulator, is_pending
 from simulator.profiles import PROFILES, KindNames, Profile, get_profile
 from tests.test_simulator_ifs import CREDENTIALS, ROOT, TOKEN_PATH, bearer, get
@@ -206,8 +207,6 @@ async def test_metadata_lists_exactly_the_profile_schema(
 
 
 def test_default_profile_names_are_the_product_defaults() -> None:
-    from pollers.sources import DEFAULT_SOURCES
-
     for kind, spec in DEFAULT_SOURCES.items():
         names = get_profile("default")[kind]
         assert (names.projection, names.entity_set, names.enum_type) == (
@@ -216,8 +215,6 @@ def test_default_profile_names_are_the_product_defaults() -> None:
 
 
 def test_renamed_profile_differs_from_the_product_defaults() -> None:
-    from pollers.sources import DEFAULT_SOURCES
-
     renamed = get_profile("renamed")
     for kind, spec in DEFAULT_SOURCES.items():
         names = renamed[kind]
@@ -478,13 +475,18 @@ async def test_decoy_reference_sets_are_queryable(client: httpx.AsyncClient) -> 
 def test_a_profile_cannot_drop_what_the_pending_rule_reads() -> None:
     renamed = get_profile("renamed")
     invoice = renamed["invoice"]
-    broken_names = {**renamed.kinds, RecordKind.INVOICE: KindNames(
-        projection=invoice.projection, entity_set=invoice.entity_set, entity_type=invoice.entity_type,
-        fields={"AuthStatus": None},
-    )}
 
-    with pytest.raises(ValueError, match="AuthStatus"):
-        Profile("broken", "", broken_names)
+    def with_invoice_fields(fields: dict[str, str | None]) -> dict[RecordKind, KindNames]:
+        changed = KindNames(projection=invoice.projection, entity_set=invoice.entity_set,
+                            entity_type=invoice.entity_type, fields=fields)
+        return {**renamed.kinds, RecordKind.INVOICE: changed}
+
+    with pytest.raises(ValueError, match="cannot drop AuthStatus"):
+        Profile("broken", "", with_invoice_fields({"AuthStatus": None}))
+    with pytest.raises(ValueError, match="must keep the Company field"):
+        Profile("broken", "", with_invoice_fields({"Company": "CompanyId"}))
+    with pytest.raises(ValueError, match="two canonical fields map to one name"):
+        KindNames(fields={"Identity": "SupplierId", "IdentityName": "SupplierId"})
     with pytest.raises(ValueError, match="unknown profile 'nope'"):
         IfsSimulator(profile="nope")
     assert set(PROFILES) >= {"default", "renamed", "lean"}
