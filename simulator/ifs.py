@@ -302,10 +302,10 @@ def _build_schema(profile: Profile) -> _Schema:
     enums: dict[str, dict[str, EnumType]] = {}  # projection -> short enum name -> enum, over all its kinds
     for kind, names in profile.kinds.items():
         base = SETS[kind]
-        pairs = [(names, names.state_enum, base.entity)]
+        pairs = [(names.state_enum, base.entity)]
         if names.nav is not None and base.nav is not None:
-            pairs.append((names.nav, names.nav.state_enum, base.nav.entity))
-        for _names, short, entity in pairs:
+            pairs.append((names.nav.state_enum, base.nav.entity))
+        for short, entity in pairs:
             states = next((t for t in entity.properties.values() if isinstance(t, EnumType)), None)
             if short is not None and states is not None:
                 enums.setdefault(names.projection, {})[short] = EnumType(
@@ -322,7 +322,9 @@ def _build_schema(profile: Profile) -> _Schema:
                                  names.nav.state_enum, own),
                 base.nav.luname,
             )
-        entity = _profiled_entity(base.entity, names.projection, names.entity_type, names, names.state_enum, own)
+        entity = _profiled_entity(
+            base.entity, names.projection, names.entity_type, names, names.state_enum, own
+        )
         sets[kind] = _Set(kind, names.projection, names.entity_set, entity, base.luname, nav)
     fixed: dict[str, dict[str, _Fixed]] = {}
     for i, static in enumerate(profile.static_sets):
@@ -663,7 +665,8 @@ class IfsSimulator:
 
     Data: `add_order` / `add_invoice` / `add_voucher` (pending by default), `update`, `approve`,
     `approve_step`, `remove`, `bulk_generate`; keys are dicts such as {"OrderNo": "P1001"} or
-    {"Company": "10", "InvoiceId": 1001}. Every call returns a copy of the row as served.
+    {"Company": "10", "InvoiceId": 1001}. Every call returns a copy of the row under canonical names (as
+    the default profile serves it).
     Observation: `requests` (every token and data request), `data_requests()`, `tokens_issued`, `stats()`.
     Failure: `faults`, `expire_all_tokens()`, and the constructor switches. Admin HTTP API under /_sim/.
     Tenant: `profile` ("default", "renamed", "lean" or a `simulator.profiles.Profile`) picks the names served;
@@ -948,7 +951,9 @@ class IfsSimulator:
             for name in fields:
                 if renames.field(name) is None:
                     entity = sdef.nav.entity if line and sdef.nav else sdef.entity
-                    raise ValueError(f"{entity.name} has no settable column {name!r} in profile {self.profile.name}")
+                    raise ValueError(
+                        f"{entity.name} has no settable column {name!r} in profile {self.profile.name}"
+                    )
         return renames.to_profile(fields)
 
     def _require(self, sdef: _Set, key: Mapping[str, Any]) -> dict[str, Any]:
@@ -1546,12 +1551,15 @@ class IfsSimulator:
         context = f"{context_root}{sdef.name}({key_text})/{sdef.nav.name}"
         return self._collection(request, sdef, sdef.nav.entity, context, children, ieee754)
 
-    def _fixed_set(self, projection: _Projection, name: str) -> tuple[EntityType, list[dict[str, Any]]] | None:
+    def _fixed_set(
+        self, projection: _Projection, name: str
+    ) -> tuple[EntityType, list[dict[str, Any]]] | None:
         """The type and rows of a set that is not a record set: approval lines of every visible record, or
         a set with fixed rows."""
         owner = projection.lines.get(name)
         if owner is not None and owner.nav is not None:
-            return owner.nav.entity, [line for row in self._visible(owner) for line in self._nav_of(owner, row)]
+            lines = [line for row in self._visible(owner) for line in self._nav_of(owner, row)]
+            return owner.nav.entity, lines
         fixed = projection.fixed.get(name)
         return None if fixed is None else (fixed.entity, list(fixed.rows))
 
@@ -1907,7 +1915,8 @@ def _edmx(name: str, projection: _Projection) -> str:
             f'<EntitySet Name="{_lines_set_name(sdef.nav)}" EntityType="{sdef.nav.entity.name}"/>',
         ]
     lines += [
-        f'<EntitySet Name="{fixed.name}" EntityType="{fixed.entity.name}"/>' for fixed in projection.fixed.values()
+        f'<EntitySet Name="{fixed.name}" EntityType="{fixed.entity.name}"/>'
+        for fixed in projection.fixed.values()
     ]
     lines.append(f'<EntitySet Name="Reference_Company" EntityType="{ns}.Company"/>')
     lines += ["</EntityContainer>", "</Schema>", "</edmx:DataServices>", "</edmx:Edmx>"]
@@ -1975,7 +1984,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--reject-objstate-filter", action="store_true")
     parser.add_argument("--seed", type=int, default=0, help="random seed for generated data")
     parser.add_argument(
-        "--profile", choices=sorted(PROFILES), default="default", help="tenant names to serve (simulator.profiles)"
+        "--profile",
+        choices=sorted(PROFILES),
+        default="default",
+        help="tenant names to serve (see simulator.profiles)",
     )
     return parser.parse_args(argv)
 

@@ -49,7 +49,8 @@ voucher entity set   VoucherApprovalSet            VouchersToApprove            
 voucher entity type  VoucherApproval               VoucherToApprove              VoucherApproval
 voucher state        Objstate: VoucherState        Objstate: Edm.String          Objstate: VoucherState
 voucher fields       Userid AmountInAccCurr        EnteredBy Amount              Userid AmountInAccCurr
-                     AccCurrencyCode VoucherText2  CurrencyCode Text             AccCurrencyCode, VoucherText2 -
+                     AccCurrencyCode VoucherText2  CurrencyCode Text             AccCurrencyCode
+                                                                                 VoucherText2 -
                      SumDebitAmount                DebitTotal                    SumDebitAmount
                      SumCreditAmount               CreditTotal                   SumCreditAmount
                      DateReg CostCenter            EnteredDate CodeB             DateReg, CostCenter -
@@ -262,7 +263,9 @@ _SUPPLIERS = (
     ("V1003", "Müller Hydraulik GmbH", "EUR"),
     ("V1005", "Thames Valley Logistics Ltd", "GBP"),
 )
-_CURRENCIES = (("EUR", "Euro", 2), ("GBP", "Pound Sterling", 2), ("SEK", "Swedish Krona", 2), ("USD", "US Dollar", 2))
+_CURRENCIES = (
+    ("EUR", "Euro", 2), ("GBP", "Pound Sterling", 2), ("SEK", "Swedish Krona", 2), ("USD", "US Dollar", 2)
+)
 
 
 def _state_lov(projection: str, name: str, key: str, states: str) -> StaticSet:
