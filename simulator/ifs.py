@@ -272,6 +272,8 @@ def _profiled_entity(
     props: dict[str, str | EnumType] = {}
     for name, type_ in base.properties.items():
         served = names.field(name)
+        if served in props:
+            raise ValueError(f"{projection}.{type_name}: two fields would be served as {served}")
         if served is not None:
             is_state = isinstance(type_, EnumType)
             props[served] = (EDM_STRING if state_enum is None else enums[state_enum]) if is_state else type_

@@ -443,9 +443,11 @@ async def test_catalogue_lists_projections_or_is_missing(
 
     response = await get(client, path)
     one = await get(client, path, **{"$filter": "ProjectionName eq 'PurchaseOrderHandling'"})
+    integration = await get(client, path.replace("/main/", "/int/"))
+    metadata = await get(client, f"{ROOT}/AllProjections.svc/$metadata")
 
     if sim.profile.catalogue is None:
-        assert response.status_code == 404
+        assert (response.status_code, integration.status_code, metadata.status_code) == (404, 404, 404)
         assert response.json()["error"] == {"code": "ODP_METADATA_NOTFOUND", "message": "Metadata not found."}
         return
     body = response.json()
@@ -454,6 +456,8 @@ async def test_catalogue_lists_projections_or_is_missing(
     listed = [entry["ProjectionName"] for entry in body["value"]]
     assert set(sim.profile.projections) < set(listed)
     assert [e["ProjectionName"] for e in one.json()["value"]] == ["PurchaseOrderHandling"]
+    assert integration.json()["value"] == body["value"]
+    assert '<EntitySet Name="Projections" EntityType="IfsApp.AllProjections.ProjectionInfo"/>' in metadata.text
     unrelated = next(p for p in listed if p not in sim.profile.projections)
     assert (await get(client, f"{ROOT}/{unrelated}.svc/$metadata")).status_code == 404
 
@@ -494,6 +498,8 @@ def test_a_profile_cannot_drop_what_the_pending_rule_reads() -> None:
         Profile("broken", "", with_invoice_fields({"Company": "CompanyId"}))
     with pytest.raises(ValueError, match="two canonical fields map to one name"):
         KindNames(fields={"Identity": "SupplierId", "IdentityName": "SupplierId"})
+    with pytest.raises(ValueError, match="SupplierInvoice: two fields would be served as Currency"):
+        IfsSimulator(profile=Profile("clash", "", with_invoice_fields({"InvoiceNo": "Currency"})))
     with pytest.raises(ValueError, match="unknown profile 'nope'"):
         IfsSimulator(profile="nope")
     assert set(PROFILES) >= {"default", "renamed", "lean"}
