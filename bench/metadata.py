@@ -10,7 +10,7 @@ from core.domain import RecordKind
 from pollers.metadata import parse_metadata
 from pollers.sources import DEFAULT_SOURCES
 from pollers.tenant import validate
-from simulator.ifs import _edmx
+from simulator.ifs import metadata_document as _edmx
 
 GOAL_SECONDS = 2.0  # per 5 MB document: "in seconds" for a projection, with room for a slower machine
 

@@ -58,6 +58,20 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
 VOUCHER_PARTY = ("Userid", "UserId", "EnteredBy", "CreatedBy", "UserName")
 AUTH_MARKER_FIELDS = ("AuthStatus", "AuthorizationStatus", "MessageId", "AuthStat", "PostingProposalStatus")
 AUTH_MARKER_VALUE = "AWAITAUTH"
+# the card's detail lines by label, with the names tenants give their fields
+DETAILS: dict[str, tuple[str, ...]] = {
+    "Supplier invoice no": ("InvoiceNo", "SupplierInvoiceNo", "SuppInvoiceNo"),
+    "Recipient": ("InvoiceRecipient", "Recipient"),
+    "PO ref": ("PoRefNumber", "PurchaseOrderRef", "PoRef", "PurchaseOrderNo"),
+    "Buyer": ("BuyerCode", "Buyer", "BuyerId"),
+    "Coordinator": ("AuthorizeCode", "Coordinator", "AuthorizeId"),
+    "Voucher type": ("VoucherType",),
+    "Accounting year": ("AccountingYear",),
+    "Entered by": ("Userid", "UserId", "EnteredBy", "CreatedBy"),
+    "User group": ("UserGroup", "UserGroupId"),
+    "Text": ("VoucherText2", "Text", "VoucherText", "Description"),
+    "First approval by": ("ApprovedByUserid", "FirstApprover", "ApprovedBy"),
+}
 PENDING_STATES = ("Planned", "Preliminary", "AwaitingApproval", "AwaitingAuthorization", "PartiallyApproved",
                   "AwaitAuth", "PendingApproval", "Pending")
 OPTIONAL_SCALARS = ("party_id", "party_name", "amount", "net_amount", "currency", "doc_date", "due_date",
@@ -76,13 +90,14 @@ class Problem:
     fatal: bool  # the source cannot be polled until this is fixed
     suggestions: tuple[str, ...] = ()
     ifs_message: str = ""  # IFS's own words, in full, where IFS said something
+    meanwhile: str = "left out meanwhile"  # what the service does until it is fixed (not fatal)
 
     def line(self) -> str:
         out = f"[sources.{self.kind.value}] {self.setting}: {self.message}"
         if self.suggestions:
             out += f"; did you mean {_either(self.suggestions)}?"
         if not self.fatal:
-            out += " (left out meanwhile)"
+            out += f" ({self.meanwhile})"
         if self.ifs_message:
             out += f" IFS said: {self.ifs_message}"
         return out
@@ -126,8 +141,9 @@ def validate(spec: SourceSpec, md: Metadata) -> Validation:
     kind = spec.kind
     problems: list[Problem] = []
 
-    def problem(setting: str, message: str, fatal: bool, suggestions: tuple[str, ...] = ()) -> None:
-        problems.append(Problem(kind, setting, message, fatal, suggestions))
+    def problem(setting: str, message: str, fatal: bool, suggestions: tuple[str, ...] = (),
+                meanwhile: str = "left out meanwhile") -> None:
+        problems.append(Problem(kind, setting, message, fatal, suggestions, meanwhile=meanwhile))
 
     entity = md.entity(spec.entity_set)
     if entity is None:
@@ -137,6 +153,11 @@ def validate(spec: SourceSpec, md: Metadata) -> Validation:
         return Validation(spec, tuple(problems))
     props = entity.properties
     where = spec.entity_set
+    # suggestions never name a field another setting already reads as something else (a detail line may
+    # show the same field: that is no reason not to suggest it)
+    in_use = {spec.company_field, spec.state_field, *(k for k, _ in spec.keys), *spec.number,
+              *(getattr(spec, a) for a in OPTIONAL_SCALARS if getattr(spec, a))}
+    free = {n: t for n, t in props.items() if n not in in_use}
 
     def candidates(setting: str) -> tuple[str, ...]:
         return (*VOUCHER_PARTY, *CANDIDATES["party_id"]) if setting == "party_id" and kind is RecordKind.VOUCHER \
@@ -147,10 +168,10 @@ def validate(spec: SourceSpec, md: Metadata) -> Validation:
             if kinds is None or props[name] in kinds:
                 return True
             problem(setting, f"{name} is {props[name]} in {where}, not {'a number' if kinds is NUMERIC_TYPES else 'a date'}",
-                    fatal, suggest(name, props, candidates(setting), accept=lambda n: props[n] in kinds))
+                    fatal, suggest(name, free, candidates(setting), accept=lambda n: props[n] in kinds))
             return False
         problem(setting, f"{name} does not exist in {where}", fatal,
-                suggest(name, props, candidates(setting),
+                suggest(name, free, candidates(setting),
                         accept=(lambda n: props[n] in kinds) if kinds is not None else (lambda _n: True)))
         return False
 
@@ -178,8 +199,8 @@ def validate(spec: SourceSpec, md: Metadata) -> Validation:
         members = md.enums.get(state_type)
         if members is not None:
             if spec.enum_type != state_type:
-                problem("enum_type", f"{spec.enum_type or '(none)'} is not the type of {spec.state_field}; it is"
-                        f" {state_type}", False, (state_type,))
+                problem("enum_type", f"{spec.enum_type or '(none)'} is not the type of {spec.state_field}", False,
+                        meanwhile=f"its type {state_type} used meanwhile")
                 changes["enum_type"] = state_type
             known = [s for s in spec.pending_states if s in members]
             if spec.pending_states and not known:
@@ -191,8 +212,8 @@ def validate(spec: SourceSpec, md: Metadata) -> Validation:
                         tuple(m for m in members if m in PENDING_STATES))
                 changes["pending_states"] = tuple(known)
         elif spec.enum_type:
-            problem("enum_type", f"{spec.state_field} is {state_type}, not an enum: no enum type is used", False,
-                    ('""',))
+            problem("enum_type", f"{spec.state_field} is {state_type}, not an enum", False,
+                    meanwhile="plain text literals used meanwhile")
             changes["enum_type"] = ""
 
     # optional: left out when missing, so the rest of the card still arrives
@@ -209,7 +230,8 @@ def validate(spec: SourceSpec, md: Metadata) -> Validation:
     details = tuple((label, f) for label, f in spec.details if f in props)
     for label, f in spec.details:
         if f not in props:
-            problem("details", f"{f} ({label}) does not exist in {where}", False, suggest(f, props))
+            problem("details", f"{f} ({label}) does not exist in {where}", False,
+                    suggest(f, free, DETAILS.get(label, ())))
     if details != spec.details:
         changes["details"] = details
     extra = tuple(f for f in spec.extra_select if f in props)
@@ -260,9 +282,9 @@ def _keys_toml(keys: Iterable[str], props: Mapping[str, str]) -> str:
                                   for k in keys) + "]"
 
 
-def projection_missing(spec: SourceSpec, exc: NotifierError) -> Validation:
+def projection_missing(spec: SourceSpec, exc: NotifierError, alternatives: tuple[str, ...] = ()) -> Validation:
     return Validation(spec, (Problem(spec.kind, "projection", f"{spec.projection} does not exist on this tenant"
-                                     " (or the service user may not read it)", True,
+                                     " (or the service user may not read it)", True, alternatives,
                                      ifs_message=_ifs_words(exc)),))
 
 
@@ -317,7 +339,7 @@ class TenantSchema:
         except FatalRequestError as exc:
             if exc.status != 404:
                 raise
-            validation = projection_missing(spec, exc)
+            validation = projection_missing(spec, exc, await self._projections_for(kind))
         previous = self._validations.get(kind)
         if self._log and (previous is None or previous.problems != validation.problems):
             for p in validation.problems:
@@ -326,6 +348,18 @@ class TenantSchema:
                 log.info("[sources.%s] every configured name exists now", kind.value, extra={"source": kind.value})
         self._validations[kind] = validation
         return validation
+
+    async def _projections_for(self, kind: RecordKind) -> tuple[str, ...]:
+        """The known projection names for `kind` that this tenant serves (probed by their $metadata)."""
+        found = []
+        for name in PROJECTIONS[kind]:
+            try:
+                md = await self.metadata(name)
+            except (FatalRequestError, RetriableError):
+                continue
+            if any(_score(kind, name, s, md.entity(s), md) > 0 for s in md.entity_sets if md.entity(s)):
+                found.append(name)
+        return tuple(found)
 
     def last(self, kind: RecordKind) -> Validation | None:
         return self._validations.get(kind)
@@ -569,11 +603,11 @@ async def _propose(client, kind: RecordKind, metadata: Mapping[str, Metadata], c
         values["enum_type"] = ""
         notes["enum_type"] = f"{state_field} is {state_type or 'untyped'}: plain text, no enum type"
         counts = await _distinct(client, projection, entity_set, state_field, company_field, company)
-        pending = [v for v in KIND_PENDING[kind] if v in counts] or [v for v in counts if v in PENDING_STATES]
+        # IFS's pending values for the kind, whether or not this sample holds each; else what looks pending
+        pending = list(KIND_PENDING[kind]) if any(v in counts for v in KIND_PENDING[kind]) else \
+            [v for v in counts if v in PENDING_STATES]
         seen = ", ".join(f"{v} ({n})" for v, n in sorted(counts.items(), key=lambda x: -x[1])[:8])
         notes["pending_states"] = f"values in a sample of {sum(counts.values())} rows: {seen or 'none'}"
-        if not counts:
-            pending = list(KIND_PENDING[kind])
     if not pending:
         pending = list(KIND_PENDING[kind])
         guesses.add("pending_states")
@@ -608,13 +642,16 @@ async def _propose(client, kind: RecordKind, metadata: Mapping[str, Metadata], c
             if alts:
                 notes[attr] = f"also present: {', '.join(alts)}"
     values["step_field"] = state_field if default.step_field else False
-    details = [[label, f] for label, f in default.details if f in props]
-    if kind is RecordKind.VOUCHER and values.get("party_id") and not any(f == values["party_id"] for _, f in details):
-        details.append(["Entered by", values["party_id"]])
+    details, dropped = [], []
+    for label, f in default.details:
+        found = _field(props, (f, *DETAILS.get(label, ())))
+        if found:
+            details.append([label, found])
+        else:
+            dropped.append(label)
     values["details"] = details
-    dropped = [f for _, f in default.details if f not in props]
     if dropped:
-        notes["details"] = f"not in {entity_set}: {', '.join(dropped)}"
+        notes["details"] = f"nothing in {entity_set} for: {', '.join(dropped)}"
     values["approvals"] = _propose_approvals(md, entity, notes, guesses)
     values["link_page"] = default.link_page
     values["list_page"] = default.list_page

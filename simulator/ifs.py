@@ -1869,6 +1869,11 @@ def _shape(
 
 
 _EDM_FACETS = {EDM_DECIMAL: ' Precision="130" Scale="65"', EDM_STRING: ' MaxLength="4000"'}
+def metadata_document(projection: str, profile: str | Profile = "default") -> str:
+    """The `$metadata` a profile serves for `projection`, without a server (tests and benchmarks)."""
+    return _edmx(projection, _build_schema(get_profile(profile)).projections[projection])
+
+
 def _edmx(name: str, projection: _Projection) -> str:
     ns = f"IfsApp.{name}"
     enums: dict[str, EnumType] = {}
