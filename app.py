@@ -703,6 +703,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--poll-seconds", type=float, default=10.0)
     d.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)")
     d.add_argument("--data-dir", default="var/demo")
+    d.add_argument("--profile", default="default", choices=["default", "renamed", "lean"],
+                   help="the simulated IFS tenant's names (renamed, lean: discover finds them at start)")
     d.set_defaults(fn=cmd_demo)
     pl = sub.add_parser("poll", help="poll IFS once and print a summary")
     pl.add_argument("--once", action="store_true", required=True)

@@ -15,6 +15,7 @@ import httpx
 
 import app
 from core.settings import load_settings
+from pollers.tenant import discover, render
 from simulator.connector import ConnectorStandIn
 from simulator.ifs import IfsSimulator, run_generator
 from simulator.teams_client import channel_message
@@ -104,13 +105,31 @@ def _fallback(activity: dict) -> str:
     return ""
 
 
+async def discovered_sources(settings, secrets: dict[str, str]) -> str:
+    """What `discover` proposes for the simulator's tenant, as TOML (the demo of a non-default profile)."""
+    creds = app.Credentials(secrets["ifs.base_url"], secrets["ifs.client_id"], secrets["ifs.client_secret"], "", "", "")
+    client = app.make_ifs_client(settings, creds, quick=True)
+    try:
+        proposals = await discover(client, company="10", progress=lambda line: print(f"discover: {line}"))
+    finally:
+        await client.aclose()
+    return render(proposals)
+
+
 async def run_demo(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir)
-    settings = load_settings(demo_config(data_dir, args.poll_seconds))
-    sim = IfsSimulator(realm="demo")
+    config = demo_config(data_dir, args.poll_seconds)
+    settings = load_settings(config)
+    sim = IfsSimulator(realm="demo", profile=args.profile)
     ifs_url = await sim.start()
     for vendor, amount in (("Nordic Steel AB", 12500), ("Acme Fasteners Ltd", 830.4), ("Bolt & Nut GmbH", 56000)):
-        sim.add_order(company="10", VendorName=vendor, GrossAmtCurr=amount)
+        fields = {"VendorName": vendor} if sim.profile.field("order", "VendorName") else {}
+        sim.add_order(company="10", GrossAmtCurr=amount, **fields)
+    if args.profile != "default":  # the tenant names things its own way: let discover find them, as a user would
+        with config.open("a", encoding="utf-8") as f:
+            f.write("\n" + await discovered_sources(settings, sim.vault_secrets()))
+        settings = load_settings(config)
+        print(f"IFS tenant profile  : {args.profile}; the [sources.*] that discover proposed are in {config}")
     generator = asyncio.create_task(run_generator(sim, 20.0, kind="order", company="10"))
     service = await app.build_service(settings, sim.vault_secrets())
     db = service.db

@@ -135,3 +135,22 @@ async def test_the_default_config_on_a_mismatched_tenant(tmp_path, connector, pr
             await svc.db.close()
     finally:
         await sim.stop()
+
+
+async def test_the_demo_of_a_profile_polls_with_what_discover_proposes(tmp_path):
+    import tomllib
+
+    from demo import demo_config, discovered_sources
+    from pollers.sources import build_sources
+
+    sim = IfsSimulator(realm="demo", profile="lean")
+    await sim.start()
+    try:
+        sim.add_order("10")
+        text = await discovered_sources(load_settings(demo_config(tmp_path, 10.0), env={}), sim.vault_secrets())
+    finally:
+        await sim.stop()
+    sources = build_sources(tomllib.loads(text)["sources"])
+    assert sources[RecordKind.INVOICE].projection == "ManSuppInvoiceHandling"
+    assert sources[RecordKind.ORDER].enum_type == "IfsApp.PurchaseOrderHandling.PurchaseOrderStatus"
+    assert all(spec.approvals is None for spec in sources.values())  # the lean tenant has no approval lines
