@@ -230,7 +230,7 @@ def status_card(view: StatusView, ctx: CardContext | None = None) -> dict[str, A
                 body.append(text_block(f"{label}: {listed}{more}", separator=True))
         return adaptive_card(
             [item for item in body if item],
-            fallback=f"Status: {view.headline}, IFS {reachable}, backlog {view.backlog},"
+            fallback=f"Status: {view.headline}{f', IFS {reachable}' if failing else ''}, backlog {view.backlog},"
                      f" failed deliveries {view.failures}",
         )
 
