@@ -89,6 +89,8 @@ class Poller:
     monotonic: Any = time.monotonic
     now: Any = time.time
     _mappers: dict[RecordKind, RecordMapper] = field(default_factory=dict)
+    # sources poll concurrently: IFS going down (or coming back) is noticed, logged and audited once
+    _availability: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def mapper(self, kind: RecordKind) -> RecordMapper:
         if kind not in self._mappers:
@@ -117,14 +119,16 @@ class Poller:
         return result
 
     async def _ifs_down(self, error: str) -> None:
-        if await self.writer.ifs_available():
-            log.warning("IFS unavailable: %s", error)
-            await self.writer.set_ifs_available(False, error, self.audit)
+        async with self._availability:
+            if await self.writer.ifs_available():
+                log.warning("IFS unavailable: %s", error)
+                await self.writer.set_ifs_available(False, error, self.audit)
 
     async def _ifs_up(self) -> None:
-        if not await self.writer.ifs_available():
-            log.info("IFS recovered")
-            await self.writer.set_ifs_available(True, None, self.audit)
+        async with self._availability:
+            if not await self.writer.ifs_available():
+                log.info("IFS recovered")
+                await self.writer.set_ifs_available(True, None, self.audit)
 
     async def _poll(self, kind: RecordKind, company: str, result: PollResult) -> list[str]:
         """Returns the quarantined keys that were not bad this time (fixed, or gone): to release."""
