@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from core.domain import Binding, EventType, FinanceRecord, RecordKind
 from core.errors import AuthError, BadRecordError, FatalRequestError, RetriableError
+from core.links import odata_literal
 from pollers.ifs_client import ListingBounds, looks_like_a_page_cap
 from pollers.sources import Columns, RecordMapper, SourceSpec, summarize_chain
 from store.repos import AuditLog, Bindings, Change, PollWriter, Seen
@@ -35,6 +36,8 @@ class IfsReader(Protocol):
 
     async def get_collection(self, projection: str, entity_set: str, keys: Mapping[str, str | int],
                              navigation: str, *, select: Sequence[str] | None = None) -> list[dict[str, Any]]: ...
+
+    async def probe(self, projection: str, entity_set: str, *, filter: str | None) -> dict[str, Any] | None: ...
 
 
 @dataclass
@@ -214,12 +217,14 @@ class Poller:
         (404) or out of the pending set. Absence from a listing is not evidence: a record still pending
         when read by key means the listing was incomplete (one warning, an audit entry, nothing changes
         for it), and a record not read this time (read failed, or past `confirm_reads`) stays pending until
-        a later poll confirms it."""
+        a later poll confirms it. Nor is a 404 evidence when IFS shows nothing at all of the company: a
+        service user that lost the company sees empty listings and 404s alike."""
         kind, company = cycle.kind, cycle.company
         spec = self.sources[kind]
         where = {"source": kind.value, "company": company}
         missing = await self.seen.left(kind, company, present)
         resolved: list[Change] = []
+        gone: list[tuple[str, str, int]] = []  # 404 when read by key
         failure: Exception | None = None
         for n, (key, state, event_id) in enumerate(missing):
             if n >= self.confirm_reads:
@@ -235,15 +240,26 @@ class Poller:
                 failure = exc
                 result.deferred += 1
                 continue
-            if row is not None and spec.is_pending(row) and row.get(spec.company_field, company) == company:
+            if row is None:
+                gone.append((key, state, event_id))
+                continue
+            if spec.is_pending(row) and row.get(spec.company_field, company) == company:
                 result.incomplete += 1
                 continue
             record = await self._final(cycle, key, event_id, row)
             resolved.append((EventType.RESOLVED, record.to_dict(), state, ""))
+        hidden = bool(gone) and not present and not await self._company_visible(spec, company)
+        if hidden:
+            result.incomplete += len(gone)
+        for key, state, event_id in [] if hidden else gone:
+            resolved.append((EventType.RESOLVED, (await self._final(cycle, key, event_id, None)).to_dict(), state, ""))
         result.pending += result.incomplete + result.deferred  # still pending, as far as anyone knows
         if result.incomplete:
             hint = ""
-            if looks_like_a_page_cap(last_page, self.page_size):
+            if hidden:
+                hint = (f"; IFS shows no {kind.plural} at all for company {company} now: is the company still"
+                        " granted to the service user (Allowed Companies)?")
+            elif looks_like_a_page_cap(last_page, self.page_size):
                 hint = (f"; its last page held {last_page} rows, fewer than ifs.page_size = {self.page_size}: if"
                         f" IFS caps pages at {last_page} rows, set ifs.page_size to {last_page}")
             log.warning("listing of %s for company %s looks incomplete: it missed %d records still pending when"
@@ -252,13 +268,21 @@ class Poller:
                         kind.value, company, result.incomplete, len(present), self.page_size, hint, extra=where)
             await self.audit.record("poll", f"listing {kind.value}", "incomplete", company=company,
                                     missed=result.incomplete, listed=len(present), page_size=self.page_size,
-                                    last_page=last_page)
+                                    last_page=last_page, company_visible=not hidden)
         if result.deferred:
             log.warning("%d records of %s missing from the listing for company %s were not confirmed by key (%s);"
                         " they stay pending until a later poll confirms them", result.deferred, kind.value,
                         company, _describe(failure) if failure else f"over ifs.confirm_reads_per_cycle ="
                         f" {self.confirm_reads}", extra=where)
         return resolved
+
+    async def _company_visible(self, spec: SourceSpec, company: str) -> bool:
+        """Whether IFS shows any row of the company in the source's entity set (whatever its state)."""
+        try:
+            return await self.client.probe(spec.projection, spec.entity_set,
+                                           filter=f"{spec.company_field} eq {odata_literal(company)}") is not None
+        except (FatalRequestError, RetriableError):
+            return False  # no evidence either way: nothing is resolved on a 404 alone
 
     async def _page(self, mapper: RecordMapper, rows: list[dict[str, Any]], cols: Columns, known: int,
                     present: set[str], touched: set[str], cycle: _Cycle) -> tuple[list[Change], list[BadRow], int]:

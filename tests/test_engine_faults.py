@@ -103,6 +103,37 @@ async def test_a_deleted_record_is_resolved_as_last_seen(ifs, harness):
     assert await seen_keys(h) == {f"OrderNo={stays['OrderNo']}"}
 
 
+async def test_a_company_no_longer_granted_resolves_nothing(ifs, harness, caplog):
+    for _ in range(14):
+        ifs.add_order(company="10")
+    ifs.add_order(company="20")
+    h = await harness()
+    await h.poller.poll(ORDER, "10")
+    ifs.granted_companies = {"20"}  # IFS: empty listings and 404s by key for a company not granted
+    caplog.set_level(logging.WARNING, logger="pollers.engine")
+    revoked = await h.poller.poll(ORDER, "10")
+    assert revoked.ok and (revoked.resolved, revoked.incomplete, revoked.pending) == (0, 14, 14)
+    [line] = warnings(caplog, "looks incomplete")
+    assert "IFS shows no orders at all for company 10" in line.getMessage()
+    assert "Allowed Companies" in line.getMessage()
+    ifs.granted_companies = None
+    back = await h.poller.poll(ORDER, "10")
+    assert (back.new, back.changed, back.resolved) == (0, 0, 0) and await h.events() == 14
+
+
+async def test_the_last_pending_record_deleted_is_resolved_when_the_company_is_visible(ifs, harness):
+    approved, deleted = ifs.add_order(company="10"), ifs.add_order(company="10")
+    h = await harness()
+    await h.poller.poll(ORDER, "10")
+    ifs.approve("order", {"OrderNo": approved["OrderNo"]})
+    assert (await h.poller.poll(ORDER, "10")).resolved == 1
+    ifs.remove("order", {"OrderNo": deleted["OrderNo"]})
+    result = await h.poller.poll(ORDER, "10")  # an empty listing; the released order is still to be seen
+    assert (result.rows, result.resolved, result.incomplete) == (0, 1, 0)
+    assert [r["number"] for r in await resolved_records(h)] == [approved["OrderNo"], deleted["OrderNo"]]
+    assert await seen_keys(h) == set()
+
+
 @pytest.mark.parametrize("status", [500, 400])
 async def test_a_failing_read_by_key_defers_the_record_to_the_next_poll(ifs, harness, caplog, status):
     approved, other = ifs.add_order(company="10"), ifs.add_order(company="10")
