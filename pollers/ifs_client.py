@@ -17,6 +17,11 @@ Decisions worth knowing before changing this module:
   `ieee754_compatible=True` where amounts need more. Parsing with `parse_float=Decimal` would cost
   every float of every row, most of which are never read.
 * Pages are yielded exactly as the server sent them (`value` lists); the client does no per-row work.
+* A listing is bounded (`ListingBounds`): in requests, derived from the rows expected, and in time on the
+  client's clock. Distinct next links can go on for ever; only a repeated one is a detectable loop.
+* A server may cap its pages below `$top` without a next link, so that a short first window looks like
+  the end of the listing. When that window holds a round number of rows (a multiple of 50, or a power of
+  two), one more window is read; rows there reveal the cap, which then becomes the window size.
 """
 
 from __future__ import annotations

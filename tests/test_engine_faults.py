@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from urllib.parse import unquote
 
+import httpx
 import pytest
 
 from core.clock import FakeClock
@@ -43,6 +45,33 @@ async def resolved_records(h) -> list[dict]:
 
 def by_key(no: str) -> str:
     return f"PurchaseOrderSet(OrderNo='{no}')"
+
+
+# ---------------------------------------------------------------- the simulator's listing faults
+
+
+async def test_the_simulators_listing_faults_over_its_admin_api(ifs):
+    for _ in range(5):
+        ifs.add_order(company="10")
+    url = "/main/ifsapplications/projection/v1/PurchaseOrderHandling.svc/PurchaseOrderSet"
+    async with httpx.AsyncClient(base_url=ifs.base_url) as http:
+        token = (await http.post("/auth/realms/ifs/protocol/openid-connect/token", data={
+            "grant_type": "client_credentials", "client_id": "notifier", "client_secret": "notifier-secret"})
+                 ).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        set_up = await http.post("/_sim/faults", json={"cap_top": 2, "endless_next_links": True, "path": LISTING})
+        assert [f["action"] for f in set_up.json()["faults"]] == ["cap_top", "endless_next_links"]
+        first = (await http.get(url, params={"$top": "4"}, headers=headers)).json()
+        second = (await http.get(first["@odata.nextLink"], headers=headers)).json()
+        assert (len(first["value"]), len(second["value"])) == (2, 2)
+        assert first["@odata.nextLink"] != second["@odata.nextLink"] and "$skip=4" in unquote(second["@odata.nextLink"])
+        one = await http.get(f"{url}(OrderNo='{ifs.rows('order')[0]['OrderNo']}')", headers=headers)
+        assert "@odata.nextLink" not in one.json()  # a read by key is no listing
+
+        await http.post("/_sim/faults", json={"clear": True, "empty_next": 1, "path": LISTING})
+        assert (await http.get(url, params={"$top": "4"}, headers=headers)).json()["value"] == []
+        again = (await http.get(url, params={"$top": "4"}, headers=headers)).json()
+        assert len(again["value"]) == 4 and "@odata.nextLink" not in again
 
 
 # ---------------------------------------------------------------- absence is not evidence
