@@ -254,6 +254,11 @@ class Poller:
         for key, state, event_id in [] if hidden else gone:
             resolved.append((EventType.RESOLVED, (await self._final(cycle, key, event_id, None)).to_dict(), state, ""))
         result.pending += result.incomplete + result.deferred  # still pending, as far as anyone knows
+        deferred = ""
+        if result.deferred:
+            why = _describe(failure) if failure else f"over ifs.confirm_reads_per_cycle = {self.confirm_reads}"
+            deferred = (f"{result.deferred} records missing from it were not confirmed by key ({why}); they stay"
+                        " pending until a later poll confirms them")
         if result.incomplete:
             hint = ""
             if hidden:
@@ -264,16 +269,14 @@ class Poller:
                         f" IFS caps pages at {last_page} rows, set ifs.page_size to {last_page}")
             log.warning("listing of %s for company %s looks incomplete: it missed %d records still pending when"
                         " read by key (%d listed); nothing was resolved for them. Causes: a glitch, a company"
-                        " not granted to the service user, or a server page cap below ifs.page_size (%d)%s",
-                        kind.value, company, result.incomplete, len(present), self.page_size, hint, extra=where)
+                        " not granted to the service user, or a server page cap below ifs.page_size (%d)%s%s",
+                        kind.value, company, result.incomplete, len(present), self.page_size, hint,
+                        f". {deferred}" if deferred else "", extra=where)
             await self.audit.record("poll", f"listing {kind.value}", "incomplete", company=company,
                                     missed=result.incomplete, listed=len(present), page_size=self.page_size,
-                                    last_page=last_page, company_visible=not hidden)
-        if result.deferred:
-            log.warning("%d records of %s missing from the listing for company %s were not confirmed by key (%s);"
-                        " they stay pending until a later poll confirms them", result.deferred, kind.value,
-                        company, _describe(failure) if failure else f"over ifs.confirm_reads_per_cycle ="
-                        f" {self.confirm_reads}", extra=where)
+                                    last_page=last_page, company_visible=not hidden, deferred=result.deferred)
+        elif deferred:
+            log.warning("listing of %s for company %s: %s", kind.value, company, deferred, extra=where)
         return resolved
 
     async def _company_visible(self, spec: SourceSpec, company: str) -> bool:

@@ -104,6 +104,23 @@ async def test_an_empty_listing_once_resolves_nothing_and_reposts_nothing(ifs, h
     assert await h.events() == 14 and await h.deliveries() == deliveries
 
 
+async def test_an_empty_listing_of_many_records_says_it_once_and_defers_past_the_cap(ifs, harness, caplog):
+    for _ in range(14):
+        ifs.add_order(company="10")
+    h = await harness(details_limit=0)
+    h.poller.confirm_reads = 5
+    await h.poller.poll(ORDER, "10")
+    ifs.faults.empty_next(1, path=LISTING)
+    caplog.set_level(logging.WARNING, logger="pollers.engine")
+    glitch = await h.poller.poll(ORDER, "10")
+    assert (glitch.resolved, glitch.incomplete, glitch.deferred, glitch.pending) == (0, 5, 9, 14)
+    [line] = caplog.records
+    assert "missed 5 records" in line.getMessage() and "9 records missing from it were not confirmed" in (
+        line.getMessage())
+    after = await h.poller.poll(ORDER, "10")
+    assert (after.new, after.resolved, after.incomplete, after.deferred) == (0, 0, 0, 0)
+
+
 async def test_a_record_approved_during_an_empty_listing_is_resolved_and_only_it(ifs, harness):
     orders = [ifs.add_order(company="10") for _ in range(3)]
     h = await harness()
@@ -185,15 +202,19 @@ async def test_a_failing_read_by_key_defers_the_record_to_the_next_poll(ifs, har
     assert await seen_keys(h) == {f"OrderNo={other['OrderNo']}"}
 
 
-async def test_confirmations_have_their_own_budget_and_defer_the_rest(ifs, harness):
+async def test_confirmations_have_their_own_budget_and_defer_the_rest(ifs, harness, caplog):
     orders = [ifs.add_order(company="10") for _ in range(5)]
     h = await harness(details_limit=0)  # no approval-chain reads at all: confirmations are not starved
     h.poller.confirm_reads = 3
     await h.poller.poll(ORDER, "10")
     for order in orders:
         ifs.approve("order", {"OrderNo": order["OrderNo"]})
+    caplog.set_level(logging.WARNING, logger="pollers.engine")
     first = await h.poller.poll(ORDER, "10")
     assert (first.resolved, first.deferred, first.pending) == (3, 2, 2)
+    [line] = caplog.records
+    assert "2 records missing from it were not confirmed by key (over ifs.confirm_reads_per_cycle = 3)" in (
+        line.getMessage())
     assert sum(len(ifs.data_requests(by_key(o["OrderNo"]))) for o in orders) == 3
     second = await h.poller.poll(ORDER, "10")
     assert (second.resolved, second.deferred, second.pending) == (2, 0, 0)
