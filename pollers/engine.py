@@ -209,7 +209,8 @@ class Poller:
             if resolved:
                 result.deliveries += await self.writer.apply(kind, company, resolved, bindings)
             result.resolved = len(resolved)
-        return sorted(quarantined - bad_keys)
+        released = quarantined - bad_keys  # fixed, or gone: absent from a listing known to be short is neither
+        return sorted(released & present if result.incomplete or result.deferred else released)
 
     async def _confirm_left(self, present: set[str], cycle: _Cycle, result: PollResult, last_page: int
                             ) -> list[Change]:

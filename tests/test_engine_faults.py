@@ -121,6 +121,20 @@ async def test_an_empty_listing_of_many_records_says_it_once_and_defers_past_the
     assert (after.new, after.resolved, after.incomplete, after.deferred) == (0, 0, 0, 0)
 
 
+async def test_an_empty_listing_releases_no_quarantined_row(ifs, harness):
+    ifs.add_invoice(company="10")
+    bad = ifs.add_invoice(company="10")
+    test_poller.corrupt(ifs, INVOICE, ("10", bad["InvoiceId"]), GrossCurrAmount="lots")
+    h = await harness()
+    assert (await h.poller.poll(INVOICE, "10")).bad == 1
+    ifs.faults.empty_next(1, path="ManualSupplierInvoiceSet?")
+    glitch = await h.poller.poll(INVOICE, "10")
+    assert (glitch.incomplete, glitch.resolved) == (1, 0)
+    assert await h.db.scalar("SELECT count(*) FROM quarantine") == 1
+    again = await h.poller.poll(INVOICE, "10")
+    assert again.bad == 1 and await h.db.scalar("SELECT count FROM quarantine") == 2  # the same row, seen again
+
+
 async def test_a_record_approved_during_an_empty_listing_is_resolved_and_only_it(ifs, harness):
     orders = [ifs.add_order(company="10") for _ in range(3)]
     h = await harness()
