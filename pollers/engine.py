@@ -379,12 +379,21 @@ class Poller:
         try:
             return await self.client.get_collection(spec.projection, spec.entity_set, keys, spec.approvals.navigation)
         except FatalRequestError as exc:
+            if exc.status == 404 and await self._gone(spec, keys):
+                return []  # the record itself went away meanwhile: no lines to show, nothing wrong with the name
             cycle.chains = False
             log.warning("approval lines of %s for company %s cannot be read, so its cards go without the approval"
                         " chain this poll: check [sources.%s] approvals.navigation (now %r). %s", cycle.kind.value,
                         cycle.company, cycle.kind.value, spec.approvals.navigation, _describe(exc),
                         extra={"source": cycle.kind.value, "company": cycle.company})
             return None
+
+    async def _gone(self, spec: SourceSpec, keys: Mapping[str, str | int]) -> bool:
+        """Whether a read by key finds the record missing (a failed read does not say so)."""
+        try:
+            return await self.client.get_by_key(spec.projection, spec.entity_set, keys) is None
+        except FatalRequestError:
+            return False
 
     async def _check_chains(self, present: set[str], touched: set[str], bindings: list[Binding], cycle: _Cycle
                             ) -> tuple[int, int]:

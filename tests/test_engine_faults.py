@@ -403,6 +403,19 @@ async def test_a_wrong_approval_navigation_degrades_the_cards_with_one_warning(i
     assert (record["number"], record["state"]) == (orders[0]["OrderNo"], "Released")
 
 
+async def test_approval_lines_of_a_record_gone_meanwhile_leave_the_other_chains_alone(ifs, harness, caplog):
+    gone, kept = ifs.add_order(company="10"), ifs.add_order(company="10")
+    h = await harness()
+    # the first record vanishes between the listing and its approval lines (404 there, then 404 by key)
+    ifs.faults.fail_next(1, status=404, code="ODP_RESOURCE_NOTFOUND", path=f"{by_key(gone['OrderNo'])}/")
+    ifs.faults.fail_next(1, status=404, code="ODP_RESOURCE_NOTFOUND", path=by_key(gone["OrderNo"]))
+    caplog.set_level(logging.WARNING, logger="pollers.engine")
+    result = await h.poller.poll(ORDER, "10")
+    assert result.ok and result.new == 2 and not caplog.records
+    records = {r["number"]: r for r in (json.loads(t[0]) for t in await h.db.fetchall("SELECT record FROM events"))}
+    assert not records[gone["OrderNo"]].get("approvers") and records[kept["OrderNo"]]["approvers"]
+
+
 async def test_a_retriable_failure_of_the_approval_lines_still_fails_the_poll(ifs, harness):
     ifs.add_order(company="10")
     h = await harness(retry_attempts=1)
