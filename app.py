@@ -134,7 +134,10 @@ class Service:
         self.tenant = TenantSchema(self.ifs, self.sources)
         self.poller = Poller(client=self.ifs, sources=self.sources, seen=Seen(db), bindings=self.bindings,
                              writer=PollWriter(db), audit=self.audit, ifs_base_url=creds.ifs_base_url,
-                             page_size=settings.ifs.page_size, use_select=settings.ifs.select)
+                             page_size=settings.ifs.page_size, use_select=settings.ifs.select,
+                             confirm_reads=settings.ifs.confirm_reads_per_cycle,
+                             max_listing_pages=settings.ifs.max_listing_pages,
+                             max_listing_seconds=settings.ifs.max_listing_seconds)
         self.bot_config = BotConfig(APP_ID=creds.bot_app_id, APP_PASSWORD=creds.bot_app_password,
                                     APP_TYPE=settings.bot.app_type if creds.bot_app_id else "MultiTenant",
                                     APP_TENANTID=creds.bot_tenant_id,
@@ -152,7 +155,8 @@ class Service:
         self.bot = NotifierBot(db, self.commands, welcome=settings.bot.welcome)
         self.scheduler = None
         self._tasks: list[asyncio.Task] = []
-        self._poll_lock = asyncio.Lock()
+        # one lock per source: a source stuck in a long listing never holds up the others
+        self._poll_locks = {kind: asyncio.Lock() for kind in RecordKind}
         self._stopped = False
         self._install_gauges()
 
@@ -274,7 +278,7 @@ class Service:
     async def poll_source(self, kind: RecordKind) -> list[Any]:
         """One scheduled job: this source for every company an active channel is bound to."""
         results = []
-        async with self._poll_lock:
+        async with self._poll_locks[kind]:
             companies = await self.bindings.companies()
             validation = await self._validated(kind) if companies else None
             if validation is not None and validation.fatal:

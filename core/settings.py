@@ -52,6 +52,9 @@ class IfsSettings:
     retry_max_seconds: float = 300.0
     time_zone_aware: bool = False
     select: bool = True  # send $select (some projections reportedly reject it)
+    confirm_reads_per_cycle: int = 500  # reads by key per poll confirming that unlisted records left
+    max_listing_pages: int = 0  # requests one listing may make; 0: derived from the records pending
+    max_listing_seconds: float = 900.0  # one listing's duration; 0: unbounded
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,11 @@ class Settings:
             raise ConfigError("ifs.page_size", "must be between 1 and 100000")
         if self.ifs.requests_per_minute < 1:
             raise ConfigError("ifs.requests_per_minute", "must be at least 1")
+        if self.ifs.confirm_reads_per_cycle < 1:
+            raise ConfigError("ifs.confirm_reads_per_cycle", "must be at least 1")
+        if self.ifs.max_listing_pages < 0 or self.ifs.max_listing_seconds < 0:
+            raise ConfigError("ifs.max_listing_pages" if self.ifs.max_listing_pages < 0 else "ifs.max_listing_seconds",
+                              "must not be negative (0: no fixed limit)")
         if self.ifs.base_url and not self.ifs.base_url.startswith(("https://", "http://")):
             raise ConfigError("ifs.base_url", "must start with https://")
         if self.bot.app_type.lower() not in ("singletenant", "multitenant", "userassignedmsi"):

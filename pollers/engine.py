@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 from core.domain import Binding, EventType, FinanceRecord, RecordKind
 from core.errors import AuthError, BadRecordError, FatalRequestError, RetriableError
+from core.links import odata_literal
+from pollers.ifs_client import ListingBounds, looks_like_a_page_cap
 from pollers.sources import Columns, RecordMapper, SourceSpec, summarize_chain
 from store.repos import AuditLog, Bindings, Change, PollWriter, Seen
 
@@ -26,13 +28,16 @@ log = logging.getLogger(__name__)
 class IfsReader(Protocol):
     def iter_pages(self, projection: str, entity_set: str, *, filter: str | None = None,
                    select: Sequence[str] | None = None, orderby: Sequence[str] = (),
-                   page_size: int = 5000) -> AsyncIterator[list[dict[str, Any]]]: ...
+                   page_size: int = 5000, bounds: ListingBounds | None = None
+                   ) -> AsyncIterator[list[dict[str, Any]]]: ...
 
     async def get_by_key(self, projection: str, entity_set: str,
                          keys: Mapping[str, str | int]) -> dict[str, Any] | None: ...
 
     async def get_collection(self, projection: str, entity_set: str, keys: Mapping[str, str | int],
                              navigation: str, *, select: Sequence[str] | None = None) -> list[dict[str, Any]]: ...
+
+    async def probe(self, projection: str, entity_set: str, *, filter: str | None) -> dict[str, Any] | None: ...
 
 
 @dataclass
@@ -45,6 +50,8 @@ class PollResult:
     new: int = 0
     changed: int = 0
     resolved: int = 0
+    incomplete: int = 0  # missing from the listing, yet pending when read by key: the listing was short
+    deferred: int = 0  # missing from the listing, not read by key this time: confirmed by a later poll
     bad: int = 0
     deliveries: int = 0
     pages: int = 0
@@ -54,6 +61,16 @@ class PollResult:
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("kind", "company")}
+
+
+@dataclass
+class _Cycle:
+    """One poll's allowance for reads beyond the listing, and what it learned about them on the way."""
+
+    kind: RecordKind
+    company: str
+    details: int  # approval-chain reads left (Poller.details_limit)
+    chains: bool = True  # False once the approval lines could not be read: the rest go without
 
 
 @dataclass
@@ -70,9 +87,14 @@ class Poller:
     page_size: int = 5000
     use_select: bool = True
     details_limit: int = 50  # per cycle: extra per-record reads beyond this are skipped (digest territory)
+    confirm_reads: int = 500  # per cycle: reads by key confirming that records missing from a listing left
+    max_listing_pages: int = 0  # requests one listing may make; 0: derived from the records pending
+    max_listing_seconds: float = 900.0  # one listing's time (on the client's clock); 0: unbounded
     monotonic: Any = time.monotonic
     now: Any = time.time
     _mappers: dict[RecordKind, RecordMapper] = field(default_factory=dict)
+    # sources poll concurrently: IFS going down (or coming back) is noticed, logged and audited once
+    _availability: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def set_source(self, spec: SourceSpec) -> None:
         """Poll `spec` for its kind from now on (the configured source with names the tenant lacks left out)."""
@@ -107,14 +129,16 @@ class Poller:
         return result
 
     async def _ifs_down(self, error: str) -> None:
-        if await self.writer.ifs_available():
-            log.warning("IFS unavailable: %s", error)
-            await self.writer.set_ifs_available(False, error, self.audit)
+        async with self._availability:
+            if await self.writer.ifs_available():
+                log.warning("IFS unavailable: %s", error)
+                await self.writer.set_ifs_available(False, error, self.audit)
 
     async def _ifs_up(self) -> None:
-        if not await self.writer.ifs_available():
-            log.info("IFS recovered")
-            await self.writer.set_ifs_available(True, None, self.audit)
+        async with self._availability:
+            if not await self.writer.ifs_available():
+                log.info("IFS recovered")
+                await self.writer.set_ifs_available(True, None, self.audit)
 
     async def _poll(self, kind: RecordKind, company: str, result: PollResult) -> list[str]:
         """Returns the quarantined keys that were not bad this time (fixed, or gone): to release."""
@@ -130,7 +154,9 @@ class Poller:
         loaded = False
         present: set[str] = set()
         touched: set[str] = set()
-        budget = [self.details_limit]
+        cycle = _Cycle(kind, company, self.details_limit)
+        bounds = ListingBounds(max_pages=self.max_listing_pages, max_seconds=self.max_listing_seconds)
+        last_page = 0  # rows in the listing's last page: a server's silent page cap shows there
         # Pages are written on the database thread while the next ones are fetched and mapped here. Two
         # writes in flight: the database thread starts page N+1 the moment page N is committed, however
         # busy this thread is at that moment. Writes run in page order; a failure surfaces two pages later.
@@ -139,18 +165,19 @@ class Poller:
             async for page in self.client.iter_pages(
                     spec.projection, spec.entity_set, filter=spec.filter_for(company),
                     select=spec.select if self.use_select else None, orderby=spec.orderby,
-                    page_size=self.page_size):
+                    page_size=self.page_size, bounds=bounds):
                 if not loaded:
                     known, bindings, quarantined = await loading
                     loaded = True
                 result.pages += 1
                 result.rows += len(page)
+                last_page = len(page)
                 cols = Columns(page)
                 rows = spec.pending_rows(page, cols)
-                changes, bad, new = await self._page(kind, company, mapper, rows, cols, known, present, touched,
-                                                     budget)
+                changes, bad, new = await self._page(mapper, rows, cols, known, present, touched, cycle)
                 unseen += new
                 result.pending = len(present)
+                bounds.expected_rows = max(known, result.pending)  # a listing bringing new records goes on
                 result.bad += len(bad)
                 if quarantined:
                     bad_keys.update(key for key, _, _ in bad)
@@ -180,22 +207,96 @@ class Poller:
             raise
         if not loaded:  # an empty listing
             known, bindings, quarantined = await loading
-        if spec.approvals is not None and budget[0] > 0:
-            chained = await self._check_chains(kind, company, present, touched, bindings, budget)
+        if spec.approvals is not None and cycle.details > 0 and cycle.chains:
+            chained = await self._check_chains(present, touched, bindings, cycle)
             result.changed += chained[0]
             result.deliveries += chained[1]
         if len(present) - unseen < known:  # some of what was pending is no longer listed
-            resolved = []
-            for key, state, event_id in await self.seen.left(kind, company, present):
-                record = await self._final(kind, key, event_id, budget)
-                resolved.append((EventType.RESOLVED, record.to_dict(), state, ""))
-            result.deliveries += await self.writer.apply(kind, company, resolved, bindings)
+            resolved = await self._confirm_left(present, cycle, result, last_page)
+            if resolved:
+                result.deliveries += await self.writer.apply(kind, company, resolved, bindings)
             result.resolved = len(resolved)
-        return sorted(quarantined - bad_keys)
+        released = quarantined - bad_keys  # fixed, or gone: absent from a listing known to be short is neither
+        return sorted(released & present if result.incomplete or result.deferred else released)
 
-    async def _page(self, kind: RecordKind, company: str, mapper: RecordMapper, rows: list[dict[str, Any]],
-                    cols: Columns, known: int, present: set[str], touched: set[str], budget: list[int]
-                    ) -> tuple[list[Change], list[BadRow], int]:
+    async def _confirm_left(self, present: set[str], cycle: _Cycle, result: PollResult, last_page: int
+                            ) -> list[Change]:
+        """The resolved events of the seen records missing from the listing that a read by key shows gone
+        (404) or out of the pending set. Absence from a listing is not evidence: a record still pending
+        when read by key means the listing was incomplete (one warning, an audit entry, nothing changes
+        for it), and a record not read this time (read failed, or past `confirm_reads`) stays pending until
+        a later poll confirms it. Nor is a 404 evidence when IFS shows nothing at all of the company: a
+        service user that lost the company sees empty listings and 404s alike."""
+        kind, company = cycle.kind, cycle.company
+        spec = self.sources[kind]
+        where = {"source": kind.value, "company": company}
+        missing = await self.seen.left(kind, company, present)
+        resolved: list[Change] = []
+        gone: list[tuple[str, str, int]] = []  # 404 when read by key
+        failure: Exception | None = None
+        for n, (key, state, event_id) in enumerate(missing):
+            if n >= self.confirm_reads:
+                result.deferred += len(missing) - n
+                break
+            try:
+                row = await self.client.get_by_key(spec.projection, spec.entity_set, _typed_keys(spec, key))
+            except RetriableError as exc:  # IFS struggles: ask it nothing more about these this time
+                failure = exc
+                result.deferred += len(missing) - n
+                break
+            except FatalRequestError as exc:
+                failure = exc
+                result.deferred += 1
+                continue
+            if row is None:
+                gone.append((key, state, event_id))
+                continue
+            if spec.is_pending(row) and row.get(spec.company_field, company) == company:
+                result.incomplete += 1
+                continue
+            record = await self._final(cycle, key, event_id, row)
+            resolved.append((EventType.RESOLVED, record.to_dict(), state, ""))
+        hidden = bool(gone) and not present and not await self._company_visible(spec, company)
+        if hidden:
+            result.incomplete += len(gone)
+        for key, state, event_id in [] if hidden else gone:
+            resolved.append((EventType.RESOLVED, (await self._final(cycle, key, event_id, None)).to_dict(), state, ""))
+        result.pending += result.incomplete + result.deferred  # still pending, as far as anyone knows
+        deferred = ""
+        if result.deferred:
+            why = _describe(failure) if failure else f"over ifs.confirm_reads_per_cycle = {self.confirm_reads}"
+            deferred = (f"{result.deferred} records missing from it were not confirmed by key ({why}); they stay"
+                        " pending until a later poll confirms them")
+        if result.incomplete:
+            hint = ""
+            if hidden:
+                hint = (f"; IFS shows no {kind.plural} at all for company {company} now: is the company still"
+                        " granted to the service user (Allowed Companies)?")
+            elif looks_like_a_page_cap(last_page, self.page_size):
+                hint = (f"; its last page held {last_page} rows, fewer than ifs.page_size = {self.page_size}: if"
+                        f" IFS caps pages at {last_page} rows, set ifs.page_size to {last_page}")
+            log.warning("listing of %s for company %s looks incomplete: it missed %d records still pending when"
+                        " read by key (%d listed); nothing was resolved for them. Causes: a glitch, a company"
+                        " not granted to the service user, or a server page cap below ifs.page_size (%d)%s%s",
+                        kind.value, company, result.incomplete, len(present), self.page_size, hint,
+                        f". {deferred}" if deferred else "", extra=where)
+            await self.audit.record("poll", f"listing {kind.value}", "incomplete", company=company,
+                                    missed=result.incomplete, listed=len(present), page_size=self.page_size,
+                                    last_page=last_page, company_visible=not hidden, deferred=result.deferred)
+        elif deferred:
+            log.warning("listing of %s for company %s: %s", kind.value, company, deferred, extra=where)
+        return resolved
+
+    async def _company_visible(self, spec: SourceSpec, company: str) -> bool:
+        """Whether IFS shows any row of the company in the source's entity set (whatever its state)."""
+        try:
+            return await self.client.probe(spec.projection, spec.entity_set,
+                                           filter=f"{spec.company_field} eq {odata_literal(company)}") is not None
+        except (FatalRequestError, RetriableError):
+            return False  # no evidence either way: nothing is resolved on a 404 alone
+
+    async def _page(self, mapper: RecordMapper, rows: list[dict[str, Any]], cols: Columns, known: int,
+                    present: set[str], touched: set[str], cycle: _Cycle) -> tuple[list[Change], list[BadRow], int]:
         """The changes and the bad rows among a page's pending rows, and how many of its records were never
         seen before; adds the page's keys to `present`.
 
@@ -214,7 +315,7 @@ class Poller:
         uncompared = len(present) - before - len(keys)
         olds: list[str | None] = [None] * len(keys)
         if known and keys:
-            differ = await self.seen.compare(kind, company, keys, etags, states, steps)
+            differ = await self.seen.compare(cycle.kind, cycle.company, keys, etags, states, steps)
             if len(differ) < len(keys):  # the usual re-poll: most rows unchanged, nothing more to do for them
                 picked = list(compress(range(len(keys)), map(differ.__contains__, keys)))
                 rows, keys, etags, steps = ([c[i] for i in picked] for c in (rows, keys, etags, steps))
@@ -222,12 +323,12 @@ class Poller:
         if not rows:
             return [], bad, uncompared
         records: list[dict[str, Any] | tuple[Any, ...] | None] = [None] * len(rows)
-        detailed = min(budget[0], len(rows)) if mapper.spec.approvals is not None else 0
+        detailed = min(cycle.details, len(rows)) if mapper.spec.approvals is not None and cycle.chains else 0
         # the first few within the cycle's budget are read with their approval chain (a card each) ...
         for i in range(detailed):
             try:
                 records[i] = await self._with_details(mapper, rows[i], keys[i], etags[i],
-                                                      mapper.key_and_etag(rows[i])[2], budget)
+                                                      mapper.key_and_etag(rows[i])[2], cycle)
             except BadRecordError as exc:
                 bad.append((keys[i], exc.field, exc.problem))
         # ... the rest, a digest's worth, are shaped column by column
@@ -259,14 +360,15 @@ class Poller:
         return known, bindings, await self.seen.quarantined_keys(kind, company)
 
     async def _with_details(self, mapper: RecordMapper, row: dict[str, Any], key: str, etag: str,
-                            keys: dict[str, str | int], budget: list[int]) -> dict[str, Any]:
-        """The stored record with its approval chain read (one of the cycle's `details_limit` reads)."""
+                            keys: dict[str, str | int], cycle: _Cycle) -> dict[str, Any]:
+        """The stored record with its approval chain read (one of the cycle's `details_limit` reads); without
+        it once the approval lines cannot be read."""
         spec = mapper.spec
-        assert spec.approvals is not None
-        budget[0] -= 1
+        cycle.details -= 1
         for _attempt in range(2):
-            lines = await self.client.get_collection(spec.projection, spec.entity_set, keys,
-                                                     spec.approvals.navigation)
+            lines = await self._lines(cycle, keys)
+            if lines is None:
+                return mapper.stored(row, key, etag)
             current = await self.client.get_by_key(spec.projection, spec.entity_set, keys)
             # the chain belongs to the version we saw only if the row did not move on meanwhile
             if current is None or current.get("@odata.etag") == etag:
@@ -274,56 +376,80 @@ class Poller:
             row, etag = current, current.get("@odata.etag") or etag
         return mapper.stored(row, key, etag, mapper.approvals(lines))
 
-    async def _check_chains(self, kind: RecordKind, company: str, present: set[str], touched: set[str],
-                            bindings: list[Binding], budget: list[int]) -> tuple[int, int]:
+    async def _lines(self, cycle: _Cycle, keys: Mapping[str, str | int]) -> list[dict[str, Any]] | None:
+        """A record's approval lines, or None once they cannot be read in this poll. A refused read (a wrong
+        navigation name answers 404) degrades the cards, never fails the source: one warning per poll, and
+        no more approval-line reads for the source until the next one. Retriable errors propagate."""
+        spec = self.sources[cycle.kind]
+        if spec.approvals is None or not cycle.chains:
+            return None
+        try:
+            return await self.client.get_collection(spec.projection, spec.entity_set, keys, spec.approvals.navigation)
+        except FatalRequestError as exc:
+            if exc.status == 404 and await self._gone(spec, keys):
+                return []  # the record itself went away meanwhile: no lines to show, nothing wrong with the name
+            cycle.chains = False
+            log.warning("approval lines of %s for company %s cannot be read, so its cards go without the approval"
+                        " chain this poll: check [sources.%s] approvals.navigation (now %r). %s", cycle.kind.value,
+                        cycle.company, cycle.kind.value, spec.approvals.navigation, _describe(exc),
+                        extra={"source": cycle.kind.value, "company": cycle.company})
+            return None
+
+    async def _gone(self, spec: SourceSpec, keys: Mapping[str, str | int]) -> bool:
+        """Whether a read by key finds the record missing (a failed read does not say so)."""
+        try:
+            return await self.client.get_by_key(spec.projection, spec.entity_set, keys) is None
+        except FatalRequestError:
+            return False
+
+    async def _check_chains(self, present: set[str], touched: set[str], bindings: list[Binding], cycle: _Cycle
+                            ) -> tuple[int, int]:
         """Re-read the approval lines of unchanged records whose card is in a channel, least recently
         checked first, within the cycle's budget: IFS can record an approval step without touching the
         document row, and the card should still show who signs next. Returns (changed events, deliveries)."""
+        kind, company = cycle.kind, cycle.company
         spec = self.sources[kind]
-        assert spec.approvals is not None
         mapper = self.mapper(kind)
         carded = await self.seen.with_cards(kind, company)
         candidates = sorted((r for r in carded if r.key in present and r.key not in touched),
-                            key=lambda r: r.chain_checked)[:budget[0]]
+                            key=lambda r: r.chain_checked)[:cycle.details]
         if not candidates:
             return 0, 0
         changes: list[Change] = []
+        checked: list[str] = []
         for row in candidates:
-            budget[0] -= 1
-            lines = await self.client.get_collection(spec.projection, spec.entity_set, _typed_keys(spec, row.key),
-                                                     spec.approvals.navigation)
+            cycle.details -= 1
+            lines = await self._lines(cycle, _typed_keys(spec, row.key))
+            if lines is None:
+                break
+            checked.append(row.key)
             chain = mapper.approvals(lines)
             summary = summarize_chain(chain)
             if summary and summary != row.chain:
                 last = await self.seen.last_record(row.event_id)
                 changes.append((EventType.CHANGED, replace(last, approvers=chain, approval_step=summary).to_dict(),
                                 last.state, row.step))
-        await self.seen.mark_chains_checked(kind, company, [r.key for r in candidates], self.now())
+        if checked:
+            await self.seen.mark_chains_checked(kind, company, checked, self.now())
         deliveries = await self.writer.apply(kind, company, changes, bindings) if changes else 0
         return len(changes), deliveries
 
-    async def _final(self, kind: RecordKind, key: str, event_id: int, budget: list[int]) -> FinanceRecord:
-        """The record as it left the pending set: re-read by key when we can, else as last seen."""
+    async def _final(self, cycle: _Cycle, key: str, event_id: int, row: dict[str, Any] | None) -> FinanceRecord:
+        """The record as it left the pending set: the row read by key with its approval lines (within the
+        cycle's `details_limit`), else as last seen (gone from IFS, or a row that cannot be mapped)."""
         last = await self.seen.last_record(event_id)
-        if budget[0] <= 0:
-            return last
-        budget[0] -= 1
-        spec = self.sources[kind]
-        typed = _typed_keys(spec, key)
-        try:
-            row = await self.client.get_by_key(spec.projection, spec.entity_set, typed)
-        except FatalRequestError:
-            return last
         if row is None:
             return last
+        spec = self.sources[cycle.kind]
+        lines = None
+        if spec.approvals is not None and cycle.chains and cycle.details > 0:
+            cycle.details -= 1
+            lines = await self._lines(cycle, _typed_keys(spec, key))
+        mapper = self.mapper(cycle.kind)
         try:
-            mapper = self.mapper(kind)
-            lines = []
-            if spec.approvals is not None:
-                lines = await self.client.get_collection(spec.projection, spec.entity_set, typed,
-                                                         spec.approvals.navigation)
-            return mapper.map(row, key, row.get("@odata.etag") or last.etag, mapper.approvals(lines))
-        except (BadRecordError, FatalRequestError):
+            return mapper.map(row, key, row.get("@odata.etag") or last.etag,
+                              last.approvers if lines is None else mapper.approvals(lines))
+        except BadRecordError:
             return last
 
 

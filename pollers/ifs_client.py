@@ -17,6 +17,11 @@ Decisions worth knowing before changing this module:
   `ieee754_compatible=True` where amounts need more. Parsing with `parse_float=Decimal` would cost
   every float of every row, most of which are never read.
 * Pages are yielded exactly as the server sent them (`value` lists); the client does no per-row work.
+* A listing is bounded (`ListingBounds`): in requests, derived from the rows expected, and in time on the
+  client's clock. Distinct next links can go on for ever; only a repeated one is a detectable loop.
+* A server may cap its pages below `$top` without a next link, so that a short first window looks like
+  the end of the listing. When that window holds a round number of rows (a multiple of 50, or a power of
+  two), one more window is read; rows there reveal the cap, which then becomes the window size.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,6 +56,7 @@ _QUERY_SAFE = "'(),:$*/@!;"
 _KEY_SAFE = "'=,"
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
 _ERROR_TEXT_LIMIT = 1000  # IFS names the offending property at the end of a long detail
+_NAVIGATION_PAGE_LIMIT = 100  # server pages of one record's navigation (approval lines): far beyond any chain
 
 
 class Secret:
@@ -121,6 +128,36 @@ class IfsClientConfig:
     def secret(self) -> Secret:
         secret = self.client_secret
         return secret if isinstance(secret, Secret) else Secret(secret)
+
+
+@dataclass
+class ListingBounds:
+    """How far one listing may go before it is stopped as runaway paging (IFS sending next links forever).
+
+    Read at every page, so a caller may update `expected_rows` as the listing goes: the records it expects
+    (those pending after the last poll), or the distinct records listed so far when more, so that a
+    listing that keeps bringing new records is stopped by time alone, and one that repeats rows or sends
+    empty pages by its page count too. The page limit counts requests, empty pages included; when
+    `max_pages` is 0 it is derived: max(20, 3 * ceil(expected_rows / rows per page) + 10), rows per page
+    being the page size or the largest page the server has sent, whichever is smaller (a server paging
+    below `$top` sends more pages).
+    """
+
+    expected_rows: int = 0
+    max_pages: int = 0  # 0: derived from expected_rows
+    max_seconds: float = 900.0  # 0: no time limit
+
+    def pages_allowed(self, page_size: int, largest_page: int) -> int:
+        if self.max_pages > 0:
+            return self.max_pages
+        per_page = max(1, min(page_size, largest_page or page_size))
+        return max(20, 3 * math.ceil(self.expected_rows / per_page) + 10)
+
+
+def looks_like_a_page_cap(rows: int, page_size: int) -> bool:
+    """Whether a short window holds a round number of rows (a multiple of 50, or a power of two from 16),
+    as a server's own page cap would, rather than whatever was left of a listing."""
+    return 16 <= rows < page_size and (rows % 50 == 0 or rows & (rows - 1) == 0)
 
 
 def key_predicate(keys: Mapping[str, str | int]) -> str:
@@ -290,6 +327,7 @@ class IfsClient:
         select: Sequence[str] | None = None,
         orderby: Sequence[str] = (),
         page_size: int = 5000,
+        bounds: ListingBounds | None = None,
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """Yield the rows of a query one page at a time.
 
@@ -298,14 +336,24 @@ class IfsClient:
         several server pages; the window is complete when a page comes without a next link. The
         query ends when a window returned fewer than `$top` rows; a window that returned more means
         the server ignored `$top`, and its next links already covered everything.
+
+        A listing past its `bounds` (pages, or seconds on the client's clock) raises FatalRequestError
+        after the last page within them: distinct next links can go on for ever, and the loop check
+        only catches a repeated one.
         """
         if page_size <= 0:
             raise ValueError("page_size must be positive")
+        bounds = bounds or ListingBounds()
         base = self.entity_url(projection, entity_set)
         params = self._options(filter=filter, select=select, orderby=orderby)
+        started = self._clock.monotonic()
+        requests = 1
+        largest = 0
+        top = page_size  # rows per window: the page size, or a smaller cap the server turned out to have
+        probe = 0  # rows of the short first window whose next window is read to find out whether it ended
 
         def window(skip: int) -> str:
-            return f"{base}?{_query({**params, '$top': str(page_size), '$skip': str(skip)})}"
+            return f"{base}?{_query({**params, '$top': str(top), '$skip': str(skip)})}"
 
         seen: set[str] = set()
         skip = 0
@@ -321,20 +369,37 @@ class IfsClient:
                 ahead = None
                 rows = self._rows(body, url)
                 window_rows += len(rows)
+                largest = max(largest, len(rows))
+                if probe and rows:  # rows after a short window: the server capped it, silently
+                    log.warning("IFS answered %d rows to $top=%d on %s.svc/%s, and more rows after them: it caps"
+                                " its pages at %d rows. Paging by %d; set ifs.page_size to %d to save this check",
+                                probe, top, projection, entity_set, probe, probe, probe)
+                    top = probe
+                probe = 0
                 next_link = body.get("@odata.nextLink")
                 refused: FatalRequestError | None = None
                 nxt: str | None = None
                 try:
                     if next_link:
                         nxt = self._next_url(url, next_link)
-                    elif window_rows == page_size:
+                    elif window_rows == top:
                         # a full $top window without a next link: the next window may hold more
-                        skip += page_size
+                        skip += top
+                        window_rows = 0
+                        nxt = window(skip)
+                    elif requests == 1 and looks_like_a_page_cap(window_rows, top):
+                        # a short first answer of a round size, without a next link, may be a server's own
+                        # page cap rather than the end (a cap below $top shows in the first window): one
+                        # more window tells
+                        probe = window_rows
+                        skip += window_rows
                         window_rows = 0
                         nxt = window(skip)
                     # else: a short window (the end), or more than $top (next links covered it all)
                     if nxt is not None:
+                        self._within(bounds, projection, entity_set, requests, top, largest, started)
                         self._remember(nxt, seen)
+                        requests += 1
                         ahead = asyncio.ensure_future(self._send("data", "GET", nxt))
                 except FatalRequestError as exc:
                     refused, nxt = exc, None  # raised after this page, as if we had not looked ahead
@@ -350,6 +415,24 @@ class IfsClient:
                     ahead.cancel()
                 elif not ahead.cancelled():
                     ahead.exception()  # retrieved, so asyncio does not report it as lost
+
+    def _within(self, bounds: ListingBounds, projection: str, entity_set: str, requests: int, page_size: int,
+                largest: int, started: float) -> None:
+        """Raise when a listing that has made `requests` requests may not make one more."""
+        where = f"listing of {projection}.svc/{entity_set}"
+        allowed = bounds.pages_allowed(page_size, largest)
+        if requests >= allowed:
+            setting = ("ifs.max_listing_pages" if bounds.max_pages else
+                       f"derived from {bounds.expected_rows} rows expected; raise it with ifs.max_listing_pages")
+            raise FatalRequestError(
+                f"{where} stopped after {requests} pages (limit {allowed}, {setting}): IFS kept sending next"
+                " links; nothing was resolved from this listing", code="LISTING_UNBOUNDED")
+        elapsed = self._clock.monotonic() - started
+        if bounds.max_seconds > 0 and elapsed >= bounds.max_seconds:
+            raise FatalRequestError(
+                f"{where} stopped after {requests} pages and {elapsed:.0f} s (limit ifs.max_listing_seconds ="
+                f" {bounds.max_seconds:g}): IFS kept sending next links; nothing was resolved from this listing",
+                code="LISTING_UNBOUNDED")
 
     async def get_by_key(
         self, projection: str, entity_set: str, keys: Mapping[str, str | int]
@@ -380,6 +463,10 @@ class IfsClient:
         seen: set[str] = set()
         result: list[dict[str, Any]] = []
         while True:
+            if len(seen) >= _NAVIGATION_PAGE_LIMIT:
+                raise FatalRequestError(
+                    f"IFS GET {urlsplit(url).path}: stopped after {len(seen)} pages: IFS kept sending next links",
+                    code="LISTING_UNBOUNDED")
             self._remember(url, seen)
             body = await self._send("data", "GET", url)
             result.extend(self._rows(body, url))

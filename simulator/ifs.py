@@ -440,7 +440,7 @@ class RequestLog:
     client_id: str | None  # from the bearer token (data) or the form (token endpoint)
 
 
-FaultAction = Literal["fail", "drop", "slow", "malformed"]
+FaultAction = Literal["fail", "drop", "slow", "malformed", "empty"]
 _DEFAULT_CODES = {
     429: "TOO_MANY_REQUESTS",
     500: "ODP_INTERNAL_ERROR",
@@ -483,14 +483,21 @@ class FaultPlan:
 
     Each fault counts down over the data requests whose path or decoded query string contains `path`
     (any when None; "$skip=20" picks one page of a listing); with
-    `token=True` the token endpoint counts too. Several slow faults add up; at most one fail, drop or
-    malformed fault applies to a request, the earliest queued."""
+    `token=True` the token endpoint counts too. Several slow faults add up; at most one fail, drop,
+    malformed or empty fault applies to a request, the earliest queued.
+
+    Two standing behaviours of a collection (listing) answer last until `clear()`: `cap_top(n)` (at most
+    n rows per answer, whatever `$top` asks, and no next link: a server with a silent page cap) and
+    `endless_next_links()` (every answer carries a fresh, distinct next link: paging that never ends)."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._faults: list[_Fault] = []
         self.per_minute: int | None = None
         self._window: deque[float] = deque()
+        self._top_caps: list[tuple[str | None, int]] = []
+        self._endless: list[str | None] = []
+        self.endless_links = 0  # next links made up by endless_next_links so far
 
     def fail_next(
         self,
@@ -519,6 +526,30 @@ class FaultPlan:
     def malformed_next(self, n: int = 1, *, path: str | None = None, token: bool = False) -> None:
         self._faults.append(_Fault("malformed", n, path=path, token=token))
 
+    def empty_next(self, n: int = 1, *, path: str | None = None) -> None:
+        """Answer the next `n` matching requests `200 {"value": []}`: an empty listing, as IFS answers for
+        a company the service user is not granted or on a transient glitch. Match listings only with a
+        path such as "PurchaseOrderSet?" (a read by key has no query string)."""
+        self._faults.append(_Fault("empty", n, path=path))
+
+    def cap_top(self, n: int, *, path: str | None = None) -> None:
+        """From now on, collection answers (matching `path`) hold at most `n` rows and no next link."""
+        if n < 1:
+            raise ValueError("cap_top needs n >= 1")
+        self._top_caps.append((path, n))
+
+    def endless_next_links(self, *, path: str | None = None) -> None:
+        """From now on, every collection answer (matching `path`) carries a fresh, distinct next link."""
+        self._endless.append(path)
+
+    def top_cap(self, target: str) -> int | None:
+        """The smallest row cap that applies to a collection request, if any."""
+        caps = [n for path, n in self._top_caps if path is None or path in target]
+        return min(caps) if caps else None
+
+    def endless(self, target: str) -> bool:
+        return any(path is None or path in target for path in self._endless)
+
     def rate_limit(self, per_minute: int | None) -> None:
         """Answer 429 + Retry-After beyond `per_minute` data requests in any 60 s; None or 0 turns it off."""
         self.per_minute = per_minute or None
@@ -526,11 +557,15 @@ class FaultPlan:
 
     def clear(self) -> None:
         self._faults.clear()
+        self._top_caps.clear()
+        self._endless.clear()
         self.rate_limit(None)
 
     @property
     def pending(self) -> list[dict[str, Any]]:
-        return [f.describe() for f in self._faults if f.remaining > 0]
+        standing = [{"action": "cap_top", "top": n, "path": path} for path, n in self._top_caps]
+        standing += [{"action": "endless_next_links", "path": path} for path in self._endless]
+        return [f.describe() for f in self._faults if f.remaining > 0] + standing
 
     def take(self, path: str, is_token: bool) -> tuple[float, _Fault | None]:
         """Seconds to delay, and the one failure (fail/drop/malformed) this request gets, if any."""
@@ -1386,6 +1421,8 @@ class IfsSimulator:
             if request.transport is not None:
                 request.transport.abort()
             return web.Response(status=499)
+        if fault is not None and fault.action == "empty":
+            return _json_response({"@odata.context": f"{request.url.origin()}{request.path}", "value": []})
         if fault is not None and fault.action == "fail":
             headers = {} if fault.retry_after is None else {"Retry-After": format(fault.retry_after, "g")}
             code = fault.code or "ODP_INTERNAL_ERROR"
@@ -1665,8 +1702,10 @@ class IfsSimulator:
         ieee754: bool,
     ) -> web.Response:
         query = self._parse_options(request, entity)
+        target = f"{request.path}?{unquote(request.query_string)}" if request.query_string else request.path
+        cap, endless = self.faults.top_cap(target), self.faults.endless(target)
         page_key = None
-        if source is None:
+        if source is None and cap is None and not endless:
             assert sdef is not None
             # a page read before (same query, same data): its bytes, as a database answers a repeated
             # query from cache; the benchmarks' warm-up pass fills this, so the floor is the client's
@@ -1686,6 +1725,8 @@ class IfsSimulator:
         if paged:
             assert page_size is not None
             limit = page_size
+        if cap is not None:  # a silent server-side cap: fewer rows than $top, and no next link
+            limit, paged = cap if limit is None else min(limit, cap), False
         page = rows[query.skip :] if limit is None else rows[query.skip : query.skip + limit]
         body: dict[str, Any] = {
             "@odata.context": context + (f"({','.join(query.select)})" if query.select else ""),
@@ -1698,6 +1739,12 @@ class IfsSimulator:
             if remaining_top is not None:
                 params["$top"] = str(remaining_top)
             params["$skip"] = str(end)
+            link = f"{request.url.origin()}{request.path}?{urlencode(params, quote_via=quote, safe=_SAFE)}"
+            body["@odata.nextLink"] = link
+        if endless:  # paging that never ends: onwards from here, each link distinct from every other
+            self.faults.endless_links += 1
+            params = {k: v for k, v in request.query.items() if k not in ("$skip", "$skiptoken", "sim_seq")}
+            params.update({"$skip": str(end), "sim_seq": str(self.faults.endless_links)})
             link = f"{request.url.origin()}{request.path}?{urlencode(params, quote_via=quote, safe=_SAFE)}"
             body["@odata.nextLink"] = link
         encoded = _dumps(body)
@@ -1799,6 +1846,12 @@ class IfsSimulator:
             self.faults.drop_next(int(data["drop_next"]), **where)
         if "slow_next" in data:
             self.faults.slow_next(int(data["slow_next"]), float(data.get("seconds", 1.0)), **where)
+        if "empty_next" in data:
+            self.faults.empty_next(int(data["empty_next"]), path=where["path"])
+        if "cap_top" in data:
+            self.faults.cap_top(int(data["cap_top"]), path=where["path"])
+        if data.get("endless_next_links"):
+            self.faults.endless_next_links(path=where["path"])
         if "malformed_next" in data:
             self.faults.malformed_next(int(data["malformed_next"]), **where)
         if "rate_limit" in data:
