@@ -27,7 +27,7 @@ from core.links import odata_literal
 from core.metrics import Metrics
 from core.retry import RetryPolicy
 from core.settings import Settings, load_settings
-from store.db import Database, open_database
+from store.db import Database, open_database, owner_only
 from store.repos import AuditLog, Bindings, Outbox, Seen
 from store.vault import KNOWN_SECRETS, KeyRing, Vault
 
@@ -375,17 +375,7 @@ class Service:
 
         from pollers.schedule import PollTrigger
 
-        if background:
-            self.scheduler = AsyncIOScheduler(timezone=self.tz)
-            for kind, spec in self.sources.items():
-                if spec.enabled:
-                    self.scheduler.add_job(self.poll_source, PollTrigger(self.settings.schedule, self.tz),
-                                           args=[kind], id=kind.value, max_instances=1, coalesce=True,
-                                           misfire_grace_time=300, next_run_time=datetime.now(self.tz))
-            self.scheduler.start()
-            self._tasks.append(asyncio.create_task(self.worker.run(), name="delivery-worker"))
-        await self.housekeep()  # the audit retention applies from the start, not a day later
-        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        # the sockets first: a busy port must stop start-up before any poll has begun
         if web_runner:
             svc = self.settings.service
             self.runner = web.AppRunner(self.web_app(), access_log=None)
@@ -402,6 +392,17 @@ class Service:
                 self.ops_url = f"http://{host}:{port}"
             if not self.bot_config.auth_disabled:
                 self._tasks.append(asyncio.create_task(self.signing_keys.run(), name="signing-keys"))
+        await self.housekeep()  # the audit retention applies from the start, not a day later
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        if background:
+            self.scheduler = AsyncIOScheduler(timezone=self.tz)
+            for kind, spec in self.sources.items():
+                if spec.enabled:
+                    self.scheduler.add_job(self.poll_source, PollTrigger(self.settings.schedule, self.tz),
+                                           args=[kind], id=kind.value, max_instances=1, coalesce=True,
+                                           misfire_grace_time=300, next_run_time=datetime.now(self.tz))
+            self.scheduler.start()
+            self._tasks.append(asyncio.create_task(self.worker.run(), name="delivery-worker"))
         await self.audit.record("system", "service started", "ok", version=VERSION,
                                 auth="off (development)" if self.bot_config.auth_disabled else "on")
         log.info("service started on %s:%s (bot authentication %s)", self.settings.service.host,
@@ -452,6 +453,7 @@ class Service:
 
 
 async def open_store(settings: Settings) -> tuple[Database, Vault]:
+    owner_only(settings.service.key_file, "service.key_file")  # also when no command reads the key
     db = await open_database(settings.service.database)
     return db, Vault(db, KeyRing(settings.service.key_file))
 

@@ -201,6 +201,9 @@ async def open_database(path: str) -> Database:
                               " (json_each); use a Python built with SQLite 3.38 or later") from None
         db = Database(conn, path)
         await migrate(db)
+        # a read-only file opens and migrates (nothing to change) without a complaint: ask for a write
+        async with db.transaction() as tx:
+            await tx.execute("UPDATE meta SET value = value WHERE name = 'created'")
         return db
     except sqlite3.Error as exc:
         await conn.close()
