@@ -329,13 +329,14 @@ class Service:
     async def readiness(self) -> dict[str, Any]:
         """What /readyz answers, from state already at hand: the IFS client's token state and the last
         polls as stored, never a new IFS token; the database writable; free disk space."""
-        from store.repos import Seen
-
         token = self.ifs.token_state()
         states = await Seen(self.db).source_states()
         ifs_down = [s.last_error for s in states if (s.kind, s.company) == ("*", "*") and not s.available]
         failing = sorted(f"{s.kind}/{s.company}" for s in states if s.kind != "*" and not s.available)
-        free = self.db.free_disk_bytes()
+        try:
+            free = self.db.free_disk_bytes()
+        except OSError:  # the directory itself is gone or unreadable: nothing to write to either
+            free = 0
         checks: dict[str, Any] = {
             "database": await self.db.writable(),
             "disk": free >= self.settings.service.min_free_disk_mb * 1024 * 1024,

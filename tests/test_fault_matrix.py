@@ -30,7 +30,6 @@ from core.clock import FakeClock
 from core.domain import RecordKind
 from core.settings import load_settings
 from simulator.connector import DEFAULT_MEMBERS
-from store.db import free_disk_bytes
 from store.repos import AuditLog
 from tests.conftest import IFS_SECRETS, channel_message, replies_text, write_config
 from tests.jwt_issuer import TokenIssuer, new_rsa_key
@@ -268,6 +267,8 @@ async def test_5_readyz_reads_cached_state_and_moves_to_the_ops_port(tmp_path, i
 # --------------------------------------------------------------------------- 6: a full disk
 
 async def test_6_not_ready_below_the_free_disk_threshold(tmp_path, ifs, service_factory):
+    from store.db import free_disk_bytes
+
     free_mb = free_disk_bytes(str(tmp_path / "notifier.sqlite3")) / (1024 * 1024)
     roomy = await service_factory()
     async with httpx.AsyncClient(base_url=roomy.base_url) as client:
