@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from core import runtime
+from core.clock import Clock, SystemClock
 from core.domain import RecordKind
 from core.errors import ConfigError, NotifierError
 from core.links import odata_literal
@@ -27,7 +29,7 @@ from core.retry import RetryPolicy
 from core.settings import Settings, load_settings
 from pollers.sources import SourceSpec, build_sources
 from pollers.tenant import TenantSchema, check_source, connection_problem, discover, render, toml_value
-from store.db import Database, open_database
+from store.db import Database, open_database, owner_only
 from store.repos import AuditLog, Bindings, Outbox, Seen
 from store.vault import KNOWN_SECRETS, KeyRing, Vault
 
@@ -109,10 +111,11 @@ class Service:
     """Everything wired together; start() brings up scheduler, worker and web app, stop() takes them down."""
 
     def __init__(self, settings: Settings, db: Database, vault: Vault, creds: Credentials, *,
-                 service_url_override: str | None = None) -> None:
+                 service_url_override: str | None = None, clock: Clock | None = None) -> None:
         from bot.authz import AdminPolicy, GraphOwnerCheck
         from bot.commands import Commands
         from bot.delivery import CardRenderer, DeliveryWorker
+        from bot.inbound import RejectedRequests
         from bot.teams import BotConfig, NotifierBot, SigningKeys, TeamsSender, make_adapter
         from pollers.engine import Poller
         from pollers.sources import build_sources
@@ -129,7 +132,10 @@ class Service:
         self.tz = ZoneInfo(settings.service.timezone)
         self.sources = build_sources(settings.sources)
         self.ifs = make_ifs_client(settings, creds)
-        self.audit = AuditLog(db)
+        self.clock = clock or SystemClock()
+        self.audit = AuditLog(db, now=self.clock.time)
+        self.rejections = RejectedRequests(self.audit, self.clock)
+        self._next_prune = 0.0
         self.bindings = Bindings(db)
         self.tenant = TenantSchema(self.ifs, self.sources)
         self.poller = Poller(client=self.ifs, sources=self.sources, seen=Seen(db), bindings=self.bindings,
@@ -328,37 +334,84 @@ class Service:
     # ------------------------------------------------------------------ web
 
     def web_app(self) -> web.Application:
+        """The public app: /api/messages and /healthz, and /readyz and /metrics unless service.ops_port
+        puts those on an address of their own (ops_app)."""
         app = web.Application(client_max_size=256 * 1024)
         app.router.add_post("/api/messages", self._messages)
+        app.router.add_get("/healthz", self._healthz)
+        if not self.settings.service.ops_port:
+            app.router.add_get("/readyz", self._readyz)
+            app.router.add_get("/metrics", self._metrics)
+        return app
+
+    def ops_app(self) -> web.Application:
+        """For monitoring only (service.ops_host:ops_port): /healthz, /readyz, /metrics."""
+        app = web.Application(client_max_size=1024)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         return app
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
+        from bot.inbound import INVALID_TOKEN, MALFORMED_REQUEST, parse_activity, token_problem
+        from bot.teams import readable_activity
+
+        # Checked here, before botbuilder sees the request: it parses the body before authenticating and
+        # answers what it cannot parse with an exception. Without a plausible token the body is not read.
+        source = request.remote or "unknown"
+        if not self.bot_config.auth_disabled:
+            problem = token_problem(request.headers.get("Authorization"))
+            if problem is not None:
+                return await self._refuse(source, problem)
+        data = parse_activity(request.content_type, await request.read())  # read() keeps the body limit
+        if data is None or not readable_activity(data):
+            return await self._refuse(source, MALFORMED_REQUEST)
         try:
             response = await self.adapter.process(request, self.bot)
         except (PermissionError, web.HTTPUnauthorized):
-            await self.audit.record("security", "inbound rejected", "denied", remote=request.remote)
-            return web.json_response({"error": "unauthorized"}, status=401)
+            return await self._refuse(source, INVALID_TOKEN)
         if response is not None and response.status == 401:
-            await self.audit.record("security", "inbound rejected", "denied", remote=request.remote)
+            await self.rejections.add(source, INVALID_TOKEN)
         return response if response is not None else web.Response(status=201)
+
+    async def _refuse(self, source: str, reason: str) -> web.Response:
+        from bot.inbound import MALFORMED_REQUEST
+
+        await self.rejections.add(source, reason)
+        if reason == MALFORMED_REQUEST:
+            return web.json_response({"error": "bad request"}, status=400)
+        return web.json_response({"error": "unauthorized"}, status=401)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "version": VERSION})
 
-    async def _readyz(self, request: web.Request) -> web.Response:
-        checks: dict[str, Any] = {"database": await self.db.writable()}
+    async def readiness(self) -> dict[str, Any]:
+        """What /readyz answers, from state already at hand: the IFS client's token state and the last
+        polls as stored, never a new IFS token; the database writable; free disk space."""
+        token = self.ifs.token_state()
+        states = await Seen(self.db).source_states()
+        ifs_down = [s.last_error for s in states if (s.kind, s.company) == ("*", "*") and not s.available]
+        failing = sorted(f"{s.kind}/{s.company}" for s in states if s.kind != "*" and not s.available)
         try:
-            await self.ifs.ensure_token()
-            checks["ifs"] = True
-        except NotifierError as exc:
-            checks["ifs"] = False
-            checks["ifs_error"] = str(exc)[:200]
-        checks["connector_credentials"] = await self._connector_ready()
-        ok = all(v for k, v in checks.items() if not k.endswith("_error"))
-        return web.json_response({"ready": ok, **checks}, status=200 if ok else 503)
+            free = self.db.free_disk_bytes()
+        except OSError:  # the directory itself is gone or unreadable: nothing to write to either
+            free = 0
+        checks: dict[str, Any] = {
+            "database": await self.db.writable(),
+            "disk": free >= self.settings.service.min_free_disk_mb * 1024 * 1024,
+            "ifs": token["last_error"] is None and not ifs_down,
+            "connector_credentials": await self._connector_ready(),
+        }
+        ready = all(checks.values())
+        info: dict[str, Any] = {"disk_free_mb": round(free / (1024 * 1024), 1),
+                                "ifs_token_valid": token["valid"], "sources_failing": failing}
+        if not checks["ifs"]:
+            info["ifs_error"] = str(token["last_error"] or ifs_down[0])[:200]
+        return {"ready": ready, **checks, **info}
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        body = await self.readiness()
+        return web.json_response(body, status=200 if body["ready"] else 503)
 
     async def _connector_ready(self) -> bool:
         if self.bot_config.auth_disabled:
@@ -382,6 +435,25 @@ class Service:
 
         from pollers.schedule import PollTrigger
 
+        # the sockets first: a busy port must stop start-up before any poll has begun
+        if web_runner:
+            svc = self.settings.service
+            self.runner = web.AppRunner(self.web_app(), access_log=None)
+            await self.runner.setup()
+            await self._listen(self.runner, svc.host, svc.port, "service.port")
+            host, port = self.runner.addresses[0][:2]
+            self.base_url = f"http://{host}:{port}"
+            self.ops_url = self.base_url
+            if svc.ops_port:
+                self.ops_runner = web.AppRunner(self.ops_app(), access_log=None)
+                await self.ops_runner.setup()
+                await self._listen(self.ops_runner, svc.ops_host or svc.host, svc.ops_port, "service.ops_port")
+                host, port = self.ops_runner.addresses[0][:2]
+                self.ops_url = f"http://{host}:{port}"
+            if not self.bot_config.auth_disabled:
+                self._tasks.append(asyncio.create_task(self.signing_keys.run(), name="signing-keys"))
+        await self.housekeep()  # the audit retention applies from the start, not a day later
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         if background:
             self.scheduler = AsyncIOScheduler(timezone=self.tz)
             for kind, spec in self.sources.items():
@@ -392,19 +464,37 @@ class Service:
             self.scheduler.start()
             self._tasks.append(asyncio.create_task(self.worker.run(), name="delivery-worker"))
             self._tasks.append(asyncio.create_task(self.validate_sources(), name="validate-sources"))
-        if web_runner:
-            self.runner = web.AppRunner(self.web_app(), access_log=None)
-            await self.runner.setup()
-            site = web.TCPSite(self.runner, self.settings.service.host, self.settings.service.port)
-            await site.start()
-            host, port = self.runner.addresses[0][:2]
-            self.base_url = f"http://{host}:{port}"
-            if not self.bot_config.auth_disabled:
-                self._tasks.append(asyncio.create_task(self.signing_keys.run(), name="signing-keys"))
         await self.audit.record("system", "service started", "ok", version=VERSION,
                                 auth="off (development)" if self.bot_config.auth_disabled else "on")
         log.info("service started on %s:%s (bot authentication %s)", self.settings.service.host,
                  self.settings.service.port, "OFF, development mode" if self.bot_config.auth_disabled else "on")
+
+    @staticmethod
+    async def _listen(runner: web.AppRunner, host: str, port: int, key: str) -> None:
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:  # in use, or not an address of this host
+            raise ConfigError(key, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+    async def housekeep(self) -> None:
+        """Periodic upkeep: rejected-request counts of a past minute written out; once a day, audit rows
+        older than service.audit_retention_days deleted."""
+        await self.rejections.tick()
+        now = self.clock.time()
+        if now >= self._next_prune:
+            self._next_prune = now + 86400.0
+            removed = await self.audit.prune(self.settings.service.audit_retention_days)
+            if removed:
+                log.info("deleted %d audit rows older than %d days", removed,
+                         self.settings.service.audit_retention_days)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            try:
+                await self.housekeep()
+            except sqlite3.Error as exc:  # a full disk, say: try again next round
+                log.warning("housekeeping failed: %s", exc)
 
     async def stop(self) -> None:
         if self._stopped:
@@ -415,25 +505,29 @@ class Service:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if getattr(self, "runner", None) is not None:
-            await self.runner.cleanup()
+        for runner in (getattr(self, "runner", None), getattr(self, "ops_runner", None)):
+            if runner is not None:
+                await runner.cleanup()
+        await self.rejections.flush()
         await self.ifs.aclose()
         await self.audit.record("system", "service stopped", "ok")
 
 
 async def open_store(settings: Settings) -> tuple[Database, Vault]:
+    owner_only(settings.service.key_file, "service.key_file")  # also when no command reads the key
     db = await open_database(settings.service.database)
     return db, Vault(db, KeyRing(settings.service.key_file))
 
 
-async def build_service(settings: Settings, secrets: Mapping[str, str] | None = None) -> Service:
+async def build_service(settings: Settings, secrets: Mapping[str, str] | None = None, *,
+                        clock: Clock | None = None) -> Service:
     """Open the store, store any `secrets` given (demo, tests, benchmarks), and wire the service."""
     db, vault = await open_store(settings)
     try:
         for name, value in (secrets or {}).items():
             await vault.set(name, value)
         creds = await load_credentials(settings, vault)
-        return Service(settings, db, vault, creds)
+        return Service(settings, db, vault, creds, clock=clock)
     except BaseException:
         await db.close()  # aiosqlite's worker thread would keep the process alive after the error
         raise
@@ -776,6 +870,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except (NotifierError, OSError, ValueError, ArithmeticError, sqlite3.Error) as exc:
+        # The one place a command's failure on bad input (a missing file, bad JSON, an id SQLite cannot
+        # hold, a path that cannot be written) becomes one line; the traceback only at DEBUG.
+        log.debug("%s failed", args.command, exc_info=True)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    elif isinstance(exc, ValueError) and type(exc).__name__ == "JSONDecodeError":
+        text = f"not valid JSON: {exc}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())[:500]
 
 
 if __name__ == "__main__":

@@ -40,6 +40,11 @@ class AdminPolicy:
         self._owner_check = owner_check
 
     @property
+    def by_upn(self) -> bool:
+        """Some admin is named by UPN, which activities do not carry: it has to be looked up."""
+        return any("@" in a for a in self._admins)
+
+    @property
     def open_to_all(self) -> bool:
         return not self._admins and self._owner_check is None
 

@@ -80,6 +80,15 @@ def command(name: str, usage: str, help: str, *, admin: bool = False):
     return register
 
 
+MAX_ECHO = 200  # characters of one argument (or of the command line) kept in audit rows and replies
+
+
+def capped(text: str, limit: int = MAX_ECHO) -> str:
+    """At most `limit` characters, an ellipsis marking a cut: a 200 KB argument must not become a 200 KB
+    audit row, or a reply that Teams refuses as too large."""
+    return text if len(text) <= limit else text[:limit] + "\u2026"
+
+
 def parse(text: str) -> tuple[str, tuple[str, ...]]:
     """'  Link  COMPANY 10 ' -> ('link', ('company', '10')). Keywords compare case-insensitively later."""
     words = text.replace("\u00a0", " ").split()
@@ -102,9 +111,15 @@ class Commands:
         self.audit = AuditLog(db, now)
         self.seen = Seen(db)
 
+    def wants_upn(self, text: str) -> bool:
+        """Does deciding on this command line need the user's UPN (an admin command, admins named by UPN)?"""
+        spec = REGISTRY.get(parse(text)[0])
+        return spec is not None and spec.admin and self.policy.by_upn
+
     async def run(self, channel_id: str, actor: Actor, text: str) -> Reply:
         name, args = parse(text)
-        call = CommandCall(channel_id, actor, args, text.strip()[:200])
+        # every handler sees, stores and echoes arguments capped here, in the one place
+        call = CommandCall(channel_id, actor, tuple(capped(a) for a in args), capped(text.strip()))
         spec = REGISTRY.get(name)
         if spec is None:
             shown = name[:40] or "(nothing)"
@@ -124,10 +139,11 @@ class Commands:
         try:
             reply = await spec.handler(self, call)
         except CommandError as exc:
+            problem = capped(str(exc), 2 * MAX_ECHO)
             await self.audit.record("command", name, "error", channel_id=channel_id, actor=actor.label,
-                                    text=call.raw, problem=str(exc))
+                                    text=call.raw, problem=problem)
             usage = exc.usage or spec.usage
-            return Reply(f"{exc}\n\nUsage: {usage}")
+            return Reply(f"{problem}\n\nUsage: {usage}")
         await self.audit.record("command", name, "ok", channel_id=channel_id, actor=actor.label, text=call.raw)
         return reply
 
@@ -299,7 +315,7 @@ async def _audit(cmds: Commands, call: CommandCall) -> Reply:
     for arg in call.args:
         if arg.lower() == "failed":
             failed = True
-        elif arg.isdigit() and 0 < int(arg) <= 50:
+        elif arg.isascii() and arg.isdigit() and 0 < int(arg) <= 50:
             limit = int(arg)
         else:
             raise CommandError(f"'{arg[:40]}' is neither a count (1-50) nor 'failed'.")
@@ -324,6 +340,9 @@ def _audit_detail(detail: dict[str, Any], record_id: str | None, delivery_id: in
     return ", ".join(str(p) for p in parts)[:300]
 
 
+MAX_DELIVERY_ID = 2**63 - 1
+
+
 @command("replay", "replay <delivery-id> | replay failed", "Send failed deliveries again", admin=True)
 async def _replay(cmds: Commands, call: CommandCall) -> Reply:
     usage = "replay <delivery-id> | replay failed"
@@ -332,7 +351,9 @@ async def _replay(cmds: Commands, call: CommandCall) -> Reply:
     arg = call.args[0].lower()
     if arg == "failed":
         ids = await cmds.outbox.replay(channel_id=call.channel_id)
-    elif arg.isdigit():
+    elif arg.isascii() and arg.isdigit():
+        if int(arg) > MAX_DELIVERY_ID:  # SQLite integers end here; no such delivery can exist
+            raise CommandError(f"There is no delivery {capped(arg, 24)} in this channel.", usage=usage)
         found = await cmds.outbox.get(int(arg))
         if found is None or found.channel_id != call.channel_id:
             raise CommandError(f"There is no delivery {arg} in this channel.", usage=usage)

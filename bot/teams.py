@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from botbuilder.core import CardFactory, MessageFactory, TurnContext
-from botbuilder.core.teams import TeamsActivityHandler
+from botbuilder.core.teams import TeamsActivityHandler, TeamsInfo
 from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
 from botbuilder.integration.aiohttp.configuration_service_client_credential_factory import (
     ConfigurationServiceClientCredentialFactory,
@@ -32,6 +32,7 @@ from requests import RequestException
 from bot.authz import Actor
 from bot.commands import Commands, Reply
 from bot.delivery import SendError
+from core.clock import Clock, SystemClock
 from core.domain import ChannelRef, PostedCard
 from core.retry import RetryPolicy
 from store.db import Database
@@ -107,8 +108,18 @@ class _Authentication(ConfigurationBotFrameworkAuthentication):
         except (PermissionError, RequestException):  # refused, or the key server could not be asked
             raise
         except Exception as exc:  # noqa: BLE001 - an unreadable or invalid token
-            log.warning("inbound token refused: %s", type(exc).__name__)
+            # debug only: refusals are counted and logged once a minute per source (bot.inbound)
+            log.debug("inbound token refused: %s", type(exc).__name__)
             raise PermissionError("invalid token") from None
+
+
+def readable_activity(data: dict[str, Any]) -> bool:
+    """Can botbuilder turn this JSON object into an activity? Asked before the adapter runs, so a body it
+    cannot read is a 400 here instead of an exception (a 500 and a traceback) inside it."""
+    try:
+        return bool(Activity().deserialize(data).type)
+    except Exception:  # noqa: BLE001 - msrest raises several kinds for a body it cannot read
+        return False
 
 
 def make_adapter(config: BotConfig) -> tuple[CloudAdapter, CachedCredentialsFactory]:
@@ -188,6 +199,36 @@ def channel_ref_from(activity: Activity) -> ChannelRef:
     channel = data.get("channel") or {}
     return ChannelRef(channel_id=bare, tenant_id=tenant, team_id=team.get("id"), service_url=activity.service_url,
                       reference=ref.serialize(), name=channel.get("name") or getattr(activity.conversation, "name", None))
+
+
+class MemberUpns:
+    """User principal names of the users who send commands, asked from Teams (the Bot Connector's
+    get-member call: activities carry the user's object id, never the UPN), cached per user."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, *, ttl: float = 600.0, clock: Clock | None = None) -> None:
+        self._ttl = ttl
+        self._clock = clock or SystemClock()
+        self._cache: dict[str, tuple[float, str | None]] = {}
+        self.lookups = 0
+
+    async def upn(self, turn_context: TurnContext, user_id: str) -> str | None:
+        now = self._clock.monotonic()
+        hit = self._cache.get(user_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        self.lookups += 1
+        try:
+            member = await TeamsInfo.get_member(turn_context, user_id)
+        except Exception as exc:  # noqa: BLE001 - not a member, or Teams unreachable: no UPN, so no admin by UPN
+            log.warning("could not look up the UPN of %s: %s", user_id, type(exc).__name__)
+            return None
+        upn = getattr(member, "user_principal_name", None) or None
+        if len(self._cache) >= self.MAX_ENTRIES:
+            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+        self._cache[user_id] = (now + self._ttl, upn)
+        return upn
 
 
 def actor_from(activity: Activity) -> Actor:
@@ -315,9 +356,11 @@ REVIVED_BY_INSTALL = ("app uninstalled", "bot removed from the team", "BotNotInC
 class NotifierBot(TeamsActivityHandler):
     """Saves conversation references, follows the channel's life, and hands command lines to Commands."""
 
-    def __init__(self, db: Database, commands: Commands, *, welcome: bool = True) -> None:
+    def __init__(self, db: Database, commands: Commands, *, welcome: bool = True,
+                 upns: MemberUpns | None = None) -> None:
         self._db = db
         self._commands = commands
+        self._upns = upns or MemberUpns()
         self._channels = Channels(db)
         self._audit = AuditLog(db)
         self._welcome = welcome
@@ -345,7 +388,10 @@ class NotifierBot(TeamsActivityHandler):
             await self._save(activity, "conversation saved")
         text = TurnContext.remove_recipient_mention(activity) or activity.text or ""
         text = _strip_leftover_mention(text, activity)
-        reply = await self._commands.run(channel_id, actor_from(activity), text)
+        actor = actor_from(activity)
+        if self._commands.wants_upn(text):  # admins listed by UPN: ask Teams who this is
+            actor = replace(actor, upn=await self._upns.upn(turn_context, actor.id))
+        reply = await self._commands.run(channel_id, actor, text)
         await self._reply(turn_context, reply)
 
     async def _reply(self, turn_context: TurnContext, reply: Reply) -> None:

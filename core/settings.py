@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from core.errors import ConfigError
 
 ENV_PREFIX = "NOTIFIER__"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,11 @@ class ServiceSettings:
     dev_mode: bool = False  # bot authentication off; refused unless host is loopback
     log_level: str = "INFO"
     log_format: str = "text"  # "text" or "json"
+    # /readyz and /metrics on their own address for monitoring only; ops_port 0 serves them on `port`
+    ops_host: str = ""  # "" = the same as host
+    ops_port: int = 0
+    audit_retention_days: int = 90  # older audit rows are deleted once a day (and at start)
+    min_free_disk_mb: int = 100  # /readyz is not ready below this much free space for the database
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,22 @@ class Settings:
                               f"bot authentication can be off only on loopback, not on {self.service.host!r}")
         if self.service.log_format not in ("text", "json"):
             raise ConfigError("service.log_format", "must be 'text' or 'json'")
+        if self.service.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError("service.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+        for key, value, low, high in (("service.port", self.service.port, 0, 65535),
+                                      ("service.ops_port", self.service.ops_port, 0, 65535),
+                                      ("service.audit_retention_days", self.service.audit_retention_days, 1, 36500),
+                                      ("service.min_free_disk_mb", self.service.min_free_disk_mb, 0, 10**9),
+                                      ("delivery.workers", self.delivery.workers, 1, 1000)):
+            if not low <= value <= high:
+                raise ConfigError(key, f"must be between {low} and {high}, not {value}")
+        if self.service.ops_port and self.service.ops_port == self.service.port:
+            raise ConfigError("service.ops_port", "must differ from service.port (0 serves /readyz and /metrics"
+                                                  " on service.port)")
+        for key, number in (("delivery.lease_seconds", self.delivery.lease_seconds),
+                            ("delivery.max_age_hours", self.delivery.max_age_hours)):
+            if not number > 0 or number == float("inf"):
+                raise ConfigError(key, f"must be a positive number, not {number}")
         if self.ifs.path_prefix not in ("main", "int"):
             raise ConfigError("ifs.path_prefix", "must be 'main' or 'int'")
         if not 1 <= self.ifs.page_size <= 100_000:
@@ -272,6 +294,9 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
             raise ConfigError("--config", f"cannot read {p}: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("--config", f"{p} is not valid TOML: {exc}") from None
+    for name in _SECTIONS:  # `service = 5` is a value where a table belongs
+        if not isinstance(raw.get(name, {}), Mapping):
+            raise ConfigError(name, f"expected a table ([{name}]), got {raw[name]!r}")
     merged: dict[str, dict[str, Any]] = {name: dict(raw.get(name, {}) or {}) for name in _SECTIONS}
     for name in raw:
         if name not in _SECTIONS and name != "sources":

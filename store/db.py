@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import sqlite3
+import stat
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -119,6 +121,9 @@ class Database:
         row = await self.fetchone(sql, params)
         return None if row is None else row[0]
 
+    def free_disk_bytes(self) -> int:
+        return free_disk_bytes(self.path)
+
     async def writable(self) -> bool:
         """Readiness: can we take the write lock and write right now?"""
         try:
@@ -143,27 +148,70 @@ class Database:
             await self.conn.close()
 
 
+def free_disk_bytes(path: str) -> int:
+    """Free space, in bytes, of the filesystem that holds the database file `path`."""
+    return shutil.disk_usage(Path(path).resolve().parent).free
+
+
+def owner_only(path: str | os.PathLike[str], key: str) -> None:
+    """Make an existing file 0600 when group or others may read it (a copy made by hand, a restore);
+    a warning names the file. Raises ConfigError when its mode cannot be changed."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if mode & 0o077:
+        log.warning("%s %s had mode %o (readable by others); changed to 600", key, path, mode)
+        try:
+            os.chmod(path, 0o600)
+        except OSError as exc:
+            raise ConfigError(key, f"{path} has mode {mode:o} and cannot be made 600: {exc.strerror}") from None
+
+
 async def open_database(path: str) -> Database:
-    """Open (creating if needed) and migrate. `:memory:` is not supported: we want real files."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    """Open (creating if needed) and migrate. `:memory:` is not supported: we want real files.
+
+    A file that is not a database, or that cannot be written, raises ConfigError naming it; the
+    connection is closed first, as aiosqlite's thread would otherwise keep the process alive.
+    """
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("service.database", f"cannot create the directory of {path}: {exc.strerror}") from None
     fresh = not os.path.exists(path)
-    conn = await aiosqlite.connect(path, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    if fresh:
-        os.chmod(path, 0o600)
-    await conn.execute("PRAGMA journal_mode=WAL")
-    await conn.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
-    await conn.execute("PRAGMA foreign_keys=ON")
-    await conn.execute("PRAGMA busy_timeout=10000")
-    try:  # a poll's page is written through SQLite's JSON functions (json_each)
-        await conn.execute("SELECT count(*) FROM json_each('[1]')")
-    except sqlite3.OperationalError:
+    if not fresh:
+        for suffix in ("", "-wal", "-shm"):  # the WAL holds recent rows, secrets included
+            owner_only(path + suffix, "service.database")
+    try:
+        conn = await aiosqlite.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise ConfigError("service.database", f"cannot open {path}: {exc}") from None
+    try:
+        conn.row_factory = sqlite3.Row
+        if fresh:
+            os.chmod(path, 0o600)
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        await conn.execute("PRAGMA busy_timeout=10000")
+        try:  # a poll's page is written through SQLite's JSON functions (json_each)
+            await conn.execute("SELECT count(*) FROM json_each('[1]')")
+        except sqlite3.OperationalError:
+            raise ConfigError("service.database", f"SQLite {sqlite3.sqlite_version} lacks the JSON functions"
+                              " (json_each); use a Python built with SQLite 3.38 or later") from None
+        db = Database(conn, path)
+        await migrate(db)
+        # a read-only file opens and migrates (nothing to change) without a complaint: ask for a write
+        async with db.transaction() as tx:
+            await tx.execute("UPDATE meta SET value = value WHERE name = 'created'")
+        return db
+    except sqlite3.Error as exc:
         await conn.close()
-        raise ConfigError("service.database", f"SQLite {sqlite3.sqlite_version} lacks the JSON functions"
-                          " (json_each); use a Python built with SQLite 3.38 or later") from None
-    db = Database(conn, path)
-    await migrate(db)
-    return db
+        raise ConfigError("service.database", f"{path} cannot be used: {exc} (a corrupt file, or not"
+                                              " writable by this user)") from None
+    except BaseException:
+        await conn.close()
+        raise
 
 
 async def migrate(db: Database) -> int:

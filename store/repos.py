@@ -108,9 +108,23 @@ class AuditLog:
         """Write inside the caller's transaction."""
         await conn.execute(self.INSERT, self.row(category, action, outcome, **kwargs))
 
-    async def record(self, category: str, action: str, outcome: str, **kwargs: Any) -> None:
+    async def record(self, category: str, action: str, outcome: str, **kwargs: Any) -> int:
+        """Write one row in its own transaction; returns its id."""
         async with self._db.transaction() as conn:
-            await self.add(conn, category, action, outcome, **kwargs)
+            cur = await conn.execute(self.INSERT, self.row(category, action, outcome, **kwargs))
+            return int(cur.lastrowid)
+
+    async def set_detail(self, entry_id: int, **detail: Any) -> None:
+        """Replace one row's detail: for a row that aggregates repeated events (a count that grows)."""
+        async with self._db.transaction() as conn:
+            await conn.execute("UPDATE audit SET detail = ? WHERE id = ?",
+                               (json.dumps(detail, default=str, separators=(",", ":")), entry_id))
+
+    async def prune(self, keep_days: float) -> int:
+        """Delete rows older than `keep_days`; returns how many went."""
+        async with self._db.transaction() as conn:
+            cur = await conn.execute("DELETE FROM audit WHERE at < ?", (self._now() - keep_days * 86400.0,))
+            return cur.rowcount
 
     async def recent(self, *, limit: int = 20, channel_id: str | None = None, failed_only: bool = False,
                      category: str | None = None) -> list[AuditEntry]:

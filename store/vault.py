@@ -10,7 +10,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from core.errors import ConfigError
-from store.db import Database
+from store.db import Database, owner_only
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,7 @@ class KeyRing:
                                                       " holds secrets encrypted with it; restore the key file")
             self.write([Fernet.generate_key()])
             log.info("created a new master key file %s", self.key_file)
-        mode = self.key_file.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise ConfigError("service.key_file", f"{self.key_file} is readable by others (mode {mode:o}); chmod 600 it")
+        owner_only(self.key_file, "service.key_file")
         keys = [line.strip().encode() for line in self.key_file.read_text().splitlines() if line.strip()]
         if not keys:
             raise ConfigError("service.key_file", f"{self.key_file} holds no key")
@@ -84,7 +82,9 @@ class Vault:
             raise ConfigError(name, f"unknown secret (known: {', '.join(KNOWN_SECRETS)})")
         if not value:
             raise ConfigError(name, "empty value")
-        token = (await self._fernet()).encrypt(value.encode())
+        fernet = await self._fernet()
+        await self._check_key(fernet)
+        token = fernet.encrypt(value.encode())
         async with self._db.transaction() as conn:
             await conn.execute(
                 "INSERT INTO secrets (name, token, updated_at) VALUES (?, ?, ?) "
@@ -95,6 +95,18 @@ class Vault:
         # a new key only for a vault that holds nothing yet: a lost key file must not be silently replaced
         empty = await self._db.scalar("SELECT count(*) FROM secrets") == 0
         return self._keyring.fernet(create=empty)
+
+    async def _check_key(self, fernet: MultiFernet) -> None:
+        """Refuse to write under a key that cannot read what is stored: the vault would end up split
+        between two keys, and whichever is lost takes its secrets with it."""
+        rows = await self._db.fetchall("SELECT name, token FROM secrets ORDER BY name")
+        for row in rows:
+            try:
+                fernet.decrypt(bytes(row["token"]))
+            except InvalidToken:
+                raise ConfigError("service.key_file", f"the configured master key does not decrypt the stored"
+                                                      f" secret {row['name']}; restore the key it was stored"
+                                                      " with (see the runbook) before changing secrets") from None
 
     async def get(self, name: str) -> str | None:
         token = await self._db.scalar("SELECT token FROM secrets WHERE name = ?", (name,))
@@ -116,7 +128,10 @@ class Vault:
 
     async def rotate_key(self) -> int:
         """New key first, re-encrypt every secret under it, then retire the old keys. Returns the count."""
-        old = self._keyring.keys()
+        # a missing key file is an error here, not a reason to make one: the stored secrets need the old key
+        empty = await self._db.scalar("SELECT count(*) FROM secrets") == 0
+        old = self._keyring.keys(create=empty)
+        await self._check_key(self._keyring.fernet(create=False))  # no key file written before this passes
         new = Fernet.generate_key()
         self._keyring.write([new, *old])  # readers can decrypt old and new tokens during the switch
         multi = self._keyring.fernet()

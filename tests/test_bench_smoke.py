@@ -18,3 +18,11 @@ async def test_ingest_benchmark_runs_and_counts_right():
     result = json.loads(out.stdout)
     assert result["first_poll"]["new"] == 300 and result["repoll"]["events_created"] == 0
     assert result["db"] == {**result["db"], "events": 300, "deliveries": 300, "seen": 300}
+
+
+async def test_abuse_benchmark_runs_and_counts_right(tmp_path):
+    from bench.abuse import measure
+
+    m = await measure(tmp_path, requests=240, signed=2, concurrency=8)
+    assert sum(m["statuses"].values()) == 240 and 500 not in m["statuses"]
+    assert m["rejects_counted"] == 240 and m["ifs_tokens"] == 0 and m["commands"] == 2

@@ -167,7 +167,7 @@ def test_image_is_slim_python_non_root_with_data_volume_port_and_healthcheck():
     assert user not in ("", "0", "root") and user == uid
     assert any("pip install --no-cache-dir -r requirements.txt" in run for run in dockerfile("RUN"))
     assert json.loads(dockerfile("VOLUME")[-1]) == ["/data"]
-    assert dockerfile("EXPOSE") == [env["NOTIFIER__SERVICE__PORT"]] == ["3978"]
+    assert dockerfile("EXPOSE") == [env["NOTIFIER__SERVICE__PORT"], env["NOTIFIER__SERVICE__OPS_PORT"]] == ["3978", "3979"]
     assert env["NOTIFIER__SERVICE__HOST"] == "0.0.0.0"
     assert env["NOTIFIER__SERVICE__DATABASE"] == "/data/notifier.sqlite3"
     assert env["NOTIFIER__SERVICE__KEY_FILE"] == "/data/master.key"
@@ -179,6 +179,7 @@ def test_image_environment_is_valid_settings():
     settings = load_settings(env=dockerfile_env())
 
     assert (settings.service.host, settings.service.port) == ("0.0.0.0", 3978)
+    assert settings.service.ops_port == 3979 and not settings.service.ops_host  # same interfaces, own port
     assert not settings.service.dev_mode
 
 
@@ -220,6 +221,7 @@ def _local_env(tmp_path: Path, port: int) -> dict[str, str]:
     return base_env() | dockerfile_env() | {
         "NOTIFIER__SERVICE__HOST": "127.0.0.1",
         "NOTIFIER__SERVICE__PORT": str(port),
+        "NOTIFIER__SERVICE__OPS_PORT": str(free_port()),
         "NOTIFIER__SERVICE__DATABASE": str(tmp_path / "data" / "notifier.sqlite3"),
         "NOTIFIER__SERVICE__KEY_FILE": str(tmp_path / "data" / "master.key"),
         "NOTIFIER__SERVICE__DEV_MODE": "true",
@@ -230,6 +232,7 @@ def _local_env(tmp_path: Path, port: int) -> dict[str, str]:
 async def test_container_command_serves_health_and_readiness_then_stops_cleanly_on_sigterm(tmp_path, ifs):
     port = free_port()
     env = _local_env(tmp_path, port)
+    ops_port = env["NOTIFIER__SERVICE__OPS_PORT"]
     for name, value in (("ifs.base_url", ifs.base_url), ("ifs.client_id", "notifier"),
                         ("ifs.client_secret", "notifier-secret")):
         code, out, err = await _run(["sh", str(ENTRYPOINT_SCRIPT), "python", "app.py", "secrets", "set", name],
@@ -251,7 +254,10 @@ async def test_container_command_serves_health_and_readiness_then_stops_cleanly_
                     except httpx.TransportError:
                         await asyncio.sleep(0.1)
                 assert health is not None, log_path.read_text()
-                ready = await client.get("/readyz")
+                public_ready = await client.get("/readyz")
+                public_metrics = await client.get("/metrics")
+                ready = await client.get(f"http://127.0.0.1:{ops_port}/readyz")
+                metrics = await client.get(f"http://127.0.0.1:{ops_port}/metrics")
             proc.send_signal(signal.SIGTERM)
             code = await asyncio.wait_for(proc.wait(), timeout=30)
         finally:
@@ -262,6 +268,7 @@ async def test_container_command_serves_health_and_readiness_then_stops_cleanly_
     output = log_path.read_text()
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert ready.status_code == 200 and ready.json()["ready"] and ready.json()["ifs"], ready.text
+    assert metrics.status_code == 200 and public_ready.status_code == public_metrics.status_code == 404
     assert code == 0, output
     assert "Traceback" not in output
     messages = [json.loads(line)["message"] for line in output.splitlines() if line.startswith("{")]
@@ -288,6 +295,8 @@ def test_compose_builds_the_dockerfile_from_the_repository_root_with_a_named_dat
     assert env_file_path == "./notifier.env" and "required: false" in text
     assert (DEPLOY / (env_file_path.removeprefix("./") + ".example")).is_file()
     assert re.search(r"^\s+- notifier-data:/data\s*$", text, re.M)
+    published = re.findall(r'^\s+- "([\d.]+):(\d+):(\d+)"', text, re.M)
+    assert published == [("127.0.0.1", "3978", "3978"), ("127.0.0.1", "3979", "3979")]  # ops: this host only
     assert re.search(r"^volumes:\s*\n\s+notifier-data:", text, re.M)
 
 
@@ -356,6 +365,8 @@ def test_example_toml_is_a_complete_production_config_that_loads():
     for section, cls in sections.items():
         assert set(raw[section]) == {f.name for f in fields(cls)}, section
     assert settings.service.host == "0.0.0.0" and not is_loopback(settings.service.host)
+    assert is_loopback(settings.service.ops_host) and settings.service.ops_port not in (0, settings.service.port)
+    assert settings.service.audit_retention_days >= 1 and settings.service.min_free_disk_mb > 0
     assert not settings.service.dev_mode
     assert settings.service.public_url.startswith("https://")
     assert settings.ifs.realm
@@ -412,7 +423,7 @@ def test_bicep_wires_bot_key_vault_key_and_data_share_as_the_image_expects():
     assert "'Microsoft.KeyVault/vaults/secrets@" in text and "@secure()\nparam masterKey string" in text
     assert re.search(r"mountPath: '/data'", text) and "storageType: 'AzureFile'" in text
     assert f"uid={uid},gid={uid}" in text and "file_mode=0600" in text
-    assert re.search(r"var containerPort = (\d+)", text).group(1) == dockerfile("EXPOSE")[-1]
+    assert re.search(r"var containerPort = (\d+)", text).group(1) == dockerfile("EXPOSE")[0]
     assert re.search(r"maxReplicas: 1\b", text)
     assert "path: '/healthz'" in text
 
@@ -445,4 +456,24 @@ def test_runbook_covers_the_path_from_registration_to_status():
                    "python app.py check", "manifest build", "Upload a custom app", "link company 10", "status",
                    "rotate-key", "backup", "AADSTS700016", "BotNotInConversationRoster", "server_state_filter = false",
                    "MessageSizeTooBig", "Clock skew"):
+        assert needle in text, needle
+
+
+def test_bicep_keeps_readiness_and_metrics_off_the_public_ingress():
+    text = BICEP.read_text(encoding="utf-8")
+    ops = re.search(r"var opsPort = (\d+)", text).group(1)
+    ingress = re.search(r"ingress: \{(.*?)\n      \}", text, re.S).group(1)
+
+    assert ops == dockerfile_env()["NOTIFIER__SERVICE__OPS_PORT"] == dockerfile("EXPOSE")[1]
+    assert re.search(r"external: true\s+targetPort: containerPort", ingress)
+    assert re.search(r"additionalPortMappings: \[\s+\{\s+external: false\s+targetPort: opsPort", ingress)
+    assert "type: 'Readiness'" not in text  # see the template: an IFS outage must not take the bot off ingress
+    assert "output opsEndpoint string = 'http://${appName}:${opsPort}'" in text
+
+
+def test_runbook_names_the_ops_port_and_the_new_refusals():
+    text = RUNBOOK.read_text(encoding="utf-8")
+
+    for needle in ("service.ops_port", "3979", "audit_retention_days", "min_free_disk_mb",
+                   "does not decrypt the stored secret", "cannot listen on", "cannot be used", "changed to 600"):
         assert needle in text, needle

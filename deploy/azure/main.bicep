@@ -59,6 +59,8 @@ var appName = '${namePrefix}-app'
 var masterKeySecretName = 'notifier-master-key'
 var dataShareName = 'notifier-data'
 var containerPort = 3978
+// /readyz and /metrics (service.ops_port, set in the image): reachable inside the environment only
+var opsPort = 3979
 // Key Vault Secrets User (built-in role)
 var keyVaultSecretsUserRole = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '4633458b-17de-408a-b874-0445c86b69e6')
 
@@ -192,6 +194,15 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
         targetPort: containerPort
         transport: 'http'
         allowInsecure: false
+        // The public ingress reaches only /api/messages and /healthz; monitoring in the environment (or a
+        // peered network) scrapes http://<app name>:3979/metrics and /readyz.
+        additionalPortMappings: [
+          {
+            external: false
+            targetPort: opsPort
+            exposedPort: opsPort
+          }
+        ]
       }
       secrets: [
         {
@@ -216,7 +227,7 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
             cpu: json('0.5')
             memory: '1Gi'
           }
-          // service.host, port, database (/data/notifier.sqlite3) and log format come from the image.
+          // service.host, port, ops_port, database (/data/notifier.sqlite3) and log format come from the image.
           env: concat([
             {
               name: 'NOTIFIER_MASTER_KEY'
@@ -256,6 +267,8 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
               periodSeconds: 30
               failureThreshold: 3
             }
+            // No readiness probe: with one replica, an IFS outage would take the bot off its ingress, and
+            // its commands (status) are how a channel learns about the outage. Alert on /readyz instead.
           ]
         }
       ]
@@ -321,6 +334,9 @@ output botAppId string = resolvedBotAppId
 
 @description('Value for `python app.py secrets set bot.tenant_id`.')
 output tenantId string = tenant().tenantId
+
+@description('Internal address of /readyz and /metrics, for monitoring inside the Container Apps environment.')
+output opsEndpoint string = 'http://${appName}:${opsPort}'
 
 @description('Container app name, for `az containerapp exec` and `az containerapp logs show`.')
 output containerAppName string = app.name
