@@ -35,6 +35,8 @@ PIP_COMPILE = $(TOOLS_VENV)/bin/pip-compile --quiet --generate-hashes --allow-un
 	--no-emit-index-url --no-emit-find-links $(PIP_COMPILE_ARGS)
 
 requirements:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
+	  { echo "make requirements: the lock files are for Python 3.11; run with PYTHON=python3.11" >&2; exit 1; }
 	test -x $(TOOLS_VENV)/bin/pip-compile || { $(PYTHON) -m venv $(TOOLS_VENV) && \
 	  $(TOOLS_VENV)/bin/pip install --disable-pip-version-check -q pip-tools; }
 	$(PIP_COMPILE) --output-file=requirements.txt requirements.in
