@@ -395,10 +395,12 @@ def test_direct_dependencies_agree_across_in_files_lock_files_and_pyproject():
     assert "see requirements.in for the command" in (ROOT / "requirements-dev.in").read_text(encoding="utf-8")
 
 
-def test_make_and_ci_install_with_hashes_and_run_the_tests():
+def test_make_ci_and_the_runbook_install_with_hashes_and_make_runs_the_tests():
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    runbook_installs = re.findall(r"^.*pip install .*$", RUNBOOK.read_text(encoding="utf-8"), re.M)
 
+    assert runbook_installs and all("--require-hashes -r " in line for line in runbook_installs), runbook_installs
     assert re.search(r"pip install .*--require-hashes -r requirements-dev\.txt", makefile)
     assert re.search(r"^test: \$\(VENV\)/\.installed$", makefile, re.M)
     assert re.search(r"^make test$", ci, re.M)
