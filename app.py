@@ -300,14 +300,14 @@ class Service:
                 if not result.ok and result.status == 400:  # a name IFS no longer has: read $metadata again
                     self.tenant.invalidate(self.sources[kind].projection)
                 results.append(result)
-                self.metrics.inc("notifier_polls_total", 1, "Poll cycles by source and outcome", source=kind.value,
-                                 outcome="ok" if result.ok else "failed")
-                self.metrics.inc("notifier_records_seen_total", result.rows, "Rows read from IFS", source=kind.value)
+                self.metrics.inc("notifier_polls_total", source=kind.value, outcome="ok" if result.ok else "failed")
+                if result.ok:
+                    self.metrics.set_to_now("notifier_last_successful_poll_timestamp_seconds", source=kind.value)
+                self.metrics.inc("notifier_records_seen_total", result.rows, source=kind.value)
                 for etype in ("new", "changed", "resolved"):
-                    self.metrics.inc("notifier_events_total", getattr(result, etype), "Events by type",
-                                     type=etype, source=kind.value)
+                    self.metrics.inc("notifier_events_total", getattr(result, etype), type=etype, source=kind.value)
                 if result.bad:
-                    self.metrics.inc("notifier_bad_rows_total", result.bad, "Rows quarantined", source=kind.value)
+                    self.metrics.inc("notifier_bad_rows_total", result.bad, source=kind.value)
         self.worker.wake()
         return results
 
@@ -316,20 +316,22 @@ class Service:
         return [r for kind, spec in self.sources.items() if spec.enabled for r in await self.poll_source(kind)]
 
     def _install_gauges(self) -> None:
+        """Series read at each scrape: the outbox (from the database) and the IFS client's own totals."""
         async def backlog():
-            counts = await Outbox(self.db).counts()
-            return {(("status", k),): float(v) for k, v in counts.items()}
+            return {(status,): float(n) for status, n in (await Outbox(self.db).counts()).items()}
 
         async def age():
             return {(): await Outbox(self.db).oldest_pending_age()}
 
-        async def ifs_client():
-            return {(("stat", k),): float(v) for k, v in self.ifs.stats.items()}
-
-        self.metrics.gauge("notifier_deliveries", "Deliveries by status", backlog)
-        self.metrics.gauge("notifier_queue_oldest_seconds", "Age of the oldest undelivered delivery", age)
-        self.metrics.gauge("notifier_ifs_client_total", "IFS client totals since start: requests, retries,"
-                           " throttled (429s), token renewals, failures", ifs_client, kind="counter")
+        self.metrics.observe("notifier_outbox_deliveries", "Deliveries in the outbox, by status", backlog,
+                             labels=("status",))
+        self.metrics.observe("notifier_queue_oldest_seconds", "Age of the oldest undelivered delivery", age)
+        for stat, help in (("requests", "HTTP requests sent to IFS, token requests included"),
+                           ("retries", "IFS requests sent again after a retriable failure or a 401"),
+                           ("throttled", "429 answers received from IFS"),
+                           ("token_renewals", "IFS access tokens obtained"),
+                           ("failures", "IFS calls that ended in an error raised to the caller")):
+            self.metrics.counter_from(f"notifier_ifs_{stat}_total", help, lambda stat=stat: self.ifs.stats[stat])
 
     # ------------------------------------------------------------------ web
 
@@ -425,7 +427,8 @@ class Service:
             return False
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(text=await self.metrics.render(), content_type="text/plain", charset="utf-8")
+        body, content_type = await self.metrics.exposition(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     # ------------------------------------------------------------------ lifecycle
 

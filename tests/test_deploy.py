@@ -25,6 +25,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 
 from core.settings import Settings, is_loopback, load_settings
 from pollers.sources import build_sources
@@ -33,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
 ENTRYPOINT_SCRIPT = DEPLOY / "docker-entrypoint.sh"
+PIN_SCRIPT = DEPLOY / "pin-base-image.sh"
 COMPOSE = DEPLOY / "compose.yaml"
 ENV_EXAMPLE = DEPLOY / "notifier.env.example"
 UNIT = DEPLOY / "notifier.service"
@@ -63,6 +67,14 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 def dockerfile(name: str) -> list[str]:
     return [args for word, args in dockerfile_instructions() if word == name]
+
+
+def base_image() -> str:
+    """The default of the ARG the FROM line names (an ARG before FROM is the only way to give FROM a value)."""
+    [(word, args)] = [i for i in dockerfile_instructions()[:2] if i[0] == "ARG"]
+    name, _, value = args.partition("=")
+    assert name == "PYTHON_IMAGE" and dockerfile_instructions()[1] == ("FROM", "${PYTHON_IMAGE}")
+    return value
 
 
 def dockerfile_env() -> dict[str, str]:
@@ -163,9 +175,10 @@ def test_image_is_slim_python_non_root_with_data_volume_port_and_healthcheck():
     uid = re.search(r"useradd .*--uid (\d+)", " ".join(dockerfile("RUN"))).group(1)
     healthcheck = dockerfile("HEALTHCHECK")[-1]
 
-    assert dockerfile("FROM") == ["python:3.11-slim"]
+    assert dockerfile("FROM") == ["${PYTHON_IMAGE}"]
+    assert re.fullmatch(r"python:3\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base_image())
     assert user not in ("", "0", "root") and user == uid
-    assert any("pip install --no-cache-dir -r requirements.txt" in run for run in dockerfile("RUN"))
+    assert any("pip install --no-cache-dir --require-hashes -r requirements.txt" in run for run in dockerfile("RUN"))
     assert json.loads(dockerfile("VOLUME")[-1]) == ["/data"]
     assert dockerfile("EXPOSE") == [env["NOTIFIER__SERVICE__PORT"], env["NOTIFIER__SERVICE__OPS_PORT"]] == ["3978", "3979"]
     assert env["NOTIFIER__SERVICE__HOST"] == "0.0.0.0"
@@ -173,6 +186,51 @@ def test_image_is_slim_python_non_root_with_data_volume_port_and_healthcheck():
     assert env["NOTIFIER__SERVICE__KEY_FILE"] == "/data/master.key"
     assert "/healthz" in healthcheck and "python" in healthcheck and "curl" not in healthcheck
     assert container_command()[2:] == ["python", "app.py", "serve"]
+
+
+def test_base_image_python_is_in_the_supported_range():
+    python = re.match(r"python:(3\.\d+)-", base_image()).group(1)
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["requires-python"]
+
+    assert SpecifierSet(requires).contains(python + ".0")
+
+
+def test_pin_base_image_script_writes_the_digest_into_the_arg(tmp_path):
+    copy = tmp_path / "Dockerfile"
+    copy.write_text(DOCKERFILE.read_text(encoding="utf-8"), encoding="utf-8")
+    tag = base_image().partition("@")[0]
+    env = base_env() | {"DOCKERFILE": str(copy)}
+    first, second = "sha256:" + "ab" * 32, "sha256:" + "cd" * 32
+
+    def pin(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["sh", str(PIN_SCRIPT), *args], env=env, capture_output=True, text=True, timeout=30)
+
+    pinned = pin("--digest", first)
+    repinned_text = copy.read_text(encoding="utf-8")
+    moved = pin("--digest", second)
+    refused = pin("--digest", "sha256:123")
+
+    assert PIN_SCRIPT.stat().st_mode & stat.S_IXUSR
+    assert pinned.returncode == 0, pinned.stderr
+    assert f"ARG PYTHON_IMAGE={tag}@{first}\n" in repinned_text
+    assert moved.returncode == 0 and f"ARG PYTHON_IMAGE={tag}@{second}\n" in copy.read_text(encoding="utf-8")
+    assert copy.read_text(encoding="utf-8").count("ARG PYTHON_IMAGE=") == 1
+    assert refused.returncode != 0 and "not a sha256 digest" in refused.stderr
+    assert copy.read_text(encoding="utf-8").replace(second, "X") == DOCKERFILE.read_text(encoding="utf-8").replace(
+        f"ARG PYTHON_IMAGE={base_image()}", f"ARG PYTHON_IMAGE={tag}@X")
+
+
+def test_pin_base_image_script_without_a_lookup_tool_says_so(tmp_path):
+    if shutil.which("crane", path="/usr/bin:/bin") or shutil.which("docker", path="/usr/bin:/bin"):
+        pytest.skip("crane or docker is installed: the script would look the digest up in the registry")
+    copy = tmp_path / "Dockerfile"
+    copy.write_text(DOCKERFILE.read_text(encoding="utf-8"), encoding="utf-8")
+
+    done = subprocess.run(["sh", str(PIN_SCRIPT)], env={"PATH": "/usr/bin:/bin", "DOCKERFILE": str(copy)},
+                          capture_output=True, text=True, timeout=30)
+
+    assert done.returncode == 1 and "crane" in done.stderr and "--digest" in done.stderr
+    assert copy.read_text(encoding="utf-8") == DOCKERFILE.read_text(encoding="utf-8")
 
 
 def test_image_environment_is_valid_settings():
@@ -280,6 +338,79 @@ async def test_container_command_without_ifs_secrets_exits_2_naming_the_key(tmp_
 
     assert "ifs.base_url" in err
     assert code == 2
+
+
+# --------------------------------------------------------------------------- pinned requirements
+
+def locked(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """A pip-compile lock file: {name: (version, hashes)}; fails on a requirement that is not pinned."""
+    text = re.sub(r"\\\n", " ", path.read_text(encoding="utf-8"))
+    out = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        spec, *options = re.split(r"\s+(?=--)", line)
+        req = Requirement(spec)
+        [pin] = list(req.specifier)
+        assert pin.operator == "==" and not req.marker, line
+        name = canonicalize_name(req.name)
+        assert name not in out, name
+        out[name] = (pin.version, [o.removeprefix("--hash=") for o in options if o.startswith("--hash=")])
+        assert len(out[name][1]) == sum(o.startswith("--hash=") for o in options) == len(options), line
+    return out
+
+
+def direct(path: Path) -> dict[str, Requirement]:
+    reqs = [Requirement(line.split("#", 1)[0]) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.split("#", 1)[0].strip() and not line.startswith("-")]
+    return {canonicalize_name(r.name): r for r in reqs}
+
+
+@pytest.mark.parametrize("name", ["requirements.txt", "requirements-dev.txt"])
+def test_every_locked_package_is_pinned_with_sha256_hashes(name):
+    packages = locked(ROOT / name)
+
+    assert len(packages) > 30
+    for package, (_, hashes) in packages.items():
+        assert hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), package
+    assert "pip-compile with Python 3.11" in (ROOT / name).read_text(encoding="utf-8")
+
+
+def test_dev_lock_holds_the_service_lock_at_the_same_versions_and_hashes():
+    service, dev = locked(ROOT / "requirements.txt"), locked(ROOT / "requirements-dev.txt")
+
+    assert {k: dev.get(k) for k in service} == service
+    for tool in direct(ROOT / "requirements-dev.in"):
+        assert tool in dev, tool
+
+
+def test_direct_dependencies_agree_across_in_files_lock_files_and_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    ranges = {canonicalize_name(r.name): r.specifier for r in map(Requirement, project["dependencies"])}
+    dev_ranges = {canonicalize_name(r.name): r.specifier
+                  for r in map(Requirement, project["optional-dependencies"]["dev"])}
+    for in_file, lock, declared in (("requirements.in", "requirements.txt", ranges),
+                                    ("requirements-dev.in", "requirements-dev.txt", dev_ranges)):
+        pins = direct(ROOT / in_file)
+        versions = locked(ROOT / lock)
+        assert set(pins) == set(declared), in_file
+        for name, req in pins.items():
+            assert req.specifier.contains(versions[name][0]), (name, versions[name][0])
+            assert declared[name].contains(versions[name][0]), (name, str(declared[name]))
+    assert "pip-compile --generate-hashes" in (ROOT / "requirements.in").read_text(encoding="utf-8")
+    assert "see requirements.in for the command" in (ROOT / "requirements-dev.in").read_text(encoding="utf-8")
+
+
+def test_make_ci_and_the_runbook_install_with_hashes_and_make_runs_the_tests():
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    runbook_installs = re.findall(r"^.*pip install .*$", RUNBOOK.read_text(encoding="utf-8"), re.M)
+
+    assert runbook_installs and all("--require-hashes -r " in line for line in runbook_installs), runbook_installs
+    assert re.search(r"pip install .*--require-hashes -r requirements-dev\.txt", makefile)
+    assert re.search(r"^test: \$\(VENV\)/\.installed$", makefile, re.M)
+    assert re.search(r"^make test$", ci, re.M)
 
 
 # --------------------------------------------------------------------------- compose and env file
