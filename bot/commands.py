@@ -279,8 +279,8 @@ async def _links(cmds: Commands, call: CommandCall) -> Reply:
 STATUS_USAGE = "status [all | invoices | orders | vouchers]"
 
 
-@command("status", STATUS_USAGE, "This channel's companies: IFS, polls, deliveries, and what to fix; 'all' for"
-         " every company (admins), a kind for its full IFS message")
+@command("status", STATUS_USAGE, "Health and what to fix, for this channel ('all': every company; a kind: IFS's"
+         " own words)")
 async def _status(cmds: Commands, call: CommandCall) -> Reply:
     if len(call.args) > 1:
         raise CommandError("'status' takes at most one word.", usage=STATUS_USAGE)
