@@ -295,8 +295,7 @@ class Service:
                 return []
             if validation is not None:
                 self.poller.set_source(validation.spec)
-            for company in companies:
-                result = await self.poller.poll(kind, company)
+            for result in await self.poller.poll_many(kind, companies):
                 if not result.ok and result.status == 400:  # a name IFS no longer has: read $metadata again
                     self.tenant.invalidate(self.sources[kind].projection)
                 results.append(result)

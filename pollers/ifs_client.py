@@ -27,6 +27,7 @@ Decisions worth knowing before changing this module:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import json
 import logging
@@ -154,10 +155,60 @@ class ListingBounds:
         return max(20, 3 * math.ceil(self.expected_rows / per_page) + 10)
 
 
+@dataclass
+class Cost:
+    """What a piece of work asked of IFS: requests sent and bytes received (token requests included)."""
+
+    requests: int = 0
+    bytes: int = 0
+
+    def add(self, other: Cost) -> None:
+        self.requests += other.requests
+        self.bytes += other.bytes
+
+
+# The cost account of the work running now (a poll of one source, say): every exchange adds to it. Tasks
+# started by that work (the page asked for ahead) inherit it, so concurrent sources are counted apart.
+_ACCOUNT: contextvars.ContextVar[Cost | None] = contextvars.ContextVar("ifs_cost", default=None)
+
+
+class counted:
+    """`with counted() as cost:` the requests and bytes of the IFS calls made inside the block."""
+
+    def __enter__(self) -> Cost:
+        self.cost = Cost()
+        self._token = _ACCOUNT.set(self.cost)
+        return self.cost
+
+    def __exit__(self, *exc_info: object) -> None:
+        _ACCOUNT.reset(self._token)
+
+
 def looks_like_a_page_cap(rows: int, page_size: int) -> bool:
     """Whether a short window holds a round number of rows (a multiple of 50, or a power of two from 16),
     as a server's own page cap would, rather than whatever was left of a listing."""
     return 16 <= rows < page_size and (rows % 50 == 0 or rows & (rows - 1) == 0)
+
+
+def _key_condition(keys: Mapping[str, str | int]) -> str:
+    parts = [f"{name} eq {odata_literal(value)}" for name, value in keys.items()]
+    return parts[0] if len(parts) == 1 else "(" + " and ".join(parts) + ")"
+
+
+def _filter_chunks(conditions: Sequence[str], joiner: str, max_chars: int) -> list[str]:
+    """Conditions joined into filters of at most about `max_chars` characters each (one at least)."""
+    out: list[str] = []
+    current: list[str] = []
+    size = 0
+    for c in conditions:
+        if current and size + len(joiner) + len(c) > max_chars:
+            out.append(joiner.join(current))
+            current, size = [], 0
+        current.append(c)
+        size += len(c) + (len(joiner) if len(current) > 1 else 0)
+    if current:
+        out.append(joiner.join(current))
+    return out
 
 
 def key_predicate(keys: Mapping[str, str | int]) -> str:
@@ -308,6 +359,7 @@ class IfsClient:
             "throttled": 0,  # 429 answers received
             "token_renewals": 0,  # tokens obtained
             "failures": 0,  # calls that ended in an error raised to the caller
+            "bytes": 0,  # response bytes received (decoded)
         }
 
     # ---- public surface -------------------------------------------------------------------
@@ -492,6 +544,25 @@ class IfsClient:
         options = self._options(filter=filter, select=select, orderby=orderby)
         url = f"{self.entity_url(projection, entity_set)}?{_query({**options, '$top': str(top)})}"
         return self._rows(await self._send("data", "GET", url), url)
+
+    async def read_by_keys(
+        self,
+        projection: str,
+        entity_set: str,
+        keys: Sequence[Mapping[str, str | int]],
+        *,
+        select: Sequence[str] | None = None,
+        max_filter_chars: int = 3000,
+    ) -> list[dict[str, Any]]:
+        """The rows with these keys, whatever their state, in as few requests as URLs of about 4 KB allow:
+        `$filter=(K1 eq a and K2 eq 1) or (...)`, chunked. A key with no row is simply not answered."""
+        rows: list[dict[str, Any]] = []
+        names = list(keys[0]) if keys else []
+        for chunk in _filter_chunks([_key_condition(k) for k in keys], " or ", max_filter_chars):
+            async for page in self.iter_pages(projection, entity_set, filter=chunk, select=select, orderby=names,
+                                              page_size=max(50, chunk.count(" or ") + 1)):
+                rows.extend(page)
+        return rows
 
     async def metadata(self, projection: str) -> bytes:
         """The projection's `$metadata` document (EDMX), as sent. 404 (unknown projection) raises."""
@@ -778,7 +849,13 @@ class IfsClient:
             # (response <-> stream), so a buffered 2.5 MB page would wait for the cyclic collector.
             async with self._http.stream(method, url, headers=headers, data=form) as response:
                 chunks = [chunk async for chunk in response.aiter_bytes()]  # decoded (gzip ...)
-                return _Answer(response.status_code, response.headers, b"".join(chunks)), _NO_FAILURE
+                body = b"".join(chunks)
+                self.stats["bytes"] += len(body)
+                account = _ACCOUNT.get()
+                if account is not None:
+                    account.requests += 1
+                    account.bytes += len(body)
+                return _Answer(response.status_code, response.headers, body), _NO_FAILURE
         except httpx.TimeoutException as exc:
             return None, _Attempt(f"timeout ({type(exc).__name__})")
         except httpx.RequestError as exc:

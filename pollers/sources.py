@@ -71,6 +71,22 @@ class SourceSpec:
     def filter_for(self, company: str) -> str:
         return " and ".join([f"{self.company_field} eq {odata_literal(company)}", *self.pending_conditions()])
 
+    def filter_for_companies(self, companies: Sequence[str]) -> str:
+        """One listing for several companies: `(Company eq '10' or Company eq '20') and <pending>` (OData 4.0
+        has no `in` everywhere)."""
+        if len(companies) == 1:
+            return self.filter_for(companies[0])
+        either = " or ".join(f"{self.company_field} eq {odata_literal(c)}" for c in companies)
+        return " and ".join([f"({either})", *self.pending_conditions()])
+
+    @property
+    def lean_select(self) -> tuple[str, ...]:
+        """What the diff needs of a listed row (the etag comes with every row): keys, company, state, step
+        and the fields that define pending. New and changed records are then read whole, by key."""
+        names = [k for k, _ in self.keys] + [self.company_field, self.state_field]
+        names += ([self.step_field] if self.step_field else []) + [f for f, _ in self.pending_equals]
+        return tuple(dict.fromkeys(names))
+
     def pending_conditions(self) -> list[str]:
         """The state conditions of the listing's $filter (joined with `and`)."""
         parts = []
