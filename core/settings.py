@@ -87,7 +87,7 @@ class DeliverySettings:
 
 @dataclass(frozen=True)
 class ScheduleSettings:
-    every_minutes: float = 60.0
+    every_minutes: float = 2.0  # a card within about two minutes; one lean listing per kind per cycle
     daily_at: tuple[str, ...] = ()  # "07:30" times; when set, replaces every_minutes
     finance_window_minutes: float = 0.0  # >0: poll this often inside the finance window
     finance_window_last_days: int = 3  # last N business days of the month

@@ -1,0 +1,103 @@
+"""Fresh and light on IFS: one listing per kind for every linked company, lean listings with whole rows read
+by key only where something changed, confirmations in batches, and the cost of a cycle counted."""
+
+from __future__ import annotations
+
+import json
+
+from core.domain import RecordKind
+from core.settings import load_settings
+from pollers.engine import PollResult, _chunks, _Cycle, _Part
+from pollers.sources import DEFAULT_SOURCES
+from tests import test_poller
+from tests.test_poller import list_requests
+
+harness = test_poller.harness  # a poller on a SQLite file and the simulator
+
+ORDER = RecordKind.ORDER
+COMPANIES = ("10", "20", "30")
+
+
+def listings(ifs) -> list:
+    return [r for r in list_requests(ifs, "PurchaseOrderSet") if "Objstate" in r.query.get("$filter", "")]
+
+
+async def test_one_listing_serves_every_linked_company(ifs, harness):
+    for company, n in zip(COMPANIES, (3, 2, 1), strict=True):
+        for _ in range(n):
+            ifs.add_order(company=company)
+    h = await harness(companies=COMPANIES)
+    results = await h.poller.poll_many(ORDER, COMPANIES)
+    assert [(r.company, r.ok, r.new, r.pending) for r in results] == [("10", True, 3, 3), ("20", True, 2, 2),
+                                                                       ("30", True, 1, 1)]
+    [listing] = listings(ifs)
+    assert listing.query["$filter"].startswith("(Company eq '10' or Company eq '20' or Company eq '30') and Objstate")
+    seen = await h.db.fetchall("SELECT company, count(*) FROM seen GROUP BY company ORDER BY company")
+    assert [tuple(r) for r in seen] == [("10", 3), ("20", 2), ("30", 1)]
+    # what the cycle asked of IFS is counted, the shared listing shared out
+    assert sum(r.requests for r in results) == len(ifs.requests)
+    assert all(r.bytes > 0 for r in results)
+
+
+def test_companies_are_chunked_so_that_a_listing_url_stays_short():
+    spec = DEFAULT_SOURCES[ORDER]
+    parts = [_Part(f"C{i:04d}", PollResult(ORDER, f"C{i:04d}"), _Cycle(ORDER, f"C{i:04d}", 0)) for i in range(400)]
+    chunks = _chunks(spec, parts)
+    assert [p.company for chunk in chunks for p in chunk] == [p.company for p in parts]  # all, in order, once
+    assert len(chunks) > 1
+    for chunk in chunks:
+        assert len(spec.filter_for_companies([p.company for p in chunk])) <= 3000 + 200  # + the state condition
+    assert spec.filter_for_companies(["10"]) == spec.filter_for("10")
+
+
+async def test_an_unchanged_cycle_is_one_lean_listing(ifs, harness):
+    for company in COMPANIES:
+        for _ in range(4):
+            ifs.add_order(company=company)
+    h = await harness(companies=COMPANIES, details_limit=0)
+    await h.poller.poll_many(ORDER, COMPANIES)
+    first = listings(ifs)[-1]
+    ifs.requests.clear()
+    results = await h.poller.poll_many(ORDER, COMPANIES)
+    assert [(r.new, r.changed, r.resolved) for r in results] == [(0, 0, 0)] * 3
+    assert len(ifs.requests) == 1  # the listing, and nothing else
+    [listing] = listings(ifs)
+    assert listing.query["$select"].split(",") == list(DEFAULT_SOURCES[ORDER].lean_select)
+    assert len(first.query["$select"].split(",")) > len(DEFAULT_SOURCES[ORDER].lean_select)  # a first poll reads whole
+
+
+async def events_of(h) -> list[tuple[str, dict]]:
+    rows = await h.db.fetchall("SELECT type, record FROM events ORDER BY id")
+    out = []
+    for kind, record in rows:
+        data = json.loads(record)
+        out.append((kind, data if isinstance(data, dict) else list(data)))
+    return out
+
+
+async def test_lean_listing_and_reads_by_key_give_the_records_full_rows_give(ifs, harness):
+    orders = [ifs.add_order(company="10") for _ in range(6)]
+    lean, full = await harness(details_limit=0), await harness(details_limit=0)
+    full.poller.lean_listing = False
+    for h in (lean, full):
+        await h.poller.poll(ORDER, "10")
+    ifs.update("order", {"OrderNo": orders[0]["OrderNo"]}, GrossAmtCurr=99.5, VendorName="Renamed AB")
+    ifs.update("order", {"OrderNo": orders[1]["OrderNo"]}, CurrencyCode="NOK")
+    ifs.approve("order", {"OrderNo": orders[2]["OrderNo"]})
+    added = [ifs.add_order(company="10") for _ in range(2)]
+    ifs.requests.clear()
+    got = await lean.poller.poll(ORDER, "10")
+    assert (got.new, got.changed, got.resolved) == (2, 2, 1)
+    # the new and changed records were read whole in one batch, and the approved one confirmed in another
+    batches = [r.query["$filter"] for r in list_requests(ifs, "PurchaseOrderSet") if "Objstate" not in
+               r.query.get("$filter", "Objstate")]
+    assert sorted(f.count("OrderNo eq") for f in batches) == [1, 4]
+    assert {o["OrderNo"] for o in (*orders[:2], *added)} == {
+        no for f in batches for no in f.replace("OrderNo eq ", "").replace("'", "").split(" or ")} - {
+        orders[2]["OrderNo"]}
+    await full.poller.poll(ORDER, "10")
+    assert await events_of(lean) == await events_of(full)
+
+
+def test_the_default_poll_interval_is_two_minutes():
+    assert load_settings(None, env={}).schedule.every_minutes == 2
