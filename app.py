@@ -11,6 +11,7 @@ import os
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -27,6 +28,7 @@ from core.links import odata_literal
 from core.metrics import Metrics
 from core.retry import RetryPolicy
 from core.settings import Settings, load_settings
+from pollers.engine import IfsLoad
 from pollers.sources import SourceSpec, build_sources
 from pollers.tenant import TenantSchema, check_source, connection_problem, discover, render, toml_value
 from store.db import Database, open_database, owner_only
@@ -138,6 +140,7 @@ class Service:
         self._next_prune = 0.0
         self.bindings = Bindings(db)
         self.tenant = TenantSchema(self.ifs, self.sources)
+        self.load = IfsLoad()
         self.poller = Poller(client=self.ifs, sources=self.sources, seen=Seen(db), bindings=self.bindings,
                              writer=PollWriter(db), audit=self.audit, ifs_base_url=creds.ifs_base_url,
                              page_size=settings.ifs.page_size, use_select=settings.ifs.select,
@@ -250,6 +253,9 @@ class Service:
             if spec.enabled:
                 await self._validated(kind)
 
+    def ifs_load(self) -> dict[str, float]:
+        return self.load.summary(time.time())
+
     def source_problems(self) -> dict[str, tuple[str | None, tuple[str, ...]]]:
         """Per kind: the line that says why it cannot be polled (or None), and the names left out of it."""
         out = {}
@@ -295,7 +301,13 @@ class Service:
                 return []
             if validation is not None:
                 self.poller.set_source(validation.spec)
-            for result in await self.poller.poll_many(kind, companies):
+            started = time.monotonic()
+            cycle = await self.poller.poll_many(kind, companies)
+            self.load.record(time.time(), cycle, time.monotonic() - started)
+            self.metrics.observe_value("notifier_poll_cycle_seconds", time.monotonic() - started, source=kind.value)
+            self.metrics.inc("notifier_poll_ifs_requests_total", sum(r.requests for r in cycle), source=kind.value)
+            self.metrics.inc("notifier_poll_ifs_bytes_total", sum(r.bytes for r in cycle), source=kind.value)
+            for result in cycle:
                 if not result.ok and result.status == 400:  # a name IFS no longer has: read $metadata again
                     self.tenant.invalidate(self.sources[kind].projection)
                 results.append(result)
@@ -329,7 +341,8 @@ class Service:
                            ("retries", "IFS requests sent again after a retriable failure or a 401"),
                            ("throttled", "429 answers received from IFS"),
                            ("token_renewals", "IFS access tokens obtained"),
-                           ("failures", "IFS calls that ended in an error raised to the caller")):
+                           ("failures", "IFS calls that ended in an error raised to the caller"),
+                           ("bytes", "Response bytes received from IFS")):
             self.metrics.counter_from(f"notifier_ifs_{stat}_total", help, lambda stat=stat: self.ifs.stats[stat])
 
     # ------------------------------------------------------------------ web

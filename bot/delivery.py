@@ -244,6 +244,9 @@ class DeliveryWorker:
             await self._audit(conn, first, "ok", op=op, status=200, latency=round(latency, 4),
                               items=len(work), activity=new_posted.activity_id)
         outcome = "digested" if digest else "sent"
+        now = self.now()
+        for d in work:  # from the poll that found the change to its card
+            self.metrics.observe_value("notifier_record_to_card_seconds", max(0.0, now - d.created_at))
         self.metrics.inc("notifier_deliveries_total", len(work), "Deliveries settled, by outcome", outcome=outcome)
         self.metrics.inc("notifier_delivery_messages_total", 1, "Messages posted or updated in Teams", op=op)
         if first.attempts > 1:

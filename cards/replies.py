@@ -44,6 +44,7 @@ class StatusView:
     failures: int = 0  # deliveries that failed for good
     last_error: str | None = None  # short, already free of secrets and bodies
     last_error_at: float | None = None
+    ifs_load: str | None = None  # what polling asked of IFS in the last hour, one line
     inactive_channels: tuple[str, ...] = ()  # names (or ids) of channels the bot can no longer post to
     paused_channels: tuple[str, ...] = ()
 
@@ -70,6 +71,8 @@ class StatusView:
             f"{self.headline}. IFS {reachable}; token {inert(self.token_state, 60) or 'unknown'}.",
             f"Pending {self.pending}, sent {self.sent}, backlog {self.backlog}, failed deliveries {self.failures}.",
         ]
+        if self.ifs_load:
+            lines.append(f"Load on IFS: {inert(self.ifs_load, 200)}.")
         for source in self.sources:
             last = (
                 ago(self.generated_at - source.last_poll_at) if source.last_poll_at is not None else "never"
@@ -183,6 +186,8 @@ def status_card(view: StatusView, ctx: CardContext | None = None) -> dict[str, A
             ("Backlog", number(view.backlog, ctx.locale)),
             ("Failed deliveries", number(view.failures, ctx.locale)),
         ]
+        if view.ifs_load:
+            facts.append(("Load on IFS", inert(view.ifs_load, 200)))
         if view.last_error:
             facts.append(("Last error", inert(view.last_error, 200)))
             facts.append(("Last error at", _when(ctx, view.last_error_at, view.generated_at)))

@@ -17,6 +17,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     GCCollector,
+    Histogram,
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
@@ -34,7 +35,8 @@ class Series:
     name: str  # a counter's name ends in _total
     help: str
     labels: tuple[str, ...] = ()
-    kind: str = "counter"  # or "gauge"
+    kind: str = "counter"  # or "gauge", "histogram"
+    buckets: tuple[float, ...] = ()  # a histogram's upper bounds
 
 
 SERIES: tuple[Series, ...] = (
@@ -51,6 +53,14 @@ SERIES: tuple[Series, ...] = (
     Series("notifier_delivery_first_attempt_failures_total", "Deliveries whose first try failed"),
     Series("notifier_delivery_retries_total", "Delivery attempts to be retried"),
     Series("notifier_teams_throttled_total", "429 answers received from Teams"),
+    Series("notifier_poll_ifs_requests_total", "Requests a source's poll cycles sent to IFS (tokens included)",
+           ("source",)),
+    Series("notifier_poll_ifs_bytes_total", "Response bytes a source's poll cycles received from IFS", ("source",)),
+    Series("notifier_poll_cycle_seconds", "Time of one poll cycle of a source (every linked company)", ("source",),
+           "histogram", (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)),
+    Series("notifier_record_to_card_seconds", "From the poll that found a new or changed record to its card in"
+           " Teams (add up to one poll interval for the time IFS held it before that poll)", (), "histogram",
+           (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)),
 )
 
 # label values in the observed series' label order -> value; () for a series without labels
@@ -60,7 +70,7 @@ Reading = Mapping[tuple[str, ...], float]
 class Metrics:
     def __init__(self, series: tuple[Series, ...] = SERIES, *, process: bool = True) -> None:
         self.registry = CollectorRegistry()
-        self._metrics: dict[str, Counter | Gauge] = {}
+        self._metrics: dict[str, Counter | Gauge | Histogram] = {}
         self._observed: list[tuple[Gauge, Callable[[], Awaitable[Reading]]]] = []
         for s in series:
             self._declare(s)
@@ -75,6 +85,11 @@ class Metrics:
         """Add to a counter; a name not in SERIES is declared on first use, with `help` and these label names."""
         metric = self._metrics.get(name) or self._declare(Series(name, help or name, tuple(sorted(labels))))
         (metric.labels(**labels) if labels else metric).inc(amount)
+
+    def observe_value(self, name: str, value: float, **labels: str) -> None:
+        """Put one observation into a declared histogram."""
+        metric = self._metrics[name]
+        (metric.labels(**labels) if labels else metric).observe(value)
 
     def set_to_now(self, name: str, **labels: str) -> None:
         """Set a declared gauge to the current Unix time."""
@@ -111,13 +126,15 @@ class Metrics:
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
 
-    def _declare(self, s: Series) -> Counter | Gauge:
+    def _declare(self, s: Series) -> Counter | Gauge | Histogram:
         if s.kind == "counter":
             if not s.name.endswith("_total"):
                 raise ValueError(f"counter {s.name}: a counter's name ends in _total")
-            metric: Counter | Gauge = Counter(s.name, s.help, s.labels, registry=self.registry)
+            metric: Counter | Gauge | Histogram = Counter(s.name, s.help, s.labels, registry=self.registry)
         elif s.kind == "gauge":
             metric = Gauge(s.name, s.help, s.labels, registry=self.registry)
+        elif s.kind == "histogram":
+            metric = Histogram(s.name, s.help, s.labels, registry=self.registry, buckets=s.buckets)
         else:
             raise ValueError(f"{s.name}: unknown kind {s.kind!r}")
         self._metrics[s.name] = metric

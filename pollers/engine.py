@@ -68,6 +68,33 @@ class PollResult:
         return {k: v for k, v in self.__dict__.items() if k not in ("kind", "company")}
 
 
+class IfsLoad:
+    """What the pollers asked of IFS over the last hour, cycle by cycle: the cost `status` shows."""
+
+    WINDOW = 3600.0
+
+    def __init__(self) -> None:
+        self._cycles: deque[tuple[float, int, int, float]] = deque()  # (at, requests, bytes, seconds)
+
+    def record(self, at: float, results: Sequence[PollResult], seconds: float) -> None:
+        self._cycles.append((at, sum(r.requests for r in results), sum(r.bytes for r in results), seconds))
+        self._trim(at)
+
+    def summary(self, now: float) -> dict[str, float]:
+        self._trim(now)
+        n = len(self._cycles)
+        requests = sum(c[1] for c in self._cycles)
+        received = sum(c[2] for c in self._cycles)
+        seconds = sum(c[3] for c in self._cycles)
+        return {"cycles": n, "requests": requests, "bytes": received,
+                "requests_per_cycle": requests / n if n else 0.0, "bytes_per_cycle": received / n if n else 0.0,
+                "seconds_per_cycle": seconds / n if n else 0.0}
+
+    def _trim(self, now: float) -> None:
+        while self._cycles and self._cycles[0][0] < now - self.WINDOW:
+            self._cycles.popleft()
+
+
 @dataclass
 class _Cycle:
     """One poll's allowance for reads beyond the listing, and what it learned about them on the way."""

@@ -101,3 +101,29 @@ async def test_lean_listing_and_reads_by_key_give_the_records_full_rows_give(ifs
 
 def test_the_default_poll_interval_is_two_minutes():
     assert load_settings(None, env={}).schedule.every_minutes == 2
+
+
+async def test_status_and_metrics_show_the_cost_of_polling_and_the_lag_to_the_card(ifs, connector, service_factory):
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.test_bot_commands import say
+
+    svc = await service_factory()
+    ifs.add_order(company="10")
+    await say(svc, connector, "link company 10")
+    await svc.poll_source(ORDER)
+    await svc.worker.run_once()
+    async with httpx.AsyncClient(base_url=svc.base_url) as client:
+        text = (await client.get("/metrics")).text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["notifier_poll_cycle_seconds"].type == "histogram"
+    assert families["notifier_record_to_card_seconds"].type == "histogram"
+    count = [s.value for s in families["notifier_record_to_card_seconds"].samples if s.name.endswith("_count")]
+    assert count == [1.0]
+    requests = [s for s in families["notifier_poll_ifs_requests"].samples if s.labels.get("source") == "order"]
+    assert requests and requests[0].value >= 1
+    assert [s.value for s in families["notifier_ifs_bytes"].samples][0] > 0
+    said = await say(svc, connector, "status")
+    [load] = [line for line in said.lines if line.startswith("Load on IFS: ")]
+    assert load.startswith("Load on IFS: last hour: ") and " in 1 cycles; per cycle " in load

@@ -12,7 +12,7 @@ from core.domain import RecordKind
 from core.metrics import Metrics, Series
 
 IFS_COUNTERS = ("notifier_ifs_requests", "notifier_ifs_retries", "notifier_ifs_throttled",
-                "notifier_ifs_token_renewals", "notifier_ifs_failures")
+                "notifier_ifs_token_renewals", "notifier_ifs_failures", "notifier_ifs_bytes")
 
 
 async def scrape(svc, accept: str | None = None) -> httpx.Response:
@@ -66,6 +66,8 @@ async def test_scrape_after_a_poll_and_a_delivery_has_every_series_once_with_its
         "notifier_delivery_eventual_success": "counter", "notifier_delivery_first_attempt_failures": "counter",
         "notifier_delivery_retries": "counter", "notifier_teams_throttled": "counter",
         "notifier_outbox_deliveries": "gauge", "notifier_queue_oldest_seconds": "gauge",
+        "notifier_poll_ifs_requests": "counter", "notifier_poll_ifs_bytes": "counter",
+        "notifier_poll_cycle_seconds": "histogram", "notifier_record_to_card_seconds": "histogram",
         **dict.fromkeys(IFS_COUNTERS, "counter"),
     }
     assert sample(got["notifier_polls"], "_total", outcome="ok", source="order") == 1
