@@ -123,6 +123,20 @@ class _Part:
     fixed: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _Compared:
+    """A company's rows of one page after the comparison: the new and changed ones (with their keys, etags,
+    approval steps and previous versions, None for new), the bad rows, and the rows present but not compared."""
+
+    rows: list[dict[str, Any]]
+    keys: list[str]
+    etags: list[str]
+    steps: list[str]
+    olds: list[str | None]
+    bad: list[BadRow]
+    uncompared: int
+
+
 def _chunks(spec: SourceSpec, parts: list[_Part], max_chars: int = 3000) -> list[list[_Part]]:
     """Companies grouped so that each listing's company filter stays within about `max_chars`."""
     out: list[list[_Part]] = [[]]
@@ -283,13 +297,18 @@ class Poller:
                 async for page in self.client.iter_pages(
                         spec.projection, spec.entity_set, filter=spec.filter_for_companies(list(by_company)),
                         select=select, orderby=spec.orderby, page_size=self.page_size, bounds=bounds):
+                    staged = []
                     for part, rows, cols in _by_company(spec, page, by_company):
-                        r = part.result
-                        r.pages += 1
-                        r.rows += len(rows)
+                        part.result.pages += 1
+                        part.result.rows += len(rows)
                         part.last_page = len(page)
-                        pending = spec.pending_rows(rows, cols)
-                        changes, bad, new = await self._page(mapper, pending, cols, part, lean)
+                        staged.append((part, cols, await self._compare(mapper, spec.pending_rows(rows, cols),
+                                                                       cols, part)))
+                    if lean:  # one batched read of the whole rows for every company on the page
+                        await self._whole(mapper, [c for _, _, c in staged])
+                    for part, cols, compared in staged:
+                        r = part.result
+                        changes, bad, new = await self._shape(mapper, compared, None if lean else cols, part)
                         part.unseen += new
                         r.pending = len(part.present)
                         r.bad += len(bad)
@@ -438,16 +457,15 @@ class Poller:
         except (FatalRequestError, RetriableError):
             return False  # no evidence either way: nothing is resolved on a 404 alone
 
-    async def _page(self, mapper: RecordMapper, rows: list[dict[str, Any]], cols: Columns, part: _Part,
-                    lean: bool) -> tuple[list[Change], list[BadRow], int]:
-        """The changes and the bad rows among a page's pending rows, and how many of its records were never
-        seen before; adds the page's keys to `present`.
+    async def _compare(self, mapper: RecordMapper, rows: list[dict[str, Any]], cols: Columns, part: _Part
+                       ) -> _Compared:
+        """A company's pending rows of a page identified and compared with what was seen: the rows that are new
+        or changed, and the bad rows. Adds the page's keys to `present`.
 
         The usual page (well-formed keys, etags and states) is identified column by column; any other goes
         row by row, which names each bad row's field. Versions are compared by the database (only when
-        something was seen before), and the new or changed rows are shaped column by column (read whole by
-        key first when the listing was `lean`)."""
-        known, present, touched, cycle = part.known, part.present, part.touched, part.cycle
+        something was seen before)."""
+        present = part.present
         bad: list[BadRow] = []
         before = len(present)
         ids = mapper.identify(rows, cols)
@@ -459,16 +477,45 @@ class Poller:
         # that the poll asks SQLite which seen records left rather than assume none did
         uncompared = len(present) - before - len(keys)
         olds: list[str | None] = [None] * len(keys)
-        if known and keys:
-            differ = await self.seen.compare(cycle.kind, cycle.company, keys, etags, states, steps)
+        if part.known and keys:
+            differ = await self.seen.compare(part.cycle.kind, part.company, keys, etags, states, steps)
             if len(differ) < len(keys):  # the usual re-poll: most rows unchanged, nothing more to do for them
                 picked = list(compress(range(len(keys)), map(differ.__contains__, keys)))
                 rows, keys, etags, steps = ([c[i] for i in picked] for c in (rows, keys, etags, steps))
             olds = list(map(differ.__getitem__, keys))
-        if lean and rows:
-            rows, keys, etags, steps, olds = await self._whole(mapper, rows, keys, etags, steps, olds)
+        return _Compared(rows, keys, etags, steps, olds, bad, uncompared)
+
+    async def _whole(self, mapper: RecordMapper, compared: Sequence[_Compared]) -> None:
+        """The new and changed records of a lean listing's page, every company's, read whole by key in as few
+        batches as URLs allow. A record gone between the listing and this read is left out: the next poll
+        finds it missing and confirms it."""
+        wanted = [key for c in compared for key in c.keys]
+        if not wanted:
+            return
+        spec = mapper.spec
+        found: dict[str, dict[str, Any]] = {}
+        for row in await self.client.read_by_keys(spec.projection, spec.entity_set,
+                                                   [_typed_keys(spec, k) for k in wanted], select=spec.select):
+            try:
+                found[mapper.key_and_etag(row)[0]] = row
+            except BadRecordError:
+                continue  # its listed form was fine: the row changed meanwhile; the next poll sees it again
+        for c in compared:
+            if all(k in found for k in c.keys):
+                c.rows = [found[k] for k in c.keys]
+                continue
+            kept = [i for i, k in enumerate(c.keys) if k in found]
+            c.rows = [found[c.keys[i]] for i in kept]
+            c.keys, c.etags, c.steps, c.olds = ([v[i] for i in kept] for v in (c.keys, c.etags, c.steps, c.olds))
+
+    async def _shape(self, mapper: RecordMapper, c: _Compared, cols: Columns | None, part: _Part
+                     ) -> tuple[list[Change], list[BadRow], int]:
+        """The changes of a company's new and changed rows (records shaped column by column; the first few
+        within the cycle's budget with their approval chain), its bad rows, and how many of its records were
+        never seen before."""
+        rows, keys, etags, steps, olds, bad, cycle = c.rows, c.keys, c.etags, c.steps, c.olds, c.bad, part.cycle
         if not rows:
-            return [], bad, uncompared
+            return [], bad, c.uncompared
         records: list[dict[str, Any] | tuple[Any, ...] | None] = [None] * len(rows)
         detailed = min(cycle.details, len(rows)) if mapper.spec.approvals is not None and cycle.chains else 0
         # the first few within the cycle's budget are read with their approval chain (a card each) ...
@@ -493,32 +540,13 @@ class Poller:
         changes: list[Change]
         if unseen == len(olds) and None not in records:  # a first poll's page: all new, all well formed
             changes = list(zip(repeat(EventType.NEW), records, olds, steps))  # noqa: B905 - repeat() is endless
-            touched.update(keys)
+            part.touched.update(keys)
         else:
             changes = [
                 (EventType.NEW, record, None, step) if old is None else (EventType.CHANGED, record, old, step)
                 for record, old, step in zip(records, olds, steps, strict=True) if record is not None]
-            touched.update(compress(keys, map(is_not, records, repeat(None))))
-        return changes, bad, unseen + uncompared
-
-    async def _whole(self, mapper: RecordMapper, rows: list[dict[str, Any]], keys: list[str], etags: list[str],
-                     steps: list[str], olds: list[str | None]) -> tuple[list[dict[str, Any]], list[str], list[str],
-                                                                      list[str], list[str | None]]:
-        """The new and changed records of a lean listing, read whole by key in batches. A record gone between
-        the listing and this read is left out: the next poll finds it missing and confirms it."""
-        spec = mapper.spec
-        found: dict[str, dict[str, Any]] = {}
-        for row in await self.client.read_by_keys(spec.projection, spec.entity_set,
-                                                   [_typed_keys(spec, k) for k in keys], select=spec.select):
-            try:
-                found[mapper.key_and_etag(row)[0]] = row
-            except BadRecordError:
-                continue  # its listed form was fine: the row changed meanwhile; the next poll sees it again
-        if len(found) == len(keys):
-            return [found[k] for k in keys], keys, etags, steps, olds
-        kept = [i for i, k in enumerate(keys) if k in found]
-        return ([found[keys[i]] for i in kept], [keys[i] for i in kept], [etags[i] for i in kept],
-                [steps[i] for i in kept], [olds[i] for i in kept])
+            part.touched.update(compress(keys, map(is_not, records, repeat(None))))
+        return changes, bad, unseen + c.uncompared
 
     async def _load(self, company: str, kind: RecordKind) -> tuple[int, list[Binding], set[str]]:
         known = await self.seen.known(kind, company)

@@ -57,6 +57,7 @@ _QUERY_SAFE = "'(),:$*/@!;"
 _KEY_SAFE = "'=,"
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
 _ERROR_TEXT_LIMIT = 1000  # IFS names the offending property at the end of a long detail
+PAGE_CAP_RECHECK = 10  # listings between re-checks of a steady short window (see IfsClient._worth_a_check)
 _NAVIGATION_PAGE_LIMIT = 100  # server pages of one record's navigation (approval lines): far beyond any chain
 
 
@@ -353,6 +354,7 @@ class IfsClient:
         self._token_lock = asyncio.Lock()
         self._token: _Token | None = None
         self._token_error: str | None = None
+        self._uncapped: dict[str, tuple[int, int]] = {}  # query -> (rows of its short window, listings since)
         self.stats: dict[str, int] = {
             "requests": 0,  # HTTP requests sent, token requests included
             "retries": 0,  # requests sent again after a retriable failure or a 401
@@ -407,6 +409,8 @@ class IfsClient:
         def window(skip: int) -> str:
             return f"{base}?{_query({**params, '$top': str(top), '$skip': str(skip)})}"
 
+        query = f"{base}?{_query(params)}"
+
         seen: set[str] = set()
         skip = 0
         window_rows = 0
@@ -422,6 +426,8 @@ class IfsClient:
                 rows = self._rows(body, url)
                 window_rows += len(rows)
                 largest = max(largest, len(rows))
+                if probe and not rows:  # the short window was the end: the same count needs no check for a while
+                    self._uncapped[query] = (probe, 0)
                 if probe and rows:  # rows after a short window: the server capped it, silently
                     log.warning("IFS answered %d rows to $top=%d on %s.svc/%s, and more rows after them: it caps"
                                 " its pages at %d rows. Paging by %d; set ifs.page_size to %d to save this check",
@@ -439,7 +445,8 @@ class IfsClient:
                         skip += top
                         window_rows = 0
                         nxt = window(skip)
-                    elif requests == 1 and looks_like_a_page_cap(window_rows, top):
+                    elif requests == 1 and looks_like_a_page_cap(window_rows, top) and self._worth_a_check(
+                            query, window_rows):
                         # a short first answer of a round size, without a next link, may be a server's own
                         # page cap rather than the end (a cap below $top shows in the first window): one
                         # more window tells
@@ -467,6 +474,17 @@ class IfsClient:
                     ahead.cancel()
                 elif not ahead.cancelled():
                     ahead.exception()  # retrieved, so asyncio does not report it as lost
+
+    def _worth_a_check(self, query: str, rows: int) -> bool:
+        """Whether a short first window of a round size needs its next window read. Not when the same query
+        answered the same count last time and the window after it was empty (a steady pending set would pay a
+        request every cycle), except every PAGE_CAP_RECHECK listings: a cap that equals the count exactly
+        shows only when the count grows, and confirmations by key cover the records already seen."""
+        count, since = self._uncapped.get(query, (None, 0))
+        if count == rows and since < PAGE_CAP_RECHECK:
+            self._uncapped[query] = (count, since + 1)
+            return False
+        return True
 
     def _within(self, bounds: ListingBounds, projection: str, entity_set: str, requests: int, page_size: int,
                 largest: int, started: float) -> None:
