@@ -409,7 +409,7 @@ class IfsClient:
         def window(skip: int) -> str:
             return f"{base}?{_query({**params, '$top': str(top), '$skip': str(skip)})}"
 
-        query = f"{base}?{_query(params)}"
+        query = f"{base}?{_query(self._options(filter=filter, orderby=orderby))}"  # a cap ignores $select
 
         seen: set[str] = set()
         skip = 0
