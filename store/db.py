@@ -16,6 +16,7 @@ from typing import TypeVar
 import aiosqlite
 
 from core.errors import ConfigError
+from store import _aiosqlite_adapter
 from store.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,7 @@ class Database:
         marked so with a synced commit; the write-ahead log is one file written in order, so either makes
         every earlier page durable too. A page undone by a power cut is simply read as new again.
         """
-        def run() -> T:
-            raw = self._raw()
+        def run(raw: sqlite3.Connection) -> T:
             if not synced:
                 raw.execute("PRAGMA synchronous=NORMAL")
             try:
@@ -91,23 +91,13 @@ class Database:
             done = self._enqueue(run)
         return await done
 
-    def _enqueue(self, fn: Callable[[], T]) -> asyncio.Future[T]:
-        """Put `fn` on aiosqlite's queue to its thread, as its Connection._execute does before it awaits
-        (pinned version: 0.22.1); the one place this module reaches into aiosqlite's queue."""
-        conn = self.conn
-        if not conn._running or not conn._connection:
-            raise ValueError("Connection closed")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        conn._tx.put_nowait((future, fn))
-        return future
+    def _enqueue(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        return _aiosqlite_adapter.enqueue(self.conn, fn)
 
     async def run_read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work(connection)` on the database thread, outside any write transaction: for reads that
         hold several statements or much data (a poll's page compared with what was seen), in one round trip."""
-        return await self._enqueue(lambda: work(self._raw()))
-
-    def _raw(self) -> sqlite3.Connection:
-        return self.conn._conn  # aiosqlite's sqlite3.Connection: only ever used on its own thread
+        return await self._enqueue(work)
 
     async def fetchall(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         async with self.conn.execute(sql, params) as cur:
