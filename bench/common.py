@@ -127,7 +127,8 @@ def channel_ref(channel_id: str, service_url: str, team: str = "team-1"):
 
 async def bind(db, channel_id: str, service_url: str, company: str = "10") -> None:
     from core.domain import Binding
-    from store.repos import Bindings, Channels
+    from store.bindings import Bindings
+    from store.channels import Channels
 
     async with db.transaction() as conn:
         await Channels(db).upsert(conn, channel_ref(channel_id, service_url))

@@ -46,8 +46,11 @@ from core.domain import RecordKind
 from pollers.engine import Poller
 from pollers.ifs_client import IfsClient, IfsClientConfig, _query  # the client's own query encoding
 from pollers.sources import DEFAULT_SOURCES
+from store.audit import AuditLog
+from store.bindings import Bindings
 from store.db import open_database
-from store.repos import AuditLog, Bindings, PollWriter, Seen
+from store.poll_writer import PollWriter
+from store.seen import Seen
 
 COMPANY = "10"
 CHANNEL = "19:bench-ingest@thread.tacv2"

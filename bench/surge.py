@@ -24,7 +24,7 @@ from core.domain import RecordKind
 from core.settings import DeliverySettings
 from pollers.engine import Poller
 from simulator.ifs import IfsSimulator
-from store.repos import PollWriter
+from store.poll_writer import PollWriter
 
 CHANNEL = "19:bench-surge@thread.tacv2"
 N = 5000

@@ -8,8 +8,10 @@ from typing import Any
 from bot.commands import parse_link_args
 from core.domain import Binding, ChannelRef, RecordKind
 from core.errors import CommandError, ConfigError
+from store.audit import AuditLog
+from store.bindings import Bindings
+from store.channels import Channels
 from store.db import Database
-from store.repos import AuditLog, Bindings, Channels
 
 FORMAT = "ifs-teams-notifier/bindings@1"
 
