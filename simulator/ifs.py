@@ -28,6 +28,7 @@ from urllib.parse import quote, unquote, urlencode
 from aiohttp import web
 
 from core.domain import RecordKind
+from core.links import odata_literal
 from simulator.odata_filter import (
     EDM_BOOLEAN,
     EDM_DATE,
@@ -40,7 +41,6 @@ from simulator.odata_filter import (
     FilterError,
     FilterNotImplemented,
     compile_filter,
-    odata_literal,
     parse_key_predicate,
     parse_orderby,
     parse_select,
