@@ -76,6 +76,7 @@ def _shapes(issuer: Any, service_url: str) -> list[tuple[str, bytes, dict[str, s
 
 async def measure(workdir: Path, requests: int, signed: int, concurrency: int = 50) -> dict[str, Any]:
     import app
+    from bench.page_cache import EncodedPageCache
     from core.settings import load_settings
     from simulator.connector import ConnectorStandIn
     from simulator.ifs import IfsSimulator
@@ -83,7 +84,7 @@ async def measure(workdir: Path, requests: int, signed: int, concurrency: int = 
     from tests.jwt_issuer import TokenIssuer
 
     issuer = TokenIssuer().start()
-    sim = IfsSimulator()
+    sim = IfsSimulator(page_cache=EncodedPageCache())
     await sim.start()
     connector = ConnectorStandIn()
     await connector.start()

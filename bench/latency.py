@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import bind, goal, log, make_service, percentile, rnd
+from bench.page_cache import EncodedPageCache
 from core.domain import RecordKind
 from pollers.sources import DEFAULT_SOURCES
 from simulator.connector import ConnectorStandIn
@@ -28,7 +29,7 @@ INTERVAL = 5.0
 
 
 async def measure(workdir: Path, records: int, span: float, seed: int = 11) -> dict[str, Any]:
-    sim = IfsSimulator()
+    sim = IfsSimulator(page_cache=EncodedPageCache())
     await sim.start()
     connector = ConnectorStandIn()
     await connector.start()
