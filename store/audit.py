@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 
@@ -31,7 +32,7 @@ class AuditEntry:
 
 
 class AuditLog:
-    def __init__(self, db: Database, now=time.time) -> None:
+    def __init__(self, db: Database, now: Callable[[], float] = time.time) -> None:
         self._db = db
         self._now = now
 
@@ -53,7 +54,7 @@ class AuditLog:
         """Write one row in its own transaction; returns its id."""
         async with self._db.transaction() as conn:
             cur = await conn.execute(self.INSERT, self.row(category, action, outcome, **kwargs))
-            return int(cur.lastrowid)
+            return cast(int, cur.lastrowid)  # set by an INSERT
 
     async def set_detail(self, entry_id: int, **detail: Any) -> None:
         """Replace one row's detail: for a row that aggregates repeated events (a count that grows)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiosqlite
@@ -14,7 +14,7 @@ from store.db import Database
 
 
 class Channels:
-    def __init__(self, db: Database, now=time.time) -> None:
+    def __init__(self, db: Database, now: Callable[[], float] = time.time) -> None:
         self._db = db
         self._now = now
 

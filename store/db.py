@@ -11,7 +11,7 @@ import stat
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -21,6 +21,7 @@ from store.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Params = tuple[Any, ...] | dict[str, Any]
 SYNCHRONOUS = "FULL"  # every commit waits for the disk, unless run_transaction(synced=False) says otherwise
 
 
@@ -99,15 +100,15 @@ class Database:
         hold several statements or much data (a poll's page compared with what was seen), in one round trip."""
         return await self._enqueue(work)
 
-    async def fetchall(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
+    async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         async with self.conn.execute(sql, params) as cur:
             return list(await cur.fetchall())
 
-    async def fetchone(self, sql: str, params: tuple | dict = ()) -> sqlite3.Row | None:
+    async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
         async with self.conn.execute(sql, params) as cur:
             return await cur.fetchone()
 
-    async def scalar(self, sql: str, params: tuple | dict = ()) -> object:
+    async def scalar(self, sql: str, params: Params = ()) -> Any:  # whatever SQLite holds there
         row = await self.fetchone(sql, params)
         return None if row is None else row[0]
 
@@ -209,7 +210,7 @@ async def migrate(db: Database) -> int:
         await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         async with conn.execute("SELECT max(version) FROM schema_version") as cur:
             row = await cur.fetchone()
-        current = row[0] or 0
+        current = (row[0] if row is not None else None) or 0
         for version, script in enumerate(MIGRATIONS, start=1):
             if version <= current:
                 continue

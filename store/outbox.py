@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -46,7 +46,7 @@ class Delivery:
 class Outbox:
     """Events and their deliveries; the poller writes, the delivery worker claims and settles."""
 
-    def __init__(self, db: Database, now=time.time) -> None:
+    def __init__(self, db: Database, now: Callable[[], float] = time.time) -> None:
         self._db = db
         self._now = now
 
@@ -110,12 +110,12 @@ class Outbox:
             async with conn.execute(
                     "SELECT count(*), sum(last_code IS 'batched') FROM deliveries WHERE channel_id = ?"
                     " AND status = 'pending' AND next_at <= ? AND event_type = 'new'", (channel_id, now)) as cur:
-                new_count, batched = await cur.fetchone()
+                new_count, batched = await cur.fetchone() or (0, None)  # (an aggregate: always one row)
             if new_count > digest_threshold or (batched and new_count > 1):
                 sql = ("UPDATE deliveries SET status = 'sending', lease_until = ?, attempts = attempts + 1"
                        " WHERE channel_id = ? AND status = 'pending' AND next_at <= ? AND event_type = 'new'"
                        " RETURNING id")
-                params: tuple = (now + lease, channel_id, now)
+                params: tuple[Any, ...] = (now + lease, channel_id, now)
             else:
                 sql = ("UPDATE deliveries SET status = 'sending', lease_until = ?, attempts = attempts + 1"
                        " WHERE id = (SELECT id FROM deliveries WHERE channel_id = ? AND status = 'pending'"
@@ -185,7 +185,7 @@ class Outbox:
 
     async def counts(self, channel_id: str | None = None) -> dict[str, int]:
         sql = "SELECT status, count(*) FROM deliveries"
-        params: tuple = ()
+        params: tuple[Any, ...] = ()
         if channel_id is not None:
             sql += " WHERE channel_id = ?"
             params = (channel_id,)

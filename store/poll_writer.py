@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
 from operator import itemgetter
 from typing import Any
@@ -21,7 +21,7 @@ from store.records import Change, stored_field
 class PollWriter:
     """Writes one poll page's effects (seen rows, events, deliveries, source state) in one transaction."""
 
-    def __init__(self, db: Database, now=time.time) -> None:
+    def __init__(self, db: Database, now: Callable[[], float] = time.time) -> None:
         self._db = db
         self._now = now
 
@@ -47,7 +47,7 @@ class PollWriter:
         if any(stored_field(records_of, "approvers")):
             chains = [rec.get("approval_step") or "" if type(rec) is dict and rec.get("approvers") else ""
                       for rec in records_of]
-        parts = [list(map(itemgetter(0), changes)), list(map(itemgetter(2), changes)),
+        parts: list[Any] = [list(map(itemgetter(0), changes)), list(map(itemgetter(2), changes)),
                  stored_field(records_of, "state"), list(map(itemgetter(3), changes)), chains]
         groups: dict[tuple[str, str | None, str, str, str], dict[str, Any]] = {}
         if changes and all(part.count(part[0]) == len(part) for part in parts if isinstance(part, list)):
