@@ -137,12 +137,11 @@ def channel_ref(channel_id: str, service_url: str, team: str = "team-1"):
 
 async def bind(db, channel_id: str, service_url: str, company: str = "10") -> None:
     from core.domain import Binding
-    from store.bindings import Bindings
-    from store.channels import Channels
+    from store.unit import Store
 
-    async with db.transaction() as conn:
-        await Channels(db).upsert(conn, channel_ref(channel_id, service_url))
-        await Bindings(db).put(conn, Binding(channel_id, company))
+    async with Store(db).unit() as u:
+        await u.channels.upsert(channel_ref(channel_id, service_url))
+        await u.bindings.put(Binding(channel_id, company))
 
 
 # --------------------------------------------------------------------------- IFS simulator process
