@@ -68,6 +68,18 @@ class AuditLog:
             cur = await conn.execute("DELETE FROM audit WHERE at < ?", (self._now() - keep_days * 86400.0,))
             return cur.rowcount
 
+    async def count(self, category: str, action: str | None = None) -> int:
+        """Rows of one category (and action)."""
+        return int(await self._db.scalar(
+            "SELECT count(*) FROM audit WHERE category = ?" + (" AND action = ?" if action is not None else ""),
+            (category,) if action is None else (category, action)))
+
+    async def detail_total(self, category: str, key: str) -> Any:
+        """The sum of one number in the details of a category's rows (a row aggregating repeats holds a count)."""
+        rows = await self._db.fetchall("SELECT json_extract(detail, '$.' || ?) FROM audit WHERE category = ?",
+                                       (key, category))
+        return sum(r[0] for r in rows)
+
     async def last_delivery_problem(self, channel_id: str | None = None) -> AuditEntry | None:
         """The latest failed, dead or retried delivery attempt (of one channel, or of any)."""
         entries = await self._entries(

@@ -152,6 +152,11 @@ class Outbox:
             " digest_id = coalesce(?, digest_id) WHERE id = ?",
             [(status.value, http_status, code, error, next_at, status.value, now, digest_id, i) for i in ids])
 
+    async def cards_in(self, channel_id: str) -> list[tuple[str, str]]:
+        """(record id, activity id) of every card posted in a channel."""
+        rows = await self._db.fetchall("SELECT record_id, activity_id FROM cards WHERE channel_id = ?", (channel_id,))
+        return [(r[0], r[1]) for r in rows]
+
     async def card_for(self, record_id: str, channel_id: str) -> PostedCard | None:
         row = await self._db.fetchone("SELECT conversation_id, activity_id FROM cards WHERE record_id = ?"
                                       " AND channel_id = ?", (record_id, channel_id))

@@ -34,6 +34,13 @@ class Store:
         self.outbox = Outbox(db, now)
         self.seen = Seen(db)
 
+    async def row_counts(self) -> dict[str, int]:
+        """Rows of what polls write: events, deliveries and seen records."""
+        row = await self.db.fetchone("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM deliveries),"
+                                     " (SELECT count(*) FROM seen)")
+        assert row is not None  # a SELECT without FROM has exactly one row
+        return {"events": int(row[0]), "deliveries": int(row[1]), "seen": int(row[2])}
+
     @asynccontextmanager
     async def unit(self) -> AsyncIterator[Unit]:
         async with self.db.transaction() as conn:
