@@ -5,7 +5,7 @@ loop. A poll's page is written as one function on the thread (BEGIN ... COMMIT i
 aiosqlite has no public call for; so this module puts the job on the connection's private queue, as
 `Connection._execute` does, and hands the job the thread's `sqlite3.Connection`.
 
-Written against aiosqlite WRITTEN_FOR; tests/test_store_adapter.py fails when another version is
+Written against aiosqlite WRITTEN_FOR; tests/test_boundaries.py fails when another version is
 installed, so an upgrade re-reads `aiosqlite/core.py` (`_tx`, `_running`, `_connection`, `_conn`)
 before it ships. No other module may use these attributes (the same test greps the tree).
 """

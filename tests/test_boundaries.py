@@ -1,4 +1,5 @@
-"""Tests for the one reach past aiosqlite's public API, and that nothing else reaches past a library's."""
+"""Tests for the one reach past aiosqlite's public API, that nothing else reaches past a library's, and that
+SQL stays in the store."""
 
 from __future__ import annotations
 
@@ -59,3 +60,14 @@ async def test_enqueue_runs_on_the_database_thread_and_refuses_a_closed_connecti
         await db.close()
     with pytest.raises(ValueError):
         _aiosqlite_adapter.enqueue(db.conn, lambda raw: None)
+
+
+def test_sql_is_written_only_in_the_store():
+    """The store owns the driver and the SQL: no statement or driver call elsewhere (tests aside)."""
+    pattern = re.compile(r"\b(?:\w*db|conn|cur|cursor)\.(?:fetchone|fetchall|scalar|execute\w*)\(|\.run_(?:read|transaction)\(")
+    found = []
+    for rel, text in _sources():
+        if rel.startswith(("store/", "tests/")):
+            continue
+        found += [f"{rel}:{n}: {line.strip()}" for n, line in enumerate(text.splitlines(), 1) if pattern.search(line)]
+    assert not found, "SQL or driver calls outside store/:\n" + "\n".join(found)
