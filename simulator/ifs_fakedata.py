@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import random
 from base64 import b64encode
 from collections.abc import Iterator
 from datetime import date, timedelta
 from typing import Any
 
 from core.domain import RecordKind
+from simulator.ifs_schema import RowIds
 
 _VENDORS = (
     ("V1001", "Nordic Steel AB", "SEK"),
@@ -49,7 +51,13 @@ _ACC_CURRENCY = {"10": "SEK", "20": "EUR", "30": "USD", "40": "GBP"}
 
 class FakeData:
     """Row generators, mixed into IfsSimulator: they draw from its seeded random source, row ids and
-    document counters."""
+    document counters (set by IfsSimulator.__init__), and its date (`_today`)."""
+
+    _rng: random.Random
+    _rowids: dict[RecordKind, RowIds]
+    _next_order: int
+    _next_invoice: int
+    _next_voucher: int
 
     # Whole rows, whole columns at a time: bulk_generate must make 100,000 rows in well under 2 s.
 

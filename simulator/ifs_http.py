@@ -11,6 +11,7 @@ import re
 import secrets
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,9 +19,10 @@ from urllib.parse import quote, unquote, urlencode
 
 from aiohttp import web
 
+from core.domain import RecordKind
 from core.links import odata_literal
-from simulator.ifs_faults import FAULT_MESSAGES, RequestLog
-from simulator.ifs_schema import PROJECTION_ROOT, ProjectionDef, SetDef, edmx
+from simulator.ifs_faults import FAULT_MESSAGES, FaultPlan, RequestLog
+from simulator.ifs_schema import PROJECTION_ROOT, ProjectionDef, Schema, SetDef, edmx
 from simulator.odata_filter import (
     EDM_DECIMAL,
     EntityType,
@@ -143,7 +145,28 @@ class PageCache(Protocol):
 
 
 class ODataHttp:
-    """The aiohttp application and its handlers, mixed into IfsSimulator: they serve its rows and tokens."""
+    """The aiohttp application and its handlers, mixed into IfsSimulator: they serve its rows and tokens.
+
+    What they read of the simulator (set by IfsSimulator.__init__; the data methods are its own):"""
+
+    realm: str
+    clients: dict[str, str]
+    token_ttl: float
+    tokens_issued: int
+    granted_companies: set[str] | None
+    server_page_size: int | None
+    reject_objstate_filter: bool
+    page_cache: PageCache | None
+    faults: FaultPlan
+    requests: list[RequestLog]
+    _clock: Callable[[], float]
+    _tokens: dict[str, Token]
+    _schema: Schema
+    _metadata: dict[str, str]
+    _rows: dict[RecordKind, dict[tuple[Any, ...], dict[str, Any]]]
+    _versions: dict[RecordKind, int]
+    _cache: OrderedDict[tuple[Any, ...], list[dict[str, Any]]]
+    _state_fields: frozenset[str]
 
     def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
