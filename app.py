@@ -31,8 +31,11 @@ from core.settings import Settings, load_settings
 from pollers.engine import IfsLoad
 from pollers.sources import SourceSpec, build_sources
 from pollers.tenant import TenantSchema, check_source, connection_problem, discover, render, toml_value
+from store.audit import AuditLog
+from store.bindings import Bindings
 from store.db import Database, open_database, owner_only
-from store.repos import AuditLog, Bindings, Outbox, Seen
+from store.outbox import Outbox
+from store.seen import Seen
 from store.vault import KNOWN_SECRETS, KeyRing, Vault
 
 log = logging.getLogger("notifier")
@@ -121,7 +124,7 @@ class Service:
         from bot.teams import BotConfig, NotifierBot, SigningKeys, TeamsSender, make_adapter
         from pollers.engine import Poller
         from pollers.sources import build_sources
-        from store.repos import PollWriter
+        from store.poll_writer import PollWriter
 
         if not creds.bot_app_id and not settings.service.dev_mode:
             raise ConfigError("bot.app_id", "not set. Set it with `python app.py secrets set bot.app_id`, or run"

@@ -76,14 +76,16 @@ def _shapes(issuer: Any, service_url: str) -> list[tuple[str, bytes, dict[str, s
 
 async def measure(workdir: Path, requests: int, signed: int, concurrency: int = 50) -> dict[str, Any]:
     import app
+    from bench.page_cache import EncodedPageCache
     from core.settings import load_settings
     from simulator.connector import ConnectorStandIn
     from simulator.ifs import IfsSimulator
     from simulator.teams_client import channel_message
+    from store.audit import AuditLog
     from tests.jwt_issuer import TokenIssuer
 
     issuer = TokenIssuer().start()
-    sim = IfsSimulator()
+    sim = IfsSimulator(page_cache=EncodedPageCache())
     await sim.start()
     connector = ConnectorStandIn()
     await connector.start()
@@ -98,7 +100,8 @@ async def measure(workdir: Path, requests: int, signed: int, concurrency: int = 
         await svc.start(background=False)
         await asyncio.wait_for(svc.signing_keys.refreshed.wait(), 30)
         shapes = _shapes(issuer, connector.service_url)
-        audit_before = await svc.db.scalar("SELECT count(*) FROM audit WHERE category = 'security'")
+        audit = AuditLog(svc.db)
+        audit_before = await audit.count("security")
         tokens_before = sim.tokens_issued
         statuses: Counter[int] = Counter()
         signed_statuses: Counter[int] = Counter()
@@ -131,10 +134,9 @@ async def measure(workdir: Path, requests: int, signed: int, concurrency: int = 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
             seconds = time.perf_counter() - started
         await svc.rejections.flush()
-        audit_rows = await svc.db.scalar("SELECT count(*) FROM audit WHERE category = 'security'") - audit_before
-        counted = sum(r["count"] for r in await svc.db.fetchall(
-            "SELECT json_extract(detail, '$.count') AS count FROM audit WHERE category = 'security'"))
-        commands = await svc.db.scalar("SELECT count(*) FROM audit WHERE category = 'command' AND action = 'links'")
+        audit_rows = await audit.count("security") - audit_before
+        counted = await audit.detail_total("security", "count")
+        commands = await audit.count("command", "links")
         return {"statuses": dict(sorted(statuses.items())), "signed_statuses": dict(signed_statuses),
                 "seconds": seconds, "audit_rows": audit_rows, "rejects_counted": counted,
                 "ifs_tokens": sim.tokens_issued - tokens_before, "tracebacks": counter.tracebacks,

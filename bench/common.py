@@ -88,7 +88,13 @@ def percentile(values: list[float], p: float) -> float:
 
 # --------------------------------------------------------------------------- a wired service
 
-def write_config(workdir: Path, extra: str = "") -> Path:
+IFS_SECRETS = {"ifs.client_id": "notifier", "ifs.client_secret": "notifier-secret"}  # the simulator's default client
+
+
+def write_config(workdir: Path, extra: str = "", *, service: str = 'timezone = "UTC"\nlog_level = "WARNING"',
+                 ifs: str = "") -> Path:
+    """The settings file of a development-mode service on 127.0.0.1 with its files in `workdir`; `service`
+    and `ifs` are more keys of those sections, `extra` more sections. The one writer, for the tests too."""
     cfg = workdir / "notifier.toml"
     cfg.write_text(f"""
 [service]
@@ -97,24 +103,28 @@ port = 0
 database = "{workdir / 'notifier.sqlite3'}"
 key_file = "{workdir / 'master.key'}"
 dev_mode = true
-timezone = "UTC"
-log_level = "WARNING"
+{service}
 
 [ifs]
 realm = "ifs"
+{ifs}
 {extra}
 """)
     return cfg
 
 
-async def make_service(workdir: Path, ifs_url: str, *, extra: str = ""):
-    """An app.Service as `python app.py serve` builds it (dev mode: bot auth off, loopback only)."""
+async def service_from(config: Path, ifs_url: str):
+    """An app.Service as `python app.py serve` builds it from `config` (dev mode: bot auth off, loopback only),
+    against the IFS simulator at `ifs_url` with its default client."""
     import app
     from core.settings import load_settings
 
-    settings = load_settings(write_config(workdir, extra), env={})
-    return await app.build_service(settings, {"ifs.base_url": ifs_url, "ifs.client_id": "notifier",
-                                              "ifs.client_secret": "notifier-secret"})
+    settings = load_settings(config, env={})
+    return await app.build_service(settings, IFS_SECRETS | {"ifs.base_url": ifs_url})
+
+
+async def make_service(workdir: Path, ifs_url: str, *, extra: str = ""):
+    return await service_from(write_config(workdir, extra), ifs_url)
 
 
 def channel_ref(channel_id: str, service_url: str, team: str = "team-1"):
@@ -127,11 +137,11 @@ def channel_ref(channel_id: str, service_url: str, team: str = "team-1"):
 
 async def bind(db, channel_id: str, service_url: str, company: str = "10") -> None:
     from core.domain import Binding
-    from store.repos import Bindings, Channels
+    from store.unit import Store
 
-    async with db.transaction() as conn:
-        await Channels(db).upsert(conn, channel_ref(channel_id, service_url))
-        await Bindings(db).put(conn, Binding(channel_id, company))
+    async with Store(db).unit() as u:
+        await u.channels.upsert(channel_ref(channel_id, service_url))
+        await u.bindings.put(Binding(channel_id, company))
 
 
 # --------------------------------------------------------------------------- IFS simulator process

@@ -33,7 +33,8 @@ from core.clock import FakeClock
 from core.domain import Binding, EventType, FinanceRecord, RecordKind
 from core.settings import DeliverySettings
 from simulator.connector import TEAMS_APP_PER_SECOND, TEAMS_LIMITS_PER_THREAD, ConnectorStandIn
-from store.repos import Outbox, PollWriter
+from store.outbox import Outbox
+from store.poll_writer import PollWriter
 
 CHANNELS = 20
 PER_CHANNEL = 100

@@ -16,11 +16,12 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from bench.page_cache import EncodedPageCache
 from simulator.ifs import IfsSimulator
 
 
 async def serve(args: argparse.Namespace) -> None:
-    sim = IfsSimulator(token_ttl=args.token_ttl)
+    sim = IfsSimulator(token_ttl=args.token_ttl, page_cache=EncodedPageCache())
     for kind, n in (("order", args.orders), ("invoice", args.invoices), ("voucher", args.vouchers)):
         if n:
             sim.bulk_generate(kind, n, company=args.company)

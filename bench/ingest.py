@@ -46,8 +46,12 @@ from core.domain import RecordKind
 from pollers.engine import Poller
 from pollers.ifs_client import IfsClient, IfsClientConfig, _query  # the client's own query encoding
 from pollers.sources import DEFAULT_SOURCES
+from store.audit import AuditLog
+from store.bindings import Bindings
 from store.db import open_database
-from store.repos import AuditLog, Bindings, PollWriter, Seen
+from store.poll_writer import PollWriter
+from store.seen import Seen
+from store.unit import Store
 
 COMPANY = "10"
 CHANNEL = "19:bench-ingest@thread.tacv2"
@@ -137,9 +141,8 @@ async def one_round(url: str, records: int, page_size: int, db_path: Path,
         again, again_t = await timed("repoll")
         s3 = await sim_stats(url)
         floor2 = await floor(url, page_size)
-        events = int(await db.scalar("SELECT count(*) FROM events"))
-        deliveries = int(await db.scalar("SELECT count(*) FROM deliveries"))
-        seen = int(await db.scalar("SELECT count(*) FROM seen"))
+        counts = await Store(db).row_counts()
+        events, deliveries, seen = counts["events"], counts["deliveries"], counts["seen"]
         db_bytes = sum(p.stat().st_size for p in db_path.parent.glob(db_path.name + "*"))
     finally:
         await client.aclose()

@@ -18,17 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import bind, goal, log, make_service, percentile, rnd
+from bench.page_cache import EncodedPageCache
 from core.domain import RecordKind
 from pollers.sources import DEFAULT_SOURCES
 from simulator.connector import ConnectorStandIn
 from simulator.ifs import IfsSimulator
+from store.audit import AuditLog
+from store.outbox import Outbox
 
 CHANNEL = "19:bench-latency@thread.tacv2"
 INTERVAL = 5.0
 
 
 async def measure(workdir: Path, records: int, span: float, seed: int = 11) -> dict[str, Any]:
-    sim = IfsSimulator()
+    sim = IfsSimulator(page_cache=EncodedPageCache())
     await sim.start()
     connector = ConnectorStandIn()
     await connector.start()
@@ -51,14 +54,13 @@ async def measure(workdir: Path, records: int, span: float, seed: int = 11) -> d
         # the worker records the card (record -> activity id) just after the stand-in accepted it
         deadline = time.monotonic() + 10
         while True:
-            rows = await svc.db.fetchall("SELECT record_id, activity_id FROM cards WHERE channel_id = ?",
-                                         (CHANNEL,))
+            rows = await Outbox(svc.db).cards_in(CHANNEL)
             if len(rows) >= records or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
         arrived = {a.activity_id: a.at for a in connector.posts(CHANNEL)}
         latencies = {rid: arrived[aid] - created[rid] for rid, aid in rows if rid in created and aid in arrived}
-        polls = await svc.db.scalar("SELECT count(*) FROM audit WHERE category = 'poll'")
+        polls = await AuditLog(svc.db).count("poll")
         return {"latencies": sorted(latencies.values()), "missing": len(created) - len(latencies),
                 "posts": len(connector.posts(CHANNEL)), "throttled": connector.throttled, "polls": polls}
     finally:

@@ -20,18 +20,19 @@ from typing import Any
 
 from bench.common import bind, goal, log, rnd
 from bench.delivery import Rig
+from bench.page_cache import EncodedPageCache
 from core.domain import RecordKind
 from core.settings import DeliverySettings
 from pollers.engine import Poller
 from simulator.ifs import IfsSimulator
-from store.repos import PollWriter
+from store.poll_writer import PollWriter
 
 CHANNEL = "19:bench-surge@thread.tacv2"
 N = 5000
 
 
 async def measure(workdir: Path) -> dict[str, Any]:
-    sim = IfsSimulator()
+    sim = IfsSimulator(page_cache=EncodedPageCache())
     sim.bulk_generate("invoice", N, company="10")
     await sim.start()
     try:

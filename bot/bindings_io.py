@@ -8,8 +8,10 @@ from typing import Any
 from bot.commands import parse_link_args
 from core.domain import Binding, ChannelRef, RecordKind
 from core.errors import CommandError, ConfigError
+from store.bindings import Bindings
+from store.channels import Channels
 from store.db import Database
-from store.repos import AuditLog, Bindings, Channels
+from store.unit import Store
 
 FORMAT = "ifs-teams-notifier/bindings@1"
 
@@ -57,16 +59,16 @@ async def import_bindings(db: Database, data: Any, *, actor: str) -> int:
             ref = ChannelRef(channel_id=item["channel_id"], tenant_id=ch.get("tenant_id"), team_id=ch.get("team_id"),
                              service_url=ch["service_url"], reference=ch.get("reference") or {}, name=ch.get("name"))
         parsed.append((binding, ref))
-    channels, bindings, audit = Channels(db), Bindings(db), AuditLog(db)
-    known = {c.channel_id for c in await channels.all()}
+    store = Store(db)
+    known = {c.channel_id for c in await store.channels.all()}
     for i, (b, ref) in enumerate(parsed):
         if b.channel_id not in known and ref is None:
             raise ConfigError(f"bindings[{i}]", f"channel {b.channel_id} is unknown here and the entry has no"
                                                 " 'channel' reference (install the app in that team first)")
-    async with db.transaction() as conn:
+    async with store.unit() as u:
         for b, ref in parsed:
             if ref is not None and b.channel_id not in known:
-                await channels.upsert(conn, ref)
-            await bindings.put(conn, b)
-        await audit.add(conn, "command", "bindings imported", "ok", actor=actor, count=len(parsed))
+                await u.channels.upsert(ref)
+            await u.bindings.put(b)
+        await u.audit.add("command", "bindings imported", "ok", actor=actor, count=len(parsed))
     return len(parsed)

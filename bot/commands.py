@@ -15,8 +15,12 @@ from cards import AuditView, audit_card, help_card, inert, links_card, status_ca
 from core.domain import Binding, RecordKind
 from core.errors import CommandError, ConfigError
 from core.settings import parse_span
+from store.audit import AuditLog
+from store.bindings import Bindings
+from store.channels import Channels
 from store.db import Database
-from store.repos import AuditLog, Bindings, Channels, Outbox, Seen
+from store.outbox import Outbox
+from store.seen import Seen
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core.clock import Clock
-from store.repos import AuditLog
+from store.audit import AuditLog
 
 log = logging.getLogger(__name__)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from cards import SourceStatus, StatusView
+from store.audit import AuditLog
+from store.channels import Channels
 from store.db import Database
-from store.repos import Channels, Outbox, Seen
+from store.outbox import Outbox
+from store.seen import Seen
 
 
 async def build_status(db: Database, runtime: Any, *, channel_id: str | None, now: float,
@@ -26,9 +28,7 @@ async def build_status(db: Database, runtime: Any, *, channel_id: str | None, no
     for s in states:
         if s.kind == "*":
             continue
-        sent = int(await db.scalar(
-            "SELECT count(*) FROM deliveries WHERE status IN ('sent', 'digested') AND record_id LIKE ?",
-            (f"{s.kind}:{s.company}:%",)) or 0)
+        sent = await outbox.sent_for_source(s.kind, s.company)
         fix, left_out = problems.get(s.kind, (None, ()))
         failing = s.last_error is not None or fix is not None
         sources.append(SourceStatus(
@@ -45,12 +45,9 @@ async def build_status(db: Database, runtime: Any, *, channel_id: str | None, no
     errors = [(s.last_run or 0, s.last_error) for s in states if s.last_error]
     last_error = max(errors)[1] if errors else None
     last_error_at = max(errors)[0] if errors else None
-    derr = await db.fetchone(
-        "SELECT at, action, detail FROM audit WHERE category = 'delivery' AND outcome IN ('failed', 'dead', 'retry')"
-        + (" AND channel_id = ?" if channel_id else "") + " ORDER BY id DESC LIMIT 1",
-        (channel_id,) if channel_id else ())
-    if derr is not None and (last_error_at is None or derr["at"] > last_error_at):
-        last_error, last_error_at = f"delivery {derr['action']}: {_short(derr['detail'])}", derr["at"]
+    derr = await AuditLog(db).last_delivery_problem(channel_id)
+    if derr is not None and (last_error_at is None or derr.at > last_error_at):
+        last_error, last_error_at = f"delivery {derr.action}: {_short(derr.detail)}", derr.at
     channels = await Channels(db).all()
     if channel_id is not None:  # a channel sees its own team's channels, not other teams' or tenants'
         here = next((c for c in channels if c.channel_id == channel_id), None)
@@ -80,8 +77,7 @@ def _size(n: float) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB" if n >= 1e3 else f"{n:.0f} B"
 
 
-def _short(detail: str | None) -> str:
+def _short(detail: dict[str, Any]) -> str:
     if not detail:
         return ""
-    d = json.loads(detail)
-    return " ".join(str(d[k]) for k in ("status", "code") if d.get(k)) or "see audit"
+    return " ".join(str(detail[k]) for k in ("status", "code") if detail.get(k)) or "see audit"

@@ -35,8 +35,9 @@ from bot.delivery import SendError
 from core.clock import Clock, SystemClock
 from core.domain import ChannelRef, PostedCard
 from core.retry import RetryPolicy
+from store.audit import AuditLog
+from store.channels import Channels
 from store.db import Database
-from store.repos import AuditLog, Channels
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,9 @@ from cards.replies import (
     status_card,
     text_card,
 )
-from cards.size import CARD_BUDGET_BYTES, MAX_MESSAGE_BYTES, CardTooLarge, fit, message_size
+from cards.size import CARD_BUDGET_BYTES, MAX_MESSAGE_BYTES, fit, message_size
 from cards.text import CardContext, day, inert, money, relative_due
+from core.errors import CardTooLarge
 
 __all__ = [
     "CARD_BUDGET_BYTES",

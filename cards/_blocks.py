@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from cards.text import safe_url
 
@@ -11,6 +11,7 @@ SCHEMA_URL = "http://adaptivecards.io/schemas/adaptive-card.json"
 CARD_VERSION = "1.5"  # Teams renders up to 1.5
 
 Element = dict[str, Any]
+MaybeElement = Element | Literal[""] | None  # `x and block(x)`: "" or None where x is missing
 
 
 def adaptive_card(body: Sequence[Element], *, fallback: str, actions: Sequence[Element] = ()) -> Element:
@@ -75,13 +76,13 @@ def fact_set(facts: Iterable[tuple[str, str]], *, spacing: str | None = None) ->
 
 
 def container(
-    items: Sequence[Element | None],
+    items: Sequence[MaybeElement],
     *,
     style: str | None = None,
     spacing: str | None = None,
     separator: bool = False,
 ) -> Element:
-    block: Element = {"type": "Container", "items": [item for item in items if item]}
+    block: Element = {"type": "Container", "items": compact(items)}
     if style:
         block["style"] = style
     if spacing:
@@ -116,5 +117,6 @@ def open_url(title: str, url: str | None) -> Element | None:
     return {"type": "Action.OpenUrl", "title": title, "url": target}
 
 
-def compact(items: Iterable[Element | None]) -> list[Element]:
+def compact(items: Iterable[MaybeElement]) -> list[Element]:
+    """The elements present: `x and block(x)` leaves None or "" where x is missing."""
     return [item for item in items if item]

@@ -6,20 +6,13 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from core.errors import CardTooLarge
+
 MAX_MESSAGE_BYTES = 40 * 1024  # Teams rejects larger messages with 413 MessageSizeTooBig
 ENVELOPE_MARGIN_BYTES = 4 * 1024  # activity envelope: ids, conversation, channelData, attachment wrapper
 CARD_BUDGET_BYTES = MAX_MESSAGE_BYTES - ENVELOPE_MARGIN_BYTES
 
 T = TypeVar("T")
-
-
-class CardTooLarge(ValueError):
-    """Even the most trimmed form of a card exceeds the budget; the payload must change, not be retried."""
-
-    def __init__(self, size: int, budget: int) -> None:
-        super().__init__(f"card is {size} bytes (UTF-16) even when fully trimmed; budget is {budget}")
-        self.size = size
-        self.budget = budget
 
 
 def message_size(card: dict[str, Any]) -> int:

@@ -6,7 +6,9 @@
     ├── RetriableError     transient (429, 5xx, timeout, dropped connection): back off and retry
     ├── FatalRequestError  the request itself is wrong (4xx): record and alert, do not retry
     ├── BadRecordError     one row cannot be mapped: skip it, quarantine it, audit it
-    └── CommandError       a chat command is malformed or not allowed: answer the user
+    ├── CommandError       a chat command is malformed or not allowed: answer the user
+    └── CardTooLarge       a card exceeds Teams' size limit even fully trimmed: change the payload, never
+                           retry (also a ValueError, as it was before it joined this tree)
 """
 
 from __future__ import annotations
@@ -59,3 +61,12 @@ class CommandError(NotifierError):
     def __init__(self, message: str, *, usage: str | None = None) -> None:
         super().__init__(message)
         self.usage = usage
+
+
+class CardTooLarge(NotifierError, ValueError):
+    """Even the most trimmed form of a card exceeds the budget; the payload must change, not be retried."""
+
+    def __init__(self, size: int, budget: int) -> None:
+        super().__init__(f"card is {size} bytes (UTF-16) even when fully trimmed; budget is {budget}")
+        self.size = size
+        self.budget = budget

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 from prometheus_client import (
     CollectorRegistry,
@@ -27,7 +28,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 # Counters without a companion `<name>_created` gauge per series (a prometheus-client setting for the process;
 # in the Prometheus text format it would double every counter's series).
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus-client leaves it unannotated
 
 
 @dataclass(frozen=True)
@@ -83,17 +84,18 @@ class Metrics:
 
     def inc(self, name: str, amount: float = 1.0, help: str = "", **labels: str) -> None:
         """Add to a counter; a name not in SERIES is declared on first use, with `help` and these label names."""
-        metric = self._metrics.get(name) or self._declare(Series(name, help or name, tuple(sorted(labels))))
+        metric = cast(Counter | Gauge, self._metrics.get(name) or self._declare(
+            Series(name, help or name, tuple(sorted(labels)))))
         (metric.labels(**labels) if labels else metric).inc(amount)
 
     def observe_value(self, name: str, value: float, **labels: str) -> None:
         """Put one observation into a declared histogram."""
-        metric = self._metrics[name]
+        metric = cast(Histogram, self._metrics[name])
         (metric.labels(**labels) if labels else metric).observe(value)
 
     def set_to_now(self, name: str, **labels: str) -> None:
         """Set a declared gauge to the current Unix time."""
-        metric = self._metrics[name]
+        metric = cast(Gauge, self._metrics[name])
         (metric.labels(**labels) if labels else metric).set_to_current_time()
 
     def value(self, name: str, **labels: str) -> float:
@@ -105,7 +107,7 @@ class Metrics:
     def observe(self, name: str, help: str, read: Callable[[], Awaitable[Reading]],
                 labels: tuple[str, ...] = ()) -> None:
         """A gauge whose values `read` returns, awaited at every scrape before the exposition is rendered."""
-        gauge = self._declare(Series(name, help, labels, "gauge"))
+        gauge = cast(Gauge, self._declare(Series(name, help, labels, "gauge")))
         self._observed.append((gauge, read))
 
     def counter_from(self, name: str, help: str, read: Callable[[], float]) -> None:

@@ -152,10 +152,10 @@ class Settings:
             raise ConfigError("delivery.digest_threshold", "must be at least 1")
         if self.schedule.every_minutes <= 0:
             raise ConfigError("schedule.every_minutes", "must be positive")
-        for key, value in (("delivery.quiet_hours", self.delivery.quiet_hours),
-                           *((f"delivery.batch_windows[{i}]", w) for i, w in enumerate(self.delivery.batch_windows))):
-            if value:
-                parse_span(key, value)
+        for key, span in (("delivery.quiet_hours", self.delivery.quiet_hours),
+                          *((f"delivery.batch_windows[{i}]", w) for i, w in enumerate(self.delivery.batch_windows))):
+            if span:
+                parse_span(key, span)
         for i, at in enumerate(self.schedule.daily_at):
             parse_hhmm(f"schedule.daily_at[{i}]", at)
         return self
@@ -291,7 +291,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
         except FileNotFoundError:
             raise ConfigError("--config", f"file not found: {p}") from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError("--config", f"cannot read {p}: {exc.strerror or exc}") from None
+            raise ConfigError("--config", f"cannot read {p}: {getattr(exc, 'strerror', None) or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("--config", f"{p} is not valid TOML: {exc}") from None
     for name in _SECTIONS:  # `service = 5` is a value where a table belongs

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import hmac
 import json
 import logging
 import math
@@ -47,6 +46,7 @@ from core.errors import AuthError, ConfigError, FatalRequestError, RetriableErro
 from core.links import odata_literal
 from core.ratelimit import WindowLimiter
 from core.retry import RetryPolicy
+from core.secret import Secret
 
 log = logging.getLogger(__name__)
 
@@ -59,34 +59,6 @@ _RETRY_AFTER_STATUSES = frozenset({429, 503})
 _ERROR_TEXT_LIMIT = 1000  # IFS names the offending property at the end of a long detail
 PAGE_CAP_RECHECK = 10  # listings between re-checks of a steady short window (see IfsClient._worth_a_check)
 _NAVIGATION_PAGE_LIMIT = 100  # server pages of one record's navigation (approval lines): far beyond any chain
-
-
-class Secret:
-    """A string that never shows itself in repr(), str() or logs; `reveal()` at the point of use."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Secret):
-            return NotImplemented
-        return hmac.compare_digest(self._value.encode(), other._value.encode())
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
 
 
 @dataclass(frozen=True)

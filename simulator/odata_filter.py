@@ -595,10 +595,6 @@ def sort_rows(rows: list[dict[str, Any]], order: list[tuple[str, bool]]) -> None
         rows.sort(key=lambda row: (row[prop] is None, row[prop]), reverse=descending)
 
 
-def odata_literal(value: Any) -> str:
-    return str(value) if isinstance(value, int) else "'" + str(value).replace("'", "''") + "'"
-
-
 _KEY_ITEM = re.compile(r"\s*(?:(?P<name>[A-Za-z_]\w*)\s*=\s*)?(?P<value>'(?:[^']|'')*'|[^,']+?)\s*(?:,|$)")
 
 

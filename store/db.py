@@ -11,15 +11,17 @@ import stat
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from core.errors import ConfigError
+from store import _aiosqlite_adapter
 from store.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Params = tuple[Any, ...] | dict[str, Any]
 SYNCHRONOUS = "FULL"  # every commit waits for the disk, unless run_transaction(synced=False) says otherwise
 
 
@@ -65,8 +67,7 @@ class Database:
         marked so with a synced commit; the write-ahead log is one file written in order, so either makes
         every earlier page durable too. A page undone by a power cut is simply read as new again.
         """
-        def run() -> T:
-            raw = self._raw()
+        def run(raw: sqlite3.Connection) -> T:
             if not synced:
                 raw.execute("PRAGMA synchronous=NORMAL")
             try:
@@ -91,33 +92,23 @@ class Database:
             done = self._enqueue(run)
         return await done
 
-    def _enqueue(self, fn: Callable[[], T]) -> asyncio.Future[T]:
-        """Put `fn` on aiosqlite's queue to its thread, as its Connection._execute does before it awaits
-        (pinned version: 0.22.1); the one place this module reaches into aiosqlite's queue."""
-        conn = self.conn
-        if not conn._running or not conn._connection:
-            raise ValueError("Connection closed")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        conn._tx.put_nowait((future, fn))
-        return future
+    def _enqueue(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        return _aiosqlite_adapter.enqueue(self.conn, fn)
 
     async def run_read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work(connection)` on the database thread, outside any write transaction: for reads that
         hold several statements or much data (a poll's page compared with what was seen), in one round trip."""
-        return await self._enqueue(lambda: work(self._raw()))
+        return await self._enqueue(work)
 
-    def _raw(self) -> sqlite3.Connection:
-        return self.conn._conn  # aiosqlite's sqlite3.Connection: only ever used on its own thread
-
-    async def fetchall(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
+    async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         async with self.conn.execute(sql, params) as cur:
             return list(await cur.fetchall())
 
-    async def fetchone(self, sql: str, params: tuple | dict = ()) -> sqlite3.Row | None:
+    async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
         async with self.conn.execute(sql, params) as cur:
             return await cur.fetchone()
 
-    async def scalar(self, sql: str, params: tuple | dict = ()) -> object:
+    async def scalar(self, sql: str, params: Params = ()) -> Any:  # whatever SQLite holds there
         row = await self.fetchone(sql, params)
         return None if row is None else row[0]
 
@@ -219,7 +210,7 @@ async def migrate(db: Database) -> int:
         await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         async with conn.execute("SELECT max(version) FROM schema_version") as cur:
             row = await cur.fetchone()
-        current = row[0] or 0
+        current = (row[0] if row is not None else None) or 0
         for version, script in enumerate(MIGRATIONS, start=1):
             if version <= current:
                 continue

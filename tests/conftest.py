@@ -8,7 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from core.settings import load_settings
+import bench.common
+from bench.common import IFS_SECRETS, service_from  # noqa: F401  (IFS_SECRETS: for the tests)
 from simulator.connector import ConnectorStandIn
 from simulator.ifs import IfsSimulator
 from simulator.teams_client import BOT_ID, CHANNEL, TEAM, TENANT, channel_message, event_activity  # noqa: F401
@@ -30,36 +31,17 @@ async def connector():
     await stand_in.stop()
 
 
-IFS_SECRETS = {"ifs.client_id": "notifier", "ifs.client_secret": "notifier-secret"}
+TEST_SERVICE = 'timezone = "Europe/Stockholm"'
+TEST_IFS = "page_size = 500\nretry_attempts = 3\nretry_max_seconds = 5"
 
 
 def write_config(tmp_path: Path, extra: str = "") -> Path:
-    cfg = tmp_path / "notifier.toml"
-    cfg.write_text(f"""
-[service]
-host = "127.0.0.1"
-port = 0
-database = "{tmp_path / 'notifier.sqlite3'}"
-key_file = "{tmp_path / 'master.key'}"
-dev_mode = true
-timezone = "Europe/Stockholm"
-
-[ifs]
-realm = "ifs"
-page_size = 500
-retry_attempts = 3
-retry_max_seconds = 5
-{extra}
-""")
-    return cfg
+    return bench.common.write_config(tmp_path, extra, service=TEST_SERVICE, ifs=TEST_IFS)
 
 
 async def make_service(tmp_path: Path, ifs_url: str, *, extra: str = ""):
     """A wired service against the simulator's default client (what `serve` builds, in development mode)."""
-    import app
-
-    settings = load_settings(write_config(tmp_path, extra), env={})
-    return await app.build_service(settings, IFS_SECRETS | {"ifs.base_url": ifs_url})
+    return await service_from(write_config(tmp_path, extra), ifs_url)
 
 
 @pytest.fixture

@@ -16,8 +16,11 @@ import pytest
 from bot.commands import REGISTRY
 from cards.text import inert
 from simulator.connector import ConnectorStandIn
+from store.audit import AuditLog
+from store.bindings import Bindings
+from store.channels import Channels
 from store.db import open_database
-from store.repos import AuditLog, Bindings, Channels, Outbox
+from store.outbox import Outbox
 from tests.conftest import CHANNEL, TEAM, channel_message, event_activity, post_activity, write_config
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from cards.text import inert
-from store.repos import Channels, Outbox
+from store.channels import Channels
+from store.outbox import Outbox
 from tests.conftest import BOT_ID, CHANNEL, TEAM, TENANT, channel_message, event_activity, post_activity
 
 GENERAL = TEAM  # a team's General channel has the team's id

@@ -18,7 +18,7 @@ from core.domain import ApprovalStep, Binding, FinanceRecord, RecordKind
 from core.links import page_link
 from core.ratelimit import MultiLimiter, WindowLimiter
 from core.retry import RetryPolicy
-from store.repos import load_record
+from store.records import load_record
 
 
 def test_window_limiter_enforces_every_window():

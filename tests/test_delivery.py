@@ -14,7 +14,11 @@ from core.clock import FakeClock
 from core.domain import Binding, ChannelRef, EventType, FinanceRecord, RecordKind
 from core.settings import DeliverySettings
 from simulator.connector import ConnectorStandIn
-from store.repos import AuditLog, Bindings, Channels, Outbox, PollWriter
+from store.audit import AuditLog
+from store.bindings import Bindings
+from store.channels import Channels
+from store.outbox import Outbox
+from store.poll_writer import PollWriter
 
 CH = "19:finance@thread.tacv2"
 

@@ -17,7 +17,10 @@ from core.errors import ConfigError, FatalRequestError
 from core.settings import load_settings
 from pollers.ifs_client import IfsClient, IfsClientConfig, ListingBounds
 from pollers.sources import build_sources
-from store.repos import AuditLog, Bindings, Channels, Outbox
+from store.audit import AuditLog
+from store.bindings import Bindings
+from store.channels import Channels
+from store.outbox import Outbox
 from tests import test_poller
 from tests.conftest import CHANNEL, channel_message, post_activity
 from tests.test_poller import list_requests

@@ -30,7 +30,7 @@ from core.clock import FakeClock
 from core.domain import RecordKind
 from core.settings import load_settings
 from simulator.connector import DEFAULT_MEMBERS
-from store.repos import AuditLog
+from store.audit import AuditLog
 from tests.conftest import IFS_SECRETS, channel_message, replies_text, write_config
 from tests.jwt_issuer import TokenIssuer, new_rsa_key
 

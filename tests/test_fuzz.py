@@ -16,7 +16,7 @@ from bot.commands import REGISTRY
 from core.domain import FinanceRecord, RecordKind
 from core.errors import BadRecordError
 from pollers.sources import DEFAULT_SOURCES, RecordMapper
-from store.repos import load_record
+from store.records import load_record
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(min_value=-10**20, max_value=10**20),
                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30),

@@ -17,7 +17,8 @@ from core.clock import FakeClock
 from core.domain import RecordKind
 from core.errors import AuthError, ConfigError, FatalRequestError, RetriableError
 from core.retry import RetryPolicy
-from pollers.ifs_client import IfsClient, IfsClientConfig, Secret, key_predicate, retry_after_seconds
+from core.secret import Secret
+from pollers.ifs_client import IfsClient, IfsClientConfig, key_predicate, retry_after_seconds
 from simulator.ifs import IfsSimulator
 
 SECRET = "notifier-secret"

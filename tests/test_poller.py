@@ -12,8 +12,13 @@ from core.domain import Binding, ChannelRef, EventType, RecordKind
 from pollers.engine import Poller
 from pollers.ifs_client import IfsClient, IfsClientConfig
 from pollers.sources import DEFAULT_SOURCES, build_sources
+from store.audit import AuditLog
+from store.bindings import Bindings
+from store.channels import Channels
 from store.db import open_database
-from store.repos import AuditLog, Bindings, Channels, PollWriter, Seen, load_record
+from store.poll_writer import PollWriter
+from store.records import load_record
+from store.seen import Seen
 
 ORDER = RecordKind.ORDER
 
@@ -310,7 +315,7 @@ async def test_approval_progress_on_the_lines_updates_records_whose_card_is_in_a
     await h.poller.poll(ORDER, "10")
     async with h.db.transaction() as conn:
         from core.domain import PostedCard
-        from store.repos import Outbox
+        from store.outbox import Outbox
         await Outbox(h.db).save_card(conn, f"order:10:OrderNo={carded['OrderNo']}", "19:c@thread.tacv2",
                                      PostedCard("19:c@thread.tacv2;messageid=1", "1"))
     assert (await h.poller.poll(ORDER, "10")).changed == 0  # lines read again, nothing moved

@@ -12,7 +12,8 @@ from pathlib import Path
 from core.domain import Binding, ChannelRef
 from core.settings import load_settings
 from simulator.connector import ConnectorStandIn
-from store.repos import Bindings, Channels
+from store.bindings import Bindings
+from store.channels import Channels
 
 ROOT = Path(__file__).resolve().parent.parent
 CH = "19:crash@thread.tacv2"

@@ -1,0 +1,114 @@
+"""What the polls have seen: pending records' versions, approval-line checks, source state, quarantine."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import orjson
+
+from core.domain import FinanceRecord, RecordKind
+from store.db import Database
+from store.records import load_record
+
+
+class ChainRow(NamedTuple):
+    """A seen record whose card is in a channel, with what is known of its approval lines."""
+
+    key: str
+    state: str
+    step: str
+    event_id: int
+    chain: str  # summary of the approval lines when they were last read ("" = never read)
+    chain_checked: float
+
+
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    kind: str
+    company: str
+    last_run: float | None
+    last_ok: float | None
+    last_error: str | None
+    available: bool
+    pending: int
+
+
+class Seen:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # A record's version as a poll compares it: etag, state and approval step joined by a unit separator,
+    # which the poller refuses inside any of them (so equal texts mean equal triples).
+    VERSION_SQL = "s.etag || char(31) || s.state || char(31) || s.step"
+    VERSION = "{}\x1f{}\x1f{}".format
+
+    async def known(self, kind: RecordKind, company: str) -> int:
+        """How many records of a source the last polls left pending."""
+        return int(await self._db.scalar("SELECT count(*) FROM seen WHERE kind = ? AND company = ?",
+                                         (kind.value, company)))
+
+    async def compare(self, kind: RecordKind, company: str, keys: Sequence[str], etags: Sequence[str],
+                      states: Sequence[str], steps: Sequence[str]) -> dict[str, str | None]:
+        """The keys among these whose version differs from the one seen, each with the state seen then
+        (None: never seen). SQLite compares (on the database thread, without holding the GIL) against
+        the page sent as one JSON object {key: version}: no Python object per unchanged record."""
+        versions = orjson.dumps(dict(zip(keys, map(self.VERSION, etags, states, steps), strict=True)))
+
+        def read(conn: sqlite3.Connection) -> dict[str, str | None]:
+            cur = conn.cursor()
+            cur.row_factory = None
+            return dict(cur.execute(
+                "SELECT j.key, s.state FROM json_each(?) AS j"
+                " LEFT JOIN seen AS s ON s.kind = ? AND s.company = ? AND s.key = j.key"
+                f" WHERE s.key IS NULL OR {self.VERSION_SQL} IS NOT j.value", (versions, kind.value, company)))
+
+        return await self._db.run_read(read)
+
+    async def left(self, kind: RecordKind, company: str, present: Iterable[str]) -> list[tuple[str, str, int]]:
+        """(key, state, event id) of the seen records not among `present`, by key: the ones that left."""
+        rows = await self._db.fetchall(
+            "SELECT key, state, event_id FROM seen WHERE kind = ? AND company = ?"
+            " AND key NOT IN (SELECT value FROM json_each(?)) ORDER BY key",
+            (kind.value, company, orjson.dumps(list(present))))
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def with_cards(self, kind: RecordKind, company: str) -> list[ChainRow]:
+        """Seen records whose card sits in some channel: the ones whose approval progress people see."""
+        prefix = f"{kind.value}:{company}:"
+        rows = await self._db.fetchall(
+            "SELECT s.key, s.state, s.step, s.event_id, s.chain, s.chain_checked"
+            " FROM (SELECT DISTINCT substr(record_id, ?) AS key FROM cards WHERE record_id >= ? AND record_id < ?) c"
+            " JOIN seen s ON s.kind = ? AND s.company = ? AND s.key = c.key",
+            (len(prefix) + 1, prefix, prefix + "\uffff", kind.value, company))
+        return [ChainRow(*r) for r in rows]
+
+    async def mark_chains_checked(self, kind: RecordKind, company: str, keys: Sequence[str], at: float) -> None:
+        async with self._db.transaction() as conn:
+            await conn.executemany("UPDATE seen SET chain_checked = ? WHERE kind = ? AND company = ? AND key = ?",
+                                   [(at, kind.value, company, k) for k in keys])
+
+    async def last_record(self, event_id: int) -> FinanceRecord:
+        return load_record(await self._db.scalar("SELECT record FROM events WHERE id = ?", (event_id,)))
+
+    async def pending_records(self, company: str) -> list[tuple[int, FinanceRecord]]:
+        rows = await self._db.fetchall(
+            "SELECT e.id, e.record FROM seen s JOIN events e ON e.id = s.event_id WHERE s.company = ?", (company,))
+        return [(r[0], load_record(r[1])) for r in rows]
+
+    async def source_states(self) -> list[SourceState]:
+        rows = await self._db.fetchall("SELECT * FROM sources ORDER BY kind, company")
+        return [SourceState(r["kind"], r["company"], r["last_run"], r["last_ok"], r["last_error"],
+                            bool(r["available"]), r["pending"]) for r in rows]
+
+    async def quarantined_keys(self, kind: RecordKind, company: str) -> set[str]:
+        rows = await self._db.fetchall("SELECT key FROM quarantine WHERE kind = ? AND company = ?",
+                                       (kind.value, company))
+        return {r[0] for r in rows}
+
+    async def quarantine_counts(self) -> dict[tuple[str, str], int]:
+        """Rows quarantined now (bad at their last poll), by (kind, company)."""
+        rows = await self._db.fetchall("SELECT kind, company, count(*) FROM quarantine GROUP BY kind, company")
+        return {(r[0], r[1]): int(r[2]) for r in rows}
