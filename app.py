@@ -30,6 +30,7 @@ from core.settings import Settings, load_settings
 from pollers.sources import SourceSpec, build_sources
 from pollers.tenant import TenantSchema, check_source, connection_problem, discover, render, toml_value
 from store.db import Database, open_database, owner_only
+from store.people import People
 from store.repos import AuditLog, Bindings, Outbox, Seen
 from store.vault import KNOWN_SECRETS, KeyRing, Vault
 
@@ -137,6 +138,7 @@ class Service:
         self.rejections = RejectedRequests(self.audit, self.clock)
         self._next_prune = 0.0
         self.bindings = Bindings(db)
+        self.people = People(db)
         self.tenant = TenantSchema(self.ifs, self.sources)
         self.poller = Poller(client=self.ifs, sources=self.sources, seen=Seen(db), bindings=self.bindings,
                              writer=PollWriter(db), audit=self.audit, ifs_base_url=creds.ifs_base_url,
@@ -157,7 +159,7 @@ class Service:
         owner_check = None
         if settings.bot.owners_are_admins and creds.bot_app_id and creds.bot_app_password:
             owner_check = GraphOwnerCheck(creds.bot_app_id, creds.bot_app_password)
-        self.commands = Commands(db, self, AdminPolicy(settings.bot.admins, owner_check))
+        self.commands = Commands(db, self, AdminPolicy(settings.bot.admins, owner_check), people=settings.people)
         self.bot = NotifierBot(db, self.commands, welcome=settings.bot.welcome)
         self.scheduler = None
         self._tasks: list[asyncio.Task] = []
@@ -181,10 +183,24 @@ class Service:
             return record
         return replace(record, deep_link=self.poller.mapper(record.kind).link_for(record))
 
-    def _render_record(self, d) -> tuple[dict, str]:
+    def link_record(self, record):
+        return self._linked(record)
+
+    async def _next_approver(self, record):
+        """The Teams user to mention for the record's next open approval line: confirmed mappings only."""
+        from core.people import Mention, next_approver
+
+        who = next_approver(record)
+        person = await self.people.get(who) if who else None
+        if person is None or not person.active or not person.mention_id:
+            return None
+        return Mention(id=person.mention_id, name=person.name)
+
+    async def _render_record(self, d) -> tuple[dict, str]:
         from cards import record_card
 
-        card = record_card(self._linked(d.record), d.event_type, self.card_context(), previous_state=d.previous_state)
+        card = record_card(self._linked(d.record), d.event_type, self.card_context(), previous_state=d.previous_state,
+                           next_approver=await self._next_approver(d.record))
         return card, card.get("fallbackText", d.record.number)
 
     def _render_digest(self, ds) -> tuple[dict, str]:
@@ -308,6 +324,9 @@ class Service:
                     self.metrics.inc("notifier_events_total", getattr(result, etype), type=etype, source=kind.value)
                 if result.bad:
                     self.metrics.inc("notifier_bad_rows_total", result.bad, source=kind.value)
+            # the poll's events also go to the personal chats of the approvers they wait for
+            while await self.people.route_personal(enabled=self.settings.people.personal):
+                pass
         self.worker.wake()
         return results
 
@@ -750,6 +769,22 @@ async def cmd_bindings(settings: Settings, args: argparse.Namespace) -> int:
         await db.close()
 
 
+async def cmd_people(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.people_io import export_people, import_people
+
+    if args.action == "import":  # read (and fail on a missing file) before the database is opened
+        raw = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    db = await open_database(settings.service.database)
+    try:
+        if args.action == "export":
+            sys.stdout.write(await export_people(db))
+        else:
+            print(f"imported {await import_people(db, raw, actor='cli')} people")
+        return 0
+    finally:
+        await db.close()
+
+
 async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     db = await open_database(settings.service.database)
     try:
@@ -822,7 +857,8 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser("audit", help="show the audit trail")
     a.add_argument("--last", type=int, default=50)
     a.add_argument("--failed", action="store_true")
-    a.add_argument("--category", choices=["poll", "delivery", "command", "lifecycle", "record", "security", "system"])
+    a.add_argument("--category", choices=["poll", "delivery", "command", "lifecycle", "people", "record", "security",
+                                          "system"])
     a.add_argument("--json", action="store_true")
     a.set_defaults(fn=cmd_audit)
     s = sub.add_parser("secrets", help="manage encrypted credentials (values are read from a prompt or stdin)")
@@ -841,6 +877,12 @@ def parser() -> argparse.ArgumentParser:
     bi = bs.add_parser("import", help="JSON from a file or - for stdin")
     bi.add_argument("file")
     b.set_defaults(fn=cmd_bindings)
+    pp = sub.add_parser("people", help="export or import IFS user -> Teams user links (CSV)")
+    ps = pp.add_subparsers(dest="action", required=True)
+    ps.add_parser("export", help="CSV to stdout: ifs_user, Entra object id or UPN, name")
+    pi = ps.add_parser("import", help="CSV from a file or - for stdin; all rows or none")
+    pi.add_argument("file")
+    pp.set_defaults(fn=cmd_people)
     r = sub.add_parser("replay", help="re-queue failed or dead deliveries")
     r.add_argument("--id", type=int)
     r.add_argument("--channel")

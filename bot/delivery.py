@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 import time
@@ -74,7 +75,7 @@ def classify(err: SendError) -> Outcome:
 class CardRenderer:
     """Adapter from deliveries to the pure card builders (kept here so the worker stays about delivery)."""
 
-    render_record: Callable[[Delivery], tuple[dict[str, Any], str]]
+    render_record: Callable[[Delivery], tuple[dict[str, Any], str] | Awaitable[tuple[dict[str, Any], str]]]
     render_digest: Callable[[Sequence[Delivery]], tuple[dict[str, Any], str]]
     render_reply: Callable[[Delivery], str]
 
@@ -218,7 +219,9 @@ class DeliveryWorker:
                 await self.outbox.settle(conn, [first.id], DeliveryStatus.SKIPPED, error="no card to update")
                 await self._audit(conn, first, "skipped", op="none", problem="resolved without a posted card")
             return True
-        card, text = self.renderer.render_digest(work) if digest else self.renderer.render_record(first)
+        rendered = self.renderer.render_digest(work) if digest else self.renderer.render_record(first)
+        # a renderer may need the database (the people a card mentions): it may return an awaitable
+        card, text = await rendered if inspect.isawaitable(rendered) else rendered
         op = "digest" if digest else ("update" if posted else "post")
         await self._pace(channel.channel_id)
         started = self.monotonic()

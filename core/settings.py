@@ -97,12 +97,19 @@ class ScheduleSettings:
 
 
 @dataclass(frozen=True)
+class PeopleSettings:
+    require_approval: bool = False  # a self-service `link me` waits for an admin's `people confirm`
+    personal: bool = True  # mapped approvers get a personal card when a document reaches their step
+
+
+@dataclass(frozen=True)
 class Settings:
     service: ServiceSettings = field(default_factory=ServiceSettings)
     ifs: IfsSettings = field(default_factory=IfsSettings)
     bot: BotSettings = field(default_factory=BotSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    people: PeopleSettings = field(default_factory=PeopleSettings)
     # per source overrides, keyed by kind ("invoice", "order", "voucher"); validated by pollers.sources
     sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     path: str | None = None  # where these came from
@@ -249,7 +256,7 @@ def _build(section_cls: type, key: str, data: Mapping[str, Any]) -> Any:
 
 
 _SECTIONS = {"service": ServiceSettings, "ifs": IfsSettings, "bot": BotSettings,
-             "delivery": DeliverySettings, "schedule": ScheduleSettings}
+             "delivery": DeliverySettings, "schedule": ScheduleSettings, "people": PeopleSettings}
 
 
 def _set_source_from_env(sources: dict[str, Any], var: str, path: list[str], text: str) -> None:

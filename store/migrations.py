@@ -129,4 +129,20 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE channels ADD COLUMN quiet_hours TEXT
     """,
+    # 4: people: IFS users mapped to Teams users (mentions on cards, personal notifications)
+    """
+    CREATE TABLE people (
+        ifs_user TEXT PRIMARY KEY,        -- IFS user id, upper case as IFS keeps identities
+        name TEXT NOT NULL,               -- display name in Teams
+        aad_object_id TEXT,               -- Entra object id, lower case
+        upn TEXT,
+        teams_id TEXT,                    -- Bot Framework user id (29:...) when the user wrote to the bot
+        status TEXT NOT NULL DEFAULT 'active',  -- active / pending (waiting for an admin to confirm)
+        conversation_id TEXT,             -- the user's personal chat with the bot (a channels row)
+        personal INTEGER NOT NULL DEFAULT 1,    -- personal notifications wanted
+        created_by TEXT,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX people_aad ON people (aad_object_id)
+    """,
 ]

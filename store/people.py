@@ -1,0 +1,147 @@
+"""People repository (IFS user -> Teams user) and the routing of events to approvers' personal chats."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import aiosqlite
+
+from core.domain import EventType, FinanceRecord
+from core.people import Person, PersonStatus, next_approver
+from store.db import Database
+from store.repos import load_record
+
+log = logging.getLogger(__name__)
+
+ROUTED_MARK = "people.routed_event"  # meta row: the last event id routed to personal chats
+ROUTE_BATCH = 1000
+
+_COLUMNS = "ifs_user, name, aad_object_id, upn, teams_id, status, conversation_id, personal, created_by"
+
+
+def _person(row: Any) -> Person:
+    return Person(ifs_user=row["ifs_user"], name=row["name"], aad_object_id=row["aad_object_id"], upn=row["upn"],
+                  teams_id=row["teams_id"], status=PersonStatus(row["status"]),
+                  conversation_id=row["conversation_id"], personal=bool(row["personal"]),
+                  created_by=row["created_by"])
+
+
+class People:
+    def __init__(self, db: Database, now=time.time) -> None:
+        self._db = db
+        self._now = now
+
+    async def put(self, conn: aiosqlite.Connection, p: Person) -> bool:
+        """Insert or replace one mapping; True when the IFS user was not mapped before."""
+        async with conn.execute("SELECT 1 FROM people WHERE ifs_user = ?", (p.ifs_user,)) as cur:
+            existed = await cur.fetchone() is not None
+        await conn.execute(
+            f"INSERT OR REPLACE INTO people ({_COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (p.ifs_user, p.name, p.aad_object_id, p.upn, p.teams_id, p.status.value, p.conversation_id,
+             int(p.personal), p.created_by, self._now()))
+        return not existed
+
+    async def get(self, ifs_user: str) -> Person | None:
+        row = await self._db.fetchone(f"SELECT {_COLUMNS} FROM people WHERE ifs_user = ?", (ifs_user,))
+        return _person(row) if row else None
+
+    async def all(self) -> list[Person]:
+        return [_person(r) for r in await self._db.fetchall(f"SELECT {_COLUMNS} FROM people ORDER BY ifs_user")]
+
+    async def active(self) -> dict[str, Person]:
+        """Confirmed mappings by IFS user: the only ones cards and personal chats use."""
+        rows = await self._db.fetchall(f"SELECT {_COLUMNS} FROM people WHERE status = 'active'")
+        return {r["ifs_user"]: _person(r) for r in rows}
+
+    async def of_user(self, aad_object_id: str | None, teams_id: str | None) -> list[Person]:
+        """Every mapping of one Teams user (known by Entra object id, or by 29: id when Teams gave no other)."""
+        rows = await self._db.fetchall(
+            f"SELECT {_COLUMNS} FROM people WHERE (aad_object_id IS NOT NULL AND aad_object_id = ?)"
+            " OR (teams_id IS NOT NULL AND teams_id = ?) ORDER BY ifs_user",
+            ((aad_object_id or "").lower() or None, teams_id))
+        return [_person(r) for r in rows]
+
+    async def remove(self, conn: aiosqlite.Connection, ifs_users: Iterable[str]) -> int:
+        cur = await conn.executemany("DELETE FROM people WHERE ifs_user = ?", [(u,) for u in ifs_users])
+        return max(cur.rowcount, 0)
+
+    async def set_status(self, conn: aiosqlite.Connection, ifs_user: str, status: PersonStatus) -> None:
+        await conn.execute("UPDATE people SET status = ?, updated_at = ? WHERE ifs_user = ?",
+                           (status.value, self._now(), ifs_user))
+
+    async def set_personal(self, conn: aiosqlite.Connection, ifs_users: Iterable[str], on: bool) -> None:
+        await conn.executemany("UPDATE people SET personal = ?, updated_at = ? WHERE ifs_user = ?",
+                               [(int(on), self._now(), u) for u in ifs_users])
+
+    async def replace_all(self, conn: aiosqlite.Connection, people: Iterable[Person]) -> int:
+        """Upsert every mapping given (an import); personal chats and preferences already known are kept."""
+        n = 0
+        for p in people:
+            await conn.execute(
+                f"INSERT INTO people ({_COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (ifs_user) DO UPDATE SET name = excluded.name, aad_object_id = excluded.aad_object_id,"
+                " upn = excluded.upn, status = 'active', created_by = excluded.created_by,"
+                " updated_at = excluded.updated_at,"
+                # the personal chat belongs to the Teams user: kept only while the mapping names the same one
+                " teams_id = CASE WHEN people.aad_object_id IS excluded.aad_object_id THEN people.teams_id END,"
+                " conversation_id = CASE WHEN people.aad_object_id IS excluded.aad_object_id"
+                " THEN people.conversation_id END",
+                (p.ifs_user, p.name, p.aad_object_id, p.upn, p.teams_id, PersonStatus.ACTIVE.value, p.conversation_id,
+                 int(p.personal), p.created_by, self._now()))
+            n += 1
+        return n
+
+    # ------------------------------------------------------------------ personal chats
+
+    async def route_personal(self, *, enabled: bool = True) -> int:
+        """Queue personal deliveries for the events since the last call; returns deliveries queued.
+
+        An event goes to the personal chat of its record's next approver (mapped, confirmed, personal
+        notifications on), and to every personal chat that already shows a card for the record, so a
+        card is updated in place once the document moves on. The mark only advances, in the same
+        transaction as the deliveries: a crash routes the same events again, and the delivery
+        idempotency key (event, conversation) keeps that from doubling anything.
+        """
+        last = int(await self._db.scalar("SELECT value FROM meta WHERE name = ?", (ROUTED_MARK,)) or 0)
+        rows = await self._db.fetchall("SELECT id, record_id, type, record FROM events WHERE id > ? ORDER BY id"
+                                       " LIMIT ?", (last, ROUTE_BATCH))
+        if not rows:
+            return 0
+        people = await self.active() if enabled else {}
+        chats = {p.conversation_id for p in people.values() if p.conversation_id}
+        queued = 0
+        now = self._now()
+        async with self._db.transaction() as conn:
+            for row in rows:
+                targets: set[str] = set()
+                if chats:
+                    record: FinanceRecord = load_record(row["record"])
+                    who = next_approver(record) if row["type"] != EventType.RESOLVED.value else None
+                    person = people.get(who) if who else None
+                    if person is not None and person.personal and person.conversation_id:
+                        targets.add(person.conversation_id)
+                    async with conn.execute("SELECT channel_id FROM cards WHERE record_id = ?",
+                                            (row["record_id"],)) as cur:
+                        targets |= {r[0] for r in await cur.fetchall() if r[0] in chats}
+                if targets:
+                    cur = await conn.executemany(
+                        "INSERT OR IGNORE INTO deliveries (event_id, channel_id, record_id, event_type, next_at,"
+                        " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        [(row["id"], t, row["record_id"], row["type"], now, now) for t in sorted(targets)])
+                    queued += max(cur.rowcount, 0)
+            await conn.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET"
+                               " value = excluded.value", (ROUTED_MARK, str(rows[-1]["id"])))
+        if queued:
+            log.info("queued %d personal deliveries", queued)
+        return queued
+
+    async def waiting_for(self, ifs_users: Iterable[str]) -> list[FinanceRecord]:
+        """Pending documents whose next open approval line belongs to one of these IFS users."""
+        wanted = set(ifs_users)
+        if not wanted:
+            return []
+        rows = await self._db.fetchall("SELECT e.record FROM seen s JOIN events e ON e.id = s.event_id")
+        return [r for r in (load_record(row[0]) for row in rows) if next_approver(r) in wanted]
