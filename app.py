@@ -30,7 +30,7 @@ from core.settings import Settings, load_settings
 from pollers.sources import SourceSpec, build_sources
 from pollers.tenant import TenantSchema, check_source, connection_problem, discover, render, toml_value
 from store.db import Database, open_database, owner_only
-from store.people import People
+from store.people import Claims, People
 from store.repos import AuditLog, Bindings, Outbox, Seen
 from store.vault import KNOWN_SECRETS, KeyRing, Vault
 
@@ -114,6 +114,7 @@ class Service:
     def __init__(self, settings: Settings, db: Database, vault: Vault, creds: Credentials, *,
                  service_url_override: str | None = None, clock: Clock | None = None) -> None:
         from bot.authz import AdminPolicy, GraphOwnerCheck
+        from bot.claims import CardActions
         from bot.commands import Commands
         from bot.delivery import CardRenderer, DeliveryWorker
         from bot.inbound import RejectedRequests
@@ -139,6 +140,7 @@ class Service:
         self._next_prune = 0.0
         self.bindings = Bindings(db)
         self.people = People(db)
+        self.claims = Claims(db)
         self.tenant = TenantSchema(self.ifs, self.sources)
         self.poller = Poller(client=self.ifs, sources=self.sources, seen=Seen(db), bindings=self.bindings,
                              writer=PollWriter(db), audit=self.audit, ifs_base_url=creds.ifs_base_url,
@@ -160,7 +162,8 @@ class Service:
         if settings.bot.owners_are_admins and creds.bot_app_id and creds.bot_app_password:
             owner_check = GraphOwnerCheck(creds.bot_app_id, creds.bot_app_password)
         self.commands = Commands(db, self, AdminPolicy(settings.bot.admins, owner_check), people=settings.people)
-        self.bot = NotifierBot(db, self.commands, welcome=settings.bot.welcome)
+        self.bot = NotifierBot(db, self.commands, welcome=settings.bot.welcome,
+                               actions=CardActions(db, self.render_record_card, now=self.clock.time))
         self.scheduler = None
         self._tasks: list[asyncio.Task] = []
         # one lock per source: a source stuck in a long listing never holds up the others
@@ -200,8 +203,21 @@ class Service:
         from cards import record_card
 
         card = record_card(self._linked(d.record), d.event_type, self.card_context(), previous_state=d.previous_state,
-                           next_approver=await self._next_approver(d.record))
+                           next_approver=await self._next_approver(d.record), claimable=True,
+                           claim=await self.claims.get(d.record_id))
         return card, card.get("fallbackText", d.record.number)
+
+    async def render_record_card(self, record_id: str) -> dict | None:
+        """A record's card as its latest event shows it, with who is on it now (card actions answer with it)."""
+        from cards import record_card
+
+        latest = await self.claims.latest(record_id)
+        if latest is None:
+            return None
+        event, record, previous = latest
+        return record_card(self._linked(record), event, self.card_context(), previous_state=previous,
+                           next_approver=await self._next_approver(record), claimable=True,
+                           claim=await self.claims.get(record_id))
 
     def _render_digest(self, ds) -> tuple[dict, str]:
         from cards import digest_card

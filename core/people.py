@@ -55,6 +55,16 @@ class Mention:
     name: str
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Someone said "I'm on it" for a document."""
+
+    record_id: str
+    user_id: str  # Entra object id, or the 29: id when Teams gave none
+    name: str
+    at: float  # unix time
+
+
 def next_step(record: FinanceRecord) -> ApprovalStep | None:
     """The first approval line that still needs someone, in sequence order."""
     for step in sorted(record.approvers, key=lambda s: s.sequence):

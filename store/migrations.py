@@ -145,4 +145,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX people_aad ON people (aad_object_id)
     """,
+    # 5: who took a document ("I'm on it" on its card); one holder per document, in every channel
+    """
+    CREATE TABLE claims (
+        record_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,            -- Entra object id (or 29: id) of the holder
+        name TEXT NOT NULL,               -- display name in Teams
+        at REAL NOT NULL
+    )
+    """,
 ]

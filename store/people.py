@@ -10,7 +10,7 @@ from typing import Any
 import aiosqlite
 
 from core.domain import EventType, FinanceRecord
-from core.people import Person, PersonStatus, next_approver
+from core.people import Claim, Person, PersonStatus, next_approver
 from store.db import Database
 from store.repos import load_record
 
@@ -145,3 +145,35 @@ class People:
             return []
         rows = await self._db.fetchall("SELECT e.record FROM seen s JOIN events e ON e.id = s.event_id")
         return [r for r in (load_record(row[0]) for row in rows) if next_approver(r) in wanted]
+
+
+class Claims:
+    """Who took which document; the first claim holds until its holder releases it."""
+
+    def __init__(self, db: Database, now=time.time) -> None:
+        self._db = db
+        self._now = now
+
+    async def get(self, record_id: str) -> Claim | None:
+        row = await self._db.fetchone("SELECT record_id, user_id, name, at FROM claims WHERE record_id = ?",
+                                      (record_id,))
+        return Claim(row[0], row[1], row[2], row[3]) if row else None
+
+    async def claim(self, conn: aiosqlite.Connection, record_id: str, user_id: str, name: str) -> Claim:
+        """Take the document unless someone holds it; returns the holder either way."""
+        await conn.execute("INSERT OR IGNORE INTO claims (record_id, user_id, name, at) VALUES (?, ?, ?, ?)",
+                           (record_id, user_id, name, self._now()))
+        async with conn.execute("SELECT record_id, user_id, name, at FROM claims WHERE record_id = ?",
+                                (record_id,)) as cur:
+            row = await cur.fetchone()
+        return Claim(row[0], row[1], row[2], row[3])
+
+    async def release(self, conn: aiosqlite.Connection, record_id: str, user_id: str) -> bool:
+        cur = await conn.execute("DELETE FROM claims WHERE record_id = ? AND user_id = ?", (record_id, user_id))
+        return cur.rowcount > 0
+
+    async def latest(self, record_id: str) -> tuple[EventType, FinanceRecord, str | None] | None:
+        """The record's latest event (type, record as then, state before): what its cards show."""
+        row = await self._db.fetchone("SELECT type, record, previous_state FROM events WHERE record_id = ?"
+                                      " ORDER BY id DESC LIMIT 1", (record_id,))
+        return (EventType(row[0]), load_record(row[1]), row[2]) if row else None
