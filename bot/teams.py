@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from botbuilder.core import CardFactory, MessageFactory, TurnContext
+from botbuilder.core import CardFactory, InvokeResponse, MessageFactory, TurnContext
 from botbuilder.core.teams import TeamsActivityHandler, TeamsInfo
 from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
 from botbuilder.integration.aiohttp.configuration_service_client_credential_factory import (
@@ -405,6 +405,19 @@ class NotifierBot(TeamsActivityHandler):
             actor = replace(actor, upn=await self._upns.upn(turn_context, actor.id))
         reply = await self._commands.run(channel_id, actor, text)
         await self._reply(turn_context, reply)
+
+    async def on_invoke_activity(self, turn_context: TurnContext) -> InvokeResponse:
+        # botbuilder 4.17.1 serializes an adaptiveCard/action answer twice (the handler, then CloudAdapter),
+        # and the second time fails on the dict the first made: answer with the model, serialized once.
+        activity = turn_context.activity
+        if activity.name != "adaptiveCard/action":
+            return await super().on_invoke_activity(turn_context)
+        value = activity.value if isinstance(activity.value, dict) else {}
+        action = value.get("action")
+        if not isinstance(action, dict) or action.get("type") != "Action.Execute":
+            return InvokeResponse(status=200, body=_invoke_error(400, "BadRequest", "Not an Action.Execute."))
+        answer = await self.on_adaptive_card_invoke(turn_context, AdaptiveCardInvokeValue(action=action))
+        return InvokeResponse(status=200, body=answer)
 
     async def on_adaptive_card_invoke(self, turn_context: TurnContext,
                                       invoke_value: AdaptiveCardInvokeValue) -> AdaptiveCardInvokeResponse:

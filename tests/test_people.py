@@ -8,11 +8,12 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import httpx
 import pytest
 
 from simulator.connector import ConnectorStandIn
 from store.people import People
-from tests.conftest import BOT_ID, CHANNEL, TENANT, post_activity
+from tests.conftest import BOT_ID, CHANNEL, TEAM, TENANT, post_activity
 from tests.test_bot_commands import ADMINS, Said, _texts, last_command, linked, run_cli, say
 
 ADAPTIVE = "application/vnd.microsoft.card.adaptive"
@@ -338,3 +339,120 @@ def test_people_import_export_and_a_bad_file(tmp_path):
     assert "CHEN" not in after.stdout and len(after.stdout.splitlines()) == 3  # nothing half-imported
     audit = run_cli(tmp_path, "audit", "--category", "people", "--json", config=cfg)
     assert '"people imported"' in audit.stdout
+
+
+# --------------------------------------------------------------------------- I'm on it
+
+def card_action(verb: str, record_id: str, service_url: str, root: str, *, user: str, aad: str, name: str,
+                submit: bool = False) -> dict[str, Any]:
+    """What Teams sends when someone presses a card's Action.Execute (or, without Universal Actions, the
+    Action.Submit fallback: a message whose value is the action's data)."""
+    activity: dict[str, Any] = {
+        "type": "message" if submit else "invoke",
+        "id": f"19000000{next(_ids):05d}",
+        "serviceUrl": service_url,
+        "channelId": "msteams",
+        "from": {"id": user, "name": name, "aadObjectId": aad},
+        "conversation": {"id": f"{CHANNEL};messageid={root}", "isGroup": True, "conversationType": "channel",
+                         "tenantId": TENANT},
+        "recipient": {"id": BOT_ID, "name": "IFS Approvals"},
+        "replyToId": root,
+        "channelData": {"channel": {"id": CHANNEL}, "team": {"id": TEAM, "aadGroupId": "group-1"},
+                        "tenant": {"id": TENANT}},
+    }
+    if submit:
+        activity["value"] = {"verb": verb, "record_id": record_id}
+    else:
+        activity["name"] = "adaptiveCard/action"
+        activity["value"] = {"action": {"type": "Action.Execute", "verb": verb, "data": {"record_id": record_id}},
+                             "trigger": "manual"}
+    return activity
+
+
+async def press(svc, activity: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
+    async with httpx.AsyncClient() as client:
+        resp = await client.post(f"{svc.base_url}/api/messages", json=activity)
+    return resp.status_code, (resp.json() if resp.content else None)
+
+
+def claim_lines(card: dict[str, Any]) -> list[str]:
+    return [t for t in _texts(card) if " is on it since " in t]
+
+
+def execute_actions(card: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(a["title"], a["verb"], a["fallback"]["type"]) for a in card.get("actions", [])
+            if a["type"] == "Action.Execute"]
+
+
+async def test_im_on_it_first_wins_the_second_sees_who_has_it(ifs, connector, service_factory):
+    svc = await service_factory()
+    await linked(svc, connector, ifs)
+    await svc.poll_once()
+    await svc.worker.run_once()
+    [(root, card)] = connector.cards(CHANNEL).items()
+    [action] = [a for a in card["actions"] if a["type"] == "Action.Execute"]
+    assert execute_actions(card) == [("I'm on it", "claim", "Action.Submit")]
+    record_id = action["data"]["record_id"]
+    assert action["fallback"]["data"] == {"verb": "claim", "record_id": record_id}
+
+    status, body = await press(svc, card_action("claim", record_id, connector.service_url, root,
+                                                user="29:alex", aad="aad-alex", name="Alex Wilber"))
+    assert status == 200 and body["statusCode"] == 200 and body["type"] == ADAPTIVE
+    [line] = claim_lines(body["value"])
+    assert line.startswith("Alex Wilber is on it since ")
+    assert execute_actions(body["value"]) == [("Release", "release", "Action.Submit")]
+    assert connector.cards(CHANNEL)[root] == body["value"]  # the card everyone sees is the refreshed one
+
+    status, body = await press(svc, card_action("claim", record_id, connector.service_url, root,
+                                                user="29:megan", aad="aad-megan", name="Megan Bowen"))
+    assert status == 200 and claim_lines(body["value"]) == [line]  # Megan sees who has it
+    status, body = await press(svc, card_action("release", record_id, connector.service_url, root,
+                                                user="29:megan", aad="aad-megan", name="Megan Bowen"))
+    assert claim_lines(body["value"]) == [line]  # only the holder releases
+
+    rows = await svc.audit.recent(limit=10, category="people")
+    assert [(r.action, r.outcome, r.actor, r.record_id) for r in reversed(rows)] == [
+        ("document claimed", "ok", "Alex Wilber", record_id),
+        ("document claimed", "denied", "Megan Bowen", record_id),
+        ("document released", "denied", "Megan Bowen", record_id)]
+
+    status, body = await press(svc, card_action("release", record_id, connector.service_url, root,
+                                                user="29:alex", aad="aad-alex", name="Alex Wilber"))
+    assert claim_lines(body["value"]) == [] and execute_actions(body["value"])[0][1] == "claim"
+    assert claim_lines(connector.cards(CHANNEL)[root]) == []
+    assert (await svc.audit.recent(limit=1, category="people"))[0].action == "document released"
+
+
+async def test_the_submit_fallback_claims_too_and_later_updates_keep_the_claim(ifs, connector, service_factory):
+    svc = await service_factory()
+    await linked(svc, connector, ifs)
+    await svc.poll_once()
+    await svc.worker.run_once()
+    [(root, card)] = connector.cards(CHANNEL).items()
+    record_id = next(a for a in card["actions"] if a["type"] == "Action.Execute")["data"]["record_id"]
+
+    status, _ = await press(svc, card_action("claim", record_id, connector.service_url, root, user="29:alex",
+                                             aad="aad-alex", name="Alex Wilber", submit=True))
+    assert status in (200, 201)
+    assert claim_lines(connector.cards(CHANNEL)[root])[0].startswith("Alex Wilber is on it since ")
+
+    order_no = record_id.rsplit("=", 1)[1]
+    ifs.update("order", {"OrderNo": order_no}, GrossAmtCurr=12345)  # IFS changes it: the card is re-rendered
+    updates = len(connector.updates(CHANNEL))
+    await svc.poll_once()
+    await svc.worker.run_once()
+    assert len(connector.updates(CHANNEL)) == updates + 1
+    now = connector.cards(CHANNEL)[root]
+    assert "12,345" in now["fallbackText"]
+    assert claim_lines(now)[0].startswith("Alex Wilber is on it since ")
+
+
+async def test_an_unknown_card_action_is_refused(ifs, connector, service_factory):
+    svc = await service_factory()
+    status, body = await press(svc, card_action("claim", "order:10:OrderNo=NOPE", connector.service_url, "1",
+                                                user="29:alex", aad="aad-alex", name="Alex Wilber"))
+    assert status == 200 and body["statusCode"] == 400 and body["type"] == "application/vnd.microsoft.error"
+    status, body = await press(svc, card_action("delete", "order:10:OrderNo=NOPE", connector.service_url, "1",
+                                                user="29:alex", aad="aad-alex", name="Alex Wilber"))
+    assert body["statusCode"] == 400
+    assert [r.outcome for r in await svc.audit.recent(limit=2, category="people")] == ["error", "error"]

@@ -17,11 +17,15 @@ from hypothesis import strategies as st
 from cards import record_card
 from cards.mentions import mention_text
 from cards.people import mine_card
+from cards.text import NBSP
 from core.domain import ApprovalStep, EventType
-from core.people import Mention, next_approver
+from core.people import Claim, Mention, next_approver
 from tests.test_cards import (
+    ALLOWED_TYPES,
     CTX,
     GOLDEN,
+    NOW,
+    VALIDATOR,
     assert_inert,
     assert_teams_card,
     hostile_records,
@@ -68,8 +72,34 @@ def mine() -> dict[str, Any]:
     return mine_card(records, CTX, who="ALAIN")
 
 
+def claimable() -> dict[str, Any]:
+    return record_card(order(), EventType.NEW, CTX, next_approver=ALEX, claimable=True)
+
+
+def claimed() -> dict[str, Any]:
+    claim = Claim(order().record_id, "aad-megan", "Megan Bowen", NOW - 3600)
+    return record_card(order(), EventType.CHANGED, CTX, claimable=True, claim=claim)
+
+
 GOLDEN_CARDS = {"people_order_mention": mentioned_order, "people_mine": mine,
-                "people_mine_empty": lambda: mine_card([], CTX, who="ALAIN")}
+                "people_mine_empty": lambda: mine_card([], CTX, who="ALAIN"),
+                "people_order_claimable": claimable, "people_order_claimed": claimed}
+ACTIONS = {"Action.Execute", "Action.Submit"}
+
+
+def assert_valid_with_actions(card: dict[str, Any]) -> None:
+    """assert_teams_card, with the Universal Action and its fallback allowed (both in the 1.5 schema)."""
+    card = without_host_extension(card)
+    errors = sorted(VALIDATOR.iter_errors(card), key=lambda e: list(e.path))
+    assert not errors, [f"{list(e.path)}: {e.message[:200]}" for e in errors]
+    rest = dict(card, actions=[a for a in card.get("actions", []) if a["type"] not in ACTIONS])
+    assert_teams_card(rest)
+    for action in card.get("actions", []):
+        if action["type"] == "Action.Execute":
+            assert action["verb"] in ("claim", "release") and set(action["data"]) == {"record_id"}
+            assert action["fallback"]["type"] == "Action.Submit"
+            assert action["fallback"]["data"] == {"verb": action["verb"], **action["data"]}
+        assert action["type"] in ALLOWED_TYPES | ACTIONS
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN_CARDS))
@@ -81,7 +111,7 @@ def test_people_card_matches_golden_and_is_valid_for_teams(name: str) -> None:
         path.write_text(rendered, encoding="utf-8")
     assert path.exists(), f"missing {path}; run with UPDATE_GOLDEN=1"
     assert json.loads(path.read_text(encoding="utf-8")) == card
-    assert_teams_card(without_host_extension(card))
+    assert_valid_with_actions(card)
 
 
 def test_the_next_approver_is_mentioned_from_the_mapping_only() -> None:
@@ -139,3 +169,30 @@ def test_mine_of_many_fits_teams() -> None:
     card = mine_card(many, CTX, who="ALAIN")
     assert_teams_card(card)
     assert any(t.startswith("and ") and t.endswith("more documents") for t in texts(card))
+
+
+def test_the_claim_button_and_who_is_on_it() -> None:
+    assert [(a["title"], a["verb"]) for a in claimable()["actions"] if a["type"] == "Action.Execute"] == [
+        ("I'm on it", "claim")]
+    card = claimed()
+    assert [(a["title"], a["verb"]) for a in card["actions"] if a["type"] == "Action.Execute"] == [
+        ("Release", "release")]
+    assert f"Megan Bowen is on it since 12:00{NBSP}PM" in texts(card)  # 12:00 CET, an hour before NOW (13:00 CET)
+    assert "actions" not in record_card(order(), EventType.NEW, CTX) or all(
+        a["type"] == "Action.OpenUrl" for a in record_card(order(), EventType.NEW, CTX)["actions"])
+
+
+def test_no_claim_button_once_the_document_left() -> None:
+    claim = Claim(order().record_id, "aad-megan", "Megan Bowen", NOW)
+    card = record_card(order(state="Released"), EventType.RESOLVED, CTX, claimable=True, claim=claim)
+    assert all(a["type"] == "Action.OpenUrl" for a in card.get("actions", []))
+    assert not [t for t in texts(card) if "is on it" in t]
+
+
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(record=hostile_records(), name=hostile_text)
+def test_a_hostile_holder_name_stays_inert(record, name: str) -> None:
+    card = record_card(record, EventType.NEW, CTX, claimable=True, claim=Claim(record.record_id, "x", name, NOW))
+    assert_valid_with_actions(card)
+    assert_inert(without_host_extension(card), {a["url"] for a in card.get("actions", [])
+                                                if a["type"] == "Action.OpenUrl"})
