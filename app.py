@@ -118,6 +118,7 @@ class Service:
         from bot.commands import Commands
         from bot.delivery import CardRenderer, DeliveryWorker
         from bot.inbound import RejectedRequests
+        from bot.reminders import Reminders
         from bot.teams import BotConfig, NotifierBot, SigningKeys, TeamsSender, make_adapter
         from pollers.engine import Poller
         from pollers.sources import build_sources
@@ -162,8 +163,12 @@ class Service:
         if settings.bot.owners_are_admins and creds.bot_app_id and creds.bot_app_password:
             owner_check = GraphOwnerCheck(creds.bot_app_id, creds.bot_app_password)
         self.commands = Commands(db, self, AdminPolicy(settings.bot.admins, owner_check), people=settings.people)
+        self.reminders = Reminders(db, self._send_reminder, settings.people, timezone=settings.service.timezone,
+                                   holidays=settings.schedule.holidays, card_context=self.card_context,
+                                   link=self._linked)
         self.bot = NotifierBot(db, self.commands, welcome=settings.bot.welcome,
-                               actions=CardActions(db, self.render_record_card, now=self.clock.time))
+                               actions=CardActions(db, self.render_record_card, now=self.clock.time,
+                                                   snooze_until=self.reminders.snooze_until))
         self.scheduler = None
         self._tasks: list[asyncio.Task] = []
         # one lock per source: a source stuck in a long listing never holds up the others
@@ -206,6 +211,9 @@ class Service:
                            next_approver=await self._next_approver(d.record), claimable=True,
                            claim=await self.claims.get(d.record_id))
         return card, card.get("fallbackText", d.record.number)
+
+    async def _send_reminder(self, conversation_id: str, card: dict, text: str) -> bool:
+        return await self.worker.send_card(conversation_id, card, text, what="reminder")
 
     async def render_record_card(self, record_id: str) -> dict | None:
         """A record's card as its latest event shows it, with who is on it now (card actions answer with it)."""
@@ -501,6 +509,8 @@ class Service:
                                            misfire_grace_time=300, next_run_time=datetime.now(self.tz))
             self.scheduler.start()
             self._tasks.append(asyncio.create_task(self.worker.run(), name="delivery-worker"))
+            if self.settings.people.remind_at:
+                self._tasks.append(asyncio.create_task(self._reminding(), name="reminders"))
             self._tasks.append(asyncio.create_task(self.validate_sources(), name="validate-sources"))
         await self.audit.record("system", "service started", "ok", version=VERSION,
                                 auth="off (development)" if self.bot_config.auth_disabled else "on")
@@ -533,6 +543,15 @@ class Service:
                 await self.housekeep()
             except sqlite3.Error as exc:  # a full disk, say: try again next round
                 log.warning("housekeeping failed: %s", exc)
+
+    async def _reminding(self) -> None:
+        """Reminder digests: the slot due now is looked for once a minute (each is sent once)."""
+        while True:
+            try:
+                await self.reminders.run_due(self.clock.time())
+            except sqlite3.Error as exc:
+                log.warning("reminders failed: %s", exc)
+            await asyncio.sleep(60)
 
     async def stop(self) -> None:
         if self._stopped:

@@ -11,8 +11,9 @@ from typing import Any
 
 from bot.authz import Actor
 from cards.claims import CLAIM, RELEASE
+from cards.reminders import SNOOZE
 from store.db import Database
-from store.people import Claims
+from store.people import Claims, ReminderStore
 from store.repos import AuditLog
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,20 @@ class CardActions:
     """Runs one card action and answers with the refreshed card; every attempt is audited."""
 
     def __init__(self, db: Database, render: Callable[[str], Awaitable[dict[str, Any] | None]], *,
-                 now: Callable[[], float] = time.time) -> None:
+                 now: Callable[[], float] = time.time,
+                 snooze_until: Callable[[float], float] | None = None) -> None:
         self.db = db
         self.render = render  # record id -> its card now (None: no such record)
+        self.now = now
+        self.snooze_until = snooze_until  # now -> when "remind me tomorrow" ends
+        self.reminders = ReminderStore(db)
         self.claims = Claims(db, now)
         self.audit = AuditLog(db, now)
 
     async def run(self, channel_id: str, actor: Actor, verb: Any, data: Any) -> ActionResult:
         record_id = data.get("record_id") if isinstance(data, dict) else None
+        if verb == SNOOZE and self.snooze_until is not None and isinstance(record_id, str) and len(record_id) <= 300:
+            return await self._snooze(channel_id, actor, record_id)
         if verb not in (CLAIM, RELEASE) or not isinstance(record_id, str) or len(record_id) > 300:
             await self.audit.record("people", "card action", "error", channel_id=channel_id, actor=actor.label,
                                     verb=str(verb)[:40], problem="unknown action")
@@ -70,3 +77,14 @@ class CardActions:
         else:
             message = "Nobody is on it."
         return ActionResult(ActionOutcome.OK if ok else ActionOutcome.DENIED, message, await self.render(record_id))
+
+    async def _snooze(self, channel_id: str, actor: Actor, record_id: str) -> ActionResult:
+        """'Remind me tomorrow' on a reminder: this person's reminders leave the document out until then."""
+        assert self.snooze_until is not None
+        user = (actor.aad_object_id or "").lower() or actor.id
+        until = self.snooze_until(self.now())
+        async with self.db.transaction() as conn:
+            await self.reminders.snooze(conn, user, record_id, until)
+            await self.audit.add(conn, "people", "reminder snoozed", "ok", channel_id=channel_id,
+                                 actor=actor.label, record_id=record_id, until=until)
+        return ActionResult(ActionOutcome.OK, "Fine: I will remind you about it tomorrow.")

@@ -302,6 +302,31 @@ class DeliveryWorker:
             self.metrics.inc("notifier_deliveries_total", len(work), outcome="failed")
             return True
 
+    async def send_card(self, channel_id: str, card: dict[str, Any], text: str, *, what: str) -> bool:
+        """Post one card outside the outbox (a reminder), under the same pacing; audited as delivery `what`.
+
+        False when it was not sent: the conversation is unknown, inactive, paused or in quiet hours, or
+        Teams refused it (403/404 "gone" deactivates the conversation, as for outbox deliveries).
+        """
+        channel = await self.channels.get(channel_id)
+        if channel is None or not channel.active or channel.paused or self.in_quiet_hours(channel):
+            return False
+        await self._pace(channel_id)
+        try:
+            posted = await self.sender.post(channel, card, text)
+        except SendError as err:
+            gone = classify(err) is Outcome.GONE
+            async with self.db.transaction() as conn:
+                if gone:
+                    await self.channels.set_active(conn, channel_id, False, err.code or f"HTTP {err.status}")
+                await self.audit.add(conn, "delivery", what, "failed", channel_id=channel_id, status=err.status,
+                                     code=err.code, deactivated=gone)
+            return False
+        await self.audit.record("delivery", what, "ok", channel_id=channel_id, status=200,
+                                activity=posted.activity_id)
+        self.metrics.inc("notifier_delivery_messages_total", 1, "Messages posted or updated in Teams", op=what)
+        return True
+
     async def _audit(self, conn: Any, d: Delivery, outcome: str, **detail: Any) -> None:
         await self.audit.add(conn, "delivery", f"{d.event_type.value} {detail.pop('op', 'send')}", outcome,
                              channel_id=d.channel_id, company=d.record.company, record_id=d.record_id,

@@ -100,6 +100,9 @@ class ScheduleSettings:
 class PeopleSettings:
     require_approval: bool = False  # a self-service `link me` waits for an admin's `people confirm`
     personal: bool = True  # mapped approvers get a personal card when a document reaches their step
+    remind_at: tuple[str, ...] = ()  # "09:00": reminder digests on business days ([schedule] holidays)
+    remind_after_days: float = 3.0  # remind of documents pending longer than this ...
+    remind_due_within_days: int = 2  # ... or due within this many days (or overdue)
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,11 @@ class Settings:
                 parse_span(key, value)
         for i, at in enumerate(self.schedule.daily_at):
             parse_hhmm(f"schedule.daily_at[{i}]", at)
+        for i, at in enumerate(self.people.remind_at):
+            parse_hhmm(f"people.remind_at[{i}]", at)
+        if self.people.remind_after_days < 0 or self.people.remind_due_within_days < 0:
+            raise ConfigError("people.remind_after_days" if self.people.remind_after_days < 0
+                              else "people.remind_due_within_days", "must not be negative")
         return self
 
 

@@ -154,4 +154,13 @@ MIGRATIONS: list[str] = [
         at REAL NOT NULL
     )
     """,
+    # 6: "remind me tomorrow": a document left out of one person's reminders until a time
+    """
+    CREATE TABLE snoozes (
+        user_id TEXT NOT NULL,            -- Entra object id (or 29: id)
+        record_id TEXT NOT NULL,
+        until REAL NOT NULL,              -- unix time; reminders before it leave the document out
+        PRIMARY KEY (user_id, record_id)
+    ) WITHOUT ROWID
+    """,
 ]

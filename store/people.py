@@ -177,3 +177,40 @@ class Claims:
         row = await self._db.fetchone("SELECT type, record, previous_state FROM events WHERE record_id = ?"
                                       " ORDER BY id DESC LIMIT 1", (record_id,))
         return (EventType(row[0]), load_record(row[1]), row[2]) if row else None
+
+
+class ReminderStore:
+    """What reminders read (pending documents and since when) and write (snoozes, the last reminder slot)."""
+
+    SLOT = "reminders.last_slot"  # meta row: the last reminder slot sent ("YYYY-MM-DD HH:MM", local)
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def pending(self) -> list[tuple[FinanceRecord, float]]:
+        """Every pending document with the time it was first seen pending."""
+        rows = await self._db.fetchall("SELECT e.record, s.first_seen FROM seen s JOIN events e ON e.id = s.event_id")
+        return [(load_record(r[0]), float(r[1])) for r in rows]
+
+    async def snoozed(self, user_id: str, at: float) -> set[str]:
+        rows = await self._db.fetchall("SELECT record_id FROM snoozes WHERE user_id = ? AND until > ?",
+                                       (user_id, at))
+        return {r[0] for r in rows}
+
+    async def snooze(self, conn: aiosqlite.Connection, user_id: str, record_id: str, until: float) -> None:
+        await conn.execute("INSERT INTO snoozes (user_id, record_id, until) VALUES (?, ?, ?) ON CONFLICT"
+                           " (user_id, record_id) DO UPDATE SET until = excluded.until", (user_id, record_id, until))
+
+    async def take_slot(self, slot: str) -> bool:
+        """Mark `slot` as sent unless it (or a later one) already was: True for the one caller that sends it.
+
+        Marked before sending, so a crash mid-way skips the rest of a reminder rather than repeating it.
+        """
+        async with self._db.transaction() as conn:
+            async with conn.execute("SELECT value FROM meta WHERE name = ?", (self.SLOT,)) as cur:
+                row = await cur.fetchone()
+            if row is not None and row[0] >= slot:
+                return False
+            await conn.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET"
+                               " value = excluded.value", (self.SLOT, slot))
+        return True

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from cards import record_card
 from cards.mentions import mention_text
 from cards.people import mine_card
-from cards.text import NBSP
+from cards.reminders import reminder_card
+from cards.text import NBSP, safe_url
 from core.domain import ApprovalStep, EventType
 from core.people import Claim, Mention, next_approver
 from tests.test_cards import (
@@ -81,7 +82,13 @@ def claimed() -> dict[str, Any]:
     return record_card(order(), EventType.CHANGED, CTX, claimable=True, claim=claim)
 
 
+def reminder(snooze: bool) -> dict[str, Any]:
+    records = [order(), invoice(), invoice(number="106", key="Company=10^InvoiceId=106", due_date=date(2026, 3, 1))]
+    return reminder_card(records, CTX, title="Reminder: waiting for you" if snooze else "Reminder", snooze=snooze)
+
+
 GOLDEN_CARDS = {"people_order_mention": mentioned_order, "people_mine": mine,
+                "people_reminder_personal": lambda: reminder(True), "people_reminder_channel": lambda: reminder(False),
                 "people_mine_empty": lambda: mine_card([], CTX, who="ALAIN"),
                 "people_order_claimable": claimable, "people_order_claimed": claimed}
 ACTIONS = {"Action.Execute", "Action.Submit"}
@@ -92,8 +99,15 @@ def assert_valid_with_actions(card: dict[str, Any]) -> None:
     card = without_host_extension(card)
     errors = sorted(VALIDATOR.iter_errors(card), key=lambda e: list(e.path))
     assert not errors, [f"{list(e.path)}: {e.message[:200]}" for e in errors]
-    rest = dict(card, actions=[a for a in card.get("actions", []) if a["type"] not in ACTIONS])
+    rest = dict(card, actions=[a for a in card.get("actions", []) if a["type"] not in ACTIONS],
+                body=[b for b in card["body"] if b["type"] != "ActionSet"])
+    if not rest["actions"]:
+        del rest["actions"]
     assert_teams_card(rest)
+    for block in card["body"]:
+        if block["type"] == "ActionSet":
+            assert [a["type"] for a in block["actions"]] == ["Action.Submit"]
+            assert set(block["actions"][0]["data"]) == {"verb", "record_id"}
     for action in card.get("actions", []):
         if action["type"] == "Action.Execute":
             assert action["verb"] in ("claim", "release") and set(action["data"]) == {"record_id"}
@@ -196,3 +210,12 @@ def test_a_hostile_holder_name_stays_inert(record, name: str) -> None:
     assert_valid_with_actions(card)
     assert_inert(without_host_extension(card), {a["url"] for a in card.get("actions", [])
                                                 if a["type"] == "Action.OpenUrl"})
+
+
+@settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=st.lists(hostile_records(), max_size=8))
+def test_hostile_records_in_reminders_and_mine_stay_inert(records) -> None:
+    allowed = {safe_url(r.deep_link) for r in records} - {None}
+    for card in (reminder_card(records, CTX, title="Reminder", snooze=True), mine_card(records, CTX, who="X")):
+        assert_valid_with_actions(card)
+        assert_inert(card, allowed)
