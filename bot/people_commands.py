@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from bot.commands import CommandCall, Commands, Reply, command
 from cards.people import mine_card
@@ -87,9 +88,12 @@ async def _link_me(cmds: Commands, call: CommandCall) -> Reply:
                     created_by=actor.label)
     async with cmds.db.transaction() as conn:
         await people.put(conn, person)
+        queued = await people.backfill_personal(conn, person) if cmds.people_settings.personal else 0
         await cmds.audit.add(conn, "people", "person link requested" if confirm else "person linked", "ok",
                              channel_id=call.channel_id, actor=actor.label, ifs_user=user,
-                             status=person.status.value)
+                             status=person.status.value, backfilled=queued)
+    if queued:
+        cmds.runtime.wake_delivery()
     if confirm:
         return Reply(f"Thanks. An admin has to confirm that you are IFS user {user}; until then I will not"
                      " mention you or send you approvals.")
@@ -161,12 +165,15 @@ async def _people_cmd(cmds: Commands, call: CommandCall) -> Reply:
     async with cmds.db.transaction() as conn:
         if action == "confirm":
             await people.set_status(conn, user, PersonStatus.ACTIVE)
+            if cmds.people_settings.personal:
+                await people.backfill_personal(conn, replace(person, status=PersonStatus.ACTIVE))
         else:
             await people.remove(conn, [user])
         await cmds.audit.add(conn, "people", {"remove": "person removed", "confirm": "person confirmed",
                                               "refuse": "person refused"}[action], "ok",
                              channel_id=call.channel_id, actor=call.actor.label, ifs_user=user)
     name = inert(person.name, 60)
+    cmds.runtime.wake_delivery()
     return Reply({"remove": f"Removed: IFS user {user} is no longer linked to {name}.",
                   "confirm": f"Confirmed: {name} is IFS user {user}.",
                   "refuse": f"Refused: {name} is not linked to IFS user {user}."}[action])

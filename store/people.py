@@ -138,6 +138,20 @@ class People:
             log.info("queued %d personal deliveries", queued)
         return queued
 
+    async def backfill_personal(self, conn: aiosqlite.Connection, person: Person) -> int:
+        """Queue a personal card for every pending document already waiting for a newly linked approver."""
+        if not (person.active and person.personal and person.conversation_id):
+            return 0
+        async with conn.execute("SELECT e.id, e.record_id, e.record FROM seen s JOIN events e ON e.id = s.event_id"
+                                ) as cur:
+            rows = [r for r in await cur.fetchall() if next_approver(load_record(r[2])) == person.ifs_user]
+        now = self._now()
+        cur = await conn.executemany(
+            "INSERT OR IGNORE INTO deliveries (event_id, channel_id, record_id, event_type, next_at, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(r[0], person.conversation_id, r[1], EventType.NEW.value, now, now) for r in rows])
+        return max(cur.rowcount, 0) if rows else 0
+
     async def waiting_for(self, ifs_users: Iterable[str]) -> list[FinanceRecord]:
         """Pending documents whose next open approval line belongs to one of these IFS users."""
         wanted = set(ifs_users)

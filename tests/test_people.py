@@ -246,6 +246,21 @@ async def test_the_next_approver_is_mentioned_and_gets_one_personal_card_updated
     assert mention_lines(channel_card(connector, first["OrderNo"])) == ["Next approver: <at>Megan Bowen</at>"]
 
 
+async def test_linking_later_brings_what_already_waits(ifs, connector, service_factory):
+    svc = await service_factory()
+    await linked(svc, connector, ifs)
+    [order] = orders_with_approvers(ifs, ("ALAIN",))
+    await svc.poll_once()
+    await svc.worker.run_once()
+    assert record_cards(connector, ALEX) == {}
+
+    await tell(svc, connector, ALEX, "link me ALAIN")
+    await svc.worker.run_once()
+    [card] = record_cards(connector, ALEX).values()
+    assert order["OrderNo"] in card["fallbackText"]
+    assert (await svc.audit.recent(limit=1, category="people"))[0].detail["backfilled"] == 1
+
+
 async def test_personal_cards_respect_personal_off_and_the_setting(ifs, connector, service_factory):
     svc = await service_factory(extra="\n[people]\npersonal = false\n")
     await linked(svc, connector, ifs)
