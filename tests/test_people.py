@@ -97,8 +97,17 @@ def orders_with_approvers(ifs, *wanted: tuple[str, ...]) -> list[dict[str, Any]]
     return found
 
 
-def first_approver_of(ifs, order: dict[str, Any]) -> str:
-    return ifs.nav_rows("order", {"OrderNo": order["OrderNo"]})[0]["AuthorizeId"]
+async def alain_waits(svc, connector, ifs, *then: str) -> dict[str, Any]:
+    """The channel linked to company 10, an order waiting for ALAIN, Alex linked as ALAIN (then says
+    `then` in his personal chat), one poll and one delivery round; returns the order."""
+    await linked(svc, connector, ifs)
+    [order] = orders_with_approvers(ifs, ("ALAIN",))
+    await tell(svc, connector, ALEX, "link me ALAIN")
+    for text in then:
+        await tell(svc, connector, ALEX, text)
+    await svc.poll_once()
+    await svc.worker.run_once()
+    return order
 
 
 def channel_card(connector: ConnectorStandIn, number: str) -> dict[str, Any]:
@@ -263,33 +272,20 @@ async def test_linking_later_brings_what_already_waits(ifs, connector, service_f
 
 async def test_personal_cards_respect_personal_off_and_the_setting(ifs, connector, service_factory):
     svc = await service_factory(extra="\n[people]\npersonal = false\n")
-    await linked(svc, connector, ifs)
-    orders_with_approvers(ifs, ("ALAIN",))
-    await tell(svc, connector, ALEX, "link me ALAIN")
-    await svc.poll_once()
-    await svc.worker.run_once()
+    await alain_waits(svc, connector, ifs)
     assert record_cards(connector, ALEX) == {}
     assert any(mention_lines(c) for c in connector.cards(CHANNEL).values())  # mentions do not depend on it
 
 
 async def test_personal_off_stops_new_personal_cards(ifs, connector, service_factory):
     svc = await service_factory()
-    await linked(svc, connector, ifs)
-    orders_with_approvers(ifs, ("ALAIN",))
-    await tell(svc, connector, ALEX, "link me ALAIN")
-    await tell(svc, connector, ALEX, "personal off")
-    await svc.poll_once()
-    await svc.worker.run_once()
+    await alain_waits(svc, connector, ifs, "personal off")
     assert record_cards(connector, ALEX) == {}
 
 
 async def test_a_pending_link_is_never_mentioned(ifs, connector, service_factory):
     svc = await service_factory(extra="\n[people]\nrequire_approval = true\n")
-    await linked(svc, connector, ifs)
-    orders_with_approvers(ifs, ("ALAIN",))
-    await tell(svc, connector, ALEX, "link me ALAIN")
-    await svc.poll_once()
-    await svc.worker.run_once()
+    await alain_waits(svc, connector, ifs)
     assert not any(mention_lines(c) for c in connector.cards(CHANNEL).values())
     assert record_cards(connector, ALEX) == {}
 

@@ -17,9 +17,11 @@ from core.clock import FakeClock
 from core.domain import FinanceRecord, RecordKind
 from core.settings import PeopleSettings, load_settings
 from simulator.connector import ConnectorStandIn
+from tests import test_people
 from tests.conftest import CHANNEL, IFS_SECRETS, post_activity, write_config
-from tests.test_bot_commands import linked
-from tests.test_people import ALEX, chat_messages, orders_with_approvers, tell
+from tests.test_people import ALEX, alain_waits, chat_messages
+
+connector = test_people.connector  # the stand-in without Teams' per-thread limits
 
 # Europe/Stockholm moves to summer time on Sunday 2027-03-28: 09:00 is 08:00 UTC before, 07:00 UTC after.
 FRI_0859 = datetime(2027, 3, 26, 7, 59, tzinfo=UTC).timestamp()
@@ -38,14 +40,6 @@ remind_at = ["09:00"]
 [schedule]
 holidays = [2027-03-30]
 """
-
-
-@pytest.fixture
-async def connector():
-    stand_in = ConnectorStandIn(enforce_limits=False)
-    await stand_in.start()
-    yield stand_in
-    await stand_in.stop()
 
 
 @pytest.fixture
@@ -69,9 +63,9 @@ async def clocked(tmp_path, ifs):
         await svc.db.close()
 
 
-def reminders_in(connector: ConnectorStandIn, conversation: str) -> list[dict[str, Any]]:
+def reminders_in(stand_in: ConnectorStandIn, conversation: str) -> list[dict[str, Any]]:
     out = []
-    for a in connector.posts(conversation):
+    for a in stand_in.posts(conversation):
         for att in a.activity.get("attachments") or []:
             if att["content"].get("fallbackText", "").startswith("Reminder: "):
                 out.append(att["content"])
@@ -85,11 +79,7 @@ async def at(svc, clock: FakeClock, when: float) -> int:
 
 async def test_reminders_at_nine_local_time_on_business_days_only(ifs, connector, clocked):
     svc, clock = await clocked(REMINDERS, FRI_0859)
-    await linked(svc, connector, ifs)
-    [order] = orders_with_approvers(ifs, ("ALAIN",))
-    await tell(svc, connector, ALEX, "link me ALAIN")
-    await svc.poll_once()
-    await svc.worker.run_once()
+    order = await alain_waits(svc, connector, ifs)
 
     assert await at(svc, clock, FRI_0859) == 0
     assert await at(svc, clock, FRI_0900) == 2  # the channel and Alex
@@ -116,11 +106,7 @@ async def test_reminders_at_nine_local_time_on_business_days_only(ifs, connector
 
 async def test_snooze_suppresses_exactly_one_reminder(ifs, connector, clocked):
     svc, clock = await clocked(REMINDERS.replace('["09:00"]', '["09:00", "14:00"]'), MON_0859)
-    await linked(svc, connector, ifs)
-    [order] = orders_with_approvers(ifs, ("ALAIN",))
-    await tell(svc, connector, ALEX, "link me ALAIN")
-    await svc.poll_once()
-    await svc.worker.run_once()
+    order = await alain_waits(svc, connector, ifs)
     assert await at(svc, clock, MON_0900) == 2
     [reminder] = reminders_in(connector, ALEX.chat)
     [button] = [a for b in reminder["body"] if b["type"] == "ActionSet" for a in b["actions"]]
