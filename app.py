@@ -168,7 +168,8 @@ class Service:
                                    link=self._linked)
         self.bot = NotifierBot(db, self.commands, welcome=settings.bot.welcome,
                                actions=CardActions(db, self.render_record_card, now=self.clock.time,
-                                                   snooze_until=self.reminders.snooze_until))
+                                                   snooze_until=self.reminders.snooze_until,
+                                                   refresh=self._refresh_cards))
         self.scheduler = None
         self._tasks: list[asyncio.Task] = []
         # one lock per source: a source stuck in a long listing never holds up the others
@@ -214,6 +215,18 @@ class Service:
 
     async def _send_reminder(self, conversation_id: str, card: dict, text: str) -> bool:
         return await self.worker.send_card(conversation_id, card, text, what="reminder")
+
+    async def _refresh_cards(self, record_id: str, clicked: str) -> int:
+        """Update a record's cards in every other conversation (who is on it), paced like deliveries."""
+        card = await self.render_record_card(record_id)
+        if card is None:
+            return 0
+        updated = 0
+        for conversation, posted in await self.claims.cards_of(record_id):
+            if conversation != clicked:
+                updated += await self.worker.update_card(conversation, posted, card, card["fallbackText"],
+                                                         what="card refresh")
+        return updated
 
     async def render_record_card(self, record_id: str) -> dict | None:
         """A record's card as its latest event shows it, with who is on it now (card actions answer with it)."""

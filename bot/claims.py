@@ -37,8 +37,10 @@ class CardActions:
 
     def __init__(self, db: Database, render: Callable[[str], Awaitable[dict[str, Any] | None]], *,
                  now: Callable[[], float] = time.time,
-                 snooze_until: Callable[[float], float] | None = None) -> None:
+                 snooze_until: Callable[[float], float] | None = None,
+                 refresh: Callable[[str, str], Awaitable[int]] | None = None) -> None:
         self.db = db
+        self.refresh = refresh  # (record id, clicked conversation) -> its other cards updated
         self.render = render  # record id -> its card now (None: no such record)
         self.now = now
         self.snooze_until = snooze_until  # now -> when "remind me tomorrow" ends
@@ -70,6 +72,9 @@ class CardActions:
             await self.audit.add(conn, "people", action, "ok" if ok else "denied", channel_id=channel_id,
                                  actor=actor.label, record_id=record_id)
         holder = await self.claims.get(record_id)
+        if ok and self.refresh is not None:
+            # the clicked card is answered (and updated) by the caller; the same document's cards elsewhere here
+            await self.refresh(record_id, channel_id)
         if ok:
             message = "You are on it." if verb == CLAIM else "Released."
         elif holder is not None:

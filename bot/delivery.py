@@ -308,12 +308,24 @@ class DeliveryWorker:
         False when it was not sent: the conversation is unknown, inactive, paused or in quiet hours, or
         Teams refused it (403/404 "gone" deactivates the conversation, as for outbox deliveries).
         """
+        return await self._one_off(channel_id, what, lambda ch: self.sender.post(ch, card, text))
+
+    async def update_card(self, channel_id: str, posted: PostedCard, card: dict[str, Any], text: str, *,
+                          what: str) -> bool:
+        """Update one posted card outside the outbox (who is on it), like send_card."""
+        async def update(channel: ChannelRef) -> PostedCard:
+            await self.sender.update(channel, posted, card, text)
+            return posted
+        return await self._one_off(channel_id, what, update)
+
+    async def _one_off(self, channel_id: str, what: str,
+                       call: Callable[[ChannelRef], Awaitable[PostedCard]]) -> bool:
         channel = await self.channels.get(channel_id)
         if channel is None or not channel.active or channel.paused or self.in_quiet_hours(channel):
             return False
         await self._pace(channel_id)
         try:
-            posted = await self.sender.post(channel, card, text)
+            posted = await call(channel)
         except SendError as err:
             gone = classify(err) is Outcome.GONE
             async with self.db.transaction() as conn:

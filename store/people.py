@@ -9,7 +9,7 @@ from typing import Any
 
 import aiosqlite
 
-from core.domain import EventType, FinanceRecord
+from core.domain import EventType, FinanceRecord, PostedCard
 from core.people import Claim, Person, PersonStatus, next_approver
 from store.db import Database
 from store.repos import load_record
@@ -185,6 +185,12 @@ class Claims:
     async def release(self, conn: aiosqlite.Connection, record_id: str, user_id: str) -> bool:
         cur = await conn.execute("DELETE FROM claims WHERE record_id = ? AND user_id = ?", (record_id, user_id))
         return cur.rowcount > 0
+
+    async def cards_of(self, record_id: str) -> list[tuple[str, PostedCard]]:
+        """Every conversation showing a card of this record, with where the card is."""
+        rows = await self._db.fetchall("SELECT channel_id, conversation_id, activity_id FROM cards WHERE record_id = ?"
+                                       " ORDER BY channel_id", (record_id,))
+        return [(r[0], PostedCard(r[1], r[2])) for r in rows]
 
     async def latest(self, record_id: str) -> tuple[EventType, FinanceRecord, str | None] | None:
         """The record's latest event (type, record as then, state before): what its cards show."""

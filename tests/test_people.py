@@ -434,6 +434,26 @@ async def test_im_on_it_first_wins_the_second_sees_who_has_it(ifs, connector, se
     assert (await svc.audit.recent(limit=1, category="people"))[0].action == "document released"
 
 
+async def test_a_claim_refreshes_the_documents_cards_in_other_conversations(ifs, connector, service_factory):
+    svc = await service_factory()
+    order = await alain_waits(svc, connector, ifs)
+    other = "19:other-channel@thread.tacv2"
+    await say(svc, connector, "link company 10", channel=other)
+    await svc.worker.run_once()
+    [(root, _)] = [(r, c) for r, c in connector.cards(CHANNEL).items() if order["OrderNo"] in c["fallbackText"]]
+    record_id = f"order:10:OrderNo={order['OrderNo']}"
+
+    await press(svc, card_action("claim", record_id, connector.service_url, root, user="29:megan",
+                                 aad="aad-megan", name="Megan Bowen"))
+
+    elsewhere = [c for c in [*connector.cards(other).values(), *record_cards(connector, ALEX).values()]
+                 if order["OrderNo"] in c["fallbackText"]]
+    assert len(elsewhere) == 2  # the other channel's card and Alex's personal one
+    assert all(claim_lines(c)[0].startswith("Megan Bowen is on it since ") for c in elsewhere)
+    refreshed = [r for r in await svc.audit.recent(limit=10, category="delivery") if r.action == "card refresh"]
+    assert sorted(r.channel_id for r in refreshed) == sorted([other, ALEX.chat])
+
+
 async def test_the_submit_fallback_claims_too_and_later_updates_keep_the_claim(ifs, connector, service_factory):
     svc = await service_factory()
     await linked(svc, connector, ifs)
