@@ -35,6 +35,7 @@ from store.audit import AuditLog
 from store.bindings import Bindings
 from store.db import Database, open_database, owner_only
 from store.outbox import Outbox
+from store.people import Claims, People
 from store.seen import Seen
 from store.vault import KNOWN_SECRETS, KeyRing, Vault
 
@@ -118,9 +119,11 @@ class Service:
     def __init__(self, settings: Settings, db: Database, vault: Vault, creds: Credentials, *,
                  service_url_override: str | None = None, clock: Clock | None = None) -> None:
         from bot.authz import AdminPolicy, GraphOwnerCheck
+        from bot.claims import CardActions
         from bot.commands import Commands
         from bot.delivery import CardRenderer, DeliveryWorker
         from bot.inbound import RejectedRequests
+        from bot.reminders import Reminders
         from bot.teams import BotConfig, NotifierBot, SigningKeys, TeamsSender, make_adapter
         from pollers.engine import Poller
         from pollers.sources import build_sources
@@ -142,6 +145,8 @@ class Service:
         self.rejections = RejectedRequests(self.audit, self.clock)
         self._next_prune = 0.0
         self.bindings = Bindings(db)
+        self.people = People(db)
+        self.claims = Claims(db)
         self.tenant = TenantSchema(self.ifs, self.sources)
         self.load = IfsLoad()
         self.poller = Poller(client=self.ifs, sources=self.sources, seen=Seen(db), bindings=self.bindings,
@@ -163,8 +168,14 @@ class Service:
         owner_check = None
         if settings.bot.owners_are_admins and creds.bot_app_id and creds.bot_app_password:
             owner_check = GraphOwnerCheck(creds.bot_app_id, creds.bot_app_password)
-        self.commands = Commands(db, self, AdminPolicy(settings.bot.admins, owner_check))
-        self.bot = NotifierBot(db, self.commands, welcome=settings.bot.welcome)
+        self.commands = Commands(db, self, AdminPolicy(settings.bot.admins, owner_check), people=settings.people)
+        self.reminders = Reminders(db, self._send_reminder, settings.people, timezone=settings.service.timezone,
+                                   holidays=settings.schedule.holidays, card_context=self.card_context,
+                                   link=self._linked)
+        self.bot = NotifierBot(db, self.commands, welcome=settings.bot.welcome,
+                               actions=CardActions(db, self.render_record_card, now=self.clock.time,
+                                                   snooze_until=self.reminders.snooze_until,
+                                                   refresh=self._refresh_cards))
         self.scheduler = None
         self._tasks: list[asyncio.Task] = []
         # one lock per source: a source stuck in a long listing never holds up the others
@@ -187,11 +198,53 @@ class Service:
             return record
         return replace(record, deep_link=self.poller.mapper(record.kind).link_for(record))
 
-    def _render_record(self, d) -> tuple[dict, str]:
+    def link_record(self, record):
+        return self._linked(record)
+
+    async def _next_approver(self, record):
+        """The Teams user to mention for the record's next open approval line: confirmed mappings only."""
+        from core.people import Mention, next_approver
+
+        who = next_approver(record)
+        person = await self.people.get(who) if who else None
+        if person is None or not person.active or not person.mention_id:
+            return None
+        return Mention(id=person.mention_id, name=person.name)
+
+    async def _render_record(self, d) -> tuple[dict, str]:
         from cards import record_card
 
-        card = record_card(self._linked(d.record), d.event_type, self.card_context(), previous_state=d.previous_state)
+        card = record_card(self._linked(d.record), d.event_type, self.card_context(), previous_state=d.previous_state,
+                           next_approver=await self._next_approver(d.record), claimable=True,
+                           claim=await self.claims.get(d.record_id))
         return card, card.get("fallbackText", d.record.number)
+
+    async def _send_reminder(self, conversation_id: str, card: dict, text: str) -> bool:
+        return await self.worker.send_card(conversation_id, card, text, what="reminder")
+
+    async def _refresh_cards(self, record_id: str, clicked: str) -> int:
+        """Update a record's cards in every other conversation (who is on it), paced like deliveries."""
+        card = await self.render_record_card(record_id)
+        if card is None:
+            return 0
+        updated = 0
+        for conversation, posted in await self.claims.cards_of(record_id):
+            if conversation != clicked:
+                updated += await self.worker.update_card(conversation, posted, card, card["fallbackText"],
+                                                         what="card refresh")
+        return updated
+
+    async def render_record_card(self, record_id: str) -> dict | None:
+        """A record's card as its latest event shows it, with who is on it now (card actions answer with it)."""
+        from cards import record_card
+
+        latest = await self.claims.latest(record_id)
+        if latest is None:
+            return None
+        event, record, previous = latest
+        return record_card(self._linked(record), event, self.card_context(), previous_state=previous,
+                           next_approver=await self._next_approver(record), claimable=True,
+                           claim=await self.claims.get(record_id))
 
     def _render_digest(self, ds) -> tuple[dict, str]:
         from cards import digest_card
@@ -322,6 +375,9 @@ class Service:
                     self.metrics.inc("notifier_events_total", getattr(result, etype), type=etype, source=kind.value)
                 if result.bad:
                     self.metrics.inc("notifier_bad_rows_total", result.bad, source=kind.value)
+            # the poll's events also go to the personal chats of the approvers they wait for
+            while await self.people.route_personal(enabled=self.settings.people.personal):
+                pass
         self.worker.wake()
         return results
 
@@ -481,6 +537,8 @@ class Service:
                                            misfire_grace_time=300, next_run_time=datetime.now(self.tz))
             self.scheduler.start()
             self._tasks.append(asyncio.create_task(self.worker.run(), name="delivery-worker"))
+            if self.settings.people.remind_at:
+                self._tasks.append(asyncio.create_task(self._reminding(), name="reminders"))
             self._tasks.append(asyncio.create_task(self.validate_sources(), name="validate-sources"))
         await self.audit.record("system", "service started", "ok", version=VERSION,
                                 auth="off (development)" if self.bot_config.auth_disabled else "on")
@@ -513,6 +571,15 @@ class Service:
                 await self.housekeep()
             except sqlite3.Error as exc:  # a full disk, say: try again next round
                 log.warning("housekeeping failed: %s", exc)
+
+    async def _reminding(self) -> None:
+        """Reminder digests: the slot due now is looked for once a minute (each is sent once)."""
+        while True:
+            try:
+                await self.reminders.run_due(self.clock.time())
+            except sqlite3.Error as exc:
+                log.warning("reminders failed: %s", exc)
+            await asyncio.sleep(60)
 
     async def stop(self) -> None:
         if self._stopped:
@@ -765,6 +832,22 @@ async def cmd_bindings(settings: Settings, args: argparse.Namespace) -> int:
         await db.close()
 
 
+async def cmd_people(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.people_io import export_people, import_people
+
+    if args.action == "import":  # read (and fail on a missing file) before the database is opened
+        raw = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    db = await open_database(settings.service.database)
+    try:
+        if args.action == "export":
+            sys.stdout.write(await export_people(db))
+        else:
+            print(f"imported {await import_people(db, raw, actor='cli')} people")
+        return 0
+    finally:
+        await db.close()
+
+
 async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     db = await open_database(settings.service.database)
     try:
@@ -837,7 +920,8 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser("audit", help="show the audit trail")
     a.add_argument("--last", type=int, default=50)
     a.add_argument("--failed", action="store_true")
-    a.add_argument("--category", choices=["poll", "delivery", "command", "lifecycle", "record", "security", "system"])
+    a.add_argument("--category", choices=["poll", "delivery", "command", "lifecycle", "people", "record", "security",
+                                          "system"])
     a.add_argument("--json", action="store_true")
     a.set_defaults(fn=cmd_audit)
     s = sub.add_parser("secrets", help="manage encrypted credentials (values are read from a prompt or stdin)")
@@ -856,6 +940,12 @@ def parser() -> argparse.ArgumentParser:
     bi = bs.add_parser("import", help="JSON from a file or - for stdin")
     bi.add_argument("file")
     b.set_defaults(fn=cmd_bindings)
+    pp = sub.add_parser("people", help="export or import IFS user -> Teams user links (CSV)")
+    ps = pp.add_subparsers(dest="action", required=True)
+    ps.add_parser("export", help="CSV to stdout: ifs_user, Entra object id or UPN, name")
+    pi = ps.add_parser("import", help="CSV from a file or - for stdin; all rows or none")
+    pi.add_argument("file")
+    pp.set_defaults(fn=cmd_people)
     r = sub.add_parser("replay", help="re-queue failed or dead deliveries")
     r.add_argument("--id", type=int)
     r.add_argument("--channel")

@@ -14,7 +14,7 @@ from bot.status import build_status
 from cards import AuditView, audit_card, help_card, inert, links_card, status_card
 from core.domain import Binding, RecordKind
 from core.errors import CommandError, ConfigError
-from core.settings import parse_span
+from core.settings import PeopleSettings, parse_span
 from store.audit import AuditLog
 from store.bindings import Bindings
 from store.channels import Channels
@@ -46,6 +46,8 @@ class Runtime(Protocol):
 
     def card_context(self) -> Any: ...
 
+    def link_record(self, record: Any) -> Any: ...
+
     def wake_delivery(self) -> None: ...
 
 
@@ -57,13 +59,18 @@ class Reply:
     card: dict[str, Any] | None = None
 
 
+ALL_SCOPES = frozenset({"team", "personal", "groupChat"})
+CHANNELS = frozenset({"team", "groupChat"})  # commands about the conversation's links and deliveries
+
+
 @dataclass(frozen=True)
 class CommandSpec:
-    name: str
+    name: str  # one word, or two ("link me") when the second word makes it another command
     usage: str
     help: str
     admin: bool
     handler: Callable[[Commands, CommandCall], Awaitable[Reply]]
+    scopes: frozenset[str] = ALL_SCOPES  # where Teams' command menu offers it (every command works anywhere)
 
 
 @dataclass(frozen=True)
@@ -77,9 +84,9 @@ class CommandCall:
 REGISTRY: dict[str, CommandSpec] = {}
 
 
-def command(name: str, usage: str, help: str, *, admin: bool = False):
+def command(name: str, usage: str, help: str, *, admin: bool = False, scopes: frozenset[str] = ALL_SCOPES):
     def register(fn):
-        REGISTRY[name] = CommandSpec(name, usage, help, admin, fn)
+        REGISTRY[name] = CommandSpec(name, usage, help, admin, fn, frozenset(scopes))
         return fn
     return register
 
@@ -101,11 +108,21 @@ def parse(text: str) -> tuple[str, tuple[str, ...]]:
     return words[0].lower(), tuple(words[1:])
 
 
+def resolve(text: str) -> tuple[str, tuple[str, ...]]:
+    """parse, then a two-word command ('link me ALAIN' -> ('link me', ('ALAIN',))) where one is registered."""
+    name, args = parse(text)
+    if args and f"{name} {args[0].lower()}" in REGISTRY:
+        return f"{name} {args[0].lower()}", args[1:]
+    return name, args
+
+
 class Commands:
     """Dispatches a command line: lookup, admin check, handler, audit. Handlers never see raw activities."""
 
-    def __init__(self, db: Database, runtime: Runtime, policy: AdminPolicy, *, now=time.time) -> None:
+    def __init__(self, db: Database, runtime: Runtime, policy: AdminPolicy, *, now=time.time,
+                 people: PeopleSettings | None = None) -> None:
         self.db = db
+        self.people_settings = people or PeopleSettings()
         self.runtime = runtime
         self.policy = policy
         self.now = now
@@ -117,11 +134,11 @@ class Commands:
 
     def wants_upn(self, text: str) -> bool:
         """Does deciding on this command line need the user's UPN (an admin command, admins named by UPN)?"""
-        spec = REGISTRY.get(parse(text)[0])
+        spec = REGISTRY.get(resolve(text)[0])
         return spec is not None and spec.admin and self.policy.by_upn
 
     async def run(self, channel_id: str, actor: Actor, text: str) -> Reply:
-        name, args = parse(text)
+        name, args = resolve(text)
         # every handler sees, stores and echoes arguments capped here, in the one place
         call = CommandCall(channel_id, actor, tuple(capped(a) for a in args), capped(text.strip()))
         spec = REGISTRY.get(name)
@@ -213,7 +230,7 @@ async def _help(cmds: Commands, call: CommandCall) -> Reply:
     return Reply("Commands:\n" + text, help_card(rows))
 
 
-@command("link", LINK_USAGE, "Send this channel the approvals of an IFS company", admin=True)
+@command("link", LINK_USAGE, "Send this channel the approvals of an IFS company", admin=True, scopes=CHANNELS)
 async def _link(cmds: Commands, call: CommandCall) -> Reply:
     company, kinds, costs, minimum = parse_link_args(call.args, LINK_USAGE)
     check = await cmds.runtime.check_company(company)
@@ -250,7 +267,8 @@ async def _link(cmds: Commands, call: CommandCall) -> Reply:
     return Reply("\n\n".join(lines))
 
 
-@command("unlink", "unlink company <code> | unlink all", "Stop sending a company (or everything) here", admin=True)
+@command("unlink", "unlink company <code> | unlink all", "Stop sending a company (or everything) here", admin=True,
+         scopes=CHANNELS)
 async def _unlink(cmds: Commands, call: CommandCall) -> Reply:
     usage = "unlink company <code> | unlink all"
     args = [a.lower() for a in call.args]
@@ -347,7 +365,8 @@ def _audit_detail(detail: dict[str, Any], record_id: str | None, delivery_id: in
 MAX_DELIVERY_ID = 2**63 - 1
 
 
-@command("replay", "replay <delivery-id> | replay failed", "Send failed deliveries again", admin=True)
+@command("replay", "replay <delivery-id> | replay failed", "Send failed deliveries again", admin=True,
+         scopes=CHANNELS)
 async def _replay(cmds: Commands, call: CommandCall) -> Reply:
     usage = "replay <delivery-id> | replay failed"
     if len(call.args) != 1:
@@ -373,12 +392,13 @@ async def _replay(cmds: Commands, call: CommandCall) -> Reply:
                  else "Nothing failed in this channel.")
 
 
-@command("pause", "pause", "Hold deliveries to this channel (nothing is lost)", admin=True)
+@command("pause", "pause", "Hold deliveries to this channel (nothing is lost)", admin=True, scopes=CHANNELS)
 async def _pause(cmds: Commands, call: CommandCall) -> Reply:
     return await _set_paused(cmds, call, True)
 
 
-@command("resume", "resume", "Deliver again, including everything held while paused", admin=True)
+@command("resume", "resume", "Deliver again, including everything held while paused", admin=True,
+         scopes=CHANNELS)
 async def _resume(cmds: Commands, call: CommandCall) -> Reply:
     return await _set_paused(cmds, call, False)
 
@@ -397,7 +417,7 @@ async def _set_paused(cmds: Commands, call: CommandCall, paused: bool) -> Reply:
 
 
 @command("quiet", "quiet <HH:MM-HH:MM> | quiet off", "Hold posts here during these hours (service time zone)",
-         admin=True)
+         admin=True, scopes=CHANNELS)
 async def _quiet(cmds: Commands, call: CommandCall) -> Reply:
     usage = "quiet <HH:MM-HH:MM> | quiet off"
     if len(call.args) != 1:
@@ -421,3 +441,8 @@ async def _quiet(cmds: Commands, call: CommandCall) -> Reply:
 def _no_args(call: CommandCall, name: str) -> None:
     if call.args:
         raise CommandError(f"'{name}' takes no arguments.", usage=REGISTRY[name].usage)
+
+
+# Commands about people live in their own module; importing it here puts them in the registry (help,
+# the manifest's command menu) wherever the registry is used.
+from bot import people_commands  # noqa: E402,F401

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 import time
@@ -19,8 +20,10 @@ from core.metrics import Metrics
 from core.ratelimit import MultiLimiter, WindowLimiter
 from core.retry import RetryPolicy
 from core.settings import DeliverySettings, parse_span
+from store.audit import AuditLog
+from store.channels import Channels
 from store.db import Database
-from store.repos import AuditLog, Channels, Delivery, DeliveryStatus, Outbox
+from store.outbox import Delivery, DeliveryStatus, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ def classify(err: SendError) -> Outcome:
 class CardRenderer:
     """Adapter from deliveries to the pure card builders (kept here so the worker stays about delivery)."""
 
-    render_record: Callable[[Delivery], tuple[dict[str, Any], str]]
+    render_record: Callable[[Delivery], tuple[dict[str, Any], str] | Awaitable[tuple[dict[str, Any], str]]]
     render_digest: Callable[[Sequence[Delivery]], tuple[dict[str, Any], str]]
     render_reply: Callable[[Delivery], str]
 
@@ -218,7 +221,9 @@ class DeliveryWorker:
                 await self.outbox.settle(conn, [first.id], DeliveryStatus.SKIPPED, error="no card to update")
                 await self._audit(conn, first, "skipped", op="none", problem="resolved without a posted card")
             return True
-        card, text = self.renderer.render_digest(work) if digest else self.renderer.render_record(first)
+        rendered = self.renderer.render_digest(work) if digest else self.renderer.render_record(first)
+        # a renderer may need the database (the people a card mentions): it may return an awaitable
+        card, text = await rendered if inspect.isawaitable(rendered) else rendered
         op = "digest" if digest else ("update" if posted else "post")
         await self._pace(channel.channel_id)
         started = self.monotonic()
@@ -301,6 +306,43 @@ class DeliveryWorker:
             await self._audit(conn, first, "failed", **detail)
             self.metrics.inc("notifier_deliveries_total", len(work), outcome="failed")
             return True
+
+    async def send_card(self, channel_id: str, card: dict[str, Any], text: str, *, what: str) -> bool:
+        """Post one card outside the outbox (a reminder), under the same pacing; audited as delivery `what`.
+
+        False when it was not sent: the conversation is unknown, inactive, paused or in quiet hours, or
+        Teams refused it (403/404 "gone" deactivates the conversation, as for outbox deliveries).
+        """
+        return await self._one_off(channel_id, what, lambda ch: self.sender.post(ch, card, text))
+
+    async def update_card(self, channel_id: str, posted: PostedCard, card: dict[str, Any], text: str, *,
+                          what: str) -> bool:
+        """Update one posted card outside the outbox (who is on it), like send_card."""
+        async def update(channel: ChannelRef) -> PostedCard:
+            await self.sender.update(channel, posted, card, text)
+            return posted
+        return await self._one_off(channel_id, what, update)
+
+    async def _one_off(self, channel_id: str, what: str,
+                       call: Callable[[ChannelRef], Awaitable[PostedCard]]) -> bool:
+        channel = await self.channels.get(channel_id)
+        if channel is None or not channel.active or channel.paused or self.in_quiet_hours(channel):
+            return False
+        await self._pace(channel_id)
+        try:
+            posted = await call(channel)
+        except SendError as err:
+            gone = classify(err) is Outcome.GONE
+            async with self.db.transaction() as conn:
+                if gone:
+                    await self.channels.set_active(conn, channel_id, False, err.code or f"HTTP {err.status}")
+                await self.audit.add(conn, "delivery", what, "failed", channel_id=channel_id, status=err.status,
+                                     code=err.code, deactivated=gone)
+            return False
+        await self.audit.record("delivery", what, "ok", channel_id=channel_id, status=200,
+                                activity=posted.activity_id)
+        self.metrics.inc("notifier_delivery_messages_total", 1, "Messages posted or updated in Teams", op=what)
+        return True
 
     async def _audit(self, conn: Any, d: Delivery, outcome: str, **detail: Any) -> None:
         await self.audit.add(conn, "delivery", f"{d.event_type.value} {detail.pop('op', 'send')}", outcome,

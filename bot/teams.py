@@ -11,13 +11,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from botbuilder.core import CardFactory, MessageFactory, TurnContext
+from botbuilder.core import CardFactory, InvokeResponse, MessageFactory, TurnContext
 from botbuilder.core.teams import TeamsActivityHandler, TeamsInfo
 from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
 from botbuilder.integration.aiohttp.configuration_service_client_credential_factory import (
     ConfigurationServiceClientCredentialFactory,
 )
-from botbuilder.schema import Activity, ActivityTypes, ConversationReference, ErrorResponseException
+from botbuilder.schema import (
+    Activity,
+    ActivityTypes,
+    AdaptiveCardInvokeResponse,
+    AdaptiveCardInvokeValue,
+    ConversationReference,
+    ErrorResponseException,
+)
 from botbuilder.schema.teams import ChannelInfo, TeamInfo
 from botframework.connector.auth import (
     AuthenticationConstants,
@@ -30,6 +37,7 @@ from msrest.universal_http.requests import ClientRetryPolicy
 from requests import RequestException
 
 from bot.authz import Actor
+from bot.claims import CardActions
 from bot.commands import Commands, Reply
 from bot.delivery import SendError
 from core.clock import Clock, SystemClock
@@ -358,8 +366,9 @@ class NotifierBot(TeamsActivityHandler):
     """Saves conversation references, follows the channel's life, and hands command lines to Commands."""
 
     def __init__(self, db: Database, commands: Commands, *, welcome: bool = True,
-                 upns: MemberUpns | None = None) -> None:
+                 upns: MemberUpns | None = None, actions: CardActions | None = None) -> None:
         self._db = db
+        self._actions = actions
         self._commands = commands
         self._upns = upns or MemberUpns()
         self._channels = Channels(db)
@@ -387,6 +396,9 @@ class NotifierBot(TeamsActivityHandler):
         existing = await self._channels.get(channel_id)
         if existing is None or existing.active:
             await self._save(activity, "conversation saved")
+        if self._actions is not None and isinstance(activity.value, dict) and "verb" in activity.value:
+            await self._submitted(turn_context, channel_id, activity.value)
+            return
         text = TurnContext.remove_recipient_mention(activity) or activity.text or ""
         text = _strip_leftover_mention(text, activity)
         actor = actor_from(activity)
@@ -394,6 +406,54 @@ class NotifierBot(TeamsActivityHandler):
             actor = replace(actor, upn=await self._upns.upn(turn_context, actor.id))
         reply = await self._commands.run(channel_id, actor, text)
         await self._reply(turn_context, reply)
+
+    async def on_invoke_activity(self, turn_context: TurnContext) -> InvokeResponse:
+        # botbuilder 4.17.1 serializes an adaptiveCard/action answer twice (the handler, then CloudAdapter),
+        # and the second time fails on the dict the first made: answer with the model, serialized once.
+        activity = turn_context.activity
+        if activity.name != "adaptiveCard/action":
+            return await super().on_invoke_activity(turn_context)
+        value = activity.value if isinstance(activity.value, dict) else {}
+        action = value.get("action")
+        if not isinstance(action, dict) or action.get("type") != "Action.Execute":
+            return InvokeResponse(status=200, body=_invoke_error(400, "BadRequest", "Not an Action.Execute."))
+        answer = await self.on_adaptive_card_invoke(turn_context, AdaptiveCardInvokeValue(action=action))
+        return InvokeResponse(status=200, body=answer)
+
+    async def on_adaptive_card_invoke(self, turn_context: TurnContext,
+                                      invoke_value: AdaptiveCardInvokeValue) -> AdaptiveCardInvokeResponse:
+        """Action.Execute on one of our cards: run it, update the card, answer with the card as it is now."""
+        if self._actions is None:
+            return _invoke_error(501, "NotSupported", "Card actions are off.")
+        activity = turn_context.activity
+        action = invoke_value.action or {}
+        result = await self._actions.run(bare_conversation_id(activity), actor_from(activity), action.get("verb"),
+                                         action.get("data"))
+        if result.card is None:
+            return _invoke_error(400, "BadRequest", result.message)
+        await self._update_clicked(turn_context, result.card)
+        return AdaptiveCardInvokeResponse(status_code=200, type=ADAPTIVE, value=result.card)
+
+    async def _submitted(self, turn_context: TurnContext, channel_id: str, value: dict[str, Any]) -> None:
+        """The Action.Submit fallback of a card action (clients without Universal Actions)."""
+        assert self._actions is not None
+        result = await self._actions.run(channel_id, actor_from(turn_context.activity), value.get("verb"), value)
+        if result.card is None:
+            await self._reply(turn_context, Reply(result.message))
+        else:
+            await self._update_clicked(turn_context, result.card)
+
+    async def _update_clicked(self, turn_context: TurnContext, card: dict[str, Any]) -> None:
+        """Replace the clicked card in its conversation, so that everyone sees who is on it."""
+        activity = turn_context.activity
+        if not activity.reply_to_id:
+            return
+        updated = MessageFactory.attachment(CardFactory.adaptive_card(card))
+        updated.id = activity.reply_to_id
+        try:
+            await turn_context.update_activity(updated)
+        except Exception as exc:  # noqa: BLE001 - the answer to the click still carries the card
+            log.warning("could not update card %s: %s", activity.reply_to_id, type(exc).__name__)
 
     async def _reply(self, turn_context: TurnContext, reply: Reply) -> None:
         """Answer a command; the channel's Teams budget is shared with card posts, so honour a 429 briefly."""
@@ -490,6 +550,11 @@ class NotifierBot(TeamsActivityHandler):
             "Hello! I post IFS Cloud approvals (supplier invoices, purchase orders, GL vouchers) here.\n\n"
             "To start, an admin types: @me link company <code>   (for example: link company 10)\n\n"
             "Type 'help' for everything I can do."))
+
+
+def _invoke_error(status: int, code: str, message: str) -> AdaptiveCardInvokeResponse:
+    return AdaptiveCardInvokeResponse(status_code=status, type="application/vnd.microsoft.error",
+                                      value={"code": code, "message": message})
 
 
 def _strip_leftover_mention(text: str, activity: Activity) -> str:

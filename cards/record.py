@@ -9,9 +9,12 @@ from enum import StrEnum
 from typing import Any
 
 from cards._blocks import adaptive_card, compact, container, fact_set, open_url, text_block
+from cards.claims import claim_action, claim_line
+from cards.mentions import mention_text, with_mentions
 from cards.size import fit
 from cards.text import CardContext, counted, day, inert, money, number, relative_due
 from core.domain import ApprovalStep, EventType, FinanceRecord, RecordKind
+from core.people import Claim, Mention
 
 Facts = list[tuple[str, str]]
 
@@ -361,6 +364,9 @@ def _build(
     ctx: CardContext,
     previous_state: str | None,
     trim: _Trim,
+    mention: Mention | None = None,
+    claimable: bool = False,
+    claim: Claim | None = None,
 ) -> dict[str, Any]:
     view = KINDS[record.kind]
     status = record_status(record, event, ctx, previous_state)
@@ -374,11 +380,18 @@ def _build(
             fact_set(view.facts(record, ctx, trim, status.pending) + _extras(record, view, trim)),
         ]
     )
+    if mention is not None and status.pending:
+        # the mentioned name comes from our own mapping (passed in), never from IFS text
+        body.append(text_block(f"Next approver: {mention_text(mention)}", spacing="Small"))
+    if claimable and claim is not None and status.pending:
+        body.append(claim_line(claim, ctx))
     body.extend(_chain(record, ctx, trim))
     action = open_url("Open in IFS", record.deep_link)
-    return adaptive_card(
-        body, fallback=_fallback(record, status, view, ctx), actions=[action] if action else ()
-    )
+    actions = [action] if action else []
+    if claimable and status.pending:
+        actions.append(claim_action(record.record_id, claim))
+    card = adaptive_card(body, fallback=_fallback(record, status, view, ctx), actions=actions)
+    return with_mentions(card, [mention] if mention is not None and status.pending else [])
 
 
 def record_card(
@@ -387,7 +400,15 @@ def record_card(
     ctx: CardContext,
     *,
     previous_state: str | None = None,
+    next_approver: Mention | None = None,
+    claimable: bool = False,
+    claim: Claim | None = None,
 ) -> dict[str, Any]:
-    """The Adaptive Card for one record event, trimmed (approval chain, long texts) to fit Teams' limit."""
+    """The Adaptive Card for one record event, trimmed (approval chain, long texts) to fit Teams' limit.
+
+    `next_approver`: the Teams user mapped to the next open approval line, mentioned on a pending card.
+    `claimable`: a pending card carries "I'm on it" (or "Release" and who has it, given `claim`).
+    """
     event = EventType(event)
-    return fit(lambda trim: _build(record, event, ctx, previous_state, trim), _LEVELS)
+    return fit(lambda trim: _build(record, event, ctx, previous_state, trim, next_approver, claimable, claim),
+               _LEVELS)

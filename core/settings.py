@@ -97,12 +97,22 @@ class ScheduleSettings:
 
 
 @dataclass(frozen=True)
+class PeopleSettings:
+    require_approval: bool = False  # a self-service `link me` waits for an admin's `people confirm`
+    personal: bool = True  # mapped approvers get a personal card when a document reaches their step
+    remind_at: tuple[str, ...] = ()  # "09:00": reminder digests on business days ([schedule] holidays)
+    remind_after_days: float = 3.0  # remind of documents pending longer than this ...
+    remind_due_within_days: int = 2  # ... or due within this many days (or overdue)
+
+
+@dataclass(frozen=True)
 class Settings:
     service: ServiceSettings = field(default_factory=ServiceSettings)
     ifs: IfsSettings = field(default_factory=IfsSettings)
     bot: BotSettings = field(default_factory=BotSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    people: PeopleSettings = field(default_factory=PeopleSettings)
     # per source overrides, keyed by kind ("invoice", "order", "voucher"); validated by pollers.sources
     sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     path: str | None = None  # where these came from
@@ -158,6 +168,11 @@ class Settings:
                 parse_span(key, span)
         for i, at in enumerate(self.schedule.daily_at):
             parse_hhmm(f"schedule.daily_at[{i}]", at)
+        for i, at in enumerate(self.people.remind_at):
+            parse_hhmm(f"people.remind_at[{i}]", at)
+        if self.people.remind_after_days < 0 or self.people.remind_due_within_days < 0:
+            raise ConfigError("people.remind_after_days" if self.people.remind_after_days < 0
+                              else "people.remind_due_within_days", "must not be negative")
         return self
 
 
@@ -249,7 +264,7 @@ def _build(section_cls: type, key: str, data: Mapping[str, Any]) -> Any:
 
 
 _SECTIONS = {"service": ServiceSettings, "ifs": IfsSettings, "bot": BotSettings,
-             "delivery": DeliverySettings, "schedule": ScheduleSettings}
+             "delivery": DeliverySettings, "schedule": ScheduleSettings, "people": PeopleSettings}
 
 
 def _set_source_from_env(sources: dict[str, Any], var: str, path: list[str], text: str) -> None:

@@ -131,8 +131,15 @@ def teams_app_id(bot_id: str) -> str:
 
 def command_lists(registry: Mapping[str, CommandSpec], scopes: Iterable[str]) -> list[dict[str, Any]]:
     """One command list per scope, generated from the command registry (the menu Teams shows on @mention)."""
+    return [{"scopes": [scope], "commands": _commands(registry, scope)} for scope in scopes]
+
+
+def _commands(registry: Mapping[str, CommandSpec], scope: str) -> list[dict[str, Any]]:
+    """The commands offered in one scope (a command's `scopes`), at most Teams' limit."""
     commands = []
     for spec in registry.values():
+        if scope not in spec.scopes:
+            continue
         if len(spec.name) > MAX_COMMAND_TITLE:
             # Teams types the title into the compose box: a cut title would be a command the bot doesn't know
             log.warning("command %r is longer than %d characters: left out of the Teams command menu",
@@ -140,10 +147,10 @@ def command_lists(registry: Mapping[str, CommandSpec], scopes: Iterable[str]) ->
             continue
         commands.append({"title": spec.name, "description": shorten(_describe(spec), MAX_COMMAND_DESCRIPTION)})
     if len(commands) > MAX_COMMANDS:
-        log.warning("the Teams command menu shows %d commands; left out: %s", MAX_COMMANDS,
+        log.warning("the Teams command menu shows %d commands in scope %s; left out: %s", MAX_COMMANDS, scope,
                     ", ".join(c["title"] for c in commands[MAX_COMMANDS:]))
         commands = commands[:MAX_COMMANDS]
-    return [{"scopes": [scope], "commands": [dict(c) for c in commands]} for scope in scopes]
+    return commands
 
 
 def shorten(text: str, limit: int) -> str:

@@ -17,7 +17,11 @@ from core.errors import AuthError, BadRecordError, FatalRequestError, RetriableE
 from core.links import odata_literal
 from pollers.ifs_client import Cost, ListingBounds, counted, looks_like_a_page_cap
 from pollers.sources import Columns, RecordMapper, SourceSpec, summarize_chain
-from store.repos import AuditLog, Bindings, Change, PollWriter, Seen
+from store.audit import AuditLog
+from store.bindings import Bindings
+from store.poll_writer import PollWriter
+from store.records import Change
+from store.seen import Seen
 
 BadRow = tuple[str, str, str]  # (record key, field, problem)
 WRITES_IN_FLIGHT = 2  # page writes queued for the database thread at once (see Poller._poll)

@@ -129,4 +129,38 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE channels ADD COLUMN quiet_hours TEXT
     """,
+    # 4: people: IFS users mapped to Teams users (mentions on cards, personal notifications)
+    """
+    CREATE TABLE people (
+        ifs_user TEXT PRIMARY KEY,        -- IFS user id, upper case as IFS keeps identities
+        name TEXT NOT NULL,               -- display name in Teams
+        aad_object_id TEXT,               -- Entra object id, lower case
+        upn TEXT,
+        teams_id TEXT,                    -- Bot Framework user id (29:...) when the user wrote to the bot
+        status TEXT NOT NULL DEFAULT 'active',  -- active / pending (waiting for an admin to confirm)
+        conversation_id TEXT,             -- the user's personal chat with the bot (a channels row)
+        personal INTEGER NOT NULL DEFAULT 1,    -- personal notifications wanted
+        created_by TEXT,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX people_aad ON people (aad_object_id)
+    """,
+    # 5: who took a document ("I'm on it" on its card); one holder per document, in every channel
+    """
+    CREATE TABLE claims (
+        record_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,            -- Entra object id (or 29: id) of the holder
+        name TEXT NOT NULL,               -- display name in Teams
+        at REAL NOT NULL
+    )
+    """,
+    # 6: "remind me tomorrow": a document left out of one person's reminders until a time
+    """
+    CREATE TABLE snoozes (
+        user_id TEXT NOT NULL,            -- Entra object id (or 29: id)
+        record_id TEXT NOT NULL,
+        until REAL NOT NULL,              -- unix time; reminders before it leave the document out
+        PRIMARY KEY (user_id, record_id)
+    ) WITHOUT ROWID
+    """,
 ]

@@ -149,6 +149,9 @@ class OfflineRuntime:
         from cards import CardContext
         return CardContext(today=date(2026, 11, 27))
 
+    def link_record(self, record):
+        return record
+
 
 WORDS = st.sampled_from([*REGISTRY, "company", "all", "failed", "kinds", "costcenter", "min", "10", "-1", "",
                          "<at>IFS</at>", "invoices,orders", "1e9", "💸", "'; DROP TABLE bindings; --"])

@@ -166,10 +166,10 @@ def test_bot_scopes_files_and_rsc_permission(package):
 
 def test_command_lists_are_generated_from_the_registry(package):
     bot = manifest_of(package)["bots"][0]
-    names = [spec.name for spec in REGISTRY.values()][:MAX_COMMANDS]
-
     assert sorted(s for cl in bot["commandLists"] for s in cl["scopes"]) == sorted(bot["scopes"])
     for cl in bot["commandLists"]:
+        [scope] = cl["scopes"]
+        names = [spec.name for spec in REGISTRY.values() if scope in spec.scopes][:MAX_COMMANDS]
         titles = [c["title"] for c in cl["commands"]]
         assert set(cl["scopes"]) <= set(bot["scopes"])
         assert titles == names
@@ -179,15 +179,25 @@ def test_command_lists_are_generated_from_the_registry(package):
 
 
 def test_command_descriptions_carry_help_usage_and_admin_marker(package):
-    commands = {c["title"]: c["description"] for c in manifest_of(package)["bots"][0]["commandLists"][0]["commands"]}
+    commands = {c["title"]: c["description"] for cl in manifest_of(package)["bots"][0]["commandLists"]
+                for c in cl["commands"]}
 
-    for spec in REGISTRY.values():
+    for spec in REGISTRY.values():  # every command is offered in some scope
         assert commands[spec.name].startswith(spec.help)
         assert ("Admins only" in commands[spec.name]) == spec.admin
 
 
 async def _noop(cmds, call):  # pragma: no cover - never called
     raise AssertionError
+
+
+def test_personal_commands_are_offered_in_personal_chats_and_channel_ones_in_channels(package):
+    lists = {cl["scopes"][0]: [c["title"] for c in cl["commands"]]
+             for cl in manifest_of(package)["bots"][0]["commandLists"]}
+
+    assert {"link me", "unlink me", "mine", "personal"} <= set(lists["personal"])
+    assert "link me" not in lists["team"] and "pause" not in lists["personal"]
+    assert {"link", "unlink", "mine", "people"} <= set(lists["team"])
 
 
 def test_command_lists_keep_teams_limits_for_any_registry():
