@@ -294,7 +294,8 @@ class Poller:
         cost = Cost()
 
         async def settled(done: asyncio.Future[int], company: str) -> None:
-            counts[company] = counts.get(company, 0) + await done
+            written = await done  # awaited before reading counts: two writes settle concurrently
+            counts[company] = counts.get(company, 0) + written
 
         try:
             with counted() as cost:
