@@ -19,7 +19,7 @@ from pollers.ifs_client import Cost, ListingBounds, counted, looks_like_a_page_c
 from pollers.sources import Columns, RecordMapper, SourceSpec, summarize_chain
 from store.audit import AuditLog
 from store.bindings import Bindings
-from store.poll_writer import PollWriter
+from store.poll_writer import Finished, PollWriter
 from store.records import Change
 from store.seen import Seen
 
@@ -230,6 +230,7 @@ class Poller:
             share = (self.monotonic() - started) / len(chunk)
             for part in chunk:
                 part.result.seconds += share
+        finished = []
         for part in parts:
             if part.result.ok:
                 started = self.monotonic()
@@ -245,9 +246,9 @@ class Poller:
                     part.result.bytes += cost.bytes
                     part.result.seconds += self.monotonic() - started
             r = part.result
-            await self.writer.finish(kind, part.company, ok=r.ok, pending=r.pending if r.ok else None,
-                                     error=r.error, audit=self.audit, summary=r.summary(),
-                                     unquarantine=part.fixed)
+            finished.append(Finished(part.company, r.ok, r.pending if r.ok else None, r.error, r.summary(),
+                                     part.fixed))
+        await self.writer.finish_many(kind, finished, self.audit)
         return [part.result for part in parts]
 
     async def _failed(self, kind: RecordKind, parts: Sequence[_Part], exc: Exception) -> None:
@@ -277,8 +278,7 @@ class Poller:
         """Read one listing for `parts`' companies and write its new and changed records, page by page."""
         spec = self.sources[kind]
         mapper = self.mapper(kind)
-        for part in parts:  # what was seen before decides which columns the listing needs
-            part.known, part.bindings, part.quarantined = await self._load(part.company, kind)
+        await self._load(kind, parts)  # what was seen before decides which columns the listing needs
         # after a company's first poll the listing carries only what the diff compares; new and changed
         # records are read whole by key. A first poll reads everything whole: it is all new anyway.
         lean = self.lean_listing and self.use_select and all(part.known for part in parts)
@@ -553,10 +553,16 @@ class Poller:
             part.touched.update(compress(keys, map(is_not, records, repeat(None))))
         return changes, bad, unseen + c.uncompared
 
-    async def _load(self, company: str, kind: RecordKind) -> tuple[int, list[Binding], set[str]]:
-        known = await self.seen.known(kind, company)
-        bindings = [b for b in await self.bindings.all(active_only=True) if b.company == company]
-        return known, bindings, await self.seen.quarantined_keys(kind, company)
+    async def _load(self, kind: RecordKind, parts: Sequence[_Part]) -> None:
+        """What was seen before, the channels bound and the rows set aside, for every company of a listing."""
+        companies = [p.company for p in parts]
+        known = await self.seen.known_by_company(kind, companies)
+        quarantined = await self.seen.quarantined_by_company(kind, companies)
+        bindings = await self.bindings.all(active_only=True)
+        for part in parts:
+            part.known = known.get(part.company, 0)
+            part.quarantined = quarantined.get(part.company, set())
+            part.bindings = [b for b in bindings if b.company == part.company]
 
     async def _with_details(self, mapper: RecordMapper, row: dict[str, Any], key: str, etag: str,
                             keys: dict[str, str | int], cycle: _Cycle) -> dict[str, Any]:

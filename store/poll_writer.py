@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
 from typing import Any
@@ -16,6 +17,18 @@ from core.domain import Binding, EventType, FinanceRecord, RecordKind, record_id
 from store.audit import AuditLog
 from store.db import Database
 from store.records import Change, stored_field
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How one company's poll of a source ended."""
+
+    company: str
+    ok: bool
+    pending: int | None
+    error: str | None
+    summary: dict[str, Any]
+    unquarantine: Sequence[str] = ()
 
 
 class PollWriter:
@@ -148,13 +161,20 @@ class PollWriter:
                      audit: AuditLog, summary: dict[str, Any], unquarantine: Sequence[str] = ()) -> None:
         """Close a poll: the source's state, its audit line, and the release of quarantined rows that
         were fine (or gone) this time."""
+        await self.finish_many(kind, [Finished(company, ok, pending, error, summary, unquarantine)], audit)
+
+    async def finish_many(self, kind: RecordKind, polls: Sequence[Finished], audit: AuditLog) -> None:
+        """`finish` for every company of a cycle, in one transaction (one commit to disk, not one each)."""
         async with self._db.transaction() as conn:
-            await self._record_source(conn, kind.value, company, ok, error, pending)
-            if unquarantine:
-                await conn.executemany("DELETE FROM quarantine WHERE kind = ? AND company = ? AND key = ?",
-                                       [(kind.value, company, key) for key in unquarantine])
-                summary = {**summary, "released": len(unquarantine)}
-            await audit.add(conn, "poll", f"poll {kind.value}", "ok" if ok else "failed", company=company, **summary)
+            for p in polls:
+                await self._record_source(conn, kind.value, p.company, p.ok, p.error, p.pending)
+                summary = p.summary
+                if p.unquarantine:
+                    await conn.executemany("DELETE FROM quarantine WHERE kind = ? AND company = ? AND key = ?",
+                                           [(kind.value, p.company, key) for key in p.unquarantine])
+                    summary = {**summary, "released": len(p.unquarantine)}
+                await audit.add(conn, "poll", f"poll {kind.value}", "ok" if p.ok else "failed", company=p.company,
+                                **summary)
 
     async def ifs_available(self) -> bool:
         v = await self._db.scalar("SELECT available FROM sources WHERE kind = '*' AND company = '*'")

@@ -50,6 +50,23 @@ class Seen:
         return int(await self._db.scalar("SELECT count(*) FROM seen WHERE kind = ? AND company = ?",
                                          (kind.value, company)))
 
+    async def known_by_company(self, kind: RecordKind, companies: Sequence[str]) -> dict[str, int]:
+        """`known` for several companies in one query (a listing serves them all)."""
+        rows = await self._db.fetchall(
+            "SELECT company, count(*) FROM seen WHERE kind = ? AND company IN (SELECT value FROM json_each(?))"
+            " GROUP BY company", (kind.value, orjson.dumps(list(companies))))
+        return {r[0]: int(r[1]) for r in rows}
+
+    async def quarantined_by_company(self, kind: RecordKind, companies: Sequence[str]) -> dict[str, set[str]]:
+        """`quarantined_keys` for several companies in one query."""
+        rows = await self._db.fetchall(
+            "SELECT company, key FROM quarantine WHERE kind = ? AND company IN (SELECT value FROM json_each(?))",
+            (kind.value, orjson.dumps(list(companies))))
+        out: dict[str, set[str]] = {}
+        for company, key in rows:
+            out.setdefault(company, set()).add(key)
+        return out
+
     async def compare(self, kind: RecordKind, company: str, keys: Sequence[str], etags: Sequence[str],
                       states: Sequence[str], steps: Sequence[str]) -> dict[str, str | None]:
         """The keys among these whose version differs from the one seen, each with the state seen then
