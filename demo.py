@@ -14,11 +14,14 @@ from pathlib import Path
 import httpx
 
 import app
+from core.people import Person
 from core.settings import load_settings
 from pollers.tenant import discover, render
 from simulator.connector import ConnectorStandIn
 from simulator.ifs import IfsSimulator, run_generator
+from simulator.ifs_fakedata import USERS
 from simulator.teams_client import channel_message
+from store.people import People
 
 PLAYGROUND_PORT = 56150
 DEMO_CHANNEL = "19:demo-procurement@thread.tacv2"
@@ -116,6 +119,20 @@ async def discovered_sources(settings, secrets: dict[str, str]) -> str:
     return render(proposals)
 
 
+# The Agents Playground's own user; every simulated IFS approver is mapped to it, so that the channel cards
+# mention "Alex Wilber" where the next step waits (`link me <IFS user>` in a personal chat does the same).
+DEMO_TEAMS_USER = ("Alex Wilber", "00000000-0000-0000-0000-0000000000020")
+
+
+async def map_demo_approvers(service) -> None:
+    name, object_id = DEMO_TEAMS_USER
+    people = People(service.db)
+    async with service.db.transaction() as conn:
+        for user in USERS:
+            await people.put(conn, Person(ifs_user=user, name=name, aad_object_id=object_id, created_by="demo"))
+    print(f"people              : the simulated approvers ({', '.join(USERS[:3])}, ...) are mapped to {name}")
+
+
 async def run_demo(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir)
     config = demo_config(data_dir, args.poll_seconds)
@@ -133,6 +150,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     generator = asyncio.create_task(run_generator(sim, 20.0, kind="order", company="10"))
     service = await app.build_service(settings, sim.vault_secrets())
     db = service.db
+    await map_demo_approvers(service)
     await service.start()
     print(f"IFS Cloud simulator : {ifs_url}  (admin API: {ifs_url}/_sim/stats)")
     print(f"bot                 : {service.base_url}/api/messages  (health: {service.base_url}/healthz)")

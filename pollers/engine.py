@@ -100,13 +100,37 @@ class IfsLoad:
 
 
 @dataclass
+class _Budget:
+    """A source cycle's allowance for reads beyond the listing, shared by its companies (the cost of a cycle
+    must not grow with the companies linked), and what it learned about them on the way."""
+
+    details: int  # approval-chain reads left (Poller.details_limit)
+    chains: bool = True  # False once the approval lines could not be read: the rest go without
+
+
+@dataclass
 class _Cycle:
-    """One poll's allowance for reads beyond the listing, and what it learned about them on the way."""
+    """One company's view of its source cycle: which source and company, and the cycle's shared budget."""
 
     kind: RecordKind
     company: str
-    details: int  # approval-chain reads left (Poller.details_limit)
-    chains: bool = True  # False once the approval lines could not be read: the rest go without
+    budget: _Budget
+
+    @property
+    def details(self) -> int:
+        return self.budget.details
+
+    @details.setter
+    def details(self, value: int) -> None:
+        self.budget.details = value
+
+    @property
+    def chains(self) -> bool:
+        return self.budget.chains
+
+    @chains.setter
+    def chains(self, value: bool) -> None:
+        self.budget.chains = value
 
 
 @dataclass
@@ -218,7 +242,8 @@ class Poller:
         its rows grouped by company; then, per company, approval chains and confirmations. Each company
         gets its own result: a listing that fails fails the companies it was for."""
         spec = self.sources[kind]
-        parts = [_Part(c, PollResult(kind, c), _Cycle(kind, c, self.details_limit)) for c in dict.fromkeys(companies)]
+        budget = _Budget(self.details_limit)
+        parts = [_Part(c, PollResult(kind, c), _Cycle(kind, c, budget)) for c in dict.fromkeys(companies)]
         for chunk in _chunks(spec, parts):
             started = self.monotonic()
             try:

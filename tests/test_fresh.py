@@ -7,7 +7,7 @@ import json
 
 from core.domain import RecordKind
 from core.settings import load_settings
-from pollers.engine import PollResult, _chunks, _Cycle, _Part
+from pollers.engine import PollResult, _Budget, _chunks, _Cycle, _Part
 from pollers.sources import DEFAULT_SOURCES
 from tests import test_poller
 from tests.test_poller import list_requests
@@ -41,7 +41,8 @@ async def test_one_listing_serves_every_linked_company(ifs, harness):
 
 def test_companies_are_chunked_so_that_a_listing_url_stays_short():
     spec = DEFAULT_SOURCES[ORDER]
-    parts = [_Part(f"C{i:04d}", PollResult(ORDER, f"C{i:04d}"), _Cycle(ORDER, f"C{i:04d}", 0)) for i in range(400)]
+    parts = [_Part(f"C{i:04d}", PollResult(ORDER, f"C{i:04d}"), _Cycle(ORDER, f"C{i:04d}", _Budget(0)))
+             for i in range(400)]
     chunks = _chunks(spec, parts)
     assert [p.company for chunk in chunks for p in chunk] == [p.company for p in parts]  # all, in order, once
     assert len(chunks) > 1
@@ -127,3 +128,13 @@ async def test_status_and_metrics_show_the_cost_of_polling_and_the_lag_to_the_ca
     said = await say(svc, connector, "status")
     [load] = [line for line in said.lines if line.startswith("Load on IFS: ")]
     assert load.startswith("Load on IFS: last hour: ") and " in 1 cycles; per cycle " in load
+
+
+async def test_approval_reads_are_budgeted_per_cycle_not_per_company(ifs, harness):
+    for company in COMPANIES:
+        for _ in range(30):
+            ifs.add_order(company=company)
+    h = await harness(companies=COMPANIES, details_limit=50)
+    results = await h.poller.poll_many(ORDER, COMPANIES)
+    assert sum(r.new for r in results) == 90
+    assert len(ifs.data_requests("PurchaseOrderApprovalArray")) == 50  # not 50 for each of the companies
