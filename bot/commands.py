@@ -15,12 +15,8 @@ from cards import AuditView, audit_card, help_card, inert, links_card, status_ca
 from core.domain import Binding, RecordKind
 from core.errors import CommandError, ConfigError
 from core.settings import PeopleSettings, parse_span
-from store.audit import AuditLog
-from store.bindings import Bindings
-from store.channels import Channels
 from store.db import Database
-from store.outbox import Outbox
-from store.seen import Seen
+from store.unit import Store
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +122,9 @@ class Commands:
         self.runtime = runtime
         self.policy = policy
         self.now = now
-        self.channels = Channels(db, now)
-        self.bindings = Bindings(db, now)
-        self.outbox = Outbox(db, now)
-        self.audit = AuditLog(db, now)
-        self.seen = Seen(db)
+        self.store = Store(db, now)
+        self.channels, self.bindings, self.outbox, self.audit, self.seen = (
+            self.store.channels, self.store.bindings, self.store.outbox, self.store.audit, self.store.seen)
 
     def wants_upn(self, text: str) -> bool:
         """Does deciding on this command line need the user's UPN (an admin command, admins named by UPN)?"""
