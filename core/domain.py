@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -63,6 +64,29 @@ class ApprovalStep:
         if "done" in d:
             return cls(**d)
         return cls(**d, done=d.get("status") in DEFAULT_DONE_STATES)  # stored before lines carried it
+
+
+# ------------------------------------------------------------------ the record key codec
+# A record's key within its kind: its key fields as `Name=value`, in the source's key order, joined by '^'
+# ("OrderNo=P1001", "Company=10^InvoiceId=105"), as IFS writes a `keyref` (whose values never hold '^').
+
+KEY_SEPARATOR = "^"
+
+
+def encode_key(values: Mapping[str, object]) -> str:
+    """{"Company": "10", "InvoiceId": 105} -> "Company=10^InvoiceId=105"."""
+    return KEY_SEPARATOR.join([f"{name}={value}" for name, value in values.items()])
+
+
+def decode_key(key: str) -> dict[str, str]:
+    """"Company=10^InvoiceId=105" -> {"Company": "10", "InvoiceId": "105"} (values as text)."""
+    return dict(part.split("=", 1) for part in key.split(KEY_SEPARATOR))
+
+
+def key_template(names: Sequence[str]) -> str:
+    """A str.format template that encodes key values given in `names` order: a page's keys are made with
+    map(template.format, *columns), with no Python loop per row."""
+    return KEY_SEPARATOR.join(f"{n.replace('{', '{{').replace('}', '}}')}={{}}" for n in names)
 
 
 def record_id(kind: RecordKind, company: str, key: str) -> str:
@@ -154,17 +178,6 @@ class FinanceRecord:
         values["approvers"] = tuple(ApprovalStep.from_dict(step) for step in values.get("approvers", ()))
         values["details"] = tuple((str(a), str(b)) for a, b in values.get("details", ()))
         return cls(**values)
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A change to a record as seen by one poll; stored once, delivered once per bound channel."""
-
-    id: int
-    type: EventType
-    record: FinanceRecord
-    previous_state: str | None = None
-    created_at: float = 0.0  # unix time
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from itertools import compress, repeat
 from operator import is_not, itemgetter
 from typing import Any, Protocol
 
-from core.domain import Binding, EventType, FinanceRecord, RecordKind
+from core.domain import Binding, EventType, FinanceRecord, RecordKind, decode_key
 from core.errors import AuthError, BadRecordError, FatalRequestError, RetriableError
 from core.links import odata_literal
 from pollers.ifs_client import Cost, ListingBounds, counted, looks_like_a_page_cap
@@ -684,8 +684,8 @@ class Poller:
 
 
 def _typed_keys(spec: SourceSpec, key: str) -> dict[str, str | int]:
-    """Key values from our key string ('A=x^B=1'), typed as the source declares them."""
-    values = dict(part.split("=", 1) for part in key.split("^"))
+    """Key values from a record key, typed as the source declares them."""
+    values = decode_key(key)
     return {k: int(values[k]) if t == "int" else values[k] for k, t in spec.keys}
 
 

@@ -17,7 +17,15 @@ from decimal import Decimal, InvalidOperation
 from itertools import compress, repeat
 from typing import Any
 
-from core.domain import DEFAULT_DONE_STATES, ApprovalStep, FinanceRecord, RecordKind
+from core.domain import (
+    DEFAULT_DONE_STATES,
+    ApprovalStep,
+    FinanceRecord,
+    RecordKind,
+    decode_key,
+    encode_key,
+    key_template,
+)
 from core.errors import BadRecordError, ConfigError
 from core.links import odata_literal, page_link
 
@@ -149,10 +157,10 @@ class SourceSpec:
 
     def raw_key(self, row: Mapping[str, Any]) -> str:
         """A key for naming a row whose key fields are broken (as received, unvalidated)."""
-        return "^".join(f"{k}={row.get(k)}" for k, _ in self.keys)
+        return encode_key({k: row.get(k) for k, _ in self.keys})
 
     def key_of(self, row: Mapping[str, Any]) -> str:
-        return "^".join(f"{k}={v}" for k, v in self.key_values(row).items())
+        return encode_key(self.key_values(row))
 
 
 # --------------------------------------------------------------------------- defaults (see the IFS reference)
@@ -292,8 +300,7 @@ class RecordMapper:
         object.__setattr__(self, "_link_keys", s.link_keys or tuple(k for k, _ in s.keys))
         object.__setattr__(self, "_key_names", tuple(k for k, _ in s.keys))
         object.__setattr__(self, "_key_types", tuple((k, int if t == "int" else str) for k, t in s.keys))
-        object.__setattr__(self, "_key_format", "^".join(f"{k.replace('{', '{{').replace('}', '}}')}={{}}"
-                                                           for k, _ in s.keys))
+        object.__setattr__(self, "_key_format", key_template([k for k, _ in s.keys]))
         object.__setattr__(self, "_kind", s.kind.value)
         pick = lambda *attrs: tuple((a, getattr(s, a)) for a in attrs if getattr(s, a))  # noqa: E731
         object.__setattr__(self, "_texts", pick("party_id", "party_name", "currency", "cost_center", "site"))
@@ -309,11 +316,7 @@ class RecordMapper:
                 keys = self.spec.key_values(row)  # the general path: converts, or names the bad field
                 break
             keys[name] = v
-        if len(keys) == 1:
-            [(name, v)] = keys.items()
-            key = f"{name}={v}"
-        else:
-            key = "^".join([f"{k}={v}" for k, v in keys.items()])
+        key = encode_key(keys)
         etag = get("@odata.etag") or get("Objversion")
         if not etag or type(etag) is not str:
             raise BadRecordError(key, "@odata.etag", "missing row version")
@@ -559,7 +562,7 @@ class RecordMapper:
         if not (self.ifs_base_url and s.link_page):
             return None
         types = dict(s.keys)
-        values = dict(part.split("=", 1) for part in record.key.split("^"))  # IFS key values never hold '^'
+        values = decode_key(record.key)
         filters: list[tuple[str, str | int]] = []
         for name in self._link_keys:
             if name in values:

@@ -166,3 +166,14 @@ def test_runtime_settle_freezes_startup_objects_and_tunes_collection_and_switchi
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.split() == [str(runtime.YOUNG_GENERATION_THRESHOLD), "True",
                                   str(runtime.SWITCH_INTERVAL_SECONDS)]
+
+
+def test_the_record_key_codec_round_trips_and_templates_encode_alike():
+    from core.domain import decode_key, encode_key, key_template
+
+    values = {"Company": "10", "AccountingYear": 2026, "VoucherType": "M", "VoucherNo": 1001}
+    key = encode_key(values)
+    assert key == "Company=10^AccountingYear=2026^VoucherType=M^VoucherNo=1001"
+    assert decode_key(key) == {k: str(v) for k, v in values.items()}
+    assert key_template(list(values)).format(*values.values()) == key
+    assert decode_key(encode_key({"OrderNo": "P=1"})) == {"OrderNo": "P=1"}  # '=' in a value survives
