@@ -130,7 +130,7 @@ class FinanceRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict, the stored form; fields left at their empty default are omitted (from_dict
-        restores them). pollers.sources.RecordMapper.stored builds the same form straight from an IFS row."""
+        restores them). pollers.mapping.RecordMapper.stored builds the same form straight from an IFS row."""
         # written out by hand: dataclasses.asdict deep-copies and dominated the cost of a first poll
         out: dict[str, Any] = {"kind": self.kind.value, "company": self.company, "key": self.key,
                                "number": self.number, "state": self.state, "etag": self.etag}

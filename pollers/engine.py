@@ -15,15 +15,16 @@ from typing import Any, Protocol
 from core.domain import Binding, EventType, FinanceRecord, RecordKind, decode_key
 from core.errors import AuthError, BadRecordError, FatalRequestError, RetriableError
 from core.links import odata_literal
+from pollers.columns import Columns
 from pollers.ifs_client import Cost, ListingBounds, counted, looks_like_a_page_cap
-from pollers.sources import Columns, RecordMapper, SourceSpec, summarize_chain
+from pollers.mapping import BadRow, RecordMapper, summarize_chain
+from pollers.sources import SourceSpec
 from store.audit import AuditLog
 from store.bindings import Bindings
 from store.poll_writer import Finished, PollWriter
 from store.records import Change
 from store.seen import Seen
 
-BadRow = tuple[str, str, str]  # (record key, field, problem)
 WRITES_IN_FLIGHT = 2  # page writes queued for the database thread at once (see Poller._poll)
 
 log = logging.getLogger(__name__)
@@ -496,13 +497,8 @@ class Poller:
         row by row, which names each bad row's field. Versions are compared by the database (only when
         something was seen before)."""
         present = part.present
-        bad: list[BadRow] = []
         before = len(present)
-        ids = mapper.identify(rows, cols)
-        if ids is None or not present.isdisjoint(ids[0]):
-            rows, ids, bad = mapper.identify_rows(rows, present)
-        keys, etags, states, steps = ids
-        present.update(keys)
+        rows, (keys, etags, states, steps), bad = mapper.identify_page(rows, cols, present)
         # records present but not compared (a well-keyed row with a broken state): counted as unseen, so
         # that the poll asks SQLite which seen records left rather than assume none did
         uncompared = len(present) - before - len(keys)
@@ -555,17 +551,11 @@ class Poller:
                                                       mapper.key_and_etag(rows[i])[2], cycle)
             except BadRecordError as exc:
                 bad.append((keys[i], exc.field, exc.problem))
-        # ... the rest, a digest's worth, are shaped column by column
-        rest = (mapper.stored_page(rows, keys, etags, steps, cols) if not detailed else
-                mapper.stored_page(rows[detailed:], keys[detailed:], etags[detailed:], steps[detailed:]))
-        if rest is not None:
-            records[detailed:] = rest
-        else:  # some field the column checks do not accept: row by row, naming the bad rows
-            for i in range(detailed, len(rows)):
-                try:
-                    records[i] = mapper.stored(rows[i], keys[i], etags[i], step=steps[i])
-                except BadRecordError as exc:
-                    bad.append((keys[i], exc.field, exc.problem))
+        # ... the rest, a digest's worth, are shaped column by column where they can be
+        rest, refused = (mapper.shape(rows, keys, etags, steps, cols) if not detailed else
+                         mapper.shape(rows[detailed:], keys[detailed:], etags[detailed:], steps[detailed:]))
+        records[detailed:] = rest
+        bad += refused
         unseen = olds.count(None)
         changes: list[Change]
         if unseen == len(olds) and None not in records:  # a first poll's page: all new, all well formed

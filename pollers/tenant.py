@@ -22,8 +22,9 @@ from core.clock import Clock, SystemClock
 from core.domain import DEFAULT_DONE_STATES, RecordKind
 from core.errors import AuthError, FatalRequestError, NotifierError, RetriableError
 from core.links import odata_literal
+from pollers.mapping import RecordMapper
 from pollers.metadata import DATE_TYPES, INTEGER_TYPES, NUMERIC_TYPES, Metadata, MetadataError, parse_metadata
-from pollers.sources import DEFAULT_SOURCES, RecordMapper, SourceSpec
+from pollers.sources import DEFAULT_SOURCES, SourceSpec
 
 log = logging.getLogger(__name__)
 

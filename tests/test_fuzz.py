@@ -15,7 +15,8 @@ from bot.authz import Actor, AdminPolicy
 from bot.commands import REGISTRY
 from core.domain import FinanceRecord, RecordKind
 from core.errors import BadRecordError
-from pollers.sources import DEFAULT_SOURCES, RecordMapper
+from pollers.mapping import RecordMapper
+from pollers.sources import DEFAULT_SOURCES
 from store.records import load_record
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(min_value=-10**20, max_value=10**20),

@@ -6,7 +6,8 @@ import pytest
 
 from core.domain import RecordKind
 from core.errors import BadRecordError, ConfigError
-from pollers.sources import DEFAULT_SOURCES, RecordMapper, build_sources
+from pollers.mapping import RecordMapper
+from pollers.sources import DEFAULT_SOURCES, build_sources
 
 
 def test_pending_filter_uses_fully_qualified_enum_literals():
@@ -105,6 +106,6 @@ def test_done_states_decide_which_lines_are_done_and_the_chain_summary():
     assert [s.done for s in steps] == [False, True]
     default = RecordMapper(DEFAULT_SOURCES[RecordKind.INVOICE], "").approvals(lines)
     assert [s.done for s in default] == [True, True]  # Acknowledged ends a line by default
-    from pollers.sources import summarize_chain
+    from pollers.mapping import summarize_chain
     assert summarize_chain(steps) == "step 2 of 2: waiting for ANNA"
     assert summarize_chain(default) == "all 2 steps done"
