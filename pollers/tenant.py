@@ -23,7 +23,7 @@ from core.domain import DEFAULT_DONE_STATES, RecordKind
 from core.errors import AuthError, FatalRequestError, NotifierError, RetriableError
 from core.links import odata_literal
 from pollers.mapping import RecordMapper
-from pollers.metadata import DATE_TYPES, INTEGER_TYPES, NUMERIC_TYPES, Metadata, MetadataError, parse_metadata
+from pollers.metadata import DATE_TYPES, NUMERIC_TYPES, Metadata, MetadataError, parse_metadata
 from pollers.sources import DEFAULT_SOURCES, SourceSpec
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def validate(spec: SourceSpec, md: Metadata) -> Validation:
         for name in key_names:
             exists("keys", name, True)
     for name, typ in spec.keys:
-        if name in props and (typ == "int") != (props[name] in INTEGER_TYPES):
+        if name in props and (typ == "int") != (props[name] in NUMERIC_TYPES):  # IFS keys are often Edm.Decimal
             problem("keys", f"{name} is {props[name]}, so its key type is {'int' if typ == 'str' else 'str'}",
                     True, (_keys_toml(entity.keys or tuple(key_names), props),))
     for name, _value in spec.pending_equals:
@@ -279,7 +279,7 @@ def _validate_approvals(spec: SourceSpec, md: Metadata, entity, problem) -> dict
 
 
 def _keys_toml(keys: Iterable[str], props: Mapping[str, str]) -> str:
-    return "keys = [" + ", ".join(f'["{k}", "{"int" if props.get(k) in INTEGER_TYPES else "str"}"]'
+    return "keys = [" + ", ".join(f'["{k}", "{"int" if props.get(k) in NUMERIC_TYPES else "str"}"]'
                                   for k in keys) + "]"
 
 
@@ -589,7 +589,7 @@ async def _propose(client, kind: RecordKind, metadata: Mapping[str, Metadata], c
     values["projection"] = projection
     values["entity_set"] = entity_set
     notes["entity_set"] = "best match" + (f"; also considered {', '.join(others)}" if others else "")
-    values["keys"] = [[k, "int" if props.get(k) in INTEGER_TYPES else "str"] for k in entity.keys]
+    values["keys"] = [[k, "int" if props.get(k) in NUMERIC_TYPES else "str"] for k in entity.keys]
     notes["keys"] = "the entity set's <Key>"
     company_field = _field(props, CANDIDATES["company_field"]) or "Company"
     state_field = _field(props, CANDIDATES["state_field"]) or "Objstate"

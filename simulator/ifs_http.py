@@ -680,7 +680,9 @@ def _decimal_columns(entity: EntityType) -> tuple[str, ...]:
     return tuple(name for name, type_ in entity.properties.items() if type_ == EDM_DECIMAL)
 
 
-_ALWAYS = ("@odata.etag", "luname", "keyref")
+# A recorded IFS answer to a `$select` query carries each row's `@odata.etag` and the selected columns, nothing
+# else (`luname`, `keyref`, `Objgrants` come only without `$select`).
+_ALWAYS = ("@odata.etag",)
 
 
 def _kept(entity: EntityType, select: Sequence[str] | None) -> tuple[str, ...] | None:
