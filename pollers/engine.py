@@ -448,12 +448,12 @@ class Poller:
                 result.incomplete += 1
                 continue
             record = await self._final(cycle, key, event_id, row)
-            resolved.append((EventType.RESOLVED, record.to_dict(), state, ""))
+            resolved.append((EventType.RESOLVED, record.to_compact(), state, ""))
         hidden = bool(gone) and not present and not await self._company_visible(spec, company)
         if hidden:
             result.incomplete += len(gone)
         for key, state, event_id in [] if hidden else gone:
-            resolved.append((EventType.RESOLVED, (await self._final(cycle, key, event_id, None)).to_dict(), state, ""))
+            resolved.append((EventType.RESOLVED, (await self._final(cycle, key, event_id, None)).to_compact(), state, ""))
         result.pending += result.incomplete + result.deferred  # still pending, as far as anyone knows
         deferred = ""
         if result.deferred:
@@ -647,7 +647,7 @@ class Poller:
             summary = summarize_chain(chain)
             if summary and summary != row.chain:
                 last = await self.seen.last_record(row.event_id)
-                changes.append((EventType.CHANGED, replace(last, approvers=chain, approval_step=summary).to_dict(),
+                changes.append((EventType.CHANGED, replace(last, approvers=chain, approval_step=summary).to_compact(),
                                 last.state, row.step))
         if checked:
             await self.seen.mark_chains_checked(kind, company, checked, self.now())

@@ -16,7 +16,7 @@ from decimal import Decimal, InvalidOperation
 from itertools import compress, repeat
 from typing import Any
 
-from core.domain import ApprovalStep, FinanceRecord, decode_key, encode_key, key_template
+from core.domain import ApprovalStep, FinanceRecord, compact, decode_key, encode_key, key_template
 from core.errors import BadRecordError
 from core.links import page_link
 from pollers.columns import Columns, NoneType
@@ -86,8 +86,8 @@ class RecordMapper:
         return FinanceRecord.from_dict(self.stored(row, key, etag, approvals))
 
     def stored(self, row: Mapping[str, Any], key: str, etag: str, approvals: tuple[ApprovalStep, ...] = (),
-               step: str | None = None) -> dict[str, Any]:
-        """The record in its stored form (FinanceRecord.to_dict's), validated field by field.
+               step: str | None = None) -> tuple[Any, ...]:
+        """The record in its stored form (FinanceRecord.COMPACT), validated field by field.
 
         The bulk path of a poll: every new or changed row of a page goes straight from here into the
         events table, without a FinanceRecord in between (map() builds one where one is needed).
@@ -142,7 +142,7 @@ class RecordMapper:
                 if details is None:
                     details = out["details"] = []
                 details.append([label, v if type(v) is str else str(v)])
-        return out
+        return compact(out)
 
     # A page at a time: the same results as key_and_etag / stored row by row, computed column by column
     # with C-level builtins (map, zip, compress, set, join), about 3x less interpreter work per row. Each

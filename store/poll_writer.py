@@ -57,9 +57,10 @@ class PollWriter:
             # one event per record and page: a second one would be written in group order, not in order
             raise ValueError("a record appears twice in one page's changes")
         chains: Iterable[str] = repeat("")
-        if any(stored_field(records_of, "approvers")):
-            chains = [rec.get("approval_step") or "" if type(rec) is dict and rec.get("approvers") else ""
-                      for rec in records_of]
+        approvers = stored_field(records_of, "approvers")
+        if any(approvers):
+            chains = [(step or "") if steps else "" for steps, step in
+                      zip(approvers, stored_field(records_of, "approval_step"), strict=True)]
         parts: list[Any] = [list(map(itemgetter(0), changes)), list(map(itemgetter(2), changes)),
                  stored_field(records_of, "state"), list(map(itemgetter(3), changes)), chains]
         groups: dict[tuple[str, str | None, str, str, str], dict[str, Any]] = {}

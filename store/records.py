@@ -18,7 +18,7 @@ _COMPACT_AT = {name: i for i, name in enumerate(FinanceRecord.COMPACT)}
 
 
 def stored_field(records: list[Any], name: str) -> list[Any]:
-    """One field of records in either stored form (None for a field the compact form lacks, approvers)."""
+    """One field of records in either stored form (to_dict's, read from tests and older rows, or COMPACT)."""
     forms = set(map(type, records))
     if forms <= {dict}:
         return list(map(methodcaller("get", name), records))

@@ -21,6 +21,7 @@ from store.audit import AuditLog
 from store.bindings import Bindings
 from store.channels import Channels
 from store.outbox import Outbox
+from store.records import load_record
 from tests import test_poller
 from tests.conftest import CHANNEL, channel_message, post_activity
 from tests.test_poller import list_requests
@@ -42,7 +43,7 @@ async def seen_keys(h) -> set[str]:
 
 
 async def resolved_records(h) -> list[dict]:
-    return [json.loads(r[0]) for r in await h.db.fetchall("SELECT record FROM events WHERE type = 'resolved'"
+    return [load_record(r[0]).to_dict() for r in await h.db.fetchall("SELECT record FROM events WHERE type = 'resolved'"
                                                           " ORDER BY id")]
 
 
@@ -384,7 +385,7 @@ async def test_a_wrong_approval_navigation_degrades_the_cards_with_one_warning(i
     result = await h.poller.poll(ORDER, "10")
     assert result.ok, result.error
     assert (result.new, result.deliveries) == (3, 3)
-    records = [json.loads(r[0]) for r in await h.db.fetchall("SELECT record FROM events")]
+    records = [load_record(r[0]).to_dict() for r in await h.db.fetchall("SELECT record FROM events")]
     assert sorted(r["number"] for r in records) == sorted(o["OrderNo"] for o in orders)
     assert not any(r.get("approvers") for r in records)
     assert len(ifs.data_requests("NoSuchArray")) == 1  # no further approval-line reads in that poll
@@ -416,7 +417,7 @@ async def test_approval_lines_of_a_record_gone_meanwhile_leave_the_other_chains_
     caplog.set_level(logging.WARNING, logger="pollers.engine")
     result = await h.poller.poll(ORDER, "10")
     assert result.ok and result.new == 2 and not caplog.records
-    records = {r["number"]: r for r in (json.loads(t[0]) for t in await h.db.fetchall("SELECT record FROM events"))}
+    records = {r["number"]: r for r in (load_record(t[0]).to_dict() for t in await h.db.fetchall("SELECT record FROM events"))}
     assert not records[gone["OrderNo"]].get("approvers") and records[kept["OrderNo"]]["approvers"]
 
 
