@@ -39,9 +39,9 @@ from requests import RequestException
 from bot.authz import Actor
 from bot.claims import CardActions
 from bot.commands import Commands, Reply
-from bot.delivery import SendError
 from core.clock import Clock, SystemClock
 from core.domain import ChannelRef, PostedCard
+from core.errors import SendError
 from core.retry import RetryPolicy
 from store.audit import AuditLog
 from store.channels import Channels

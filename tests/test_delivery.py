@@ -9,9 +9,10 @@ from decimal import Decimal
 
 import pytest
 
-from bot.delivery import CardRenderer, DeliveryWorker, Outcome, SendError, classify
+from bot.delivery import CardRenderer, DeliveryWorker, Outcome, classify
 from core.clock import FakeClock
 from core.domain import Binding, ChannelRef, EventType, FinanceRecord, RecordKind
+from core.errors import SendError
 from core.settings import DeliverySettings
 from simulator.connector import ConnectorStandIn
 from store.audit import AuditLog
