@@ -601,7 +601,7 @@ class Service:
 async def open_store(settings: Settings) -> tuple[Database, Vault]:
     owner_only(settings.service.key_file, "service.key_file")  # also when no command reads the key
     db = await open_database(settings.service.database)
-    return db, Vault(db, KeyRing(settings.service.key_file))
+    return db, Vault(db, KeyRing(settings.service.key_file, env=os.environ))
 
 
 async def build_service(settings: Settings, secrets: Mapping[str, str] | None = None, *,
@@ -966,7 +966,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config, env=os.environ)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
