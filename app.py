@@ -13,7 +13,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,6 +27,7 @@ from core.errors import ConfigError, NotifierError
 from core.links import odata_literal
 from core.metrics import Metrics
 from core.retry import RetryPolicy
+from core.secret import Secret
 from core.settings import Settings, load_settings
 from pollers.engine import IfsLoad
 from pollers.sources import SourceSpec, build_sources
@@ -77,17 +78,20 @@ def setup_logging(settings: Settings) -> None:
 class Credentials:
     ifs_base_url: str
     ifs_client_id: str | None
-    ifs_client_secret: str | None = field(repr=False)
+    ifs_client_secret: Secret | None
     bot_app_id: str
-    bot_app_password: str = field(repr=False)
+    bot_app_password: Secret
     bot_tenant_id: str
 
 
 async def load_credentials(settings: Settings, vault: Vault) -> Credentials:
+    ifs_secret = await vault.get("ifs.client_secret")
     return Credentials(
         ifs_base_url=(await vault.get("ifs.base_url")) or settings.ifs.base_url,
-        ifs_client_id=await vault.get("ifs.client_id"), ifs_client_secret=await vault.get("ifs.client_secret"),
-        bot_app_id=(await vault.get("bot.app_id")) or "", bot_app_password=(await vault.get("bot.app_password")) or "",
+        ifs_client_id=await vault.get("ifs.client_id"),
+        ifs_client_secret=Secret(ifs_secret) if ifs_secret is not None else None,
+        bot_app_id=(await vault.get("bot.app_id")) or "",
+        bot_app_password=Secret((await vault.get("bot.app_password")) or ""),
         bot_tenant_id=(await vault.get("bot.tenant_id")) or "")
 
 
@@ -155,7 +159,7 @@ class Service:
                              confirm_reads=settings.ifs.confirm_reads_per_cycle,
                              max_listing_pages=settings.ifs.max_listing_pages,
                              max_listing_seconds=settings.ifs.max_listing_seconds)
-        self.bot_config = BotConfig(APP_ID=creds.bot_app_id, APP_PASSWORD=creds.bot_app_password,
+        self.bot_config = BotConfig(APP_ID=creds.bot_app_id, APP_PASSWORD=creds.bot_app_password.reveal(),
                                     APP_TYPE=settings.bot.app_type if creds.bot_app_id else "MultiTenant",
                                     APP_TENANTID=creds.bot_tenant_id,
                                     OPENID_METADATA_URL=settings.bot.openid_metadata_url or None)
@@ -167,7 +171,7 @@ class Service:
                                      settings.delivery, timezone=settings.service.timezone, metrics=self.metrics)
         owner_check = None
         if settings.bot.owners_are_admins and creds.bot_app_id and creds.bot_app_password:
-            owner_check = GraphOwnerCheck(creds.bot_app_id, creds.bot_app_password)
+            owner_check = GraphOwnerCheck(creds.bot_app_id, creds.bot_app_password.reveal())
         self.commands = Commands(db, self, AdminPolicy(settings.bot.admins, owner_check), people=settings.people)
         self.reminders = Reminders(db, self._send_reminder, settings.people, timezone=settings.service.timezone,
                                    holidays=settings.schedule.holidays, card_context=self.card_context,
