@@ -11,9 +11,8 @@ import os
 import signal
 import sqlite3
 import sys
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,15 +21,16 @@ from aiohttp import web
 
 from core import runtime
 from core.clock import Clock, SystemClock
+from core.company import CompanyCheck
 from core.domain import RecordKind
 from core.errors import ConfigError, NotifierError
-from core.links import odata_literal
 from core.metrics import Metrics
 from core.retry import RetryPolicy
 from core.secret import Secret
 from core.settings import Settings, load_settings
-from pollers.engine import IfsLoad
-from pollers.sources import SourceSpec, build_sources
+from pollers.engine import PollResult
+from pollers.job import SourceJobs
+from pollers.sources import build_sources
 from pollers.tenant import TenantSchema, check_source, connection_problem, discover, render, toml_value
 from store.audit import AuditLog
 from store.bindings import Bindings
@@ -152,13 +152,17 @@ class Service:
         self.people = People(db)
         self.claims = Claims(db)
         self.tenant = TenantSchema(self.ifs, self.sources)
-        self.load = IfsLoad()
         self.poller = Poller(client=self.ifs, sources=self.sources, seen=Seen(db), bindings=self.bindings,
                              writer=PollWriter(db), audit=self.audit, ifs_base_url=creds.ifs_base_url,
                              page_size=settings.ifs.page_size, use_select=settings.ifs.select,
                              confirm_reads=settings.ifs.confirm_reads_per_cycle,
                              max_listing_pages=settings.ifs.max_listing_pages,
                              max_listing_seconds=settings.ifs.max_listing_seconds)
+        self._install_gauges()
+        self.jobs = SourceJobs(ifs=self.ifs, sources=self.sources, poller=self.poller, tenant=self.tenant,
+                               bindings=self.bindings, people=self.people, seen=Seen(db), audit=self.audit,
+                               metrics=self.metrics, tz=self.tz, personal=settings.people.personal,
+                               polled=self.wake_delivery)
         self.bot_config = BotConfig(APP_ID=creds.bot_app_id, APP_PASSWORD=creds.bot_app_password.reveal(),
                                     APP_TYPE=settings.bot.app_type if creds.bot_app_id else "MultiTenant",
                                     APP_TENANTID=creds.bot_tenant_id,
@@ -180,12 +184,9 @@ class Service:
                                actions=CardActions(db, self.render_record_card, now=self.clock.time,
                                                    snooze_until=self.reminders.snooze_until,
                                                    refresh=self._refresh_cards))
-        self.scheduler = None
         self._tasks: list[asyncio.Task] = []
-        # one lock per source: a source stuck in a long listing never holds up the others
-        self._poll_locks = {kind: asyncio.Lock() for kind in RecordKind}
+        self._poll_locks = self.jobs.locks
         self._stopped = False
-        self._install_gauges()
 
     # ------------------------------------------------------------------ cards
 
@@ -197,13 +198,10 @@ class Service:
                            list_pages={k: s.list_page for k, s in self.sources.items() if s.list_page})
 
     def _linked(self, record):
-        """The record with its "Open in IFS" link (links are built at render time, not per polled row)."""
-        if record.deep_link or record.kind not in self.sources:
-            return record
-        return replace(record, deep_link=self.poller.mapper(record.kind).link_for(record))
+        return self.jobs.link_record(record)
 
     def link_record(self, record):
-        return self._linked(record)
+        return self.jobs.link_record(record)
 
     async def _next_approver(self, record):
         """The Teams user to mention for the record's next open approval line: confirmed mappings only."""
@@ -263,134 +261,40 @@ class Service:
 
     # ------------------------------------------------------------------ Runtime protocol for commands
 
-    async def check_company(self, company: str):
-        """Whether IFS knows `company`, and for each kind whether its cards will arrive (and if not, why)."""
-        from bot.commands import CompanyCheck
-
-        kinds: dict[str, str | None] = {}
-        usable: list[SourceSpec] = []
-        for kind, spec in self.sources.items():
-            if not spec.enabled:
-                kinds[kind.plural] = f"[sources.{kind.value}] enabled = false in the service's configuration"
-                continue
-            validation = await self._validated(kind)
-            if validation is not None and validation.fatal:
-                kinds[kind.plural] = validation.fix
-                continue
-            kinds[kind.plural] = None
-            usable.append(validation.spec if validation is not None else spec)
-        try:
-            found = False
-            for spec in usable:
-                if await self.ifs.probe(spec.projection, spec.entity_set,
-                                        filter=f"{spec.company_field} eq {odata_literal(company)}"):
-                    found = True
-                    break
-        except NotifierError as exc:
-            return CompanyCheck(False, error=f"IFS did not answer properly: {exc}", kinds=kinds)
-        if not found and usable:
-            return CompanyCheck(False, error="IFS returned no documents for it. Either the code is wrong, or the"
-                                             " IFS service user is not allowed to see that company (Allowed Companies)",
-                                kinds=kinds)
-        pending: dict[str, int] = {}
-        for st in await Seen(self.db).source_states():
-            if st.company == company:
-                pending[RecordKind(st.kind).plural] = st.pending
-        return CompanyCheck(True, pending=pending, kinds=kinds)
-
-    async def _validated(self, kind: RecordKind):
-        """The source checked against the tenant's $metadata, or None when that cannot be read now (the poll
-        then runs as configured and reports what IFS says)."""
-        try:
-            return await self.tenant.validate(kind)
-        except NotifierError:
-            return None
+    async def check_company(self, company: str) -> CompanyCheck:
+        return await self.jobs.check_company(company)
 
     async def validate_sources(self) -> None:
-        """Check every enabled source's names against the tenant once at start (one log line per problem),
-        whether or not a channel is linked yet."""
-        for kind, spec in self.sources.items():
-            if spec.enabled:
-                await self._validated(kind)
+        await self.jobs.validate_sources()
 
     def ifs_load(self) -> dict[str, float]:
-        return self.load.summary(time.time())
+        return self.jobs.ifs_load()
 
     def source_problems(self) -> dict[str, tuple[str | None, tuple[str, ...]]]:
-        """Per kind: the line that says why it cannot be polled (or None), and the names left out of it."""
-        out = {}
-        for kind in self.sources:
-            v = self.tenant.last(kind)
-            if v is not None and v.problems:
-                out[kind.value] = (v.fix, tuple(p.line() for p in v.problems if not p.fatal))
-        return out
+        return self.jobs.source_problems()
 
     def next_runs(self) -> dict[str, float | None]:
-        if self.scheduler is None:
-            return {}
-        out = {}
-        for job in self.scheduler.get_jobs():
-            out[job.id] = job.next_run_time.timestamp() if job.next_run_time else None
-        return out
+        return self.jobs.next_runs()
 
     def ifs_token_state(self) -> dict[str, Any]:
-        return self.ifs.token_state()
+        return self.jobs.ifs_token_state()
 
     def poll_soon(self) -> None:
-        if self.scheduler is not None:
-            now = datetime.now(self.tz)
-            for job in self.scheduler.get_jobs():
-                job.modify(next_run_time=now)
+        self.jobs.poll_soon()
 
     def wake_delivery(self) -> None:
         self.worker.wake()
 
     # ------------------------------------------------------------------ polling
 
-    async def poll_source(self, kind: RecordKind) -> list[Any]:
-        """One scheduled job: this source for every company an active channel is bound to."""
-        results = []
-        async with self._poll_locks[kind]:
-            companies = await self.bindings.companies()
-            validation = await self._validated(kind) if companies else None
-            if validation is not None and validation.fatal:
-                # the names this source needs do not exist on the tenant: say which setting, poll nothing
-                for company in companies:
-                    await self.poller.writer.finish(kind, company, ok=False, pending=None, error=validation.fix,
-                                                    audit=self.audit, summary={"error": validation.fix})
-                return []
-            if validation is not None:
-                self.poller.set_source(validation.spec)
-            started = time.monotonic()
-            cycle = await self.poller.poll_many(kind, companies)
-            self.load.record(time.time(), cycle, time.monotonic() - started)
-            self.metrics.observe_value("notifier_poll_cycle_seconds", time.monotonic() - started, source=kind.value)
-            self.metrics.inc("notifier_poll_ifs_requests_total", sum(r.requests for r in cycle), source=kind.value)
-            self.metrics.inc("notifier_poll_ifs_bytes_total", sum(r.bytes for r in cycle), source=kind.value)
-            for result in cycle:
-                if not result.ok and result.status == 400:  # a name IFS no longer has: read $metadata again
-                    self.tenant.invalidate(self.sources[kind].projection)
-                results.append(result)
-                self.metrics.inc("notifier_polls_total", source=kind.value, outcome="ok" if result.ok else "failed")
-                if result.ok:
-                    self.metrics.set_to_now("notifier_last_successful_poll_timestamp_seconds", source=kind.value)
-                self.metrics.inc("notifier_records_seen_total", result.rows, source=kind.value)
-                for etype in ("new", "changed", "resolved"):
-                    self.metrics.inc("notifier_events_total", getattr(result, etype), type=etype, source=kind.value)
-                if result.bad:
-                    self.metrics.inc("notifier_bad_rows_total", result.bad, source=kind.value)
-            # the poll's events also go to the personal chats of the approvers they wait for
-            while await self.people.route_personal(enabled=self.settings.people.personal):
-                pass
-        self.worker.wake()
-        return results
+    async def poll_source(self, kind: RecordKind) -> list[PollResult]:
+        return await self.jobs.poll_source(kind)
 
-    async def poll_once(self) -> list[Any]:
-        """Every enabled source once (the `poll --once` command)."""
-        return [r for kind, spec in self.sources.items() if spec.enabled for r in await self.poll_source(kind)]
+    async def poll_once(self) -> list[PollResult]:
+        return await self.jobs.poll_once()
 
     def _install_gauges(self) -> None:
-        """Series read at each scrape: the outbox (from the database) and the IFS client's own totals."""
+        """Series read at each scrape: the outbox (from the database); the IFS client's own totals are SourceJobs'."""
         async def backlog():
             return {(status,): float(n) for status, n in (await Outbox(self.db).counts()).items()}
 
@@ -400,13 +304,6 @@ class Service:
         self.metrics.observe("notifier_outbox_deliveries", "Deliveries in the outbox, by status", backlog,
                              labels=("status",))
         self.metrics.observe("notifier_queue_oldest_seconds", "Age of the oldest undelivered delivery", age)
-        for stat, help in (("requests", "HTTP requests sent to IFS, token requests included"),
-                           ("retries", "IFS requests sent again after a retriable failure or a 401"),
-                           ("throttled", "429 answers received from IFS"),
-                           ("token_renewals", "IFS access tokens obtained"),
-                           ("failures", "IFS calls that ended in an error raised to the caller"),
-                           ("bytes", "Response bytes received from IFS")):
-            self.metrics.counter_from(f"notifier_ifs_{stat}_total", help, lambda stat=stat: self.ifs.stats[stat])
 
     # ------------------------------------------------------------------ web
 
@@ -509,10 +406,6 @@ class Service:
 
     async def start(self, *, web_runner: bool = True, background: bool = True) -> None:
         """Start the web app and (with `background`) the poll scheduler and the delivery worker."""
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
-        from pollers.schedule import PollTrigger
-
         # the sockets first: a busy port must stop start-up before any poll has begun
         if web_runner:
             svc = self.settings.service
@@ -533,13 +426,7 @@ class Service:
         await self.housekeep()  # the audit retention applies from the start, not a day later
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         if background:
-            self.scheduler = AsyncIOScheduler(timezone=self.tz)
-            for kind, spec in self.sources.items():
-                if spec.enabled:
-                    self.scheduler.add_job(self.poll_source, PollTrigger(self.settings.schedule, self.tz),
-                                           args=[kind], id=kind.value, max_instances=1, coalesce=True,
-                                           misfire_grace_time=300, next_run_time=datetime.now(self.tz))
-            self.scheduler.start()
+            self.jobs.start(self.settings.schedule)
             self._tasks.append(asyncio.create_task(self.worker.run(), name="delivery-worker"))
             if self.settings.people.remind_at:
                 self._tasks.append(asyncio.create_task(self._reminding(), name="reminders"))
@@ -589,8 +476,7 @@ class Service:
         if self._stopped:
             return
         self._stopped = True
-        if self.scheduler is not None:
-            self.scheduler.shutdown(wait=False)
+        self.jobs.shutdown()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
