@@ -14,15 +14,17 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from cards import CardContext
 from core import runtime
 from core.clock import Clock, SystemClock
 from core.company import CompanyCheck
-from core.domain import RecordKind
+from core.domain import FinanceRecord, RecordKind
 from core.errors import ConfigError, NotifierError
 from core.metrics import Metrics
 from core.retry import RetryPolicy
@@ -125,9 +127,10 @@ class Service:
         from bot.authz import AdminPolicy, GraphOwnerCheck
         from bot.claims import CardActions
         from bot.commands import Commands
-        from bot.delivery import CardRenderer, DeliveryWorker
+        from bot.delivery import DeliveryWorker
         from bot.inbound import RejectedRequests
         from bot.reminders import Reminders
+        from bot.rendering import CardRendering
         from bot.teams import BotConfig, NotifierBot, SigningKeys, TeamsSender, make_adapter
         from pollers.engine import Poller
         from pollers.sources import build_sources
@@ -170,96 +173,36 @@ class Service:
         self.adapter, self.credentials_factory = make_adapter(self.bot_config)
         self.signing_keys = SigningKeys()
         self.sender = TeamsSender(self.adapter, creds.bot_app_id)
-        self.worker = DeliveryWorker(db, self.sender, CardRenderer(self._render_record, self._render_digest,
-                                                                    self._render_reply),
-                                     settings.delivery, timezone=settings.service.timezone, metrics=self.metrics)
+        self.rendering = CardRendering(
+            people=self.people, claims=self.claims, link=self.jobs.link_record,
+            timezone=settings.service.timezone, locale=settings.service.locale,
+            ifs_base_url=creds.ifs_base_url or None,
+            list_pages={k: s.list_page for k, s in self.sources.items() if s.list_page},
+            digest_max_rows=settings.delivery.digest_max_rows)
+        self.worker = DeliveryWorker(db, self.sender, self.rendering.renderer(), settings.delivery,
+                                     timezone=settings.service.timezone, metrics=self.metrics)
         owner_check = None
         if settings.bot.owners_are_admins and creds.bot_app_id and creds.bot_app_password:
             owner_check = GraphOwnerCheck(creds.bot_app_id, creds.bot_app_password.reveal())
         self.commands = Commands(db, self, AdminPolicy(settings.bot.admins, owner_check), people=settings.people)
-        self.reminders = Reminders(db, self._send_reminder, settings.people, timezone=settings.service.timezone,
-                                   holidays=settings.schedule.holidays, card_context=self.card_context,
-                                   link=self._linked)
+        self.reminders = Reminders(db, partial(self.worker.send_card, what="reminder"), settings.people,
+                                   timezone=settings.service.timezone, holidays=settings.schedule.holidays,
+                                   card_context=self.rendering.card_context, link=self.jobs.link_record)
         self.bot = NotifierBot(db, self.commands, welcome=settings.bot.welcome,
-                               actions=CardActions(db, self.render_record_card, now=self.clock.time,
+                               actions=CardActions(db, self.rendering.render_record_card, now=self.clock.time,
                                                    snooze_until=self.reminders.snooze_until,
-                                                   refresh=self._refresh_cards))
+                                                   refresh=partial(self.rendering.refresh_cards, self.worker)))
         self._tasks: list[asyncio.Task] = []
         self._poll_locks = self.jobs.locks
         self._stopped = False
 
-    # ------------------------------------------------------------------ cards
-
-    def card_context(self):
-        from cards import CardContext
-
-        return CardContext(today=datetime.now(self.tz).date(), locale=self.settings.service.locale,
-                           tz=self.settings.service.timezone, ifs_base_url=self.creds.ifs_base_url or None,
-                           list_pages={k: s.list_page for k, s in self.sources.items() if s.list_page})
-
-    def _linked(self, record):
-        return self.jobs.link_record(record)
-
-    def link_record(self, record):
-        return self.jobs.link_record(record)
-
-    async def _next_approver(self, record):
-        """The Teams user to mention for the record's next open approval line: confirmed mappings only."""
-        from core.people import Mention, next_approver
-
-        who = next_approver(record)
-        person = await self.people.get(who) if who else None
-        if person is None or not person.active or not person.mention_id:
-            return None
-        return Mention(id=person.mention_id, name=person.name)
-
-    async def _render_record(self, d) -> tuple[dict, str]:
-        from cards import record_card
-
-        card = record_card(self._linked(d.record), d.event_type, self.card_context(), previous_state=d.previous_state,
-                           next_approver=await self._next_approver(d.record), claimable=True,
-                           claim=await self.claims.get(d.record_id))
-        return card, card.get("fallbackText", d.record.number)
-
-    async def _send_reminder(self, conversation_id: str, card: dict, text: str) -> bool:
-        return await self.worker.send_card(conversation_id, card, text, what="reminder")
-
-    async def _refresh_cards(self, record_id: str, clicked: str) -> int:
-        """Update a record's cards in every other conversation (who is on it), paced like deliveries."""
-        card = await self.render_record_card(record_id)
-        if card is None:
-            return 0
-        updated = 0
-        for conversation, posted in await self.claims.cards_of(record_id):
-            if conversation != clicked:
-                updated += await self.worker.update_card(conversation, posted, card, card["fallbackText"],
-                                                         what="card refresh")
-        return updated
-
-    async def render_record_card(self, record_id: str) -> dict | None:
-        """A record's card as its latest event shows it, with who is on it now (card actions answer with it)."""
-        from cards import record_card
-
-        latest = await self.claims.latest(record_id)
-        if latest is None:
-            return None
-        event, record, previous = latest
-        return record_card(self._linked(record), event, self.card_context(), previous_state=previous,
-                           next_approver=await self._next_approver(record), claimable=True,
-                           claim=await self.claims.get(record_id))
-
-    def _render_digest(self, ds) -> tuple[dict, str]:
-        from cards import digest_card
-
-        card = digest_card([(d.event_type, self._linked(d.record)) for d in ds], self.card_context(),
-                           max_rows=self.settings.delivery.digest_max_rows)
-        return card, card.get("fallbackText", f"{len(ds)} documents")
-
-    @staticmethod
-    def _render_reply(d) -> str:
-        return f"{d.record.kind.value.capitalize()} {d.record.number} is now {d.record.state}."
-
     # ------------------------------------------------------------------ Runtime protocol for commands
+
+    def card_context(self) -> CardContext:
+        return self.rendering.card_context()
+
+    def link_record(self, record: FinanceRecord) -> FinanceRecord:
+        return self.jobs.link_record(record)
 
     async def check_company(self, company: str) -> CompanyCheck:
         return await self.jobs.check_company(company)

@@ -48,8 +48,8 @@ async def rig(tmp_path, ifs):
 
     def worker(**overrides) -> DeliveryWorker:
         settings = replace(DeliverySettings(), **overrides)
-        return DeliveryWorker(svc.db, svc.sender, CardRenderer(svc._render_record, svc._render_digest,
-                                                                svc._render_reply),
+        return DeliveryWorker(svc.db, svc.sender, CardRenderer(svc.rendering.render_record, svc.rendering.render_digest,
+                                                                svc.rendering.render_reply),
                               settings, now=clock.time, monotonic=clock.monotonic, sleep=fake_sleep,
                               rng=random.Random(7))
 
