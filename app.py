@@ -18,8 +18,6 @@ from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from aiohttp import web
-
 from cards import CardContext
 from core import runtime
 from core.clock import Clock, SystemClock
@@ -132,6 +130,7 @@ class Service:
         from bot.reminders import Reminders
         from bot.rendering import CardRendering
         from bot.teams import BotConfig, NotifierBot, SigningKeys, TeamsSender, make_adapter
+        from bot.web import WebApps
         from pollers.engine import Poller
         from pollers.sources import build_sources
         from store.poll_writer import PollWriter
@@ -192,6 +191,9 @@ class Service:
                                actions=CardActions(db, self.rendering.render_record_card, now=self.clock.time,
                                                    snooze_until=self.reminders.snooze_until,
                                                    refresh=partial(self.rendering.refresh_cards, self.worker)))
+        self.web = WebApps(settings.service, version=VERSION, db=db, bot_config=self.bot_config, adapter=self.adapter,
+                           credentials_factory=self.credentials_factory, bot=self.bot, rejections=self.rejections,
+                           metrics=self.metrics, ifs_token_state=self.ifs.token_state)
         self._tasks: list[asyncio.Task] = []
         self._poll_locks = self.jobs.locks
         self._stopped = False
@@ -248,122 +250,13 @@ class Service:
                              labels=("status",))
         self.metrics.observe("notifier_queue_oldest_seconds", "Age of the oldest undelivered delivery", age)
 
-    # ------------------------------------------------------------------ web
-
-    def web_app(self) -> web.Application:
-        """The public app: /api/messages and /healthz, and /readyz and /metrics unless service.ops_port
-        puts those on an address of their own (ops_app)."""
-        app = web.Application(client_max_size=256 * 1024)
-        app.router.add_post("/api/messages", self._messages)
-        app.router.add_get("/healthz", self._healthz)
-        if not self.settings.service.ops_port:
-            app.router.add_get("/readyz", self._readyz)
-            app.router.add_get("/metrics", self._metrics)
-        return app
-
-    def ops_app(self) -> web.Application:
-        """For monitoring only (service.ops_host:ops_port): /healthz, /readyz, /metrics."""
-        app = web.Application(client_max_size=1024)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        return app
-
-    async def _messages(self, request: web.Request) -> web.StreamResponse:
-        from bot.inbound import INVALID_TOKEN, MALFORMED_REQUEST, parse_activity, token_problem
-        from bot.teams import readable_activity
-
-        # Checked here, before botbuilder sees the request: it parses the body before authenticating and
-        # answers what it cannot parse with an exception. Without a plausible token the body is not read.
-        source = request.remote or "unknown"
-        if not self.bot_config.auth_disabled:
-            problem = token_problem(request.headers.get("Authorization"))
-            if problem is not None:
-                return await self._refuse(source, problem)
-        data = parse_activity(request.content_type, await request.read())  # read() keeps the body limit
-        if data is None or not readable_activity(data):
-            return await self._refuse(source, MALFORMED_REQUEST)
-        try:
-            response = await self.adapter.process(request, self.bot)
-        except (PermissionError, web.HTTPUnauthorized):
-            return await self._refuse(source, INVALID_TOKEN)
-        if response is not None and response.status == 401:
-            await self.rejections.add(source, INVALID_TOKEN)
-        return response if response is not None else web.Response(status=201)
-
-    async def _refuse(self, source: str, reason: str) -> web.Response:
-        from bot.inbound import MALFORMED_REQUEST
-
-        await self.rejections.add(source, reason)
-        if reason == MALFORMED_REQUEST:
-            return web.json_response({"error": "bad request"}, status=400)
-        return web.json_response({"error": "unauthorized"}, status=401)
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "version": VERSION})
-
-    async def readiness(self) -> dict[str, Any]:
-        """What /readyz answers, from state already at hand: the IFS client's token state and the last
-        polls as stored, never a new IFS token; the database writable; free disk space."""
-        token = self.ifs.token_state()
-        states = await Seen(self.db).source_states()
-        ifs_down = [s.last_error for s in states if (s.kind, s.company) == ("*", "*") and not s.available]
-        failing = sorted(f"{s.kind}/{s.company}" for s in states if s.kind != "*" and not s.available)
-        try:
-            free = self.db.free_disk_bytes()
-        except OSError:  # the directory itself is gone or unreadable: nothing to write to either
-            free = 0
-        checks: dict[str, Any] = {
-            "database": await self.db.writable(),
-            "disk": free >= self.settings.service.min_free_disk_mb * 1024 * 1024,
-            "ifs": token["last_error"] is None and not ifs_down,
-            "connector_credentials": await self._connector_ready(),
-        }
-        ready = all(checks.values())
-        info: dict[str, Any] = {"disk_free_mb": round(free / (1024 * 1024), 1),
-                                "ifs_token_valid": token["valid"], "sources_failing": failing}
-        if not checks["ifs"]:
-            info["ifs_error"] = str(token["last_error"] or ifs_down[0])[:200]
-        return {"ready": ready, **checks, **info}
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        body = await self.readiness()
-        return web.json_response(body, status=200 if body["ready"] else 503)
-
-    async def _connector_ready(self) -> bool:
-        if self.bot_config.auth_disabled:
-            return True
-        try:
-            creds = await self.credentials_factory.create_credentials(
-                self.creds.bot_app_id, "https://api.botframework.com", None, True)
-            token = await asyncio.to_thread(creds.get_access_token)
-            return bool(token)
-        except Exception:  # noqa: BLE001 - any failure means not ready
-            return False
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        body, content_type = await self.metrics.exposition(request.headers.get("Accept"))
-        return web.Response(body=body, headers={"Content-Type": content_type})
-
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, *, web_runner: bool = True, background: bool = True) -> None:
         """Start the web app and (with `background`) the poll scheduler and the delivery worker."""
         # the sockets first: a busy port must stop start-up before any poll has begun
         if web_runner:
-            svc = self.settings.service
-            self.runner = web.AppRunner(self.web_app(), access_log=None)
-            await self.runner.setup()
-            await self._listen(self.runner, svc.host, svc.port, "service.port")
-            host, port = self.runner.addresses[0][:2]
-            self.base_url = f"http://{host}:{port}"
-            self.ops_url = self.base_url
-            if svc.ops_port:
-                self.ops_runner = web.AppRunner(self.ops_app(), access_log=None)
-                await self.ops_runner.setup()
-                await self._listen(self.ops_runner, svc.ops_host or svc.host, svc.ops_port, "service.ops_port")
-                host, port = self.ops_runner.addresses[0][:2]
-                self.ops_url = f"http://{host}:{port}"
+            self.base_url, self.ops_url = await self.web.start()
             if not self.bot_config.auth_disabled:
                 self._tasks.append(asyncio.create_task(self.signing_keys.run(), name="signing-keys"))
         await self.housekeep()  # the audit retention applies from the start, not a day later
@@ -378,13 +271,6 @@ class Service:
                                 auth="off (development)" if self.bot_config.auth_disabled else "on")
         log.info("service started on %s:%s (bot authentication %s)", self.settings.service.host,
                  self.settings.service.port, "OFF, development mode" if self.bot_config.auth_disabled else "on")
-
-    @staticmethod
-    async def _listen(runner: web.AppRunner, host: str, port: int, key: str) -> None:
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except OSError as exc:  # in use, or not an address of this host
-            raise ConfigError(key, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
     async def housekeep(self) -> None:
         """Periodic upkeep: rejected-request counts of a past minute written out; once a day, audit rows
@@ -423,9 +309,7 @@ class Service:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for runner in (getattr(self, "runner", None), getattr(self, "ops_runner", None)):
-            if runner is not None:
-                await runner.cleanup()
+        await self.web.stop()
         await self.rejections.flush()
         await self.ifs.aclose()
         await self.audit.record("system", "service stopped", "ok")
