@@ -11,6 +11,7 @@ import os
 import signal
 import sqlite3
 import sys
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +19,17 @@ from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot.authz import AdminPolicy, GraphOwnerCheck
+from bot.bindings_io import export_bindings, import_bindings
+from bot.claims import CardActions
+from bot.commands import Commands
+from bot.delivery import DeliveryWorker
+from bot.inbound import RejectedRequests
+from bot.people_io import export_people, import_people
+from bot.reminders import Reminders
+from bot.rendering import CardRendering
+from bot.teams import BotConfig, NotifierBot, SigningKeys, TeamsSender, make_adapter
+from bot.web import WebApps
 from cards import CardContext
 from core import runtime
 from core.clock import Clock, SystemClock
@@ -28,7 +40,9 @@ from core.metrics import Metrics
 from core.retry import RetryPolicy
 from core.secret import Secret
 from core.settings import Settings, load_settings
-from pollers.engine import PollResult
+from manifest.build import build_package
+from pollers.engine import Poller, PollResult
+from pollers.ifs_client import IfsClient, IfsClientConfig
 from pollers.job import SourceJobs
 from pollers.sources import build_sources
 from pollers.tenant import TenantSchema, check_source, connection_problem, discover, render, toml_value
@@ -37,6 +51,7 @@ from store.bindings import Bindings
 from store.db import Database, open_database, owner_only
 from store.outbox import Outbox
 from store.people import Claims, People
+from store.poll_writer import PollWriter
 from store.seen import Seen
 from store.vault import KNOWN_SECRETS, KeyRing, Vault
 
@@ -95,10 +110,8 @@ async def load_credentials(settings: Settings, vault: Vault) -> Credentials:
         bot_tenant_id=(await vault.get("bot.tenant_id")) or "")
 
 
-def make_ifs_client(settings: Settings, creds: Credentials, *, quick: bool = False):
+def make_ifs_client(settings: Settings, creds: Credentials, *, quick: bool = False) -> IfsClient:
     """The service's IFS client; `quick` (check, discover) gives up after two attempts within 15 s."""
-    from pollers.ifs_client import IfsClient, IfsClientConfig
-
     missing = [n for n, v in (("ifs.base_url", creds.ifs_base_url), ("ifs.client_id", creds.ifs_client_id),
                               ("ifs.client_secret", creds.ifs_client_secret)) if not v]
     if missing:
@@ -122,19 +135,6 @@ class Service:
 
     def __init__(self, settings: Settings, db: Database, vault: Vault, creds: Credentials, *,
                  service_url_override: str | None = None, clock: Clock | None = None) -> None:
-        from bot.authz import AdminPolicy, GraphOwnerCheck
-        from bot.claims import CardActions
-        from bot.commands import Commands
-        from bot.delivery import DeliveryWorker
-        from bot.inbound import RejectedRequests
-        from bot.reminders import Reminders
-        from bot.rendering import CardRendering
-        from bot.teams import BotConfig, NotifierBot, SigningKeys, TeamsSender, make_adapter
-        from bot.web import WebApps
-        from pollers.engine import Poller
-        from pollers.sources import build_sources
-        from store.poll_writer import PollWriter
-
         if not creds.bot_app_id and not settings.service.dev_mode:
             raise ConfigError("bot.app_id", "not set. Set it with `python app.py secrets set bot.app_id`, or run"
                                             " with service.dev_mode = true on loopback for local development")
@@ -467,8 +467,6 @@ def settings_toml(settings: Settings) -> str:
     """The sections of the settings file in use other than [sources.*], so a written proposal is a whole config."""
     if not settings.path:
         return ""
-    import tomllib
-
     with open(settings.path, "rb") as f:
         raw = tomllib.load(f)
     out = []
@@ -527,8 +525,6 @@ async def cmd_secrets(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_bindings(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.bindings_io import export_bindings, import_bindings
-
     db = await open_database(settings.service.database)
     try:
         if args.action in ("list", "export"):
@@ -550,8 +546,6 @@ async def cmd_bindings(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_people(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.people_io import export_people, import_people
-
     if args.action == "import":  # read (and fail on a missing file) before the database is opened
         raw = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
     db = await open_database(settings.service.database)
@@ -588,14 +582,13 @@ async def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    # imported here, not at the top: demo imports app (it runs the service this module wires)
     from demo import run_demo
 
     return await run_demo(args)
 
 
 async def cmd_manifest(settings: Settings, args: argparse.Namespace) -> int:
-    from manifest.build import build_package
-
     app_id = args.app_id
     if app_id is None and os.path.exists(settings.service.database):
         db, vault = await open_store(settings)
