@@ -12,7 +12,8 @@ import signal
 import sqlite3
 import sys
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -315,10 +316,24 @@ class Service:
         await self.audit.record("system", "service stopped", "ok")
 
 
-async def open_store(settings: Settings) -> tuple[Database, Vault]:
-    owner_only(settings.service.key_file, "service.key_file")  # also when no command reads the key
+async def open_store(settings: Settings, *, keys: bool = True) -> tuple[Database, Vault]:
+    """The database and its vault. `keys`: the key file is made owner-only first (also when the command then
+    reads no secret); False for commands that only read or write rows."""
+    if keys:
+        owner_only(settings.service.key_file, "service.key_file")
     db = await open_database(settings.service.database)
     return db, Vault(db, KeyRing(settings.service.key_file, env=os.environ))
+
+
+@asynccontextmanager
+async def opened_store(settings: Settings, *, keys: bool = True) -> AsyncIterator[tuple[Database, Vault]]:
+    """The store for one command, closed when the command is done with it, however that ends (aiosqlite's
+    worker thread would keep the process alive otherwise)."""
+    db, vault = await open_store(settings, keys=keys)
+    try:
+        yield db, vault
+    finally:
+        await db.close()
 
 
 async def build_service(settings: Settings, secrets: Mapping[str, str] | None = None, *,
@@ -379,12 +394,9 @@ async def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     """Token, then per enabled source: names against $metadata and the poll's own queries. Exit 1 on any FAIL."""
-    db, vault = await open_store(settings)
-    try:
+    async with opened_store(settings) as (db, vault):
         creds = await load_credentials(settings, vault)
         companies = await Bindings(db).companies()
-    finally:
-        await db.close()
     try:
         client = make_ifs_client(settings, creds, quick=True)
     except ConfigError as exc:
@@ -421,11 +433,8 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_discover(settings: Settings, args: argparse.Namespace) -> int:
     """Propose [sources.*] for this tenant from its catalogue and $metadata; --write FILE for review."""
-    db, vault = await open_store(settings)
-    try:
+    async with opened_store(settings) as (db, vault):
         creds = await load_credentials(settings, vault)
-    finally:
-        await db.close()
     try:
         client = make_ifs_client(settings, creds, quick=True)
     except ConfigError as exc:
@@ -480,8 +489,7 @@ def settings_toml(settings: Settings) -> str:
 
 
 async def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
-    db = await open_database(settings.service.database)
-    try:
+    async with opened_store(settings, keys=False) as (db, _vault):
         entries = await AuditLog(db).recent(limit=args.last, failed_only=args.failed, category=args.category)
         entries.reverse()
         if args.json:
@@ -492,13 +500,10 @@ async def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"{when} #{e.id:<6} {e.category:9} {e.action:28} {e.outcome:8} "
                       f"{e.channel_id or '':30.30} {json.dumps(e.detail, default=str)[:160]}")
         return 0
-    finally:
-        await db.close()
 
 
 async def cmd_secrets(settings: Settings, args: argparse.Namespace) -> int:
-    db, vault = await open_store(settings)
-    try:
+    async with opened_store(settings) as (db, vault):
         if args.action == "list":
             names = dict(await vault.names())
             for name, meaning in KNOWN_SECRETS.items():
@@ -520,13 +525,10 @@ async def cmd_secrets(settings: Settings, args: argparse.Namespace) -> int:
             n = await vault.rotate_key()
             print(f"master key rotated; {n} secrets re-encrypted; old key retired")
         return 0
-    finally:
-        await db.close()
 
 
 async def cmd_bindings(settings: Settings, args: argparse.Namespace) -> int:
-    db = await open_database(settings.service.database)
-    try:
+    async with opened_store(settings, keys=False) as (db, _vault):
         if args.action in ("list", "export"):
             data = await export_bindings(db)
             if args.action == "export":
@@ -541,44 +543,33 @@ async def cmd_bindings(settings: Settings, args: argparse.Namespace) -> int:
             n = await import_bindings(db, json.loads(raw), actor="cli")
             print(f"imported {n} bindings")
         return 0
-    finally:
-        await db.close()
 
 
 async def cmd_people(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "import":  # read (and fail on a missing file) before the database is opened
         raw = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
-    db = await open_database(settings.service.database)
-    try:
+    async with opened_store(settings, keys=False) as (db, _vault):
         if args.action == "export":
             sys.stdout.write(await export_people(db))
         else:
             print(f"imported {await import_people(db, raw, actor='cli')} people")
         return 0
-    finally:
-        await db.close()
 
 
 async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
-    db = await open_database(settings.service.database)
-    try:
+    async with opened_store(settings, keys=False) as (db, _vault):
         ids = await Outbox(db).replay(delivery_id=args.id, channel_id=args.channel)
         await AuditLog(db).record("delivery", "replay", "ok", actor="cli", deliveries=ids[:100], count=len(ids))
         print(f"re-queued {len(ids)} deliveries" + (f": {', '.join(map(str, ids[:20]))}" if ids else ""))
         return 0
-    finally:
-        await db.close()
 
 
 async def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
-    db = await open_database(settings.service.database)
-    try:
+    async with opened_store(settings, keys=False) as (db, _vault):
         await db.backup_to(args.target)
         os.chmod(args.target, 0o600)
         print(f"backup written to {args.target} (secrets stay encrypted; keep the key file separately)")
         return 0
-    finally:
-        await db.close()
 
 
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -591,11 +582,8 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_manifest(settings: Settings, args: argparse.Namespace) -> int:
     app_id = args.app_id
     if app_id is None and os.path.exists(settings.service.database):
-        db, vault = await open_store(settings)
-        try:
+        async with opened_store(settings) as (_db, vault):
             app_id = await vault.get("bot.app_id")
-        finally:
-            await db.close()
     path = build_package(settings, app_id=app_id, out_dir=args.out, version=args.version)
     print(f"Teams app package written to {path}")
     return 0
