@@ -132,7 +132,9 @@ def make_ifs_client(settings: Settings, creds: Credentials, *, quick: bool = Fal
 # --------------------------------------------------------------------------- the service
 
 class Service:
-    """Everything wired together; start() brings up scheduler, worker and web app, stop() takes them down."""
+    """Everything wired together: the poll jobs (pollers.job), card rendering (bot.rendering), the delivery
+    worker, the bot and its web apps (bot.web). start() brings them up, stop() takes them down; the methods
+    below are the Runtime the chat commands ask (bot.commands) and the names the CLI and tests use."""
 
     def __init__(self, settings: Settings, db: Database, vault: Vault, creds: Credentials, *,
                  service_url_override: str | None = None, clock: Clock | None = None) -> None:
@@ -210,9 +212,6 @@ class Service:
     async def check_company(self, company: str) -> CompanyCheck:
         return await self.jobs.check_company(company)
 
-    async def validate_sources(self) -> None:
-        await self.jobs.validate_sources()
-
     def ifs_load(self) -> dict[str, float]:
         return self.jobs.ifs_load()
 
@@ -230,8 +229,6 @@ class Service:
 
     def wake_delivery(self) -> None:
         self.worker.wake()
-
-    # ------------------------------------------------------------------ polling
 
     async def poll_source(self, kind: RecordKind) -> list[PollResult]:
         return await self.jobs.poll_source(kind)
@@ -267,7 +264,7 @@ class Service:
             self._tasks.append(asyncio.create_task(self.worker.run(), name="delivery-worker"))
             if self.settings.people.remind_at:
                 self._tasks.append(asyncio.create_task(self._reminding(), name="reminders"))
-            self._tasks.append(asyncio.create_task(self.validate_sources(), name="validate-sources"))
+            self._tasks.append(asyncio.create_task(self.jobs.validate_sources(), name="validate-sources"))
         await self.audit.record("system", "service started", "ok", version=VERSION,
                                 auth="off (development)" if self.bot_config.auth_disabled else "on")
         log.info("service started on %s:%s (bot authentication %s)", self.settings.service.host,
