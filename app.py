@@ -11,31 +11,48 @@ import os
 import signal
 import sqlite3
 import sys
-import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+import tomllib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from aiohttp import web
-
+from bot.authz import AdminPolicy, GraphOwnerCheck
+from bot.bindings_io import export_bindings, import_bindings
+from bot.claims import CardActions
+from bot.commands import Commands
+from bot.delivery import DeliveryWorker
+from bot.inbound import RejectedRequests
+from bot.people_io import export_people, import_people
+from bot.reminders import Reminders
+from bot.rendering import CardRendering
+from bot.teams import BotConfig, NotifierBot, SigningKeys, TeamsSender, make_adapter
+from bot.web import WebApps
+from cards import CardContext
 from core import runtime
 from core.clock import Clock, SystemClock
-from core.domain import RecordKind
+from core.company import CompanyCheck
+from core.domain import FinanceRecord, RecordKind
 from core.errors import ConfigError, NotifierError
-from core.links import odata_literal
 from core.metrics import Metrics
 from core.retry import RetryPolicy
+from core.secret import Secret
 from core.settings import Settings, load_settings
-from pollers.engine import IfsLoad
-from pollers.sources import SourceSpec, build_sources
+from manifest.build import build_package
+from pollers.engine import Poller, PollResult
+from pollers.ifs_client import IfsClient, IfsClientConfig
+from pollers.job import SourceJobs
+from pollers.sources import build_sources
 from pollers.tenant import TenantSchema, check_source, connection_problem, discover, render, toml_value
 from store.audit import AuditLog
 from store.bindings import Bindings
 from store.db import Database, open_database, owner_only
 from store.outbox import Outbox
 from store.people import Claims, People
+from store.poll_writer import PollWriter
 from store.seen import Seen
 from store.vault import KNOWN_SECRETS, KeyRing, Vault
 
@@ -77,24 +94,25 @@ def setup_logging(settings: Settings) -> None:
 class Credentials:
     ifs_base_url: str
     ifs_client_id: str | None
-    ifs_client_secret: str | None = field(repr=False)
+    ifs_client_secret: Secret | None
     bot_app_id: str
-    bot_app_password: str = field(repr=False)
+    bot_app_password: Secret
     bot_tenant_id: str
 
 
 async def load_credentials(settings: Settings, vault: Vault) -> Credentials:
+    ifs_secret = await vault.get("ifs.client_secret")
     return Credentials(
         ifs_base_url=(await vault.get("ifs.base_url")) or settings.ifs.base_url,
-        ifs_client_id=await vault.get("ifs.client_id"), ifs_client_secret=await vault.get("ifs.client_secret"),
-        bot_app_id=(await vault.get("bot.app_id")) or "", bot_app_password=(await vault.get("bot.app_password")) or "",
+        ifs_client_id=await vault.get("ifs.client_id"),
+        ifs_client_secret=Secret(ifs_secret) if ifs_secret is not None else None,
+        bot_app_id=(await vault.get("bot.app_id")) or "",
+        bot_app_password=Secret((await vault.get("bot.app_password")) or ""),
         bot_tenant_id=(await vault.get("bot.tenant_id")) or "")
 
 
-def make_ifs_client(settings: Settings, creds: Credentials, *, quick: bool = False):
+def make_ifs_client(settings: Settings, creds: Credentials, *, quick: bool = False) -> IfsClient:
     """The service's IFS client; `quick` (check, discover) gives up after two attempts within 15 s."""
-    from pollers.ifs_client import IfsClient, IfsClientConfig
-
     missing = [n for n, v in (("ifs.base_url", creds.ifs_base_url), ("ifs.client_id", creds.ifs_client_id),
                               ("ifs.client_secret", creds.ifs_client_secret)) if not v]
     if missing:
@@ -114,21 +132,12 @@ def make_ifs_client(settings: Settings, creds: Credentials, *, quick: bool = Fal
 # --------------------------------------------------------------------------- the service
 
 class Service:
-    """Everything wired together; start() brings up scheduler, worker and web app, stop() takes them down."""
+    """Everything wired together: the poll jobs (pollers.job), card rendering (bot.rendering), the delivery
+    worker, the bot and its web apps (bot.web). start() brings them up, stop() takes them down; the methods
+    below are the Runtime the chat commands ask (bot.commands) and the names the CLI and tests use."""
 
     def __init__(self, settings: Settings, db: Database, vault: Vault, creds: Credentials, *,
                  service_url_override: str | None = None, clock: Clock | None = None) -> None:
-        from bot.authz import AdminPolicy, GraphOwnerCheck
-        from bot.claims import CardActions
-        from bot.commands import Commands
-        from bot.delivery import CardRenderer, DeliveryWorker
-        from bot.inbound import RejectedRequests
-        from bot.reminders import Reminders
-        from bot.teams import BotConfig, NotifierBot, SigningKeys, TeamsSender, make_adapter
-        from pollers.engine import Poller
-        from pollers.sources import build_sources
-        from store.poll_writer import PollWriter
-
         if not creds.bot_app_id and not settings.service.dev_mode:
             raise ConfigError("bot.app_id", "not set. Set it with `python app.py secrets set bot.app_id`, or run"
                                             " with service.dev_mode = true on loopback for local development")
@@ -148,245 +157,87 @@ class Service:
         self.people = People(db)
         self.claims = Claims(db)
         self.tenant = TenantSchema(self.ifs, self.sources)
-        self.load = IfsLoad()
         self.poller = Poller(client=self.ifs, sources=self.sources, seen=Seen(db), bindings=self.bindings,
                              writer=PollWriter(db), audit=self.audit, ifs_base_url=creds.ifs_base_url,
                              page_size=settings.ifs.page_size, use_select=settings.ifs.select,
                              confirm_reads=settings.ifs.confirm_reads_per_cycle,
                              max_listing_pages=settings.ifs.max_listing_pages,
                              max_listing_seconds=settings.ifs.max_listing_seconds)
-        self.bot_config = BotConfig(APP_ID=creds.bot_app_id, APP_PASSWORD=creds.bot_app_password,
+        self._install_gauges()
+        self.jobs = SourceJobs(ifs=self.ifs, sources=self.sources, poller=self.poller, tenant=self.tenant,
+                               bindings=self.bindings, people=self.people, seen=Seen(db), audit=self.audit,
+                               metrics=self.metrics, tz=self.tz, personal=settings.people.personal,
+                               polled=self.wake_delivery)
+        self.bot_config = BotConfig(APP_ID=creds.bot_app_id, APP_PASSWORD=creds.bot_app_password.reveal(),
                                     APP_TYPE=settings.bot.app_type if creds.bot_app_id else "MultiTenant",
                                     APP_TENANTID=creds.bot_tenant_id,
                                     OPENID_METADATA_URL=settings.bot.openid_metadata_url or None)
         self.adapter, self.credentials_factory = make_adapter(self.bot_config)
         self.signing_keys = SigningKeys()
         self.sender = TeamsSender(self.adapter, creds.bot_app_id)
-        self.worker = DeliveryWorker(db, self.sender, CardRenderer(self._render_record, self._render_digest,
-                                                                    self._render_reply),
-                                     settings.delivery, timezone=settings.service.timezone, metrics=self.metrics)
+        self.rendering = CardRendering(
+            people=self.people, claims=self.claims, link=self.jobs.link_record,
+            timezone=settings.service.timezone, locale=settings.service.locale,
+            ifs_base_url=creds.ifs_base_url or None,
+            list_pages={k: s.list_page for k, s in self.sources.items() if s.list_page},
+            digest_max_rows=settings.delivery.digest_max_rows)
+        self.worker = DeliveryWorker(db, self.sender, self.rendering.renderer(), settings.delivery,
+                                     timezone=settings.service.timezone, metrics=self.metrics)
         owner_check = None
         if settings.bot.owners_are_admins and creds.bot_app_id and creds.bot_app_password:
-            owner_check = GraphOwnerCheck(creds.bot_app_id, creds.bot_app_password)
+            owner_check = GraphOwnerCheck(creds.bot_app_id, creds.bot_app_password.reveal())
         self.commands = Commands(db, self, AdminPolicy(settings.bot.admins, owner_check), people=settings.people)
-        self.reminders = Reminders(db, self._send_reminder, settings.people, timezone=settings.service.timezone,
-                                   holidays=settings.schedule.holidays, card_context=self.card_context,
-                                   link=self._linked)
+        self.reminders = Reminders(db, partial(self.worker.send_card, what="reminder"), settings.people,
+                                   timezone=settings.service.timezone, holidays=settings.schedule.holidays,
+                                   card_context=self.rendering.card_context, link=self.jobs.link_record)
         self.bot = NotifierBot(db, self.commands, welcome=settings.bot.welcome,
-                               actions=CardActions(db, self.render_record_card, now=self.clock.time,
+                               actions=CardActions(db, self.rendering.render_record_card, now=self.clock.time,
                                                    snooze_until=self.reminders.snooze_until,
-                                                   refresh=self._refresh_cards))
-        self.scheduler = None
+                                                   refresh=partial(self.rendering.refresh_cards, self.worker)))
+        self.web = WebApps(settings.service, version=VERSION, db=db, bot_config=self.bot_config, adapter=self.adapter,
+                           credentials_factory=self.credentials_factory, bot=self.bot, rejections=self.rejections,
+                           metrics=self.metrics, ifs_token_state=self.ifs.token_state)
         self._tasks: list[asyncio.Task] = []
-        # one lock per source: a source stuck in a long listing never holds up the others
-        self._poll_locks = {kind: asyncio.Lock() for kind in RecordKind}
+        self._poll_locks = self.jobs.locks
         self._stopped = False
-        self._install_gauges()
-
-    # ------------------------------------------------------------------ cards
-
-    def card_context(self):
-        from cards import CardContext
-
-        return CardContext(today=datetime.now(self.tz).date(), locale=self.settings.service.locale,
-                           tz=self.settings.service.timezone, ifs_base_url=self.creds.ifs_base_url or None,
-                           list_pages={k: s.list_page for k, s in self.sources.items() if s.list_page})
-
-    def _linked(self, record):
-        """The record with its "Open in IFS" link (links are built at render time, not per polled row)."""
-        if record.deep_link or record.kind not in self.sources:
-            return record
-        return replace(record, deep_link=self.poller.mapper(record.kind).link_for(record))
-
-    def link_record(self, record):
-        return self._linked(record)
-
-    async def _next_approver(self, record):
-        """The Teams user to mention for the record's next open approval line: confirmed mappings only."""
-        from core.people import Mention, next_approver
-
-        who = next_approver(record)
-        person = await self.people.get(who) if who else None
-        if person is None or not person.active or not person.mention_id:
-            return None
-        return Mention(id=person.mention_id, name=person.name)
-
-    async def _render_record(self, d) -> tuple[dict, str]:
-        from cards import record_card
-
-        card = record_card(self._linked(d.record), d.event_type, self.card_context(), previous_state=d.previous_state,
-                           next_approver=await self._next_approver(d.record), claimable=True,
-                           claim=await self.claims.get(d.record_id))
-        return card, card.get("fallbackText", d.record.number)
-
-    async def _send_reminder(self, conversation_id: str, card: dict, text: str) -> bool:
-        return await self.worker.send_card(conversation_id, card, text, what="reminder")
-
-    async def _refresh_cards(self, record_id: str, clicked: str) -> int:
-        """Update a record's cards in every other conversation (who is on it), paced like deliveries."""
-        card = await self.render_record_card(record_id)
-        if card is None:
-            return 0
-        updated = 0
-        for conversation, posted in await self.claims.cards_of(record_id):
-            if conversation != clicked:
-                updated += await self.worker.update_card(conversation, posted, card, card["fallbackText"],
-                                                         what="card refresh")
-        return updated
-
-    async def render_record_card(self, record_id: str) -> dict | None:
-        """A record's card as its latest event shows it, with who is on it now (card actions answer with it)."""
-        from cards import record_card
-
-        latest = await self.claims.latest(record_id)
-        if latest is None:
-            return None
-        event, record, previous = latest
-        return record_card(self._linked(record), event, self.card_context(), previous_state=previous,
-                           next_approver=await self._next_approver(record), claimable=True,
-                           claim=await self.claims.get(record_id))
-
-    def _render_digest(self, ds) -> tuple[dict, str]:
-        from cards import digest_card
-
-        card = digest_card([(d.event_type, self._linked(d.record)) for d in ds], self.card_context(),
-                           max_rows=self.settings.delivery.digest_max_rows)
-        return card, card.get("fallbackText", f"{len(ds)} documents")
-
-    @staticmethod
-    def _render_reply(d) -> str:
-        return f"{d.record.kind.value.capitalize()} {d.record.number} is now {d.record.state}."
 
     # ------------------------------------------------------------------ Runtime protocol for commands
 
-    async def check_company(self, company: str):
-        """Whether IFS knows `company`, and for each kind whether its cards will arrive (and if not, why)."""
-        from bot.commands import CompanyCheck
+    def card_context(self) -> CardContext:
+        return self.rendering.card_context()
 
-        kinds: dict[str, str | None] = {}
-        usable: list[SourceSpec] = []
-        for kind, spec in self.sources.items():
-            if not spec.enabled:
-                kinds[kind.plural] = f"[sources.{kind.value}] enabled = false in the service's configuration"
-                continue
-            validation = await self._validated(kind)
-            if validation is not None and validation.fatal:
-                kinds[kind.plural] = validation.fix
-                continue
-            kinds[kind.plural] = None
-            usable.append(validation.spec if validation is not None else spec)
-        try:
-            found = False
-            for spec in usable:
-                if await self.ifs.probe(spec.projection, spec.entity_set,
-                                        filter=f"{spec.company_field} eq {odata_literal(company)}"):
-                    found = True
-                    break
-        except NotifierError as exc:
-            return CompanyCheck(False, error=f"IFS did not answer properly: {exc}", kinds=kinds)
-        if not found and usable:
-            return CompanyCheck(False, error="IFS returned no documents for it. Either the code is wrong, or the"
-                                             " IFS service user is not allowed to see that company (Allowed Companies)",
-                                kinds=kinds)
-        pending: dict[str, int] = {}
-        for st in await Seen(self.db).source_states():
-            if st.company == company:
-                pending[RecordKind(st.kind).plural] = st.pending
-        return CompanyCheck(True, pending=pending, kinds=kinds)
+    def link_record(self, record: FinanceRecord) -> FinanceRecord:
+        return self.jobs.link_record(record)
 
-    async def _validated(self, kind: RecordKind):
-        """The source checked against the tenant's $metadata, or None when that cannot be read now (the poll
-        then runs as configured and reports what IFS says)."""
-        try:
-            return await self.tenant.validate(kind)
-        except NotifierError:
-            return None
-
-    async def validate_sources(self) -> None:
-        """Check every enabled source's names against the tenant once at start (one log line per problem),
-        whether or not a channel is linked yet."""
-        for kind, spec in self.sources.items():
-            if spec.enabled:
-                await self._validated(kind)
+    async def check_company(self, company: str) -> CompanyCheck:
+        return await self.jobs.check_company(company)
 
     def ifs_load(self) -> dict[str, float]:
-        return self.load.summary(time.time())
+        return self.jobs.ifs_load()
 
     def source_problems(self) -> dict[str, tuple[str | None, tuple[str, ...]]]:
-        """Per kind: the line that says why it cannot be polled (or None), and the names left out of it."""
-        out = {}
-        for kind in self.sources:
-            v = self.tenant.last(kind)
-            if v is not None and v.problems:
-                out[kind.value] = (v.fix, tuple(p.line() for p in v.problems if not p.fatal))
-        return out
+        return self.jobs.source_problems()
 
     def next_runs(self) -> dict[str, float | None]:
-        if self.scheduler is None:
-            return {}
-        out = {}
-        for job in self.scheduler.get_jobs():
-            out[job.id] = job.next_run_time.timestamp() if job.next_run_time else None
-        return out
+        return self.jobs.next_runs()
 
     def ifs_token_state(self) -> dict[str, Any]:
-        return self.ifs.token_state()
+        return self.jobs.ifs_token_state()
 
     def poll_soon(self) -> None:
-        if self.scheduler is not None:
-            now = datetime.now(self.tz)
-            for job in self.scheduler.get_jobs():
-                job.modify(next_run_time=now)
+        self.jobs.poll_soon()
 
     def wake_delivery(self) -> None:
         self.worker.wake()
 
-    # ------------------------------------------------------------------ polling
+    async def poll_source(self, kind: RecordKind) -> list[PollResult]:
+        return await self.jobs.poll_source(kind)
 
-    async def poll_source(self, kind: RecordKind) -> list[Any]:
-        """One scheduled job: this source for every company an active channel is bound to."""
-        results = []
-        async with self._poll_locks[kind]:
-            companies = await self.bindings.companies()
-            validation = await self._validated(kind) if companies else None
-            if validation is not None and validation.fatal:
-                # the names this source needs do not exist on the tenant: say which setting, poll nothing
-                for company in companies:
-                    await self.poller.writer.finish(kind, company, ok=False, pending=None, error=validation.fix,
-                                                    audit=self.audit, summary={"error": validation.fix})
-                return []
-            if validation is not None:
-                self.poller.set_source(validation.spec)
-            started = time.monotonic()
-            cycle = await self.poller.poll_many(kind, companies)
-            self.load.record(time.time(), cycle, time.monotonic() - started)
-            self.metrics.observe_value("notifier_poll_cycle_seconds", time.monotonic() - started, source=kind.value)
-            self.metrics.inc("notifier_poll_ifs_requests_total", sum(r.requests for r in cycle), source=kind.value)
-            self.metrics.inc("notifier_poll_ifs_bytes_total", sum(r.bytes for r in cycle), source=kind.value)
-            for result in cycle:
-                if not result.ok and result.status == 400:  # a name IFS no longer has: read $metadata again
-                    self.tenant.invalidate(self.sources[kind].projection)
-                results.append(result)
-                self.metrics.inc("notifier_polls_total", source=kind.value, outcome="ok" if result.ok else "failed")
-                if result.ok:
-                    self.metrics.set_to_now("notifier_last_successful_poll_timestamp_seconds", source=kind.value)
-                self.metrics.inc("notifier_records_seen_total", result.rows, source=kind.value)
-                for etype in ("new", "changed", "resolved"):
-                    self.metrics.inc("notifier_events_total", getattr(result, etype), type=etype, source=kind.value)
-                if result.bad:
-                    self.metrics.inc("notifier_bad_rows_total", result.bad, source=kind.value)
-            # the poll's events also go to the personal chats of the approvers they wait for
-            while await self.people.route_personal(enabled=self.settings.people.personal):
-                pass
-        self.worker.wake()
-        return results
-
-    async def poll_once(self) -> list[Any]:
-        """Every enabled source once (the `poll --once` command)."""
-        return [r for kind, spec in self.sources.items() if spec.enabled for r in await self.poll_source(kind)]
+    async def poll_once(self) -> list[PollResult]:
+        return await self.jobs.poll_once()
 
     def _install_gauges(self) -> None:
-        """Series read at each scrape: the outbox (from the database) and the IFS client's own totals."""
+        """Series read at each scrape: the outbox (from the database); the IFS client's own totals are SourceJobs'."""
         async def backlog():
             return {(status,): float(n) for status, n in (await Outbox(self.db).counts()).items()}
 
@@ -396,161 +247,28 @@ class Service:
         self.metrics.observe("notifier_outbox_deliveries", "Deliveries in the outbox, by status", backlog,
                              labels=("status",))
         self.metrics.observe("notifier_queue_oldest_seconds", "Age of the oldest undelivered delivery", age)
-        for stat, help in (("requests", "HTTP requests sent to IFS, token requests included"),
-                           ("retries", "IFS requests sent again after a retriable failure or a 401"),
-                           ("throttled", "429 answers received from IFS"),
-                           ("token_renewals", "IFS access tokens obtained"),
-                           ("failures", "IFS calls that ended in an error raised to the caller"),
-                           ("bytes", "Response bytes received from IFS")):
-            self.metrics.counter_from(f"notifier_ifs_{stat}_total", help, lambda stat=stat: self.ifs.stats[stat])
-
-    # ------------------------------------------------------------------ web
-
-    def web_app(self) -> web.Application:
-        """The public app: /api/messages and /healthz, and /readyz and /metrics unless service.ops_port
-        puts those on an address of their own (ops_app)."""
-        app = web.Application(client_max_size=256 * 1024)
-        app.router.add_post("/api/messages", self._messages)
-        app.router.add_get("/healthz", self._healthz)
-        if not self.settings.service.ops_port:
-            app.router.add_get("/readyz", self._readyz)
-            app.router.add_get("/metrics", self._metrics)
-        return app
-
-    def ops_app(self) -> web.Application:
-        """For monitoring only (service.ops_host:ops_port): /healthz, /readyz, /metrics."""
-        app = web.Application(client_max_size=1024)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        return app
-
-    async def _messages(self, request: web.Request) -> web.StreamResponse:
-        from bot.inbound import INVALID_TOKEN, MALFORMED_REQUEST, parse_activity, token_problem
-        from bot.teams import readable_activity
-
-        # Checked here, before botbuilder sees the request: it parses the body before authenticating and
-        # answers what it cannot parse with an exception. Without a plausible token the body is not read.
-        source = request.remote or "unknown"
-        if not self.bot_config.auth_disabled:
-            problem = token_problem(request.headers.get("Authorization"))
-            if problem is not None:
-                return await self._refuse(source, problem)
-        data = parse_activity(request.content_type, await request.read())  # read() keeps the body limit
-        if data is None or not readable_activity(data):
-            return await self._refuse(source, MALFORMED_REQUEST)
-        try:
-            response = await self.adapter.process(request, self.bot)
-        except (PermissionError, web.HTTPUnauthorized):
-            return await self._refuse(source, INVALID_TOKEN)
-        if response is not None and response.status == 401:
-            await self.rejections.add(source, INVALID_TOKEN)
-        return response if response is not None else web.Response(status=201)
-
-    async def _refuse(self, source: str, reason: str) -> web.Response:
-        from bot.inbound import MALFORMED_REQUEST
-
-        await self.rejections.add(source, reason)
-        if reason == MALFORMED_REQUEST:
-            return web.json_response({"error": "bad request"}, status=400)
-        return web.json_response({"error": "unauthorized"}, status=401)
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "version": VERSION})
-
-    async def readiness(self) -> dict[str, Any]:
-        """What /readyz answers, from state already at hand: the IFS client's token state and the last
-        polls as stored, never a new IFS token; the database writable; free disk space."""
-        token = self.ifs.token_state()
-        states = await Seen(self.db).source_states()
-        ifs_down = [s.last_error for s in states if (s.kind, s.company) == ("*", "*") and not s.available]
-        failing = sorted(f"{s.kind}/{s.company}" for s in states if s.kind != "*" and not s.available)
-        try:
-            free = self.db.free_disk_bytes()
-        except OSError:  # the directory itself is gone or unreadable: nothing to write to either
-            free = 0
-        checks: dict[str, Any] = {
-            "database": await self.db.writable(),
-            "disk": free >= self.settings.service.min_free_disk_mb * 1024 * 1024,
-            "ifs": token["last_error"] is None and not ifs_down,
-            "connector_credentials": await self._connector_ready(),
-        }
-        ready = all(checks.values())
-        info: dict[str, Any] = {"disk_free_mb": round(free / (1024 * 1024), 1),
-                                "ifs_token_valid": token["valid"], "sources_failing": failing}
-        if not checks["ifs"]:
-            info["ifs_error"] = str(token["last_error"] or ifs_down[0])[:200]
-        return {"ready": ready, **checks, **info}
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        body = await self.readiness()
-        return web.json_response(body, status=200 if body["ready"] else 503)
-
-    async def _connector_ready(self) -> bool:
-        if self.bot_config.auth_disabled:
-            return True
-        try:
-            creds = await self.credentials_factory.create_credentials(
-                self.creds.bot_app_id, "https://api.botframework.com", None, True)
-            token = await asyncio.to_thread(creds.get_access_token)
-            return bool(token)
-        except Exception:  # noqa: BLE001 - any failure means not ready
-            return False
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        body, content_type = await self.metrics.exposition(request.headers.get("Accept"))
-        return web.Response(body=body, headers={"Content-Type": content_type})
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, *, web_runner: bool = True, background: bool = True) -> None:
         """Start the web app and (with `background`) the poll scheduler and the delivery worker."""
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
-        from pollers.schedule import PollTrigger
-
         # the sockets first: a busy port must stop start-up before any poll has begun
         if web_runner:
-            svc = self.settings.service
-            self.runner = web.AppRunner(self.web_app(), access_log=None)
-            await self.runner.setup()
-            await self._listen(self.runner, svc.host, svc.port, "service.port")
-            host, port = self.runner.addresses[0][:2]
-            self.base_url = f"http://{host}:{port}"
-            self.ops_url = self.base_url
-            if svc.ops_port:
-                self.ops_runner = web.AppRunner(self.ops_app(), access_log=None)
-                await self.ops_runner.setup()
-                await self._listen(self.ops_runner, svc.ops_host or svc.host, svc.ops_port, "service.ops_port")
-                host, port = self.ops_runner.addresses[0][:2]
-                self.ops_url = f"http://{host}:{port}"
+            self.base_url, self.ops_url = await self.web.start()
             if not self.bot_config.auth_disabled:
                 self._tasks.append(asyncio.create_task(self.signing_keys.run(), name="signing-keys"))
         await self.housekeep()  # the audit retention applies from the start, not a day later
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         if background:
-            self.scheduler = AsyncIOScheduler(timezone=self.tz)
-            for kind, spec in self.sources.items():
-                if spec.enabled:
-                    self.scheduler.add_job(self.poll_source, PollTrigger(self.settings.schedule, self.tz),
-                                           args=[kind], id=kind.value, max_instances=1, coalesce=True,
-                                           misfire_grace_time=300, next_run_time=datetime.now(self.tz))
-            self.scheduler.start()
+            self.jobs.start(self.settings.schedule)
             self._tasks.append(asyncio.create_task(self.worker.run(), name="delivery-worker"))
             if self.settings.people.remind_at:
                 self._tasks.append(asyncio.create_task(self._reminding(), name="reminders"))
-            self._tasks.append(asyncio.create_task(self.validate_sources(), name="validate-sources"))
+            self._tasks.append(asyncio.create_task(self.jobs.validate_sources(), name="validate-sources"))
         await self.audit.record("system", "service started", "ok", version=VERSION,
                                 auth="off (development)" if self.bot_config.auth_disabled else "on")
         log.info("service started on %s:%s (bot authentication %s)", self.settings.service.host,
                  self.settings.service.port, "OFF, development mode" if self.bot_config.auth_disabled else "on")
-
-    @staticmethod
-    async def _listen(runner: web.AppRunner, host: str, port: int, key: str) -> None:
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except OSError as exc:  # in use, or not an address of this host
-            raise ConfigError(key, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
     async def housekeep(self) -> None:
         """Periodic upkeep: rejected-request counts of a past minute written out; once a day, audit rows
@@ -585,23 +303,34 @@ class Service:
         if self._stopped:
             return
         self._stopped = True
-        if self.scheduler is not None:
-            self.scheduler.shutdown(wait=False)
+        self.jobs.shutdown()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for runner in (getattr(self, "runner", None), getattr(self, "ops_runner", None)):
-            if runner is not None:
-                await runner.cleanup()
+        await self.web.stop()
         await self.rejections.flush()
         await self.ifs.aclose()
         await self.audit.record("system", "service stopped", "ok")
 
 
-async def open_store(settings: Settings) -> tuple[Database, Vault]:
-    owner_only(settings.service.key_file, "service.key_file")  # also when no command reads the key
+async def open_store(settings: Settings, *, keys: bool = True) -> tuple[Database, Vault]:
+    """The database and its vault. `keys`: the key file is made owner-only first (also when the command then
+    reads no secret); False for commands that only read or write rows."""
+    if keys:
+        owner_only(settings.service.key_file, "service.key_file")
     db = await open_database(settings.service.database)
-    return db, Vault(db, KeyRing(settings.service.key_file))
+    return db, Vault(db, KeyRing(settings.service.key_file, env=os.environ))
+
+
+@asynccontextmanager
+async def opened_store(settings: Settings, *, keys: bool = True) -> AsyncIterator[tuple[Database, Vault]]:
+    """The store for one command, closed when the command is done with it, however that ends (aiosqlite's
+    worker thread would keep the process alive otherwise)."""
+    db, vault = await open_store(settings, keys=keys)
+    try:
+        yield db, vault
+    finally:
+        await db.close()
 
 
 async def build_service(settings: Settings, secrets: Mapping[str, str] | None = None, *,
@@ -662,12 +391,9 @@ async def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     """Token, then per enabled source: names against $metadata and the poll's own queries. Exit 1 on any FAIL."""
-    db, vault = await open_store(settings)
-    try:
+    async with opened_store(settings) as (db, vault):
         creds = await load_credentials(settings, vault)
         companies = await Bindings(db).companies()
-    finally:
-        await db.close()
     try:
         client = make_ifs_client(settings, creds, quick=True)
     except ConfigError as exc:
@@ -704,11 +430,8 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_discover(settings: Settings, args: argparse.Namespace) -> int:
     """Propose [sources.*] for this tenant from its catalogue and $metadata; --write FILE for review."""
-    db, vault = await open_store(settings)
-    try:
+    async with opened_store(settings) as (db, vault):
         creds = await load_credentials(settings, vault)
-    finally:
-        await db.close()
     try:
         client = make_ifs_client(settings, creds, quick=True)
     except ConfigError as exc:
@@ -750,8 +473,6 @@ def settings_toml(settings: Settings) -> str:
     """The sections of the settings file in use other than [sources.*], so a written proposal is a whole config."""
     if not settings.path:
         return ""
-    import tomllib
-
     with open(settings.path, "rb") as f:
         raw = tomllib.load(f)
     out = []
@@ -765,8 +486,7 @@ def settings_toml(settings: Settings) -> str:
 
 
 async def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
-    db = await open_database(settings.service.database)
-    try:
+    async with opened_store(settings, keys=False) as (db, _vault):
         entries = await AuditLog(db).recent(limit=args.last, failed_only=args.failed, category=args.category)
         entries.reverse()
         if args.json:
@@ -777,13 +497,10 @@ async def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"{when} #{e.id:<6} {e.category:9} {e.action:28} {e.outcome:8} "
                       f"{e.channel_id or '':30.30} {json.dumps(e.detail, default=str)[:160]}")
         return 0
-    finally:
-        await db.close()
 
 
 async def cmd_secrets(settings: Settings, args: argparse.Namespace) -> int:
-    db, vault = await open_store(settings)
-    try:
+    async with opened_store(settings) as (db, vault):
         if args.action == "list":
             names = dict(await vault.names())
             for name, meaning in KNOWN_SECRETS.items():
@@ -805,15 +522,10 @@ async def cmd_secrets(settings: Settings, args: argparse.Namespace) -> int:
             n = await vault.rotate_key()
             print(f"master key rotated; {n} secrets re-encrypted; old key retired")
         return 0
-    finally:
-        await db.close()
 
 
 async def cmd_bindings(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.bindings_io import export_bindings, import_bindings
-
-    db = await open_database(settings.service.database)
-    try:
+    async with opened_store(settings, keys=False) as (db, _vault):
         if args.action in ("list", "export"):
             data = await export_bindings(db)
             if args.action == "export":
@@ -828,64 +540,47 @@ async def cmd_bindings(settings: Settings, args: argparse.Namespace) -> int:
             n = await import_bindings(db, json.loads(raw), actor="cli")
             print(f"imported {n} bindings")
         return 0
-    finally:
-        await db.close()
 
 
 async def cmd_people(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.people_io import export_people, import_people
-
     if args.action == "import":  # read (and fail on a missing file) before the database is opened
         raw = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
-    db = await open_database(settings.service.database)
-    try:
+    async with opened_store(settings, keys=False) as (db, _vault):
         if args.action == "export":
             sys.stdout.write(await export_people(db))
         else:
             print(f"imported {await import_people(db, raw, actor='cli')} people")
         return 0
-    finally:
-        await db.close()
 
 
 async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
-    db = await open_database(settings.service.database)
-    try:
+    async with opened_store(settings, keys=False) as (db, _vault):
         ids = await Outbox(db).replay(delivery_id=args.id, channel_id=args.channel)
         await AuditLog(db).record("delivery", "replay", "ok", actor="cli", deliveries=ids[:100], count=len(ids))
         print(f"re-queued {len(ids)} deliveries" + (f": {', '.join(map(str, ids[:20]))}" if ids else ""))
         return 0
-    finally:
-        await db.close()
 
 
 async def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
-    db = await open_database(settings.service.database)
-    try:
+    async with opened_store(settings, keys=False) as (db, _vault):
         await db.backup_to(args.target)
         os.chmod(args.target, 0o600)
         print(f"backup written to {args.target} (secrets stay encrypted; keep the key file separately)")
         return 0
-    finally:
-        await db.close()
 
 
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    # imported here, not at the top: demo imports app (it runs the service this module wires)
     from demo import run_demo
 
     return await run_demo(args)
 
 
 async def cmd_manifest(settings: Settings, args: argparse.Namespace) -> int:
-    from manifest.build import build_package
-
     app_id = args.app_id
     if app_id is None and os.path.exists(settings.service.database):
-        db, vault = await open_store(settings)
-        try:
+        async with opened_store(settings) as (_db, vault):
             app_id = await vault.get("bot.app_id")
-        finally:
-            await db.close()
     path = build_package(settings, app_id=app_id, out_dir=args.out, version=args.version)
     print(f"Teams app package written to {path}")
     return 0
@@ -966,7 +661,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config, env=os.environ)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

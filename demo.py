@@ -136,7 +136,7 @@ async def map_demo_approvers(service) -> None:
 async def run_demo(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir)
     config = demo_config(data_dir, args.poll_seconds)
-    settings = load_settings(config)
+    settings = load_settings(config, env=os.environ)
     sim = IfsSimulator(realm="demo", profile=args.profile)
     ifs_url = await sim.start()
     for vendor, amount in (("Nordic Steel AB", 12500), ("Acme Fasteners Ltd", 830.4), ("Bolt & Nut GmbH", 56000)):
@@ -145,7 +145,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     if args.profile != "default":  # the tenant names things its own way: let discover find them, as a user would
         with config.open("a", encoding="utf-8") as f:
             f.write("\n" + await discovered_sources(settings, sim.vault_secrets()))
-        settings = load_settings(config)
+        settings = load_settings(config, env=os.environ)
         print(f"IFS tenant profile  : {args.profile}; the [sources.*] that discover proposed are in {config}")
     generator = asyncio.create_task(run_generator(sim, 20.0, kind="order", company="10"))
     service = await app.build_service(settings, sim.vault_secrets())

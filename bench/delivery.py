@@ -111,7 +111,7 @@ class Rig:
         self.clock = FakeClock()
 
     async def __aenter__(self) -> Rig:
-        from bot.delivery import CardRenderer, DeliveryWorker
+        from bot.delivery import DeliveryWorker
 
         self.connector = ConnectorStandIn(clock=self.clock)
         await self.connector.start()
@@ -120,7 +120,7 @@ class Rig:
         self.vt = VirtualTime(self.clock, self._busy)
         self.worker = DeliveryWorker(
             self.svc.db, self.svc.sender,
-            CardRenderer(self.svc._render_record, self.svc._render_digest, self.svc._render_reply),
+            self.svc.rendering.renderer(),
             self.settings, now=self.clock.time, monotonic=self.clock.monotonic, sleep=self.vt.sleep,
             rng=random.Random(7))
         self.writer = PollWriter(self.svc.db, self.clock.time)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from bot.authz import Actor, AdminPolicy
 from bot.status import build_status
 from cards import AuditView, audit_card, help_card, inert, links_card, status_card
+from core.company import CompanyCheck
 from core.domain import Binding, RecordKind
 from core.errors import CommandError, ConfigError
 from core.settings import PeopleSettings, parse_span
@@ -19,14 +20,6 @@ from store.db import Database
 from store.unit import Store
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CompanyCheck:
-    ok: bool
-    pending: dict[str, int] = field(default_factory=dict)  # per kind plural, when known
-    error: str | None = None
-    kinds: dict[str, str | None] = field(default_factory=dict)  # kind plural -> why it will not arrive, or None
 
 
 class Runtime(Protocol):

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from core.domain import ChannelRef, EventType, PostedCard
-from core.errors import NotifierError
+from core.errors import SendError
 from core.metrics import Metrics
 from core.ratelimit import MultiLimiter, WindowLimiter
 from core.retry import RetryPolicy
@@ -30,17 +30,6 @@ log = logging.getLogger(__name__)
 # Teams: per bot per thread 7/1 s, 8/2 s, 60/30 s, 1800/h; per app 50 requests/s per tenant.
 CHANNEL_WINDOWS: tuple[tuple[int, float], ...] = ((7, 1.0), (8, 2.0), (60, 30.0), (1800, 3600.0))
 APP_WINDOWS: tuple[tuple[int, float], ...] = ((50, 1.0),)
-
-
-class SendError(NotifierError):
-    """A Bot Connector call failed; status/code as Teams answered (status None: no answer)."""
-
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
-                 retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.retry_after = retry_after
 
 
 class Sender(Protocol):

@@ -39,20 +39,15 @@ from requests import RequestException
 from bot.authz import Actor
 from bot.claims import CardActions
 from bot.commands import Commands, Reply
-from bot.delivery import SendError
 from core.clock import Clock, SystemClock
 from core.domain import ChannelRef, PostedCard
+from core.errors import SendError
 from core.retry import RetryPolicy
 from store.audit import AuditLog
 from store.channels import Channels
 from store.db import Database
 
 log = logging.getLogger(__name__)
-
-# msrest 0.7.1 builds every ClientRetryPolicy's status list with `i not in <a list of 501 codes>` for 999
-# codes (about 6 ms of CPU), and botbuilder 4.17.1 builds two of them per proactive call (a connector
-# client and a user-token client): most of the CPU a card costs. A frozenset gives the same list at once.
-ClientRetryPolicy.safe_codes = frozenset(ClientRetryPolicy.safe_codes)
 
 ADAPTIVE = "application/vnd.microsoft.card.adaptive"
 REPLY_RETRY = RetryPolicy(base=0.5, cap=5.0, max_attempts=3, max_elapsed=15.0)
@@ -131,9 +126,19 @@ def readable_activity(data: dict[str, Any]) -> bool:
         return False
 
 
-def make_adapter(config: BotConfig) -> tuple[CloudAdapter, CachedCredentialsFactory]:
+def patch_sdk(openid_metadata_url: str | None) -> None:
+    """The one place this project changes the Bot Framework SDK's own classes (process-wide class
+    attributes, set again by every make_adapter; idempotent)."""
+    # msrest 0.7.1 builds every ClientRetryPolicy's status list with `i not in <a list of 501 codes>` for 999
+    # codes (about 6 ms of CPU), and botbuilder 4.17.1 builds two of them per proactive call (a connector
+    # client and a user-token client): most of the CPU a card costs. A frozenset gives the same list at once.
+    ClientRetryPolicy.safe_codes = frozenset(ClientRetryPolicy.safe_codes)
     # The public-cloud channel validation reads its OpenID metadata URL from this class attribute.
-    ChannelValidation.open_id_metadata_endpoint = config.OPENID_METADATA_URL or None
+    ChannelValidation.open_id_metadata_endpoint = openid_metadata_url or None
+
+
+def make_adapter(config: BotConfig) -> tuple[CloudAdapter, CachedCredentialsFactory]:
+    patch_sdk(config.OPENID_METADATA_URL)
     factory = CachedCredentialsFactory(ConfigurationServiceClientCredentialFactory(config))
     auth = _Authentication(config, credentials_factory=factory)
     adapter = CloudAdapter(auth)

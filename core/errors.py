@@ -7,6 +7,7 @@
     ├── FatalRequestError  the request itself is wrong (4xx): record and alert, do not retry
     ├── BadRecordError     one row cannot be mapped: skip it, quarantine it, audit it
     ├── CommandError       a chat command is malformed or not allowed: answer the user
+    ├── SendError          a Bot Connector call failed: the delivery worker classifies it by status and code
     └── CardTooLarge       a card exceeds Teams' size limit even fully trimmed: change the payload, never
                            retry (also a ValueError, as it was before it joined this tree)
 """
@@ -70,3 +71,14 @@ class CardTooLarge(NotifierError, ValueError):
         super().__init__(f"card is {size} bytes (UTF-16) even when fully trimmed; budget is {budget}")
         self.size = size
         self.budget = budget
+
+
+class SendError(NotifierError):
+    """A Bot Connector call failed; status/code as Teams answered (status None: no answer)."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after

@@ -292,10 +292,11 @@ def _set_source_from_env(sources: dict[str, Any], var: str, path: list[str], tex
     table[path[-1]] = value
 
 
-def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
+def load_settings(path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str],
                   overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
-    """Read TOML (if a path is given), apply environment overrides, validate. Raises ConfigError."""
-    env = os.environ if env is None else env
+    """Read TOML (if a path is given), apply the `NOTIFIER__*` overrides found in `env`, validate. Raises
+    ConfigError. `env` is passed in (os.environ by the composition root) so only that root reads the process
+    environment."""
     raw: dict[str, Any] = {}
     if path is not None and not str(path).strip():
         path = None  # NOTIFIER_CONFIG= (set but empty) means no file, as unset does

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -29,9 +30,10 @@ KNOWN_SECRETS: dict[str, str] = {
 class KeyRing:
     """Where the master keys live. The first key encrypts; all keys decrypt."""
 
-    def __init__(self, key_file: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, key_file: str, env: Mapping[str, str]) -> None:
+        # env is passed in (os.environ by the composition root): only that root reads the process environment
         self.key_file = Path(key_file)
-        self._env = os.environ if env is None else env
+        self._env = env
 
     @property
     def from_env(self) -> bool:

@@ -9,9 +9,10 @@ from decimal import Decimal
 
 import pytest
 
-from bot.delivery import CardRenderer, DeliveryWorker, Outcome, SendError, classify
+from bot.delivery import CardRenderer, DeliveryWorker, Outcome, classify
 from core.clock import FakeClock
 from core.domain import Binding, ChannelRef, EventType, FinanceRecord, RecordKind
+from core.errors import SendError
 from core.settings import DeliverySettings
 from simulator.connector import ConnectorStandIn
 from store.audit import AuditLog
@@ -47,8 +48,8 @@ async def rig(tmp_path, ifs):
 
     def worker(**overrides) -> DeliveryWorker:
         settings = replace(DeliverySettings(), **overrides)
-        return DeliveryWorker(svc.db, svc.sender, CardRenderer(svc._render_record, svc._render_digest,
-                                                                svc._render_reply),
+        return DeliveryWorker(svc.db, svc.sender, CardRenderer(svc.rendering.render_record, svc.rendering.render_digest,
+                                                                svc.rendering.render_reply),
                               settings, now=clock.time, monotonic=clock.monotonic, sleep=fake_sleep,
                               rng=random.Random(7))
 

@@ -129,7 +129,7 @@ class OfflineRuntime:
     """The service's runtime as commands see it, with IFS out of reach."""
 
     async def check_company(self, company: str):
-        from bot.commands import CompanyCheck
+        from core.company import CompanyCheck
         return CompanyCheck(False, error="IFS is not reachable from this test")
 
     def next_runs(self):

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from cards import inert
 from core.domain import RecordKind
+from core.secret import Secret
 from pollers.metadata import parse_metadata
 from pollers.sources import DEFAULT_SOURCES, build_sources
 from pollers.tenant import validate
@@ -253,7 +254,8 @@ async def test_metadata_is_read_once_refreshed_daily_and_after_a_rejected_name(i
     from pollers.tenant import TenantSchema
 
     settings = load_settings(None, env={"NOTIFIER__IFS__REALM": "ifs"})
-    client = make_ifs_client(settings, Credentials(ifs.base_url, *IFS_SECRETS.values(), "", "", ""))
+    client_id, client_secret = IFS_SECRETS.values()
+    client = make_ifs_client(settings, Credentials(ifs.base_url, client_id, Secret(client_secret), "", Secret(""), ""))
     clock = FakeClock()
     schema = TenantSchema(client, DEFAULT_SOURCES, clock=clock, log_problems=False)
     try:

@@ -1,0 +1,210 @@
+"""The scheduled poll job: one job per source under its own lock, the metrics and IFS load of each cycle,
+the tenant validation a poll and `link company` rely on, and the scheduler that runs the jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from core.company import CompanyCheck
+from core.domain import FinanceRecord, RecordKind
+from core.errors import NotifierError
+from core.links import odata_literal
+from core.metrics import Metrics
+from core.settings import ScheduleSettings
+from pollers.engine import IfsLoad, Poller, PollResult
+from pollers.ifs_client import IfsClient
+from pollers.schedule import PollTrigger
+from pollers.sources import SourceSpec
+from pollers.tenant import TenantSchema, Validation
+from store.audit import AuditLog
+from store.bindings import Bindings
+from store.people import People
+from store.seen import Seen
+
+# IFS client totals exposed as counters, read at each scrape
+IFS_STATS = (("requests", "HTTP requests sent to IFS, token requests included"),
+             ("retries", "IFS requests sent again after a retriable failure or a 401"),
+             ("throttled", "429 answers received from IFS"),
+             ("token_renewals", "IFS access tokens obtained"),
+             ("failures", "IFS calls that ended in an error raised to the caller"),
+             ("bytes", "Response bytes received from IFS"))
+
+
+class SourceJobs:
+    """Polls each source for every linked company, on a schedule or on demand, and answers what the chat
+    commands ask of the pollers (a company's check, the sources' problems, the load on IFS)."""
+
+    def __init__(self, *, ifs: IfsClient, sources: Mapping[RecordKind, SourceSpec], poller: Poller,
+                 tenant: TenantSchema, bindings: Bindings, people: People, seen: Seen, audit: AuditLog,
+                 metrics: Metrics, tz: ZoneInfo, personal: bool, polled: Callable[[], None]) -> None:
+        self.ifs = ifs
+        self.sources = sources
+        self.poller = poller
+        self.tenant = tenant
+        self.bindings = bindings
+        self.people = people
+        self.seen = seen
+        self.audit = audit
+        self.metrics = metrics
+        self.tz = tz
+        self.personal = personal
+        self.polled = polled  # after each job: the poll's deliveries are waiting
+        self.load = IfsLoad()
+        # one lock per source: a source stuck in a long listing never holds up the others
+        self.locks = {kind: asyncio.Lock() for kind in RecordKind}
+        self.scheduler: AsyncIOScheduler | None = None
+        for stat, help in IFS_STATS:
+            metrics.counter_from(f"notifier_ifs_{stat}_total", help, lambda stat=stat: self.ifs.stats[stat])
+
+    # ------------------------------------------------------------------ polling
+
+    async def poll_source(self, kind: RecordKind) -> list[PollResult]:
+        """One scheduled job: this source for every company an active channel is bound to."""
+        results = []
+        async with self.locks[kind]:
+            companies = await self.bindings.companies()
+            validation = await self.validated(kind) if companies else None
+            if validation is not None and validation.fatal:
+                # the names this source needs do not exist on the tenant: say which setting, poll nothing
+                for company in companies:
+                    await self.poller.writer.finish(kind, company, ok=False, pending=None, error=validation.fix,
+                                                    audit=self.audit, summary={"error": validation.fix})
+                return []
+            if validation is not None:
+                self.poller.set_source(validation.spec)
+            started = time.monotonic()
+            cycle = await self.poller.poll_many(kind, companies)
+            self.load.record(time.time(), cycle, time.monotonic() - started)
+            self.metrics.observe_value("notifier_poll_cycle_seconds", time.monotonic() - started, source=kind.value)
+            self.metrics.inc("notifier_poll_ifs_requests_total", sum(r.requests for r in cycle), source=kind.value)
+            self.metrics.inc("notifier_poll_ifs_bytes_total", sum(r.bytes for r in cycle), source=kind.value)
+            for result in cycle:
+                if not result.ok and result.status == 400:  # a name IFS no longer has: read $metadata again
+                    self.tenant.invalidate(self.sources[kind].projection)
+                results.append(result)
+                self.metrics.inc("notifier_polls_total", source=kind.value, outcome="ok" if result.ok else "failed")
+                if result.ok:
+                    self.metrics.set_to_now("notifier_last_successful_poll_timestamp_seconds", source=kind.value)
+                self.metrics.inc("notifier_records_seen_total", result.rows, source=kind.value)
+                for etype in ("new", "changed", "resolved"):
+                    self.metrics.inc("notifier_events_total", getattr(result, etype), type=etype, source=kind.value)
+                if result.bad:
+                    self.metrics.inc("notifier_bad_rows_total", result.bad, source=kind.value)
+            # the poll's events also go to the personal chats of the approvers they wait for
+            while await self.people.route_personal(enabled=self.personal):
+                pass
+        self.polled()
+        return results
+
+    async def poll_once(self) -> list[PollResult]:
+        """Every enabled source once (the `poll --once` command)."""
+        return [r for kind, spec in self.sources.items() if spec.enabled for r in await self.poll_source(kind)]
+
+    def link_record(self, record: FinanceRecord) -> FinanceRecord:
+        """The record with its "Open in IFS" link (links are built at render time, not per polled row)."""
+        if record.deep_link or record.kind not in self.sources:
+            return record
+        return replace(record, deep_link=self.poller.mapper(record.kind).link_for(record))
+
+    # ------------------------------------------------------------------ schedule
+
+    def start(self, schedule: ScheduleSettings) -> None:
+        """A job per enabled source, each due at once, then as `schedule` says."""
+        self.scheduler = AsyncIOScheduler(timezone=self.tz)
+        for kind, spec in self.sources.items():
+            if spec.enabled:
+                self.scheduler.add_job(self.poll_source, PollTrigger(schedule, self.tz),
+                                       args=[kind], id=kind.value, max_instances=1, coalesce=True,
+                                       misfire_grace_time=300, next_run_time=datetime.now(self.tz))
+        self.scheduler.start()
+
+    def shutdown(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+
+    def next_runs(self) -> dict[str, float | None]:
+        if self.scheduler is None:
+            return {}
+        out = {}
+        for job in self.scheduler.get_jobs():
+            out[job.id] = job.next_run_time.timestamp() if job.next_run_time else None
+        return out
+
+    def poll_soon(self) -> None:
+        if self.scheduler is not None:
+            now = datetime.now(self.tz)
+            for job in self.scheduler.get_jobs():
+                job.modify(next_run_time=now)
+
+    # ------------------------------------------------------------------ the tenant
+
+    async def validated(self, kind: RecordKind) -> Validation | None:
+        """The source checked against the tenant's $metadata, or None when that cannot be read now (the poll
+        then runs as configured and reports what IFS says)."""
+        try:
+            return await self.tenant.validate(kind)
+        except NotifierError:
+            return None
+
+    async def validate_sources(self) -> None:
+        """Check every enabled source's names against the tenant once at start (one log line per problem),
+        whether or not a channel is linked yet."""
+        for kind, spec in self.sources.items():
+            if spec.enabled:
+                await self.validated(kind)
+
+    def source_problems(self) -> dict[str, tuple[str | None, tuple[str, ...]]]:
+        """Per kind: the line that says why it cannot be polled (or None), and the names left out of it."""
+        out = {}
+        for kind in self.sources:
+            v = self.tenant.last(kind)
+            if v is not None and v.problems:
+                out[kind.value] = (v.fix, tuple(p.line() for p in v.problems if not p.fatal))
+        return out
+
+    def ifs_load(self) -> dict[str, float]:
+        return self.load.summary(time.time())
+
+    def ifs_token_state(self) -> dict[str, Any]:
+        return self.ifs.token_state()
+
+    async def check_company(self, company: str) -> CompanyCheck:
+        """Whether IFS knows `company`, and for each kind whether its cards will arrive (and if not, why)."""
+        kinds: dict[str, str | None] = {}
+        usable: list[SourceSpec] = []
+        for kind, spec in self.sources.items():
+            if not spec.enabled:
+                kinds[kind.plural] = f"[sources.{kind.value}] enabled = false in the service's configuration"
+                continue
+            validation = await self.validated(kind)
+            if validation is not None and validation.fatal:
+                kinds[kind.plural] = validation.fix
+                continue
+            kinds[kind.plural] = None
+            usable.append(validation.spec if validation is not None else spec)
+        try:
+            found = False
+            for spec in usable:
+                if await self.ifs.probe(spec.projection, spec.entity_set,
+                                        filter=f"{spec.company_field} eq {odata_literal(company)}"):
+                    found = True
+                    break
+        except NotifierError as exc:
+            return CompanyCheck(False, error=f"IFS did not answer properly: {exc}", kinds=kinds)
+        if not found and usable:
+            return CompanyCheck(False, error="IFS returned no documents for it. Either the code is wrong, or the"
+                                             " IFS service user is not allowed to see that company (Allowed Companies)",
+                                kinds=kinds)
+        pending: dict[str, int] = {}
+        for st in await self.seen.source_states():
+            if st.company == company:
+                pending[RecordKind(st.kind).plural] = st.pending
+        return CompanyCheck(True, pending=pending, kinds=kinds)
