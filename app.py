@@ -150,24 +150,24 @@ class Service:
         self.sources = build_sources(settings.sources)
         self.ifs = make_ifs_client(settings, creds)
         self.clock = clock or SystemClock()
-        self.audit = AuditLog(db, now=self.clock.time)
+        self.audit = AuditLog(db, self.clock)
         self.rejections = RejectedRequests(self.audit, self.clock)
         self._next_prune = 0.0
-        self.bindings = Bindings(db)
-        self.people = People(db)
-        self.claims = Claims(db)
+        self.bindings = Bindings(db, self.clock)
+        self.people = People(db, self.clock)
+        self.claims = Claims(db, self.clock)
         self.tenant = TenantSchema(self.ifs, self.sources)
         self.poller = Poller(client=self.ifs, sources=self.sources, seen=Seen(db), bindings=self.bindings,
-                             writer=PollWriter(db), audit=self.audit, ifs_base_url=creds.ifs_base_url,
+                             writer=PollWriter(db, self.clock), audit=self.audit, ifs_base_url=creds.ifs_base_url,
                              page_size=settings.ifs.page_size, use_select=settings.ifs.select,
                              confirm_reads=settings.ifs.confirm_reads_per_cycle,
                              max_listing_pages=settings.ifs.max_listing_pages,
-                             max_listing_seconds=settings.ifs.max_listing_seconds)
+                             max_listing_seconds=settings.ifs.max_listing_seconds, clock=self.clock)
         self._install_gauges()
         self.jobs = SourceJobs(ifs=self.ifs, sources=self.sources, poller=self.poller, tenant=self.tenant,
                                bindings=self.bindings, people=self.people, seen=Seen(db), audit=self.audit,
                                metrics=self.metrics, tz=self.tz, personal=settings.people.personal,
-                               polled=self.wake_delivery)
+                               polled=self.wake_delivery, clock=self.clock)
         self.bot_config = BotConfig(APP_ID=creds.bot_app_id, APP_PASSWORD=creds.bot_app_password.reveal(),
                                     APP_TYPE=settings.bot.app_type if creds.bot_app_id else "MultiTenant",
                                     APP_TENANTID=creds.bot_tenant_id,
@@ -180,18 +180,19 @@ class Service:
             timezone=settings.service.timezone, locale=settings.service.locale,
             ifs_base_url=creds.ifs_base_url or None,
             list_pages={k: s.list_page for k, s in self.sources.items() if s.list_page},
-            digest_max_rows=settings.delivery.digest_max_rows)
+            digest_max_rows=settings.delivery.digest_max_rows, clock=self.clock)
         self.worker = DeliveryWorker(db, self.sender, self.rendering.renderer(), settings.delivery,
-                                     timezone=settings.service.timezone, metrics=self.metrics)
+                                     timezone=settings.service.timezone, metrics=self.metrics, clock=self.clock)
         owner_check = None
         if settings.bot.owners_are_admins and creds.bot_app_id and creds.bot_app_password:
-            owner_check = GraphOwnerCheck(creds.bot_app_id, creds.bot_app_password.reveal())
-        self.commands = Commands(db, self, AdminPolicy(settings.bot.admins, owner_check), people=settings.people)
+            owner_check = GraphOwnerCheck(creds.bot_app_id, creds.bot_app_password.reveal(), clock=self.clock)
+        self.commands = Commands(db, self, AdminPolicy(settings.bot.admins, owner_check), people=settings.people,
+                                 clock=self.clock)
         self.reminders = Reminders(db, partial(self.worker.send_card, what="reminder"), settings.people,
                                    timezone=settings.service.timezone, holidays=settings.schedule.holidays,
                                    card_context=self.rendering.card_context, link=self.jobs.link_record)
         self.bot = NotifierBot(db, self.commands, welcome=settings.bot.welcome,
-                               actions=CardActions(db, self.rendering.render_record_card, now=self.clock.time,
+                               actions=CardActions(db, self.rendering.render_record_card, clock=self.clock,
                                                    snooze_until=self.reminders.snooze_until,
                                                    refresh=partial(self.rendering.refresh_cards, self.worker)))
         self.web = WebApps(settings.service, version=VERSION, db=db, bot_config=self.bot_config, adapter=self.adapter,

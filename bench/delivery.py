@@ -121,10 +121,10 @@ class Rig:
         self.worker = DeliveryWorker(
             self.svc.db, self.svc.sender,
             self.svc.rendering.renderer(),
-            self.settings, now=self.clock.time, monotonic=self.clock.monotonic, sleep=self.vt.sleep,
+            self.settings, clock=self.clock, sleep=self.vt.sleep,
             rng=random.Random(7))
-        self.writer = PollWriter(self.svc.db, self.clock.time)
-        self.outbox = Outbox(self.svc.db, self.clock.time)
+        self.writer = PollWriter(self.svc.db, self.clock)
+        self.outbox = Outbox(self.svc.db, self.clock)
         return self
 
     def _busy(self) -> int:

@@ -45,7 +45,7 @@ async def measure(workdir: Path) -> dict[str, Any]:
             await bind(rig.svc.db, CHANNEL, rig.connector.service_url, "10")
             p = rig.svc.poller
             poller = Poller(client=client, sources=p.sources, seen=p.seen, bindings=p.bindings,
-                            writer=PollWriter(rig.svc.db, rig.clock.time), audit=p.audit, ifs_base_url=sim.base_url,
+                            writer=PollWriter(rig.svc.db, rig.clock), audit=p.audit, ifs_base_url=sim.base_url,
                             page_size=p.page_size)
             log(f"surge: polling {N:,} new invoices")
             t = time.perf_counter()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
+
+from core.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class GraphOwnerCheck:
 
     def __init__(self, app_id: str, app_password: str, *, graph_url: str = "https://graph.microsoft.com",
                  authority_host: str = "https://login.microsoftonline.com", http: httpx.AsyncClient | None = None,
-                 ttl: float = 300.0, now=time.monotonic,
+                 ttl: float = 300.0, clock: Clock = SYSTEM_CLOCK,
                  token_provider: Callable[[str], Awaitable[str]] | None = None) -> None:
         self._app_id = app_id
         self._password = app_password
@@ -77,7 +78,7 @@ class GraphOwnerCheck:
         self._apps: dict[str, object] = {}
         self._cache: dict[tuple[str, str], tuple[float, bool]] = {}
         self._ttl = ttl
-        self._now = now
+        self._now = clock.monotonic
         self._token_provider = token_provider or self._msal_token
 
     def _msal_token_sync(self, tenant: str) -> str:

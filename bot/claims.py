@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -12,6 +11,7 @@ from typing import Any
 from bot.authz import Actor
 from cards.claims import CLAIM, RELEASE
 from cards.reminders import SNOOZE
+from core.clock import SYSTEM_CLOCK, Clock
 from store.audit import AuditLog
 from store.db import Database
 from store.people import Claims, ReminderStore
@@ -36,17 +36,17 @@ class CardActions:
     """Runs one card action and answers with the refreshed card; every attempt is audited."""
 
     def __init__(self, db: Database, render: Callable[[str], Awaitable[dict[str, Any] | None]], *,
-                 now: Callable[[], float] = time.time,
+                 clock: Clock = SYSTEM_CLOCK,
                  snooze_until: Callable[[float], float] | None = None,
                  refresh: Callable[[str, str], Awaitable[int]] | None = None) -> None:
         self.db = db
         self.refresh = refresh  # (record id, clicked conversation) -> its other cards updated
         self.render = render  # record id -> its card now (None: no such record)
-        self.now = now
+        self.now = clock.time
         self.snooze_until = snooze_until  # now -> when "remind me tomorrow" ends
         self.reminders = ReminderStore(db)
-        self.claims = Claims(db, now)
-        self.audit = AuditLog(db, now)
+        self.claims = Claims(db, clock)
+        self.audit = AuditLog(db, clock)
 
     async def run(self, channel_id: str, actor: Actor, verb: Any, data: Any) -> ActionResult:
         record_id = data.get("record_id") if isinstance(data, dict) else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -12,6 +11,7 @@ from typing import Any, Protocol
 from bot.authz import Actor, AdminPolicy
 from bot.status import build_status
 from cards import AuditView, audit_card, help_card, inert, links_card, status_card
+from core.clock import SYSTEM_CLOCK, Clock
 from core.company import CompanyCheck
 from core.domain import Binding, RecordKind
 from core.errors import CommandError, ConfigError
@@ -108,14 +108,14 @@ def resolve(text: str) -> tuple[str, tuple[str, ...]]:
 class Commands:
     """Dispatches a command line: lookup, admin check, handler, audit. Handlers never see raw activities."""
 
-    def __init__(self, db: Database, runtime: Runtime, policy: AdminPolicy, *, now=time.time,
+    def __init__(self, db: Database, runtime: Runtime, policy: AdminPolicy, *, clock: Clock = SYSTEM_CLOCK,
                  people: PeopleSettings | None = None) -> None:
         self.db = db
         self.people_settings = people or PeopleSettings()
         self.runtime = runtime
         self.policy = policy
-        self.now = now
-        self.store = Store(db, now)
+        self.now = clock.time
+        self.store = Store(db, clock)
         self.channels, self.bindings, self.outbox, self.audit, self.seen = (
             self.store.channels, self.store.bindings, self.store.outbox, self.store.audit, self.store.seen)
 

@@ -6,7 +6,6 @@ import asyncio
 import inspect
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +13,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
+from core.clock import SYSTEM_CLOCK, Clock
 from core.domain import ChannelRef, EventType, PostedCard
 from core.errors import SendError
 from core.metrics import Metrics
@@ -73,8 +73,7 @@ class CardRenderer:
 
 class DeliveryWorker:
     def __init__(self, db: Database, sender: Sender, renderer: CardRenderer, settings: DeliverySettings, *,
-                 timezone: str = "UTC", metrics: Metrics | None = None, now: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic,
+                 timezone: str = "UTC", metrics: Metrics | None = None, clock: Clock = SYSTEM_CLOCK,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  retry: RetryPolicy | None = None, rng: random.Random | None = None,
                  channel_windows: Sequence[tuple[int, float]] = CHANNEL_WINDOWS,
@@ -85,18 +84,18 @@ class DeliveryWorker:
         self.settings = settings
         self.tz = ZoneInfo(timezone)
         self.metrics = metrics or Metrics()
-        self.now = now
-        self.monotonic = monotonic
+        self.now = clock.time
+        self.monotonic = clock.monotonic
         self.sleep = sleep
         self.retry = retry or RetryPolicy(base=2.0, cap=600.0, max_attempts=0,
                                           max_elapsed=settings.max_age_hours * 3600)
         self.rng = rng or random.Random()
-        self.outbox = Outbox(db, now)
-        self.channels = Channels(db, now)
-        self.audit = AuditLog(db, now)
+        self.outbox = Outbox(db, clock)
+        self.channels = Channels(db, clock)
+        self.audit = AuditLog(db, clock)
         self._channel_windows = tuple(channel_windows)
         self._limiters: dict[str, WindowLimiter] = {}
-        self._app_limiter = WindowLimiter(app_windows, monotonic)
+        self._app_limiter = WindowLimiter(app_windows, clock.monotonic)
         self._wake = asyncio.Event()
         self._active: dict[str, asyncio.Task[int]] = {}
         self._slots = asyncio.Semaphore(max(1, settings.workers))

@@ -21,7 +21,7 @@ PEOPLE_USAGE = "people | people remove <IFS user> | people confirm <IFS user> | 
 
 
 def _people(cmds: Commands) -> People:
-    return People(cmds.db, cmds.now)
+    return People(cmds.db, cmds.store.clock)
 
 
 async def _in_personal_chat(cmds: Commands, call: CommandCall) -> bool:

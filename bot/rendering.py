@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from bot.delivery import CardRenderer, DeliveryWorker
 from cards import CardContext, digest_card, record_card
+from core.clock import SYSTEM_CLOCK, Clock
 from core.domain import FinanceRecord, RecordKind
 from core.people import Mention, next_approver
 from store.outbox import Delivery
@@ -23,7 +24,8 @@ class CardRendering:
 
     def __init__(self, *, people: People, claims: Claims, link: Callable[[FinanceRecord], FinanceRecord],
                  timezone: str, locale: str, ifs_base_url: str | None, list_pages: Mapping[RecordKind, str],
-                 digest_max_rows: int) -> None:
+                 digest_max_rows: int, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
         self.people = people
         self.claims = claims
         self.link = link
@@ -35,7 +37,7 @@ class CardRendering:
         self.digest_max_rows = digest_max_rows
 
     def card_context(self) -> CardContext:
-        return CardContext(today=datetime.now(self.tz).date(), locale=self.locale, tz=self.timezone,
+        return CardContext(today=datetime.fromtimestamp(self.clock.time(), self.tz).date(), locale=self.locale, tz=self.timezone,
                            ifs_base_url=self.ifs_base_url, list_pages=dict(self.list_pages))
 
     def renderer(self) -> CardRenderer:

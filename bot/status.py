@@ -16,7 +16,7 @@ async def build_status(db: Database, runtime: Any, *, channel_id: str | None, no
                        companies: set[str] | None = None, kind: str | None = None) -> StatusView:
     """`companies`: only these companies' sources (None: all); `kind`: only that kind's sources."""
     seen = Seen(db)
-    outbox = Outbox(db, lambda: now)
+    outbox = Outbox(db)  # counts only: no clock needed
     states = [s for s in await seen.source_states()
               if s.kind == "*" or ((companies is None or s.company in companies) and (kind is None or s.kind == kind))]
     problems = runtime.source_problems() if runtime is not None and hasattr(runtime, "source_problems") else {}

@@ -20,6 +20,9 @@ class SystemClock:
         return time.monotonic()
 
 
+SYSTEM_CLOCK: Clock = SystemClock()
+
+
 class FakeClock:
     """A clock that only moves when told to."""
 

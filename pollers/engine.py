@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -12,6 +11,7 @@ from itertools import compress, repeat
 from operator import is_not, itemgetter
 from typing import Any, Protocol
 
+from core.clock import SYSTEM_CLOCK, Clock
 from core.domain import Binding, EventType, FinanceRecord, RecordKind, decode_key
 from core.errors import AuthError, BadRecordError, FatalRequestError, RetriableError
 from core.links import odata_literal
@@ -218,8 +218,7 @@ class Poller:
     max_listing_pages: int = 0  # requests one listing may make; 0: derived from the records pending
     max_listing_seconds: float = 900.0  # one listing's time (on the client's clock); 0: unbounded
     lean_listing: bool = True  # re-polls list only what the diff needs, then read new and changed rows whole
-    monotonic: Any = time.monotonic
-    now: Any = time.time
+    clock: Clock = SYSTEM_CLOCK
     _mappers: dict[RecordKind, RecordMapper] = field(default_factory=dict)
     # sources poll concurrently: IFS going down (or coming back) is noticed, logged and audited once
     _availability: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -246,20 +245,20 @@ class Poller:
         budget = _Budget(self.details_limit)
         parts = [_Part(c, PollResult(kind, c), _Cycle(kind, c, budget)) for c in dict.fromkeys(companies)]
         for chunk in _chunks(spec, parts):
-            started = self.monotonic()
+            started = self.clock.monotonic()
             try:
                 await self._listing(kind, chunk)
             except (RetriableError, AuthError, FatalRequestError) as exc:
                 await self._failed(kind, chunk, exc)
             else:
                 await self._ifs_up()
-            share = (self.monotonic() - started) / len(chunk)
+            share = (self.clock.monotonic() - started) / len(chunk)
             for part in chunk:
                 part.result.seconds += share
         finished = []
         for part in parts:
             if part.result.ok:
-                started = self.monotonic()
+                started = self.clock.monotonic()
                 try:
                     with counted() as cost:
                         fixed = await self._settle(kind, part)
@@ -270,7 +269,7 @@ class Poller:
                 finally:
                     part.result.requests += cost.requests
                     part.result.bytes += cost.bytes
-                    part.result.seconds += self.monotonic() - started
+                    part.result.seconds += self.clock.monotonic() - started
             r = part.result
             finished.append(Finished(part.company, r.ok, r.pending if r.ok else None, r.error, r.summary(),
                                      part.fixed))
@@ -650,7 +649,7 @@ class Poller:
                 changes.append((EventType.CHANGED, replace(last, approvers=chain, approval_step=summary).to_compact(),
                                 last.state, row.step))
         if checked:
-            await self.seen.mark_chains_checked(kind, company, checked, self.now())
+            await self.seen.mark_chains_checked(kind, company, checked, self.clock.time())
         deliveries = await self.writer.apply(kind, company, changes, bindings) if changes else 0
         return len(changes), deliveries
 

@@ -4,7 +4,6 @@ the tenant validation a poll and `link company` rely on, and the scheduler that 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -13,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from core.clock import SYSTEM_CLOCK, Clock
 from core.company import CompanyCheck
 from core.domain import FinanceRecord, RecordKind
 from core.errors import NotifierError
@@ -44,7 +44,9 @@ class SourceJobs:
 
     def __init__(self, *, ifs: IfsClient, sources: Mapping[RecordKind, SourceSpec], poller: Poller,
                  tenant: TenantSchema, bindings: Bindings, people: People, seen: Seen, audit: AuditLog,
-                 metrics: Metrics, tz: ZoneInfo, personal: bool, polled: Callable[[], None]) -> None:
+                 metrics: Metrics, tz: ZoneInfo, personal: bool, polled: Callable[[], None],
+                 clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
         self.ifs = ifs
         self.sources = sources
         self.poller = poller
@@ -80,10 +82,11 @@ class SourceJobs:
                 return []
             if validation is not None:
                 self.poller.set_source(validation.spec)
-            started = time.monotonic()
+            started = self.clock.monotonic()
             cycle = await self.poller.poll_many(kind, companies)
-            self.load.record(time.time(), cycle, time.monotonic() - started)
-            self.metrics.observe_value("notifier_poll_cycle_seconds", time.monotonic() - started, source=kind.value)
+            seconds = self.clock.monotonic() - started
+            self.load.record(self.clock.time(), cycle, seconds)
+            self.metrics.observe_value("notifier_poll_cycle_seconds", seconds, source=kind.value)
             self.metrics.inc("notifier_poll_ifs_requests_total", sum(r.requests for r in cycle), source=kind.value)
             self.metrics.inc("notifier_poll_ifs_bytes_total", sum(r.bytes for r in cycle), source=kind.value)
             for result in cycle:
@@ -123,7 +126,7 @@ class SourceJobs:
             if spec.enabled:
                 self.scheduler.add_job(self.poll_source, PollTrigger(schedule, self.tz),
                                        args=[kind], id=kind.value, max_instances=1, coalesce=True,
-                                       misfire_grace_time=300, next_run_time=datetime.now(self.tz))
+                                       misfire_grace_time=300, next_run_time=datetime.fromtimestamp(self.clock.time(), self.tz))
         self.scheduler.start()
 
     def shutdown(self) -> None:
@@ -140,7 +143,7 @@ class SourceJobs:
 
     def poll_soon(self) -> None:
         if self.scheduler is not None:
-            now = datetime.now(self.tz)
+            now = datetime.fromtimestamp(self.clock.time(), self.tz)
             for job in self.scheduler.get_jobs():
                 job.modify(next_run_time=now)
 
@@ -171,7 +174,7 @@ class SourceJobs:
         return out
 
     def ifs_load(self) -> dict[str, float]:
-        return self.load.summary(time.time())
+        return self.load.summary(self.clock.time())
 
     def ifs_token_state(self) -> dict[str, Any]:
         return self.ifs.token_state()

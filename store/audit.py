@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 import aiosqlite
 
+from core.clock import SYSTEM_CLOCK, Clock
 from store.db import Database
 
 
@@ -32,9 +31,9 @@ class AuditEntry:
 
 
 class AuditLog:
-    def __init__(self, db: Database, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, clock: Clock = SYSTEM_CLOCK) -> None:
         self._db = db
-        self._now = now
+        self._now = clock.time
 
     INSERT = ("INSERT INTO audit (at, category, action, outcome, channel_id, company, record_id, delivery_id,"
               " actor, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")

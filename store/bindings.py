@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import aiosqlite
 
+from core.clock import SYSTEM_CLOCK, Clock
 from core.domain import Binding, RecordKind
 from store.db import Database
 
 
 class Bindings:
-    def __init__(self, db: Database, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, clock: Clock = SYSTEM_CLOCK) -> None:
         self._db = db
-        self._now = now
+        self._now = clock.time
 
     async def put(self, conn: aiosqlite.Connection, b: Binding) -> bool:
         """Create or replace the binding of (channel, company). True when it did not exist before."""

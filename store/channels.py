@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import aiosqlite
 
+from core.clock import SYSTEM_CLOCK, Clock
 from core.domain import ChannelRef
 from store.db import Database
 
 
 class Channels:
-    def __init__(self, db: Database, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, clock: Clock = SYSTEM_CLOCK) -> None:
         self._db = db
-        self._now = now
+        self._now = clock.time
 
     async def upsert(self, conn: aiosqlite.Connection, ref: ChannelRef) -> bool:
         """Save or refresh a conversation reference; reactivates the channel. True if it was new or inactive."""

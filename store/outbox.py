@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import aiosqlite
 
+from core.clock import SYSTEM_CLOCK, Clock
 from core.domain import Binding, EventType, FinanceRecord, PostedCard
 from store.db import Database
 from store.records import load_record
@@ -46,9 +46,9 @@ class Delivery:
 class Outbox:
     """Events and their deliveries; the poller writes, the delivery worker claims and settles."""
 
-    def __init__(self, db: Database, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, clock: Clock = SYSTEM_CLOCK) -> None:
         self._db = db
-        self._now = now
+        self._now = clock.time
 
     async def backfill(self, conn: aiosqlite.Connection, channel_id: str, items: Iterable[tuple[int, FinanceRecord]],
                        binding: Binding) -> int:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import aiosqlite
 
+from core.clock import SYSTEM_CLOCK, Clock
 from core.domain import EventType, FinanceRecord, PostedCard
 from core.people import Claim, Person, PersonStatus, next_approver
 from store.db import Database
@@ -32,9 +32,9 @@ def _person(row: Any) -> Person:
 class People:
     """IFS user -> Teams user mappings, personal chat preferences, and which approver a record waits for."""
 
-    def __init__(self, db: Database, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, clock: Clock = SYSTEM_CLOCK) -> None:
         self._db = db
-        self._now = now
+        self._now = clock.time
 
     async def put(self, conn: aiosqlite.Connection, p: Person) -> bool:
         """Insert or replace one mapping; True when the IFS user was not mapped before."""
@@ -166,9 +166,9 @@ class People:
 class Claims:
     """Who took which document; the first claim holds until its holder releases it."""
 
-    def __init__(self, db: Database, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, clock: Clock = SYSTEM_CLOCK) -> None:
         self._db = db
-        self._now = now
+        self._now = clock.time
 
     async def get(self, record_id: str) -> Claim | None:
         row = await self._db.fetchone("SELECT record_id, user_id, name, at FROM claims WHERE record_id = ?",

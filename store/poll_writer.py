@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
@@ -13,6 +12,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
+from core.clock import SYSTEM_CLOCK, Clock
 from core.domain import Binding, EventType, FinanceRecord, RecordKind, record_id
 from store.audit import AuditLog
 from store.db import Database
@@ -34,9 +34,9 @@ class Finished:
 class PollWriter:
     """Writes one poll page's effects (seen rows, events, deliveries, source state) in one transaction."""
 
-    def __init__(self, db: Database, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, clock: Clock = SYSTEM_CLOCK) -> None:
         self._db = db
-        self._now = now
+        self._now = clock.time
 
     async def apply(self, kind: RecordKind, company: str, changes: Sequence[Change], bindings: Sequence[Binding], *,
                     bad_rows: Sequence[tuple[str, str, str]] = (), audit: AuditLog | None = None) -> int:

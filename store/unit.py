@@ -8,13 +8,13 @@ go through `store.channels`, `store.bindings`, ... directly.
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiosqlite
 
+from core.clock import SYSTEM_CLOCK, Clock
 from core.domain import Binding, ChannelRef, FinanceRecord, PostedCard
 from store.audit import AuditLog
 from store.bindings import Bindings
@@ -25,13 +25,14 @@ from store.seen import Seen
 
 
 class Store:
-    def __init__(self, db: Database, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, clock: Clock = SYSTEM_CLOCK) -> None:
         self.db = db
-        self.now = now
-        self.audit = AuditLog(db, now)
-        self.channels = Channels(db, now)
-        self.bindings = Bindings(db, now)
-        self.outbox = Outbox(db, now)
+        self.clock = clock
+        self.now = clock.time
+        self.audit = AuditLog(db, clock)
+        self.channels = Channels(db, clock)
+        self.bindings = Bindings(db, clock)
+        self.outbox = Outbox(db, clock)
         self.seen = Seen(db)
 
     async def row_counts(self) -> dict[str, int]:

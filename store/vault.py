@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from core.clock import SYSTEM_CLOCK, Clock
 from core.errors import ConfigError
 from store.db import Database, owner_only
 
@@ -75,9 +75,10 @@ class KeyRing:
 
 
 class Vault:
-    def __init__(self, db: Database, keyring: KeyRing) -> None:
+    def __init__(self, db: Database, keyring: KeyRing, clock: Clock = SYSTEM_CLOCK) -> None:
         self._db = db
         self._keyring = keyring
+        self._now = clock.time
 
     async def set(self, name: str, value: str) -> None:
         if name not in KNOWN_SECRETS:
@@ -91,7 +92,7 @@ class Vault:
             await conn.execute(
                 "INSERT INTO secrets (name, token, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at",
-                (name, token, time.time()))
+                (name, token, self._now()))
 
     async def _fernet(self) -> MultiFernet:
         # a new key only for a vault that holds nothing yet: a lost key file must not be silently replaced
@@ -142,7 +143,7 @@ class Vault:
                 rows = list(await cur.fetchall())
             for row in rows:
                 await conn.execute("UPDATE secrets SET token = ?, updated_at = ? WHERE name = ?",
-                                   (multi.rotate(bytes(row["token"])), time.time(), row["name"]))
+                                   (multi.rotate(bytes(row["token"])), self._now(), row["name"]))
         self._keyring.write([new])
         log.info("master key rotated; %d secrets re-encrypted", len(rows))
         return len(rows)

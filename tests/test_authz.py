@@ -45,7 +45,7 @@ async def test_owners_are_admins_and_answers_are_cached():
         return "graph-token"
 
     try:
-        check = GraphOwnerCheck("app", "pw", graph_url=url, token_provider=token, ttl=60, now=clock.monotonic)
+        check = GraphOwnerCheck("app", "pw", graph_url=url, token_provider=token, ttl=60, clock=clock)
         policy = AdminPolicy([], check)
         assert await policy.is_admin(actor("aad-owner"))
         assert not await policy.is_admin(actor("aad-member"))

@@ -50,7 +50,7 @@ async def rig(tmp_path, ifs):
         settings = replace(DeliverySettings(), **overrides)
         return DeliveryWorker(svc.db, svc.sender, CardRenderer(svc.rendering.render_record, svc.rendering.render_digest,
                                                                 svc.rendering.render_reply),
-                              settings, now=clock.time, monotonic=clock.monotonic, sleep=fake_sleep,
+                              settings, clock=clock, sleep=fake_sleep,
                               rng=random.Random(7))
 
     async with svc.db.transaction() as conn:
@@ -64,14 +64,14 @@ async def rig(tmp_path, ifs):
 
     r = Rig()
     r.clock, r.connector, r.svc, r.worker, r.slept = clock, connector, svc, worker, slept
-    r.writer = PollWriter(svc.db, clock.time)
+    r.writer = PollWriter(svc.db, clock)
 
     async def emit(changes):
         return await r.writer.apply(RecordKind.INVOICE, "10", [(e, rec.to_dict(), prev, step)
                                                               for e, rec, prev, step in changes], [Binding(CH, "10")])
 
     async def drain(w: DeliveryWorker, max_rounds: int = 10_000) -> None:
-        outbox = Outbox(svc.db, clock.time)
+        outbox = Outbox(svc.db, clock)
         for _ in range(max_rounds):
             await w.run_once()
             due = await outbox.next_due_at()
@@ -187,7 +187,7 @@ async def test_transient_errors_retry_until_max_age_then_dead(rig):
     attempts = [e for e in await AuditLog(rig.svc.db).recent(limit=500, category="delivery")]
     assert attempts[0].outcome == "dead" and all(e.outcome == "retry" for e in attempts[1:])
     assert rig.clock.time() - attempts[-1].at <= 3600
-    ids = await Outbox(rig.svc.db, rig.clock.time).replay(delivery_id=attempts[0].delivery_id)
+    ids = await Outbox(rig.svc.db, rig.clock).replay(delivery_id=attempts[0].delivery_id)
     rig.connector.clear_faults()
     await rig.drain(w)
     assert ids and (await status_counts(rig.svc)) == {"sent": 1}
@@ -214,7 +214,7 @@ async def test_other_4xx_fails_for_replay_and_pause_holds_work(rig):
     assert (await status_counts(rig.svc)) == {"failed": 1}
     async with rig.svc.db.transaction() as conn:
         await Channels(rig.svc.db).set_paused(conn, CH, True)
-    await Outbox(rig.svc.db, rig.clock.time).replay(channel_id=CH)
+    await Outbox(rig.svc.db, rig.clock).replay(channel_id=CH)
     await w.run_once()
     assert (await status_counts(rig.svc)) == {"pending": 1}
     async with rig.svc.db.transaction() as conn:

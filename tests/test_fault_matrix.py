@@ -207,7 +207,7 @@ async def test_4_rejected_requests_make_one_audit_row_per_source_reason_and_minu
                                                 overrides={"service": {"audit_retention_days": 30}}),
                                   clock=clock)
     try:
-        old = AuditLog(svc.db, now=lambda: clock.time() - 31 * 86400)
+        old = AuditLog(svc.db, FakeClock(clock.time() - 31 * 86400))
         await old.record("system", "ancient", "ok")
         await svc.start(background=False)
         assert [r.action for r in await svc.audit.recent(limit=100) if r.action == "ancient"] == []

@@ -37,6 +37,7 @@ WED_0900 = datetime(2027, 3, 31, 7, 0, tzinfo=UTC).timestamp()
 REMINDERS = """
 [people]
 remind_at = ["09:00"]
+remind_after_days = 0  # every pending document is due a reminder (the documents here are minutes old)
 [schedule]
 holidays = [2027-03-30]
 """

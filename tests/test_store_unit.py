@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from core.clock import FakeClock
 from core.domain import Binding, ChannelRef
 from store.db import open_database
 from store.unit import Store
@@ -16,7 +17,7 @@ def _ref(channel_id: str) -> ChannelRef:
 async def test_a_unit_commits_its_writes_together_and_stamps_them_with_the_store_clock(tmp_path):
     db = await open_database(str(tmp_path / "s.sqlite3"))
     try:
-        store = Store(db, now=lambda: 1234.5)
+        store = Store(db, FakeClock(1234.5))
         async with store.unit() as u:
             assert await u.channels.upsert(_ref("19:a"))
             assert await u.bindings.put(Binding("19:a", "10"))
