@@ -36,7 +36,10 @@ async def measure(workdir: Path, records: int, span: float, seed: int = 11, inte
     await sim.start()
     connector = ConnectorStandIn()
     await connector.start()
-    svc = await make_service(workdir, sim.base_url, extra=f"\n[schedule]\nevery_minutes = {interval / 60!r}\n")
+    svc = await make_service(workdir, sim.base_url, extra=f"\n[schedule]\nevery_minutes = {interval / 60!r}\n"
+                             # each record's own card is what is timed: a poll finding more than
+                             # digest_threshold new ones would send one digest instead
+                             "[delivery]\ndigest_threshold = 1000\n")
     try:
         await bind(svc.db, CHANNEL, connector.service_url, "10")
         await svc.start(web_runner=False, background=True)
