@@ -21,7 +21,7 @@ from simulator.connector import ConnectorStandIn
 from simulator.ifs import IfsSimulator, run_generator
 from simulator.ifs_fakedata import USERS
 from simulator.teams_client import channel_message
-from store.people import People
+from store.unit import Store
 
 PLAYGROUND_PORT = 56150
 DEMO_CHANNEL = "19:demo-procurement@thread.tacv2"
@@ -126,10 +126,9 @@ DEMO_TEAMS_USER = ("Alex Wilber", "00000000-0000-0000-0000-0000000000020")
 
 async def map_demo_approvers(service) -> None:
     name, object_id = DEMO_TEAMS_USER
-    people = People(service.db)
-    async with service.db.transaction() as conn:
+    async with Store(service.db).unit() as u:
         for user in USERS:
-            await people.put(conn, Person(ifs_user=user, name=name, aad_object_id=object_id, created_by="demo"))
+            await u.people.put(Person(ifs_user=user, name=name, aad_object_id=object_id, created_by="demo"))
     print(f"people              : the simulated approvers ({', '.join(USERS[:3])}, ...) are mapped to {name}")
 
 

@@ -15,6 +15,7 @@ from core.clock import SYSTEM_CLOCK, Clock
 from store.audit import AuditLog
 from store.db import Database
 from store.people import Claims, ReminderStore
+from store.unit import Store
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class CardActions:
         self.reminders = ReminderStore(db)
         self.claims = Claims(db, clock)
         self.audit = AuditLog(db, clock)
+        self.store = Store(db, clock)
 
     async def run(self, channel_id: str, actor: Actor, verb: Any, data: Any) -> ActionResult:
         record_id = data.get("record_id") if isinstance(data, dict) else None
@@ -61,15 +63,15 @@ class CardActions:
                                     actor=actor.label, record_id=record_id[:300], problem="unknown document")
             return ActionResult(ActionOutcome.UNKNOWN, "I don't know that document.")
         user = (actor.aad_object_id or "").lower() or actor.id
-        async with self.db.transaction() as conn:
+        async with self.store.unit() as u:
             if verb == CLAIM:
-                holder = await self.claims.claim(conn, record_id, user, actor.name or actor.label)
+                holder = await u.claims.claim(record_id, user, actor.name or actor.label)
                 ok = holder.user_id == user
                 action = "document claimed"
             else:
-                ok = await self.claims.release(conn, record_id, user)
+                ok = await u.claims.release(record_id, user)
                 action = "document released"
-            await self.audit.add(conn, "people", action, "ok" if ok else "denied", channel_id=channel_id,
+            await u.audit.add("people", action, "ok" if ok else "denied", channel_id=channel_id,
                                  actor=actor.label, record_id=record_id)
         holder = await self.claims.get(record_id)
         if ok and self.refresh is not None:
@@ -88,8 +90,8 @@ class CardActions:
         assert self.snooze_until is not None
         user = (actor.aad_object_id or "").lower() or actor.id
         until = self.snooze_until(self.now())
-        async with self.db.transaction() as conn:
-            await self.reminders.snooze(conn, user, record_id, until)
-            await self.audit.add(conn, "people", "reminder snoozed", "ok", channel_id=channel_id,
+        async with self.store.unit() as u:
+            await u.reminders.snooze(user, record_id, until)
+            await u.audit.add("people", "reminder snoozed", "ok", channel_id=channel_id,
                                  actor=actor.label, record_id=record_id, until=until)
         return ActionResult(ActionOutcome.OK, "Fine: I will remind you about it tomorrow.")

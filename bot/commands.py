@@ -225,10 +225,10 @@ async def _link(cmds: Commands, call: CommandCall) -> Reply:
         raise CommandError(f"I could not confirm company '{company}' in IFS: {check.error}", usage=LINK_USAGE)
     binding = Binding(channel_id=call.channel_id, company=company, kinds=kinds or frozenset(RecordKind),
                       cost_centers=costs, min_amount=minimum, created_by=call.actor.label)
-    async with cmds.db.transaction() as conn:
-        created = await cmds.bindings.put(conn, binding)
-        queued = await cmds.outbox.backfill(conn, call.channel_id, await cmds.seen.pending_records(company), binding)
-        await cmds.audit.add(conn, "command", "binding " + ("created" if created else "changed"), "ok",
+    async with cmds.store.unit() as u:
+        created = await u.bindings.put(binding)
+        queued = await u.outbox.backfill(call.channel_id, await cmds.seen.pending_records(company), binding)
+        await u.audit.add("command", "binding " + ("created" if created else "changed"), "ok",
                              channel_id=call.channel_id, company=company, actor=call.actor.label,
                              binding=binding.describe(), backfilled=queued)
     cmds.runtime.poll_soon()
@@ -265,9 +265,9 @@ async def _unlink(cmds: Commands, call: CommandCall) -> Reply:
         company = call.args[1]
     else:
         raise CommandError("Say which company to unlink, or 'all'.", usage=usage)
-    async with cmds.db.transaction() as conn:
-        removed = await cmds.bindings.remove(conn, call.channel_id, company)
-        await cmds.audit.add(conn, "command", "binding removed", "ok" if removed else "skipped",
+    async with cmds.store.unit() as u:
+        removed = await u.bindings.remove(call.channel_id, company)
+        await u.audit.add("command", "binding removed", "ok" if removed else "skipped",
                              channel_id=call.channel_id, company=company, actor=call.actor.label, removed=removed)
     if not removed:
         what = f"company {company}" if company else "any company"
@@ -392,9 +392,9 @@ async def _resume(cmds: Commands, call: CommandCall) -> Reply:
 
 async def _set_paused(cmds: Commands, call: CommandCall, paused: bool) -> Reply:
     _no_args(call, "pause" if paused else "resume")
-    async with cmds.db.transaction() as conn:
-        await cmds.channels.set_paused(conn, call.channel_id, paused)
-        await cmds.audit.add(conn, "lifecycle", "paused" if paused else "resumed", "ok",
+    async with cmds.store.unit() as u:
+        await u.channels.set_paused(call.channel_id, paused)
+        await u.audit.add("lifecycle", "paused" if paused else "resumed", "ok",
                              channel_id=call.channel_id, actor=call.actor.label)
     if paused:
         return Reply("Paused. I keep collecting; type 'resume' to receive everything held.")
@@ -415,9 +415,9 @@ async def _quiet(cmds: Commands, call: CommandCall) -> Reply:
             parse_span("quiet", span)
         except ConfigError as exc:
             raise CommandError(f"'{span[:20]}': {exc.problem}.", usage=usage) from None
-    async with cmds.db.transaction() as conn:
-        await cmds.channels.set_quiet_hours(conn, call.channel_id, span)
-        await cmds.audit.add(conn, "lifecycle", "quiet hours", "ok", channel_id=call.channel_id,
+    async with cmds.store.unit() as u:
+        await u.channels.set_quiet_hours(call.channel_id, span)
+        await u.audit.add("lifecycle", "quiet hours", "ok", channel_id=call.channel_id,
                              actor=call.actor.label, span=span or "off")
     cmds.runtime.wake_delivery()
     if span is None:

@@ -24,6 +24,7 @@ from store.audit import AuditLog
 from store.channels import Channels
 from store.db import Database
 from store.outbox import Delivery, DeliveryStatus, Outbox
+from store.unit import Store, Unit
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class DeliveryWorker:
         self.outbox = Outbox(db, clock)
         self.channels = Channels(db, clock)
         self.audit = AuditLog(db, clock)
+        self.store = Store(db, clock)
         self._channel_windows = tuple(channel_windows)
         self._limiters: dict[str, WindowLimiter] = {}
         self._app_limiter = WindowLimiter(app_windows, clock.monotonic)
@@ -109,10 +111,10 @@ class DeliveryWorker:
 
     async def run(self, idle: float = 5.0) -> None:
         """Deliver until cancelled; sleeps until woken (new work) or the next retry is due."""
-        async with self.db.transaction() as conn:
-            released = await self.outbox.release_all_leases(conn)
+        async with self.store.unit() as u:
+            released = await u.outbox.release_all_leases()
             if released:
-                await self.audit.add(conn, "delivery", "recovered after restart", "retry", count=released)
+                await u.audit.add("delivery", "recovered after restart", "retry", count=released)
         while True:
             settled = 0
             try:
@@ -132,10 +134,10 @@ class DeliveryWorker:
 
     async def run_once(self) -> int:
         """Deliver everything due now, channels in parallel; returns deliveries settled."""
-        async with self.db.transaction() as conn:
-            released = await self.outbox.release_expired_leases(conn)
+        async with self.store.unit() as u:
+            released = await u.outbox.release_expired_leases()
             if released:
-                await self.audit.add(conn, "delivery", "lease expired", "retry", count=released)
+                await u.audit.add("delivery", "lease expired", "retry", count=released)
         channels = await self.outbox.due_channels()
         tasks = [asyncio.ensure_future(self._channel(ch)) for ch in channels if ch not in self._active]
         for ch, task in zip([c for c in channels if c not in self._active], tasks, strict=True):
@@ -205,9 +207,9 @@ class DeliveryWorker:
         digest = len(work) > 1
         posted = None if digest else await self.outbox.card_for(first.record_id, channel.channel_id)
         if not digest and first.event_type is EventType.RESOLVED and posted is None:
-            async with self.db.transaction() as conn:
-                await self.outbox.settle(conn, [first.id], DeliveryStatus.SKIPPED, error="no card to update")
-                await self._audit(conn, first, "skipped", op="none", problem="resolved without a posted card")
+            async with self.store.unit() as u:
+                await u.outbox.settle([first.id], DeliveryStatus.SKIPPED, error="no card to update")
+                await self._audit(u, first, "skipped", op="none", problem="resolved without a posted card")
             return True
         rendered = self.renderer.render_digest(work) if digest else self.renderer.render_record(first)
         # a renderer may need the database (the people a card mentions): it may return an awaitable
@@ -227,14 +229,14 @@ class DeliveryWorker:
         except SendError as err:
             return await self._failed(channel, work, err, op, self.monotonic() - started)
         latency = self.monotonic() - started
-        async with self.db.transaction() as conn:
+        async with self.store.unit() as u:
             if digest:
-                await self.outbox.settle(conn, [d.id for d in work], DeliveryStatus.DIGESTED, http_status=200,
+                await u.outbox.settle([d.id for d in work], DeliveryStatus.DIGESTED, http_status=200,
                                          digest_id=first.id)
             else:
-                await self.outbox.save_card(conn, first.record_id, channel.channel_id, new_posted)
-                await self.outbox.settle(conn, [first.id], DeliveryStatus.SENT, http_status=200)
-            await self._audit(conn, first, "ok", op=op, status=200, latency=round(latency, 4),
+                await u.outbox.save_card(first.record_id, channel.channel_id, new_posted)
+                await u.outbox.settle([first.id], DeliveryStatus.SENT, http_status=200)
+            await self._audit(u, first, "ok", op=op, status=200, latency=round(latency, 4),
                               items=len(work), activity=new_posted.activity_id)
         outcome = "digested" if digest else "sent"
         now = self.now()
@@ -260,38 +262,38 @@ class DeliveryWorker:
                 lim.penalise(err.retry_after or 1.0)
         detail = dict(op=op, status=err.status, code=err.code, error=str(err)[:200], latency=round(latency, 4),
                       items=len(work))
-        async with self.db.transaction() as conn:
+        async with self.store.unit() as u:
             if outcome is Outcome.RETRY:
                 delay = self.retry.delay(first.attempts, retry_after=err.retry_after, rng=self.rng)
                 age = self.now() - min(d.created_at for d in work)
                 if age + delay > self.settings.max_age_hours * 3600:
-                    await self.outbox.settle(conn, ids, DeliveryStatus.DEAD, http_status=err.status, code=err.code,
+                    await u.outbox.settle(ids, DeliveryStatus.DEAD, http_status=err.status, code=err.code,
                                              error=str(err)[:500])
-                    await self._audit(conn, first, "dead", **detail)
+                    await self._audit(u, first, "dead", **detail)
                     self.metrics.inc("notifier_deliveries_total", len(work), outcome="dead")
                 else:
-                    await self.outbox.settle(conn, ids, DeliveryStatus.PENDING, http_status=err.status,
+                    await u.outbox.settle(ids, DeliveryStatus.PENDING, http_status=err.status,
                                              code=err.code, error=str(err)[:500], next_at=self.now() + delay)
-                    await self._audit(conn, first, "retry", retry_in=round(delay, 3), **detail)
+                    await self._audit(u, first, "retry", retry_in=round(delay, 3), **detail)
                     self.metrics.inc("notifier_delivery_retries_total", 1, "Delivery attempts to be retried")
                 return False  # let this channel cool down; other channels go on
             if outcome is Outcome.CARD_GONE:
-                await self.outbox.forget_card(conn, first.record_id, channel.channel_id)
-                await self.outbox.settle(conn, ids, DeliveryStatus.PENDING, http_status=err.status, code=err.code,
+                await u.outbox.forget_card(first.record_id, channel.channel_id)
+                await u.outbox.settle(ids, DeliveryStatus.PENDING, http_status=err.status, code=err.code,
                                          error="card gone; posting a fresh one")
-                await self._audit(conn, first, "retry", **detail)
+                await self._audit(u, first, "retry", **detail)
                 return True
             if outcome is Outcome.GONE:
                 # keep the work pending: it is delivered if the app is installed there again
-                await self.outbox.settle(conn, ids, DeliveryStatus.PENDING, http_status=err.status, code=err.code,
+                await u.outbox.settle(ids, DeliveryStatus.PENDING, http_status=err.status, code=err.code,
                                          error=str(err)[:500])
-                await self.channels.set_active(conn, channel.channel_id, False, err.code or f"HTTP {err.status}")
-                await self._audit(conn, first, "failed", deactivated=True, **detail)
+                await u.channels.set_active(channel.channel_id, False, err.code or f"HTTP {err.status}")
+                await self._audit(u, first, "failed", deactivated=True, **detail)
                 log.warning("channel deactivated: %s", err.code, extra={"channel": channel.channel_id})
                 return False
-            await self.outbox.settle(conn, ids, DeliveryStatus.FAILED, http_status=err.status, code=err.code,
+            await u.outbox.settle(ids, DeliveryStatus.FAILED, http_status=err.status, code=err.code,
                                      error=str(err)[:500])
-            await self._audit(conn, first, "failed", **detail)
+            await self._audit(u, first, "failed", **detail)
             self.metrics.inc("notifier_deliveries_total", len(work), outcome="failed")
             return True
 
@@ -321,10 +323,10 @@ class DeliveryWorker:
             posted = await call(channel)
         except SendError as err:
             gone = classify(err) is Outcome.GONE
-            async with self.db.transaction() as conn:
+            async with self.store.unit() as u:
                 if gone:
-                    await self.channels.set_active(conn, channel_id, False, err.code or f"HTTP {err.status}")
-                await self.audit.add(conn, "delivery", what, "failed", channel_id=channel_id, status=err.status,
+                    await u.channels.set_active(channel_id, False, err.code or f"HTTP {err.status}")
+                await u.audit.add("delivery", what, "failed", channel_id=channel_id, status=err.status,
                                      code=err.code, deactivated=gone)
             return False
         await self.audit.record("delivery", what, "ok", channel_id=channel_id, status=200,
@@ -332,8 +334,8 @@ class DeliveryWorker:
         self.metrics.inc("notifier_delivery_messages_total", 1, "Messages posted or updated in Teams", op=what)
         return True
 
-    async def _audit(self, conn: Any, d: Delivery, outcome: str, **detail: Any) -> None:
-        await self.audit.add(conn, "delivery", f"{d.event_type.value} {detail.pop('op', 'send')}", outcome,
-                             channel_id=d.channel_id, company=d.record.company, record_id=d.record_id,
-                             delivery_id=d.id, attempt=d.attempts, event=d.event_type.value,
-                             **{k: v for k, v in detail.items() if v is not None})
+    async def _audit(self, u: Unit, d: Delivery, outcome: str, **detail: Any) -> None:
+        await u.audit.add("delivery", f"{d.event_type.value} {detail.pop('op', 'send')}", outcome,
+                          channel_id=d.channel_id, company=d.record.company, record_id=d.record_id,
+                          delivery_id=d.id, attempt=d.attempts, event=d.event_type.value,
+                          **{k: v for k, v in detail.items() if v is not None})

@@ -86,10 +86,10 @@ async def _link_me(cmds: Commands, call: CommandCall) -> Reply:
                     teams_id=actor.id, status=PersonStatus.PENDING if confirm else PersonStatus.ACTIVE,
                     conversation_id=call.channel_id, personal=existing.personal if existing else True,
                     created_by=actor.label)
-    async with cmds.db.transaction() as conn:
-        await people.put(conn, person)
-        queued = await people.backfill_personal(conn, person) if cmds.people_settings.personal else 0
-        await cmds.audit.add(conn, "people", "person link requested" if confirm else "person linked", "ok",
+    async with cmds.store.unit() as u:
+        await u.people.put(person)
+        queued = await u.people.backfill_personal(person) if cmds.people_settings.personal else 0
+        await u.audit.add("people", "person link requested" if confirm else "person linked", "ok",
                              channel_id=call.channel_id, actor=actor.label, ifs_user=user,
                              status=person.status.value, backfilled=queued)
     if queued:
@@ -111,9 +111,9 @@ async def _unlink_me(cmds: Commands, call: CommandCall) -> Reply:
     if not mine:
         return Reply("You are not linked to any IFS user.")
     users = [p.ifs_user for p in mine]
-    async with cmds.db.transaction() as conn:
-        await people.remove(conn, users)
-        await cmds.audit.add(conn, "people", "person unlinked", "ok", channel_id=call.channel_id,
+    async with cmds.store.unit() as u:
+        await u.people.remove(users)
+        await u.audit.add("people", "person unlinked", "ok", channel_id=call.channel_id,
                              actor=call.actor.label, ifs_users=users)
     return Reply(f"Done: you are no longer IFS user {', '.join(users)} here.")
 
@@ -133,9 +133,9 @@ async def _personal(cmds: Commands, call: CommandCall) -> Reply:
         return Reply(f"Personal cards are {'on' if on else 'off'} for you."
                      + ("" if cmds.people_settings.personal else " (The service sends none at the moment.)"))
     on = word == "on"
-    async with cmds.db.transaction() as conn:
-        await people.set_personal(conn, [p.ifs_user for p in mine], on)
-        await cmds.audit.add(conn, "people", f"personal {word}", "ok", channel_id=call.channel_id,
+    async with cmds.store.unit() as u:
+        await u.people.set_personal([p.ifs_user for p in mine], on)
+        await u.audit.add("people", f"personal {word}", "ok", channel_id=call.channel_id,
                              actor=call.actor.label, ifs_users=[p.ifs_user for p in mine])
     if on:
         return Reply("Personal cards on: I send you a card here when a document reaches your step.")
@@ -162,14 +162,14 @@ async def _people_cmd(cmds: Commands, call: CommandCall) -> Reply:
         raise CommandError(f"IFS user {user} is not linked.", usage=PEOPLE_USAGE)
     if action in ("confirm", "refuse") and person.status is not PersonStatus.PENDING:
         raise CommandError(f"IFS user {user} is not waiting for a confirmation.", usage=PEOPLE_USAGE)
-    async with cmds.db.transaction() as conn:
+    async with cmds.store.unit() as u:
         if action == "confirm":
-            await people.set_status(conn, user, PersonStatus.ACTIVE)
+            await u.people.set_status(user, PersonStatus.ACTIVE)
             if cmds.people_settings.personal:
-                await people.backfill_personal(conn, replace(person, status=PersonStatus.ACTIVE))
+                await u.people.backfill_personal(replace(person, status=PersonStatus.ACTIVE))
         else:
-            await people.remove(conn, [user])
-        await cmds.audit.add(conn, "people", {"remove": "person removed", "confirm": "person confirmed",
+            await u.people.remove([user])
+        await u.audit.add("people", {"remove": "person removed", "confirm": "person confirmed",
                                               "refuse": "person refused"}[action], "ok",
                              channel_id=call.channel_id, actor=call.actor.label, ifs_user=user)
     name = inert(person.name, 60)

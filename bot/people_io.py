@@ -9,9 +9,9 @@ import re
 from cards.text import clean
 from core.errors import NotifierError
 from core.people import Person, ifs_user_key, valid_ifs_user
-from store.audit import AuditLog
 from store.db import Database
 from store.people import People
+from store.unit import Store
 
 HEADER = ("ifs_user", "teams_user", "name")
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
@@ -56,11 +56,10 @@ def parse_people(text: str, *, actor: str) -> list[Person]:
 
 async def import_people(db: Database, text: str, *, actor: str) -> int:
     people = parse_people(text, actor=actor)
-    repo, audit = People(db), AuditLog(db)
-    async with db.transaction() as conn:
-        n = await repo.replace_all(conn, people)
-        await audit.add(conn, "people", "people imported", "ok", actor=actor, count=n,
-                        ifs_users=[p.ifs_user for p in people[:100]])
+    async with Store(db).unit() as u:
+        n = await u.people.replace_all(people)
+        await u.audit.add("people", "people imported", "ok", actor=actor, count=n,
+                          ifs_users=[p.ifs_user for p in people[:100]])
     return n
 
 

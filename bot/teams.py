@@ -43,9 +43,8 @@ from core.clock import Clock, SystemClock
 from core.domain import ChannelRef, PostedCard
 from core.errors import SendError
 from core.retry import RetryPolicy
-from store.audit import AuditLog
-from store.channels import Channels
 from store.db import Database
+from store.unit import Store
 
 log = logging.getLogger(__name__)
 
@@ -376,20 +375,20 @@ class NotifierBot(TeamsActivityHandler):
         self._actions = actions
         self._commands = commands
         self._upns = upns or MemberUpns()
-        self._channels = Channels(db)
-        self._audit = AuditLog(db)
+        self._store = Store(db)
+        self._channels = self._store.channels
         self._welcome = welcome
 
     async def _save(self, activity: Activity, action: str, *, install: bool = False) -> bool:
         ref = channel_ref_from(activity)
         revived: list[str] = []
-        async with self._db.transaction() as conn:
-            became_active = await self._channels.upsert(conn, ref)
+        async with self._store.unit() as u:
+            became_active = await u.channels.upsert(ref)
             if install and ref.team_id:
-                revived = await self._channels.set_active_for_team(conn, ref.team_id, True, None,
+                revived = await u.channels.set_active_for_team(ref.team_id, True, None,
                                                                    only_reasons=REVIVED_BY_INSTALL)
             if became_active or revived:
-                await self._audit.add(conn, "lifecycle", action, "ok", channel_id=ref.channel_id,
+                await u.audit.add("lifecycle", action, "ok", channel_id=ref.channel_id,
                                       team=ref.team_id, tenant=ref.tenant_id, **({"revived": revived} if revived else {}))
         if revived:
             self._commands.runtime.wake_delivery()
@@ -490,25 +489,25 @@ class NotifierBot(TeamsActivityHandler):
 
     async def on_teams_channel_renamed(self, channel_info: ChannelInfo, team_info: TeamInfo,
                                        turn_context: TurnContext) -> None:
-        async with self._db.transaction() as conn:
-            await self._channels.rename(conn, channel_info.id, channel_info.name)
-            await self._audit.add(conn, "lifecycle", "channel renamed", "ok", channel_id=channel_info.id,
+        async with self._store.unit() as u:
+            await u.channels.rename(channel_info.id, channel_info.name)
+            await u.audit.add("lifecycle", "channel renamed", "ok", channel_id=channel_info.id,
                                   name=channel_info.name)
 
     async def on_teams_channel_deleted(self, channel_info: ChannelInfo, team_info: TeamInfo,
                                        turn_context: TurnContext) -> None:
-        async with self._db.transaction() as conn:
-            if await self._channels.set_active(conn, channel_info.id, False, "channel deleted"):
-                await self._audit.add(conn, "lifecycle", "channel deleted", "ok", channel_id=channel_info.id)
+        async with self._store.unit() as u:
+            if await u.channels.set_active(channel_info.id, False, "channel deleted"):
+                await u.audit.add("lifecycle", "channel deleted", "ok", channel_id=channel_info.id)
 
     async def on_teams_channel_restored(self, channel_info: ChannelInfo, team_info: TeamInfo,
                                         turn_context: TurnContext) -> None:
         channel = await self._channels.get(channel_info.id)
         if channel is None or channel.active or channel.inactive_reason != "channel deleted":
             return
-        async with self._db.transaction() as conn:
-            await self._channels.set_active(conn, channel_info.id, True, None)
-            await self._audit.add(conn, "lifecycle", "channel restored", "ok", channel_id=channel_info.id)
+        async with self._store.unit() as u:
+            await u.channels.set_active(channel_info.id, True, None)
+            await u.audit.add("lifecycle", "channel restored", "ok", channel_id=channel_info.id)
         self._commands.runtime.wake_delivery()
 
     async def on_teams_team_deleted(self, team_info: TeamInfo, turn_context: TurnContext) -> None:
@@ -527,14 +526,14 @@ class NotifierBot(TeamsActivityHandler):
         await self._team_active(team_info, True, None, only_reasons=("team deleted",))
 
     async def on_teams_team_renamed(self, team_info: TeamInfo, turn_context: TurnContext) -> None:
-        await self._audit.record("lifecycle", "team renamed", "ok", team=team_info.id, name=team_info.name)
+        await self._store.audit.record("lifecycle", "team renamed", "ok", team=team_info.id, name=team_info.name)
 
     async def _team_active(self, team_info: TeamInfo, active: bool, reason: str | None, *,
                            only_reasons: tuple[str, ...] = ()) -> None:
-        async with self._db.transaction() as conn:
-            changed = await self._channels.set_active_for_team(conn, team_info.id, active, reason,
+        async with self._store.unit() as u:
+            changed = await u.channels.set_active_for_team(team_info.id, active, reason,
                                                                only_reasons=only_reasons)
-            await self._audit.add(conn, "lifecycle", reason or "team restored", "ok", team=team_info.id,
+            await u.audit.add("lifecycle", reason or "team restored", "ok", team=team_info.id,
                                   channels=changed)
         if active:
             self._commands.runtime.wake_delivery()
@@ -542,13 +541,13 @@ class NotifierBot(TeamsActivityHandler):
     async def _deactivate(self, activity: Activity, reason: str) -> None:
         data = activity.channel_data if isinstance(activity.channel_data, dict) else {}
         team_id = (data.get("team") or {}).get("id")
-        async with self._db.transaction() as conn:
+        async with self._store.unit() as u:
             if team_id:
-                changed = await self._channels.set_active_for_team(conn, team_id, False, reason)
+                changed = await u.channels.set_active_for_team(team_id, False, reason)
             else:
                 cid = bare_conversation_id(activity)
-                changed = [cid] if await self._channels.set_active(conn, cid, False, reason) else []
-            await self._audit.add(conn, "lifecycle", reason, "ok", team=team_id, channels=changed)
+                changed = [cid] if await u.channels.set_active(cid, False, reason) else []
+            await u.audit.add("lifecycle", reason, "ok", team=team_id, channels=changed)
 
     async def _send_welcome(self, turn_context: TurnContext) -> None:
         await turn_context.send_activity(MessageFactory.text(

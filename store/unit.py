@@ -1,26 +1,28 @@
 """The store as one object: repositories sharing one database and one clock, and units of work.
 
 `async with store.unit() as u:` opens one BEGIN IMMEDIATE transaction; `u.channels`, `u.bindings`,
-`u.audit` and `u.outbox` are the repositories' writes bound to it, so a caller never holds the
-connection. Everything written in the block commits together, or nothing does. Reads outside a unit
-go through `store.channels`, `store.bindings`, ... directly.
+`u.audit`, `u.outbox`, `u.people`, `u.claims` and `u.reminders` are those repositories with their writes
+bound to it (`u.audit.add(...)` is `store.audit.add(conn, ...)`), so a caller never holds the connection.
+Everything written in the block commits together, or nothing does. Reads outside a unit go through
+`store.channels`, `store.bindings`, ... directly.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+import functools
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiosqlite
 
 from core.clock import SYSTEM_CLOCK, Clock
-from core.domain import Binding, ChannelRef, FinanceRecord, PostedCard
 from store.audit import AuditLog
 from store.bindings import Bindings
 from store.channels import Channels
 from store.db import Database
-from store.outbox import DeliveryStatus, Outbox
+from store.outbox import Outbox
+from store.people import Claims, People, ReminderStore
 from store.seen import Seen
 
 
@@ -33,6 +35,9 @@ class Store:
         self.channels = Channels(db, clock)
         self.bindings = Bindings(db, clock)
         self.outbox = Outbox(db, clock)
+        self.people = People(db, clock)
+        self.claims = Claims(db, clock)
+        self.reminders = ReminderStore(db)
         self.seen = Seen(db)
 
     async def row_counts(self) -> dict[str, int]:
@@ -52,67 +57,20 @@ class Unit:
     """One transaction's writes; valid only inside its `async with` block."""
 
     def __init__(self, store: Store, conn: aiosqlite.Connection) -> None:
-        self.channels = _Channels(store.channels, conn)
-        self.bindings = _Bindings(store.bindings, conn)
-        self.audit = _Audit(store.audit, conn)
-        self.outbox = _Outbox(store.outbox, conn)
+        self.channels = _Bound(store.channels, conn)
+        self.bindings = _Bound(store.bindings, conn)
+        self.audit = _Bound(store.audit, conn)
+        self.outbox = _Bound(store.outbox, conn)
+        self.people = _Bound(store.people, conn)
+        self.claims = _Bound(store.claims, conn)
+        self.reminders = _Bound(store.reminders, conn)
 
 
-class _Channels:
-    def __init__(self, repo: Channels, conn: aiosqlite.Connection) -> None:
+class _Bound:
+    """A repository whose writing methods (those taking the connection first) get the unit's connection."""
+
+    def __init__(self, repo: object, conn: aiosqlite.Connection) -> None:
         self._repo, self._conn = repo, conn
 
-    async def upsert(self, ref: ChannelRef) -> bool:
-        return await self._repo.upsert(self._conn, ref)
-
-    async def set_active(self, channel_id: str, active: bool, reason: str | None) -> bool:
-        return await self._repo.set_active(self._conn, channel_id, active, reason)
-
-    async def set_active_for_team(self, team_id: str, active: bool, reason: str | None, *,
-                                  only_reasons: Sequence[str] = ()) -> list[str]:
-        return await self._repo.set_active_for_team(self._conn, team_id, active, reason, only_reasons=only_reasons)
-
-    async def set_quiet_hours(self, channel_id: str, span: str | None) -> None:
-        await self._repo.set_quiet_hours(self._conn, channel_id, span)
-
-    async def set_paused(self, channel_id: str, paused: bool) -> None:
-        await self._repo.set_paused(self._conn, channel_id, paused)
-
-    async def rename(self, channel_id: str, name: str | None) -> None:
-        await self._repo.rename(self._conn, channel_id, name)
-
-
-class _Bindings:
-    def __init__(self, repo: Bindings, conn: aiosqlite.Connection) -> None:
-        self._repo, self._conn = repo, conn
-
-    async def put(self, binding: Binding) -> bool:
-        return await self._repo.put(self._conn, binding)
-
-    async def remove(self, channel_id: str, company: str | None) -> int:
-        return await self._repo.remove(self._conn, channel_id, company)
-
-
-class _Audit:
-    def __init__(self, repo: AuditLog, conn: aiosqlite.Connection) -> None:
-        self._repo, self._conn = repo, conn
-
-    async def add(self, category: str, action: str, outcome: str, **kwargs: Any) -> None:
-        await self._repo.add(self._conn, category, action, outcome, **kwargs)
-
-
-class _Outbox:
-    def __init__(self, repo: Outbox, conn: aiosqlite.Connection) -> None:
-        self._repo, self._conn = repo, conn
-
-    async def backfill(self, channel_id: str, items: Iterable[tuple[int, FinanceRecord]], binding: Binding) -> int:
-        return await self._repo.backfill(self._conn, channel_id, items, binding)
-
-    async def settle(self, ids: Sequence[int], status: DeliveryStatus, **outcome: Any) -> None:
-        await self._repo.settle(self._conn, ids, status, **outcome)
-
-    async def save_card(self, record_id: str, channel_id: str, card: PostedCard) -> None:
-        await self._repo.save_card(self._conn, record_id, channel_id, card)
-
-    async def forget_card(self, record_id: str, channel_id: str) -> None:
-        await self._repo.forget_card(self._conn, record_id, channel_id)
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        return functools.partial(getattr(self._repo, name), self._conn)

@@ -63,8 +63,10 @@ async def test_enqueue_runs_on_the_database_thread_and_refuses_a_closed_connecti
 
 
 def test_sql_is_written_only_in_the_store():
-    """The store owns the driver and the SQL: no statement or driver call elsewhere (tests aside)."""
-    pattern = re.compile(r"\b(?:\w*db|conn|cur|cursor)\.(?:fetchone|fetchall|scalar|execute\w*)\(|\.run_(?:read|transaction)\(")
+    """The store owns the driver and the SQL: no statement, transaction or driver call elsewhere (tests aside);
+    writes go through a unit of work (`Store.unit()`)."""
+    pattern = re.compile(r"\b(?:\w*db|conn|cur|cursor)\.(?:fetchone|fetchall|scalar|execute\w*|transaction)\("
+                         r"|\.run_(?:read|transaction)\(")
     found = []
     for rel, text in _sources():
         if rel.startswith(("store/", "tests/")):
