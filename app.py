@@ -8,57 +8,38 @@ import getpass
 import json
 import logging
 import os
-import signal
 import sqlite3
 import sys
 import tomllib
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime
-from functools import partial
-from typing import Any
-from zoneinfo import ZoneInfo
 
-from bot.authz import AdminPolicy, GraphOwnerCheck
 from bot.bindings_io import export_bindings, import_bindings
-from bot.claims import CardActions
-from bot.commands import Commands
-from bot.delivery import DeliveryWorker
-from bot.inbound import RejectedRequests
 from bot.people_io import export_people, import_people
-from bot.reminders import Reminders
-from bot.rendering import CardRendering
-from bot.teams import BotConfig, NotifierBot, SigningKeys, TeamsSender, make_adapter
-from bot.web import WebApps
-from cards import CardContext
 from core import runtime
-from core.clock import Clock, SystemClock
-from core.company import CompanyCheck
-from core.domain import FinanceRecord, RecordKind
 from core.errors import ConfigError, NotifierError
-from core.metrics import Metrics
-from core.retry import RetryPolicy
-from core.secret import Secret
 from core.settings import Settings, load_settings
 from manifest.build import build_package
-from pollers.engine import Poller, PollResult
-from pollers.ifs_client import IfsClient, IfsClientConfig
-from pollers.job import SourceJobs
 from pollers.sources import build_sources
 from pollers.tenant import TenantSchema, check_source, connection_problem, discover, render, toml_value
+from service import (  # noqa: F401 - re-exported: app.build_service, app.Service ... for scripts and tests
+    VERSION,
+    Credentials,
+    Service,
+    build_service,
+    load_credentials,
+    make_ifs_client,
+    open_store,
+    opened_store,
+    run_until_signalled,
+)
 from store.audit import AuditLog
 from store.bindings import Bindings
-from store.db import Database, open_database, owner_only
 from store.outbox import Outbox
-from store.people import Claims, People
-from store.poll_writer import PollWriter
-from store.seen import Seen
-from store.vault import KNOWN_SECRETS, KeyRing, Vault
+from store.vault import KNOWN_SECRETS
 
 log = logging.getLogger("notifier")
 
-VERSION = "0.1.0"
 
 
 # --------------------------------------------------------------------------- logging
@@ -86,281 +67,6 @@ def setup_logging(settings: Settings) -> None:
     root.setLevel(settings.service.log_level.upper())
     for noisy in ("httpx", "httpcore", "msal", "msrest", "urllib3", "apscheduler", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-# --------------------------------------------------------------------------- secrets and clients
-
-@dataclass(frozen=True)
-class Credentials:
-    ifs_base_url: str
-    ifs_client_id: str | None
-    ifs_client_secret: Secret | None
-    bot_app_id: str
-    bot_app_password: Secret
-    bot_tenant_id: str
-
-
-async def load_credentials(settings: Settings, vault: Vault) -> Credentials:
-    ifs_secret = await vault.get("ifs.client_secret")
-    return Credentials(
-        ifs_base_url=(await vault.get("ifs.base_url")) or settings.ifs.base_url,
-        ifs_client_id=await vault.get("ifs.client_id"),
-        ifs_client_secret=Secret(ifs_secret) if ifs_secret is not None else None,
-        bot_app_id=(await vault.get("bot.app_id")) or "",
-        bot_app_password=Secret((await vault.get("bot.app_password")) or ""),
-        bot_tenant_id=(await vault.get("bot.tenant_id")) or "")
-
-
-def make_ifs_client(settings: Settings, creds: Credentials, *, quick: bool = False) -> IfsClient:
-    """The service's IFS client; `quick` (check, discover) gives up after two attempts within 15 s."""
-    missing = [n for n, v in (("ifs.base_url", creds.ifs_base_url), ("ifs.client_id", creds.ifs_client_id),
-                              ("ifs.client_secret", creds.ifs_client_secret)) if not v]
-    if missing:
-        raise ConfigError(missing[0], "not set: use `python app.py secrets set " + missing[0] + "`")
-    if not settings.ifs.realm:
-        raise ConfigError("ifs.realm", "not set (the IAM namespace in /auth/realms/<realm>/...)")
-    s = settings.ifs
-    return IfsClient(IfsClientConfig(
-        base_url=creds.ifs_base_url, realm=s.realm, client_id=creds.ifs_client_id or "",
-        client_secret=creds.ifs_client_secret or "", scope=s.scope, path_prefix=s.path_prefix, timeout=s.timeout,
-        requests_per_minute=s.requests_per_minute, max_concurrency=s.max_concurrency,
-        retry=RetryPolicy(base=0.5, cap=30.0, max_attempts=2 if quick else s.retry_attempts,
-                          max_elapsed=min(15.0, s.retry_max_seconds) if quick else s.retry_max_seconds),
-        user_agent=f"ifs-teams-notifier/{VERSION}", time_zone_aware=s.time_zone_aware))
-
-
-# --------------------------------------------------------------------------- the service
-
-class Service:
-    """Everything wired together: the poll jobs (pollers.job), card rendering (bot.rendering), the delivery
-    worker, the bot and its web apps (bot.web). start() brings them up, stop() takes them down; the methods
-    below are the Runtime the chat commands ask (bot.commands) and the names the CLI and tests use."""
-
-    def __init__(self, settings: Settings, db: Database, vault: Vault, creds: Credentials, *,
-                 service_url_override: str | None = None, clock: Clock | None = None) -> None:
-        if not creds.bot_app_id and not settings.service.dev_mode:
-            raise ConfigError("bot.app_id", "not set. Set it with `python app.py secrets set bot.app_id`, or run"
-                                            " with service.dev_mode = true on loopback for local development")
-        self.settings = settings
-        self.db = db
-        self.vault = vault
-        self.creds = creds
-        self.metrics = Metrics()
-        self.tz = ZoneInfo(settings.service.timezone)
-        self.sources = build_sources(settings.sources)
-        self.ifs = make_ifs_client(settings, creds)
-        self.clock = clock or SystemClock()
-        self.audit = AuditLog(db, self.clock)
-        self.rejections = RejectedRequests(self.audit, self.clock)
-        self._next_prune = 0.0
-        self.bindings = Bindings(db, self.clock)
-        self.people = People(db, self.clock)
-        self.claims = Claims(db, self.clock)
-        self.tenant = TenantSchema(self.ifs, self.sources)
-        self.poller = Poller(client=self.ifs, sources=self.sources, seen=Seen(db), bindings=self.bindings,
-                             writer=PollWriter(db, self.clock), audit=self.audit, ifs_base_url=creds.ifs_base_url,
-                             page_size=settings.ifs.page_size, use_select=settings.ifs.select,
-                             confirm_reads=settings.ifs.confirm_reads_per_cycle,
-                             max_listing_pages=settings.ifs.max_listing_pages,
-                             max_listing_seconds=settings.ifs.max_listing_seconds, clock=self.clock)
-        self._install_gauges()
-        self.jobs = SourceJobs(ifs=self.ifs, sources=self.sources, poller=self.poller, tenant=self.tenant,
-                               bindings=self.bindings, people=self.people, seen=Seen(db), audit=self.audit,
-                               metrics=self.metrics, tz=self.tz, personal=settings.people.personal,
-                               polled=self.wake_delivery, clock=self.clock)
-        self.bot_config = BotConfig(APP_ID=creds.bot_app_id, APP_PASSWORD=creds.bot_app_password.reveal(),
-                                    APP_TYPE=settings.bot.app_type if creds.bot_app_id else "MultiTenant",
-                                    APP_TENANTID=creds.bot_tenant_id,
-                                    OPENID_METADATA_URL=settings.bot.openid_metadata_url or None)
-        self.adapter, self.credentials_factory = make_adapter(self.bot_config)
-        self.signing_keys = SigningKeys()
-        self.sender = TeamsSender(self.adapter, creds.bot_app_id)
-        self.rendering = CardRendering(
-            people=self.people, claims=self.claims, link=self.jobs.link_record,
-            timezone=settings.service.timezone, locale=settings.service.locale,
-            ifs_base_url=creds.ifs_base_url or None,
-            list_pages={k: s.list_page for k, s in self.sources.items() if s.list_page},
-            digest_max_rows=settings.delivery.digest_max_rows, clock=self.clock)
-        self.worker = DeliveryWorker(db, self.sender, self.rendering.renderer(), settings.delivery,
-                                     timezone=settings.service.timezone, metrics=self.metrics, clock=self.clock)
-        owner_check = None
-        if settings.bot.owners_are_admins and creds.bot_app_id and creds.bot_app_password:
-            owner_check = GraphOwnerCheck(creds.bot_app_id, creds.bot_app_password.reveal(), clock=self.clock)
-        self.commands = Commands(db, self, AdminPolicy(settings.bot.admins, owner_check), people=settings.people,
-                                 clock=self.clock)
-        self.reminders = Reminders(db, partial(self.worker.send_card, what="reminder"), settings.people,
-                                   timezone=settings.service.timezone, holidays=settings.schedule.holidays,
-                                   card_context=self.rendering.card_context, link=self.jobs.link_record)
-        self.bot = NotifierBot(db, self.commands, welcome=settings.bot.welcome,
-                               actions=CardActions(db, self.rendering.render_record_card, clock=self.clock,
-                                                   snooze_until=self.reminders.snooze_until,
-                                                   refresh=partial(self.rendering.refresh_cards, self.worker)))
-        self.web = WebApps(settings.service, version=VERSION, db=db, bot_config=self.bot_config, adapter=self.adapter,
-                           credentials_factory=self.credentials_factory, bot=self.bot, rejections=self.rejections,
-                           metrics=self.metrics, ifs_token_state=self.ifs.token_state)
-        self._tasks: list[asyncio.Task] = []
-        self._poll_locks = self.jobs.locks
-        self._stopped = False
-
-    # ------------------------------------------------------------------ Runtime protocol for commands
-
-    def card_context(self) -> CardContext:
-        return self.rendering.card_context()
-
-    def link_record(self, record: FinanceRecord) -> FinanceRecord:
-        return self.jobs.link_record(record)
-
-    async def check_company(self, company: str) -> CompanyCheck:
-        return await self.jobs.check_company(company)
-
-    def ifs_load(self) -> dict[str, float]:
-        return self.jobs.ifs_load()
-
-    def source_problems(self) -> dict[str, tuple[str | None, tuple[str, ...]]]:
-        return self.jobs.source_problems()
-
-    def next_runs(self) -> dict[str, float | None]:
-        return self.jobs.next_runs()
-
-    def ifs_token_state(self) -> dict[str, Any]:
-        return self.jobs.ifs_token_state()
-
-    def poll_soon(self) -> None:
-        self.jobs.poll_soon()
-
-    def wake_delivery(self) -> None:
-        self.worker.wake()
-
-    async def poll_source(self, kind: RecordKind) -> list[PollResult]:
-        return await self.jobs.poll_source(kind)
-
-    async def poll_once(self) -> list[PollResult]:
-        return await self.jobs.poll_once()
-
-    def _install_gauges(self) -> None:
-        """Series read at each scrape: the outbox (from the database); the IFS client's own totals are SourceJobs'."""
-        async def backlog():
-            return {(status,): float(n) for status, n in (await Outbox(self.db).counts()).items()}
-
-        async def age():
-            return {(): await Outbox(self.db).oldest_pending_age()}
-
-        self.metrics.observe("notifier_outbox_deliveries", "Deliveries in the outbox, by status", backlog,
-                             labels=("status",))
-        self.metrics.observe("notifier_queue_oldest_seconds", "Age of the oldest undelivered delivery", age)
-
-    # ------------------------------------------------------------------ lifecycle
-
-    async def start(self, *, web_runner: bool = True, background: bool = True) -> None:
-        """Start the web app and (with `background`) the poll scheduler and the delivery worker."""
-        # the sockets first: a busy port must stop start-up before any poll has begun
-        if web_runner:
-            self.base_url, self.ops_url = await self.web.start()
-            if not self.bot_config.auth_disabled:
-                self._tasks.append(asyncio.create_task(self.signing_keys.run(), name="signing-keys"))
-        await self.housekeep()  # the audit retention applies from the start, not a day later
-        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
-        if background:
-            self.jobs.start(self.settings.schedule)
-            self._tasks.append(asyncio.create_task(self.worker.run(), name="delivery-worker"))
-            if self.settings.people.remind_at:
-                self._tasks.append(asyncio.create_task(self._reminding(), name="reminders"))
-            self._tasks.append(asyncio.create_task(self.jobs.validate_sources(), name="validate-sources"))
-        await self.audit.record("system", "service started", "ok", version=VERSION,
-                                auth="off (development)" if self.bot_config.auth_disabled else "on")
-        log.info("service started on %s:%s (bot authentication %s)", self.settings.service.host,
-                 self.settings.service.port, "OFF, development mode" if self.bot_config.auth_disabled else "on")
-
-    async def housekeep(self) -> None:
-        """Periodic upkeep: rejected-request counts of a past minute written out; once a day, audit rows
-        older than service.audit_retention_days deleted."""
-        await self.rejections.tick()
-        now = self.clock.time()
-        if now >= self._next_prune:
-            self._next_prune = now + 86400.0
-            removed = await self.audit.prune(self.settings.service.audit_retention_days)
-            if removed:
-                log.info("deleted %d audit rows older than %d days", removed,
-                         self.settings.service.audit_retention_days)
-
-    async def _housekeeping(self) -> None:
-        while True:
-            await asyncio.sleep(60)
-            try:
-                await self.housekeep()
-            except sqlite3.Error as exc:  # a full disk, say: try again next round
-                log.warning("housekeeping failed: %s", exc)
-
-    async def _reminding(self) -> None:
-        """Reminder digests: the slot due now is looked for once a minute (each is sent once)."""
-        while True:
-            try:
-                await self.reminders.run_due(self.clock.time())
-            except sqlite3.Error as exc:
-                log.warning("reminders failed: %s", exc)
-            await asyncio.sleep(60)
-
-    async def stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        self.jobs.shutdown()
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.web.stop()
-        await self.rejections.flush()
-        await self.ifs.aclose()
-        await self.audit.record("system", "service stopped", "ok")
-
-
-async def open_store(settings: Settings, *, keys: bool = True) -> tuple[Database, Vault]:
-    """The database and its vault. `keys`: the key file is made owner-only first (also when the command then
-    reads no secret); False for commands that only read or write rows."""
-    if keys:
-        owner_only(settings.service.key_file, "service.key_file")
-    db = await open_database(settings.service.database)
-    return db, Vault(db, KeyRing(settings.service.key_file, env=os.environ))
-
-
-@asynccontextmanager
-async def opened_store(settings: Settings, *, keys: bool = True) -> AsyncIterator[tuple[Database, Vault]]:
-    """The store for one command, closed when the command is done with it, however that ends (aiosqlite's
-    worker thread would keep the process alive otherwise)."""
-    db, vault = await open_store(settings, keys=keys)
-    try:
-        yield db, vault
-    finally:
-        await db.close()
-
-
-async def build_service(settings: Settings, secrets: Mapping[str, str] | None = None, *,
-                        clock: Clock | None = None) -> Service:
-    """Open the store, store any `secrets` given (demo, tests, benchmarks), and wire the service."""
-    db, vault = await open_store(settings)
-    try:
-        for name, value in (secrets or {}).items():
-            await vault.set(name, value)
-        creds = await load_credentials(settings, vault)
-        return Service(settings, db, vault, creds, clock=clock)
-    except BaseException:
-        await db.close()  # aiosqlite's worker thread would keep the process alive after the error
-        raise
-
-
-async def run_until_signalled(service: Service) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await service.start()
-        await stop.wait()
-    finally:
-        try:
-            await service.stop()
-        finally:
-            await service.db.close()
 
 
 # --------------------------------------------------------------------------- CLI commands
@@ -571,7 +277,7 @@ async def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    # imported here, not at the top: demo imports app (it runs the service this module wires)
+    # imported here: the demo and the simulator it runs are development tools, not in the image
     from demo import run_demo
 
     return await run_demo(args)

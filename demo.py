@@ -13,10 +13,10 @@ from pathlib import Path
 
 import httpx
 
-import app
 from core.people import Person
 from core.settings import load_settings
 from pollers.tenant import discover, render
+from service import Credentials, build_service, make_ifs_client
 from simulator.connector import ConnectorStandIn
 from simulator.ifs import IfsSimulator, run_generator
 from simulator.ifs_fakedata import USERS
@@ -110,8 +110,8 @@ def _fallback(activity: dict) -> str:
 
 async def discovered_sources(settings, secrets: dict[str, str]) -> str:
     """What `discover` proposes for the simulator's tenant, as TOML (the demo of a non-default profile)."""
-    creds = app.Credentials(secrets["ifs.base_url"], secrets["ifs.client_id"], secrets["ifs.client_secret"], "", "", "")
-    client = app.make_ifs_client(settings, creds, quick=True)
+    creds = Credentials(secrets["ifs.base_url"], secrets["ifs.client_id"], secrets["ifs.client_secret"], "", "", "")
+    client = make_ifs_client(settings, creds, quick=True)
     try:
         proposals = await discover(client, company="10", progress=lambda line: print(f"discover: {line}"))
     finally:
@@ -147,7 +147,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         settings = load_settings(config, env=os.environ)
         print(f"IFS tenant profile  : {args.profile}; the [sources.*] that discover proposed are in {config}")
     generator = asyncio.create_task(run_generator(sim, 20.0, kind="order", company="10"))
-    service = await app.build_service(settings, sim.vault_secrets())
+    service = await build_service(settings, sim.vault_secrets())
     db = service.db
     await map_demo_approvers(service)
     await service.start()
