@@ -164,6 +164,7 @@ class _Compared:
     olds: list[str | None]
     bad: list[BadRow]
     uncompared: int
+    states: list[str] = field(default_factory=list)  # as listed (compared; not needed once shaped)
 
 
 def _chunks(spec: SourceSpec, parts: list[_Part], max_chars: int = 3000) -> list[list[_Part]]:
@@ -332,8 +333,9 @@ class Poller:
                         part.result.pages += 1
                         part.result.rows += len(rows)
                         part.last_page = len(page)
-                        staged.append((part, cols, await self._compare(mapper, spec.pending_rows(rows, cols),
-                                                                       cols, part)))
+                        staged.append((part, cols, self._identify(mapper, spec.pending_rows(rows, cols), cols,
+                                                                  part)))
+                    await self._compare(kind, [(part, c) for part, _, c in staged])
                     if lean:  # one batched read of the whole rows for every company on the page
                         await self._whole(mapper, [c for _, _, c in staged])
                     for part, cols, compared in staged:
@@ -487,28 +489,32 @@ class Poller:
         except (FatalRequestError, RetriableError):
             return False  # no evidence either way: nothing is resolved on a 404 alone
 
-    async def _compare(self, mapper: RecordMapper, rows: list[dict[str, Any]], cols: Columns, part: _Part
-                       ) -> _Compared:
-        """A company's pending rows of a page identified and compared with what was seen: the rows that are new
-        or changed, and the bad rows. Adds the page's keys to `present`.
-
-        The usual page (well-formed keys, etags and states) is identified column by column; any other goes
-        row by row, which names each bad row's field. Versions are compared by the database (only when
-        something was seen before)."""
+    def _identify(self, mapper: RecordMapper, rows: list[dict[str, Any]], cols: Columns, part: _Part
+                  ) -> _Compared:
+        """A company's pending rows of a page identified, and its bad rows; adds the page's keys to `present`.
+        The usual page (well-formed keys, etags and states) is identified column by column; any other goes row
+        by row, which names each bad row's field."""
         present = part.present
         before = len(present)
         rows, (keys, etags, states, steps), bad = mapper.identify_page(rows, cols, present)
         # records present but not compared (a well-keyed row with a broken state): counted as unseen, so
         # that the poll asks SQLite which seen records left rather than assume none did
         uncompared = len(present) - before - len(keys)
-        olds: list[str | None] = [None] * len(keys)
-        if part.known and keys:
-            differ = await self.seen.compare(part.cycle.kind, part.company, keys, etags, states, steps)
-            if len(differ) < len(keys):  # the usual re-poll: most rows unchanged, nothing more to do for them
-                picked = list(compress(range(len(keys)), map(differ.__contains__, keys)))
-                rows, keys, etags, steps = ([c[i] for i in picked] for c in (rows, keys, etags, steps))
-            olds = list(map(differ.__getitem__, keys))
-        return _Compared(rows, keys, etags, steps, olds, bad, uncompared)
+        return _Compared(rows, keys, etags, steps, [None] * len(keys), bad, uncompared, states)
+
+    async def _compare(self, kind: RecordKind, staged: Sequence[tuple[_Part, _Compared]]) -> None:
+        """Keep, of each company's identified rows, the new and changed ones, with the state seen before (None:
+        new). The database compares every company of the page in one call (only where something was seen)."""
+        asked = [(part, c) for part, c in staged if part.known and c.keys]
+        if not asked:
+            return
+        answers = await self.seen.compare_many(kind, [(part.company, c.keys, c.etags, c.states, c.steps)
+                                                      for part, c in asked])
+        for (_part, c), differ in zip(asked, answers, strict=True):
+            if len(differ) < len(c.keys):  # the usual re-poll: most rows unchanged, nothing more to do for them
+                picked = list(compress(range(len(c.keys)), map(differ.__contains__, c.keys)))
+                c.rows, c.keys, c.etags, c.steps = ([v[i] for i in picked] for v in (c.rows, c.keys, c.etags, c.steps))
+            c.olds = list(map(differ.__getitem__, c.keys))
 
     async def _whole(self, mapper: RecordMapper, compared: Sequence[_Compared]) -> None:
         """The new and changed records of a lean listing's page, every company's, read whole by key in as few
