@@ -124,6 +124,15 @@ def text_card(title: str, lines: Sequence[str]) -> dict[str, Any]:
     return fit(build, (2000, 500, 200, 80, 20))
 
 
+def command_name(usage: str) -> str:
+    """What a command is called: its usage's words before the first argument or alternative ("link me")."""
+    words = []
+    for word in usage.split():
+        if word[:1] in ("<", "[", "|"):
+            break
+        words.append(word)
+    return " ".join(words) or usage
+
 def help_card(commands: Sequence[tuple[str, str]], *, title: str = "Commands") -> dict[str, Any]:
     """Usage and description of each command, as the bot's registry lists them."""
 
@@ -143,7 +152,7 @@ def help_card(commands: Sequence[tuple[str, str]], *, title: str = "Commands") -
             )
         if len(commands) > shown:
             body.append(text_block(f"and {counted(len(commands) - shown, 'more command')}", subtle=True))
-        names = ", ".join(inert(usage.split(" ", 1)[0], 30) for usage, _ in commands[:20])
+        names = ", ".join(inert(command_name(usage), 30) for usage, _ in commands[:20])
         return adaptive_card(body, fallback=f"{heading}: {names}" if names else heading)
 
     return fit(build, range(len(commands), -1, -1))

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from bot.commands import REGISTRY
+from cards.replies import command_name
 from cards.text import inert
 from simulator.connector import ConnectorStandIn
 from store.audit import AuditLog
@@ -152,7 +153,9 @@ async def test_help_lists_every_registered_command(ifs, connector, service_facto
     for spec in REGISTRY.values():
         assert inert(spec.usage, 120) in said.lines, spec.name
         assert inert(spec.help + (" (admins)" if spec.admin else ""), 300) in said.lines, spec.name
-    assert said.text == "Commands: " + ", ".join(inert(s.usage.split(" ", 1)[0], 30) for s in REGISTRY.values())
+    assert said.text == "Commands: " + ", ".join(inert(command_name(s.usage), 30) for s in REGISTRY.values())
+    names = said.text.removeprefix("Commands: ").split(", ")
+    assert len(names) == len(set(names)), names  # two-word commands ("link me") are not cut to one word
     row = await last_command(svc)
     assert (row.action, row.outcome, row.actor, row.detail["text"]) == ("help", "ok", "Alice", "help")
 
