@@ -31,19 +31,12 @@ from core.domain import RecordKind
 from core.settings import load_settings
 from simulator.connector import DEFAULT_MEMBERS
 from store.audit import AuditLog
+from tests import test_bot_auth
 from tests.conftest import IFS_SECRETS, channel_message, replies_text, write_config
 from tests.jwt_issuer import TokenIssuer, new_rsa_key
+from tests.test_bot_auth import APP_ID, ROOT, TENANT_ID
 
-ROOT = Path(__file__).resolve().parent.parent
-APP_ID = "0b5e1a2c-3d4f-4a5b-8c6d-7e8f9a0b1c2d"
-TENANT_ID = "5e1c0a7e-0000-4000-8000-00000000c0de"
-
-
-@pytest.fixture(scope="module")
-def issuer():
-    started = TokenIssuer().start()
-    yield started
-    started.stop()
+issuer = test_bot_auth.issuer  # the local token issuer fixture
 
 
 async def secured_service(tmp_path: Path, ifs, issuer: TokenIssuer, *, clock=None, extra: str = "") -> app.Service:
