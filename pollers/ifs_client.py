@@ -135,10 +135,6 @@ class Cost:
     requests: int = 0
     bytes: int = 0
 
-    def add(self, other: Cost) -> None:
-        self.requests += other.requests
-        self.bytes += other.bytes
-
 
 # The cost account of the work running now (a poll of one source, say): every exchange adds to it. Tasks
 # started by that work (the page asked for ahead) inherit it, so concurrent sources are counted apart.

@@ -27,6 +27,7 @@ from pollers.tenant import TenantSchema, Validation
 from store.audit import AuditLog
 from store.bindings import Bindings
 from store.people import People
+from store.poll_writer import Finished
 from store.seen import Seen
 
 # IFS client totals exposed as counters, read at each scrape
@@ -73,12 +74,14 @@ class SourceJobs:
         results = []
         async with self.locks[kind]:
             companies = await self.bindings.companies()
-            validation = await self.validated(kind) if companies else None
+            if not companies:
+                return []  # nothing linked: nothing to ask of IFS, nothing to write
+            validation = await self.validated(kind)
             if validation is not None and validation.fatal:
                 # the names this source needs do not exist on the tenant: say which setting, poll nothing
-                for company in companies:
-                    await self.poller.writer.finish(kind, company, ok=False, pending=None, error=validation.fix,
-                                                    audit=self.audit, summary={"error": validation.fix})
+                fix = validation.fix
+                await self.poller.writer.finish_many(
+                    kind, [Finished(c, False, None, fix, {"error": fix}) for c in companies], self.audit)
                 return []
             if validation is not None:
                 self.poller.set_source(validation.spec)

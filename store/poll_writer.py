@@ -158,14 +158,9 @@ class PollWriter:
             " last_error = excluded.last_error, available = excluded.available, pending = coalesce(?, pending)",
             (kind, company, now, now if ok else None, error, int(ok), pending, pending))
 
-    async def finish(self, kind: RecordKind, company: str, *, ok: bool, pending: int | None, error: str | None,
-                     audit: AuditLog, summary: dict[str, Any], unquarantine: Sequence[str] = ()) -> None:
-        """Close a poll: the source's state, its audit line, and the release of quarantined rows that
-        were fine (or gone) this time."""
-        await self.finish_many(kind, [Finished(company, ok, pending, error, summary, unquarantine)], audit)
-
     async def finish_many(self, kind: RecordKind, polls: Sequence[Finished], audit: AuditLog) -> None:
-        """`finish` for every company of a cycle, in one transaction (one commit to disk, not one each)."""
+        """Close a cycle's polls, every company's in one transaction (one commit to disk, not one each): the
+        source's state, its audit line, and the release of quarantined rows that were fine (or gone)."""
         async with self._db.transaction() as conn:
             for p in polls:
                 await self._record_source(conn, kind.value, p.company, p.ok, p.error, p.pending)

@@ -45,20 +45,15 @@ class Seen:
     VERSION_SQL = "s.etag || char(31) || s.state || char(31) || s.step"
     VERSION = "{}\x1f{}\x1f{}".format
 
-    async def known(self, kind: RecordKind, company: str) -> int:
-        """How many records of a source the last polls left pending."""
-        return int(await self._db.scalar("SELECT count(*) FROM seen WHERE kind = ? AND company = ?",
-                                         (kind.value, company)))
-
     async def known_by_company(self, kind: RecordKind, companies: Sequence[str]) -> dict[str, int]:
-        """`known` for several companies in one query (a listing serves them all)."""
+        """How many records of a source the last polls left pending, per company (a listing serves them all)."""
         rows = await self._db.fetchall(
             "SELECT company, count(*) FROM seen WHERE kind = ? AND company IN (SELECT value FROM json_each(?))"
             " GROUP BY company", (kind.value, orjson.dumps(list(companies))))
         return {r[0]: int(r[1]) for r in rows}
 
     async def quarantined_by_company(self, kind: RecordKind, companies: Sequence[str]) -> dict[str, set[str]]:
-        """`quarantined_keys` for several companies in one query."""
+        """The rows set aside (quarantined) at the last poll, per company, in one query."""
         rows = await self._db.fetchall(
             "SELECT company, key FROM quarantine WHERE kind = ? AND company IN (SELECT value FROM json_each(?))",
             (kind.value, orjson.dumps(list(companies))))
@@ -70,8 +65,10 @@ class Seen:
     async def compare_many(self, kind: RecordKind, pages: Sequence[tuple[str, Sequence[str], Sequence[str],
                                                                          Sequence[str], Sequence[str]]]
                            ) -> list[dict[str, str | None]]:
-        """`compare` for several companies' rows of one page, (company, keys, etags, states, steps) each, in one
-        trip to the database thread: a listing serving twenty companies costs one, not twenty."""
+        """Per (company, keys, etags, states, steps) of a page: the keys among these whose version differs from
+        the one seen, each with the state seen then (None: never seen). SQLite compares, on the database thread
+        and without the GIL, against each company's rows sent as one JSON object {key: version}: no Python
+        object per unchanged record, and one trip to the database thread for every company of the page."""
         asked = [(company, orjson.dumps(dict(zip(keys, map(self.VERSION, etags, states, steps), strict=True))))
                  for company, keys, etags, states, steps in pages]
 
@@ -85,13 +82,6 @@ class Seen:
                 for company, versions in asked]
 
         return await self._db.run_read(read)
-
-    async def compare(self, kind: RecordKind, company: str, keys: Sequence[str], etags: Sequence[str],
-                      states: Sequence[str], steps: Sequence[str]) -> dict[str, str | None]:
-        """The keys among these whose version differs from the one seen, each with the state seen then
-        (None: never seen). SQLite compares (on the database thread, without holding the GIL) against
-        the page sent as one JSON object {key: version}: no Python object per unchanged record."""
-        return (await self.compare_many(kind, [(company, keys, etags, states, steps)]))[0]
 
     async def left(self, kind: RecordKind, company: str, present: Iterable[str]) -> list[tuple[str, str, int]]:
         """(key, state, event id) of the seen records not among `present`, by key: the ones that left."""
@@ -128,11 +118,6 @@ class Seen:
         rows = await self._db.fetchall("SELECT * FROM sources ORDER BY kind, company")
         return [SourceState(r["kind"], r["company"], r["last_run"], r["last_ok"], r["last_error"],
                             bool(r["available"]), r["pending"]) for r in rows]
-
-    async def quarantined_keys(self, kind: RecordKind, company: str) -> set[str]:
-        rows = await self._db.fetchall("SELECT key FROM quarantine WHERE kind = ? AND company = ?",
-                                       (kind.value, company))
-        return {r[0] for r in rows}
 
     async def quarantine_counts(self) -> dict[tuple[str, str], int]:
         """Rows quarantined now (bad at their last poll), by (kind, company)."""
