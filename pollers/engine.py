@@ -117,22 +117,6 @@ class _Cycle:
     company: str
     budget: _Budget
 
-    @property
-    def details(self) -> int:
-        return self.budget.details
-
-    @details.setter
-    def details(self, value: int) -> None:
-        self.budget.details = value
-
-    @property
-    def chains(self) -> bool:
-        return self.budget.chains
-
-    @chains.setter
-    def chains(self, value: bool) -> None:
-        self.budget.chains = value
-
 
 @dataclass
 class _Part:
@@ -243,6 +227,8 @@ class Poller:
         its rows grouped by company; then, per company, approval chains and confirmations. Each company
         gets its own result: a listing that fails fails the companies it was for."""
         spec = self.sources[kind]
+        if not companies:
+            return []
         budget = _Budget(self.details_limit)
         parts = [_Part(c, PollResult(kind, c), _Cycle(kind, c, budget)) for c in dict.fromkeys(companies)]
         for chunk in _chunks(spec, parts):
@@ -379,7 +365,7 @@ class Poller:
         Returns the quarantined keys that were not bad this time (fixed, or gone): to release."""
         spec = self.sources[kind]
         result, cycle, present = part.result, part.cycle, part.present
-        if spec.approvals is not None and cycle.details > 0 and cycle.chains:
+        if spec.approvals is not None and cycle.budget.details > 0 and cycle.budget.chains:
             chained = await self._check_chains(present, part.touched, part.bindings, cycle)
             result.changed += chained[0]
             result.deliveries += chained[1]
@@ -548,7 +534,7 @@ class Poller:
         if not rows:
             return [], bad, c.uncompared
         records: list[dict[str, Any] | tuple[Any, ...] | None] = [None] * len(rows)
-        detailed = min(cycle.details, len(rows)) if mapper.spec.approvals is not None and cycle.chains else 0
+        detailed = min(cycle.budget.details, len(rows)) if mapper.spec.approvals is not None and cycle.budget.chains else 0
         # the first few within the cycle's budget are read with their approval chain (a card each) ...
         for i in range(detailed):
             try:
@@ -589,7 +575,7 @@ class Poller:
         """The stored record with its approval chain read (one of the cycle's `details_limit` reads); without
         it once the approval lines cannot be read."""
         spec = mapper.spec
-        cycle.details -= 1
+        cycle.budget.details -= 1
         for _attempt in range(2):
             lines = await self._lines(cycle, keys)
             if lines is None:
@@ -606,14 +592,14 @@ class Poller:
         navigation name answers 404) degrades the cards, never fails the source: one warning per poll, and
         no more approval-line reads for the source until the next one. Retriable errors propagate."""
         spec = self.sources[cycle.kind]
-        if spec.approvals is None or not cycle.chains:
+        if spec.approvals is None or not cycle.budget.chains:
             return None
         try:
             return await self.client.get_collection(spec.projection, spec.entity_set, keys, spec.approvals.navigation)
         except FatalRequestError as exc:
             if exc.status == 404 and await self._gone(spec, keys):
                 return []  # the record itself went away meanwhile: no lines to show, nothing wrong with the name
-            cycle.chains = False
+            cycle.budget.chains = False
             log.warning("approval lines of %s for company %s cannot be read, so its cards go without the approval"
                         " chain this poll: check [sources.%s] approvals.navigation (now %r). %s", cycle.kind.value,
                         cycle.company, cycle.kind.value, spec.approvals.navigation, _describe(exc),
@@ -637,13 +623,13 @@ class Poller:
         mapper = self.mapper(kind)
         carded = await self.seen.with_cards(kind, company)
         candidates = sorted((r for r in carded if r.key in present and r.key not in touched),
-                            key=lambda r: r.chain_checked)[:cycle.details]
+                            key=lambda r: r.chain_checked)[:cycle.budget.details]
         if not candidates:
             return 0, 0
         changes: list[Change] = []
         checked: list[str] = []
         for row in candidates:
-            cycle.details -= 1
+            cycle.budget.details -= 1
             lines = await self._lines(cycle, _typed_keys(spec, row.key))
             if lines is None:
                 break
@@ -667,8 +653,8 @@ class Poller:
             return last
         spec = self.sources[cycle.kind]
         lines = None
-        if spec.approvals is not None and cycle.chains and cycle.details > 0:
-            cycle.details -= 1
+        if spec.approvals is not None and cycle.budget.chains and cycle.budget.details > 0:
+            cycle.budget.details -= 1
             lines = await self._lines(cycle, _typed_keys(spec, key))
         mapper = self.mapper(cycle.kind)
         try:

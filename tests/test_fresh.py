@@ -138,3 +138,10 @@ async def test_approval_reads_are_budgeted_per_cycle_not_per_company(ifs, harnes
     results = await h.poller.poll_many(ORDER, COMPANIES)
     assert sum(r.new for r in results) == 90
     assert len(ifs.data_requests("PurchaseOrderApprovalArray")) == 50  # not 50 for each of the companies
+
+
+async def test_a_source_with_no_company_linked_asks_nothing_and_writes_nothing(ifs, service_factory):
+    svc = await service_factory()
+    audit_rows = await svc.audit.count("poll")
+    assert await svc.poll_source(ORDER) == []
+    assert ifs.data_requests() == [] and await svc.audit.count("poll") == audit_rows
