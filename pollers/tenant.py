@@ -308,7 +308,7 @@ class TenantSchema:
         self.sources = dict(sources)
         self._clock = clock or SystemClock()
         self._refresh = refresh_seconds
-        self._metadata: dict[str, tuple[float, Metadata]] = {}
+        self._metadata: dict[str, tuple[float, Metadata | FatalRequestError]] = {}  # or a 404 answered
         self._validations: dict[RecordKind, Validation] = {}
         self._fetching = asyncio.Lock()  # the start-up check and the first poll ask at once: fetch once
 
@@ -323,11 +323,17 @@ class TenantSchema:
             cached = self._metadata.get(projection)
             now = self._clock.monotonic()
             if cached is not None and now - cached[0] < self._refresh:
+                if isinstance(cached[1], FatalRequestError):
+                    raise cached[1]
                 return cached[1]
             try:
                 md = parse_metadata(projection, await self.client.metadata(projection))
             except MetadataError as exc:
                 raise FatalRequestError(str(exc), status=200) from None
+            except FatalRequestError as exc:
+                if exc.status == 404:  # a projection the tenant lacks: not asked again before the refresh
+                    self._metadata[projection] = (now, exc)
+                raise
             self._metadata[projection] = (now, md)
             return md
 

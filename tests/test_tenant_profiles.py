@@ -154,3 +154,31 @@ async def test_the_demo_of_a_profile_polls_with_what_discover_proposes(tmp_path)
     assert sources[RecordKind.INVOICE].projection == "ManSuppInvoiceHandling"
     assert sources[RecordKind.ORDER].enum_type == "IfsApp.PurchaseOrderHandling.PurchaseOrderStatus"
     assert all(spec.approvals is None for spec in sources.values())  # the lean tenant has no approval lines
+
+
+async def test_a_projection_the_tenant_lacks_is_asked_for_once_per_refresh():
+    from core.clock import FakeClock
+    from core.secret import Secret
+    from pollers.sources import DEFAULT_SOURCES
+    from pollers.tenant import TenantSchema
+    from service import Credentials, make_ifs_client
+
+    sim = IfsSimulator(profile="renamed")  # ManualSupplierInvoiceHandling does not exist there
+    await sim.start()
+    settings = load_settings(None, env={"NOTIFIER__IFS__REALM": "ifs"})
+    secrets = sim.vault_secrets()
+    client = make_ifs_client(settings, Credentials(secrets["ifs.base_url"], secrets["ifs.client_id"],
+                                                   Secret(secrets["ifs.client_secret"]), "", Secret(""), ""))
+    clock = FakeClock()
+    schema = TenantSchema(client, DEFAULT_SOURCES, clock=clock, log_problems=False)
+    asked = lambda: len(sim.data_requests("ManualSupplierInvoiceHandling.svc/$metadata"))  # noqa: E731
+    try:
+        for _ in range(3):  # three poll cycles
+            assert (await schema.validate(RecordKind.INVOICE)).fix.startswith("[sources.invoice] projection:")
+        assert asked() == 1
+        clock.advance(24 * 3600)
+        await schema.validate(RecordKind.INVOICE)
+        assert asked() == 2
+    finally:
+        await client.aclose()
+        await sim.stop()
