@@ -17,7 +17,7 @@ from core.errors import AuthError, BadRecordError, FatalRequestError, RetriableE
 from core.links import odata_literal
 from pollers.columns import Columns
 from pollers.ifs_client import Cost, ListingBounds, counted, looks_like_a_page_cap
-from pollers.mapping import BadRow, RecordMapper, summarize_chain
+from pollers.mapping import VERSION_PREFIX, BadRow, RecordMapper, marker_version, summarize_chain
 from pollers.sources import SourceSpec
 from store.audit import AuditLog
 from store.bindings import Bindings
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 class IfsReader(Protocol):
     def iter_pages(self, projection: str, entity_set: str, *, filter: str | None = None,
                    select: Sequence[str] | None = None, orderby: Sequence[str] = (),
-                   page_size: int = 5000, bounds: ListingBounds | None = None
+                   page_size: int = 5000, bounds: ListingBounds | None = None, no_metadata: bool = False
                    ) -> AsyncIterator[list[dict[str, Any]]]: ...
 
     async def get_by_key(self, projection: str, entity_set: str,
@@ -205,6 +205,11 @@ class Poller:
     lean_listing: bool = True  # re-polls list only what the diff needs, then read new and changed rows whole
     clock: Clock = SYSTEM_CLOCK
     _mappers: dict[RecordKind, RecordMapper] = field(default_factory=dict)
+    # Per source, whether its listings last compared by row version (else etags); and per source and company, the
+    # records seen with the other kind of marker (key -> marker), read from the store when first needed after
+    # the kind changed (a tenant found to honour odata.metadata=none, or no longer): see _rebased.
+    _by_version: dict[RecordKind, bool] = field(default_factory=dict)
+    _foreign: dict[tuple[RecordKind, str], dict[str, str]] = field(default_factory=dict)
     # sources poll concurrently: IFS going down (or coming back) is noticed, logged and audited once
     _availability: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -290,11 +295,15 @@ class Poller:
         """Read one listing for `parts`' companies and write its new and changed records, page by page."""
         spec = self.sources[kind]
         mapper = self.mapper(kind)
+        by_version = spec.versions is not None
+        if self._by_version.get(kind, by_version) != by_version:  # the markers listed change kind
+            self._foreign = {k: v for k, v in self._foreign.items() if k[0] is not kind}
+        self._by_version[kind] = by_version
         await self._load(kind, parts)  # what was seen before decides which columns the listing needs
         # after a company's first poll the listing carries only what the diff compares; new and changed
         # records are read whole by key. A first poll reads everything whole: it is all new anyway.
         lean = self.lean_listing and self.use_select and all(part.known for part in parts)
-        select = (spec.lean_select if lean else spec.select) if self.use_select else None
+        select = (spec.lean_select if lean else spec.full_select) if self.use_select else None
         by_company = {part.company: part for part in parts}
         bounds = ListingBounds(expected_rows=sum(p.known for p in parts), max_pages=self.max_listing_pages,
                                max_seconds=self.max_listing_seconds)
@@ -313,7 +322,8 @@ class Poller:
             with counted() as cost:
                 async for page in self.client.iter_pages(
                         spec.projection, spec.entity_set, filter=spec.filter_for_companies(list(by_company)),
-                        select=select, orderby=spec.orderby, page_size=self.page_size, bounds=bounds):
+                        select=select, orderby=spec.orderby, page_size=self.page_size, bounds=bounds,
+                        no_metadata=by_version):
                     staged = []
                     for part, rows, cols in _by_company(spec, page, by_company):
                         part.result.pages += 1
@@ -402,7 +412,7 @@ class Poller:
         try:
             rows = await self.client.read_by_keys(spec.projection, spec.entity_set,
                                                   [_typed_keys(spec, key) for key, _, _ in missing],
-                                                  select=spec.select if self.use_select else None)
+                                                  select=spec.full_select if self.use_select else None)
         except RetriableError as exc:  # IFS struggles: ask it nothing more about these this time
             failure, rows = exc, []
             result.deferred += len(missing)
@@ -496,11 +506,40 @@ class Poller:
             return
         answers = await self.seen.compare_many(kind, [(part.company, c.keys, c.etags, c.states, c.steps)
                                                       for part, c in asked])
-        for (_part, c), differ in zip(asked, answers, strict=True):
+        for (part, c), differ in zip(asked, answers, strict=True):
+            await self._rebased(kind, part.company, c, differ)
             if len(differ) < len(c.keys):  # the usual re-poll: most rows unchanged, nothing more to do for them
                 picked = list(compress(range(len(c.keys)), map(differ.__contains__, c.keys)))
                 c.rows, c.keys, c.etags, c.steps = ([v[i] for i in picked] for v in (c.rows, c.keys, c.etags, c.steps))
             c.olds = list(map(differ.__getitem__, c.keys))
+
+    async def _rebased(self, kind: RecordKind, company: str, c: _Compared, differ: dict[str, str | None]) -> None:
+        """Leave out of `differ` the records that differ only in the kind of their marker: seen with an etag and
+        listed with its version now (or the other way round), for the same row version (an IFS etag carries it,
+        which TenantSchema checked before listings switched). Such a record is compared again with the marker
+        it was seen with, so its state and step still count; it keeps that marker until it really changes."""
+        seen = [k for k, old in differ.items() if old is not None]
+        if not seen:
+            return
+        foreign = self._foreign.get((kind, company))
+        if foreign is None:  # not known since the kind changed (or since start): read once
+            listed_by_version = self._by_version.get(kind, False)
+            foreign = self._foreign[(kind, company)] = {
+                r.key: r.etag for _, r in await self.seen.pending_records(company)
+                if r.kind is kind and r.etag.startswith(VERSION_PREFIX) != listed_by_version}
+        if not foreign:
+            return
+        at = {k: i for i, k in enumerate(c.keys)}
+        again = {k: stored for k in seen if (stored := foreign.get(k)) is not None
+                 and (version := marker_version(stored)) is not None and version == marker_version(c.etags[at[k]])}
+        if not again:
+            return
+        keys = list(again)
+        [still] = await self.seen.compare_many(kind, [(company, keys, list(again.values()),
+                                                       [c.states[at[k]] for k in keys], [c.steps[at[k]] for k in keys])])
+        for k in keys:
+            if k not in still:
+                del differ[k]
 
     async def _whole(self, mapper: RecordMapper, compared: Sequence[_Compared]) -> None:
         """The new and changed records of a lean listing's page, every company's, read whole by key in as few
@@ -512,7 +551,7 @@ class Poller:
         spec = mapper.spec
         found: dict[str, dict[str, Any]] = {}
         for row in await self.client.read_by_keys(spec.projection, spec.entity_set,
-                                                   [_typed_keys(spec, k) for k in wanted], select=spec.select):
+                                                   [_typed_keys(spec, k) for k in wanted], select=spec.full_select):
             try:
                 found[mapper.key_and_etag(row)[0]] = row
             except BadRecordError:
@@ -567,6 +606,8 @@ class Poller:
         bindings = await self.bindings.all(active_only=True)
         for part in parts:
             part.known = known.get(part.company, 0)
+            if not part.known:  # nothing seen: whatever this poll writes carries the markers listed now
+                self._foreign[(kind, part.company)] = {}
             part.quarantined = quarantined.get(part.company, set())
             part.bindings = [b for b in bindings if b.company == part.company]
 
@@ -582,9 +623,10 @@ class Poller:
                 return mapper.stored(row, key, etag)
             current = await self.client.get_by_key(spec.projection, spec.entity_set, keys)
             # the chain belongs to the version we saw only if the row did not move on meanwhile
-            if current is None or current.get("@odata.etag") == etag:
+            marker = None if current is None else mapper.marker(current)
+            if current is None or marker == etag:
                 return mapper.stored(row, key, etag, mapper.approvals(lines))
-            row, etag = current, current.get("@odata.etag") or etag
+            row, etag = current, marker if isinstance(marker, str) and marker else etag
         return mapper.stored(row, key, etag, mapper.approvals(lines))
 
     async def _lines(self, cycle: _Cycle, keys: Mapping[str, str | int]) -> list[dict[str, Any]] | None:
@@ -658,7 +700,8 @@ class Poller:
             lines = await self._lines(cycle, _typed_keys(spec, key))
         mapper = self.mapper(cycle.kind)
         try:
-            return mapper.map(row, key, row.get("@odata.etag") or last.etag,
+            marker = mapper.marker(row)
+            return mapper.map(row, key, marker if isinstance(marker, str) and marker else last.etag,
                               last.approvers if lines is None else mapper.approvals(lines))
         except BadRecordError:
             return last

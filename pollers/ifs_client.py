@@ -298,12 +298,7 @@ class IfsClient:
         self._token_url = (
             f"{self._base}/auth/realms/{quote(config.realm, safe='')}/protocol/openid-connect/token"
         )
-        headers = {
-            "User-Agent": config.user_agent,
-            "Accept": "application/json;IEEE754Compatible=true"
-            if config.ieee754_compatible
-            else "application/json",
-        }
+        headers = {"User-Agent": config.user_agent, "Accept": self._accept(False)}
         if config.time_zone_aware:
             headers["X-Ifs-Time-Zone-Aware-Request"] = "true"
         # One extra connection so a token renewal never waits for a data request to finish.
@@ -350,6 +345,7 @@ class IfsClient:
         orderby: Sequence[str] = (),
         page_size: int = 5000,
         bounds: ListingBounds | None = None,
+        no_metadata: bool = False,
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """Yield the rows of a query one page at a time.
 
@@ -358,6 +354,8 @@ class IfsClient:
         several server pages; the window is complete when a page comes without a next link. The
         query ends when a window returned fewer than `$top` rows; a window that returned more means
         the server ignored `$top`, and its next links already covered everything.
+
+        `no_metadata` asks for `odata.metadata=none` (rows without `@odata.etag`; see `_accept`).
 
         A listing past its `bounds` (pages, or seconds on the client's clock) raises FatalRequestError
         after the last page within them: distinct next links can go on for ever, and the loop check
@@ -386,7 +384,8 @@ class IfsClient:
         self._remember(url, seen)
         # The next page is requested before this one is handed out, so that the server prepares it
         # (and its body arrives) while the caller is busy with this one: at most one request ahead.
-        ahead: asyncio.Future[Any] | None = asyncio.ensure_future(self._send("data", "GET", url))
+        accept = self._accept(True) if no_metadata else None
+        ahead: asyncio.Future[Any] | None = asyncio.ensure_future(self._send("data", "GET", url, accept=accept))
         try:
             while ahead is not None and url is not None:
                 body = await ahead
@@ -427,7 +426,7 @@ class IfsClient:
                         self._within(bounds, projection, entity_set, requests, top, largest, started)
                         self._remember(nxt, seen)
                         requests += 1
-                        ahead = asyncio.ensure_future(self._send("data", "GET", nxt))
+                        ahead = asyncio.ensure_future(self._send("data", "GET", nxt, accept=accept))
                 except FatalRequestError as exc:
                     refused, nxt = exc, None  # raised after this page, as if we had not looked ahead
                 url = nxt
@@ -525,11 +524,12 @@ class IfsClient:
 
     async def sample(self, projection: str, entity_set: str, *, filter: str | None = None,
                      select: Sequence[str] | None = None, orderby: Sequence[str] = (),
-                     top: int = 100) -> list[dict[str, Any]]:
-        """The first `top` rows of a query, one request (no paging)."""
+                     top: int = 100, no_metadata: bool = False) -> list[dict[str, Any]]:
+        """The first `top` rows of a query, one request (no paging); `no_metadata` as for iter_pages."""
         options = self._options(filter=filter, select=select, orderby=orderby)
         url = f"{self.entity_url(projection, entity_set)}?{_query({**options, '$top': str(top)})}"
-        return self._rows(await self._send("data", "GET", url), url)
+        accept = self._accept(True) if no_metadata else None
+        return self._rows(await self._send("data", "GET", url, accept=accept), url)
 
     async def read_by_keys(
         self,
@@ -591,6 +591,13 @@ class IfsClient:
         await self.aclose()
 
     # ---- URLs ------------------------------------------------------------------------------
+
+    def _accept(self, no_metadata: bool) -> str:
+        """The Accept header: JSON (IFS answers `odata.metadata=minimal`), or `odata.metadata=none`, with which an
+        OData 4.0 server leaves out control information (`@odata.context`, each row's `@odata.etag`) but keeps
+        `@odata.nextLink`. Whether a tenant honours it is found out at run time (pollers.tenant)."""
+        parts = ["application/json"] + (["odata.metadata=none"] if no_metadata else [])
+        return ";".join(parts + (["IEEE754Compatible=true"] if self.config.ieee754_compatible else []))
 
     def _options(
         self,
@@ -720,6 +727,7 @@ class IfsClient:
         form: Mapping[str, str] | None = None,
         missing_ok: bool = False,
         raw: bool = False,
+        accept: str | None = None,
     ) -> Any:
         """Send one logical request; return its parsed JSON (None for a tolerated 404).
 
@@ -740,9 +748,10 @@ class IfsClient:
                         await self._take_slot()
                         # The bearer is read after any budget wait, so it cannot expire in the queue.
                         token = await self._bearer()
-                        response, failure = await self._exchange(
-                            method, url, {"Authorization": f"Bearer {token}"}
-                        )
+                        headers = {"Authorization": f"Bearer {token}"}
+                        if accept is not None:
+                            headers["Accept"] = accept
+                        response, failure = await self._exchange(method, url, headers)
                 else:
                     # Token requests skip the semaphore: requests holding it may be waiting for the token.
                     response, failure = await self._exchange(method, url, {}, form)

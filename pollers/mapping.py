@@ -7,6 +7,8 @@ their field. `identify_page` and `shape` choose between the two; callers never d
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import operator
 from collections.abc import Mapping
@@ -29,6 +31,37 @@ BadRow = tuple[str, str, str]  # (record key, field, problem)
 
 Identified = tuple[list[str], list[str], list[str], list[str]]  # keys, etags, states, approval steps of a page
 
+# A record's change marker is its row's `@odata.etag`, or, where the listings compare by the row version column
+# (SourceSpec.versions), "v:" and that version: the prefix keeps the two kinds apart in `seen`.
+VERSION_PREFIX = "v:"
+
+
+def version_marker(value: Any) -> str | None:
+    """The marker of a row version value (text or a whole number), or None for anything else."""
+    if type(value) is str and value:
+        return VERSION_PREFIX + value
+    if type(value) is int:
+        return VERSION_PREFIX + str(value)
+    return None
+
+
+def etag_version(etag: str) -> str | None:
+    """The row version inside an IFS etag, `W/"base64('W/"objid:objversion"')"`, or None when it is not one."""
+    payload = etag.removeprefix("W/").strip('"')
+    try:
+        inner = base64.b64decode(payload, validate=True).decode("ascii")
+    except (binascii.Error, ValueError):
+        return None
+    objid, colon, version = inner.removeprefix("W/").strip('"').rpartition(":")
+    return version if colon and objid and version else None
+
+
+def marker_version(marker: str) -> str | None:
+    """The row version a marker of either kind stands for (None: an etag that does not carry one)."""
+    if marker.startswith(VERSION_PREFIX):
+        return marker[len(VERSION_PREFIX):]
+    return etag_version(marker)
+
 @dataclass(frozen=True)
 class RecordMapper:
     """Turns one OData row of a source into a FinanceRecord; raises BadRecordError naming the field."""
@@ -40,6 +73,7 @@ class RecordMapper:
     _key_types: tuple[tuple[str, type], ...] = field(init=False)
     _key_format: str = field(init=False)
     _kind: str = field(init=False)
+    _version: str | None = field(init=False)
 
     _texts: tuple[tuple[str, str], ...] = field(init=False)
     _amounts: tuple[tuple[str, str], ...] = field(init=False)
@@ -52,6 +86,7 @@ class RecordMapper:
         object.__setattr__(self, "_key_types", tuple((k, int if t == "int" else str) for k, t in s.keys))
         object.__setattr__(self, "_key_format", key_template([k for k, _ in s.keys]))
         object.__setattr__(self, "_kind", s.kind.value)
+        object.__setattr__(self, "_version", s.versions)
         pick = lambda *attrs: tuple((a, getattr(s, a)) for a in attrs if getattr(s, a))  # noqa: E731
         object.__setattr__(self, "_texts", pick("party_id", "party_name", "currency", "cost_center", "site"))
         object.__setattr__(self, "_amounts", pick("amount", "net_amount"))
@@ -67,7 +102,7 @@ class RecordMapper:
                 break
             keys[name] = v
         key = encode_key(keys)
-        etag = get("@odata.etag") or get("Objversion")
+        etag = self.marker(row)
         if not etag or type(etag) is not str:
             raise BadRecordError(key, "@odata.etag", "missing row version")
         if "\x00" in key or "\x00" in etag:  # SQLite's JSON functions would cut the text there
@@ -76,6 +111,15 @@ class RecordMapper:
         if "\x1f" in etag:  # the separator of a record's version as the poll compares it
             raise BadRecordError(key, "@odata.etag", "control character")
         return key, etag, keys
+
+    def marker(self, row: Mapping[str, Any]) -> Any:
+        """A row's change marker: its version (where the listings compare by it) or its `@odata.etag` (else the
+        bare Objversion, for a tenant that sends no etags); the caller checks it."""
+        if self._version is not None:
+            marker = version_marker(row.get(self._version))
+            if marker is not None:
+                return marker
+        return row.get("@odata.etag") or row.get("Objversion")
 
     def step_of(self, row: Mapping[str, Any]) -> str:
         f = self.spec.step_field
@@ -188,7 +232,16 @@ class RecordMapper:
                 return None
             cols.append(col)
         keys = list(map(self._key_format.format, *cols)) if rows else []
-        etags = page["@odata.etag"]
+        if self._version is None:
+            etags = page["@odata.etag"]
+        else:
+            versions = page[self._version]
+            if _only(versions, str) and "" not in versions:
+                etags = list(map(VERSION_PREFIX.__add__, versions))
+            elif _only(versions, int):
+                etags = list(map(f"{VERSION_PREFIX}{{}}".format, versions))
+            else:
+                return None
         states = page[self.spec.state_field]
         if not (_only(etags, str) and _only(states, str)) or "" in etags or "" in states:
             return None

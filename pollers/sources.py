@@ -68,6 +68,18 @@ class SourceSpec:
     link_keys: tuple[str, ...] = ()  # key fields in the link's $filter (default: all keys)
     list_page: str = ""  # IFS page listing this kind (digest links)
     enabled: bool = True
+    # The row version column (IFS: Objversion, a timestamp on some tables, a counter on others). When the
+    # projection declares it and the tenant honours `odata.metadata=none`, listings ask for that and carry
+    # the version instead of each row's `@odata.etag` (about half a lean row's bytes). False: always etags.
+    version_field: str | None = "Objversion"
+    # Found at run time, never configured (pollers.tenant): version_field exists and the tenant honours
+    # `odata.metadata=none`, and its etags carry that version, so listings may use it as the change marker.
+    row_versions: bool = False
+
+    @property
+    def versions(self) -> str | None:
+        """The version column the listings compare by, when the tenant was found to allow it (else None: etags)."""
+        return self.version_field if self.row_versions else None
 
     def filter_for(self, company: str) -> str:
         return " and ".join([f"{self.company_field} eq {odata_literal(company)}", *self.pending_conditions()])
@@ -86,7 +98,7 @@ class SourceSpec:
         and the fields that define pending. New and changed records are then read whole, by key."""
         names = [k for k, _ in self.keys] + [self.company_field, self.state_field]
         names += ([self.step_field] if self.step_field else []) + [f for f, _ in self.pending_equals]
-        return tuple(dict.fromkeys(names))
+        return tuple(dict.fromkeys(names + ([self.versions] if self.versions else [])))
 
     def pending_conditions(self) -> list[str]:
         """The state conditions of the listing's $filter (joined with `and`)."""
@@ -116,6 +128,11 @@ class SourceSpec:
                               self.doc_date, self.due_date, self.cost_center, self.site, self.step_field) if f]
         names += [f for _, f in self.details] + [f for f, _ in self.pending_equals] + list(self.extra_select)
         return tuple(dict.fromkeys(names))
+
+    @property
+    def full_select(self) -> tuple[str, ...]:
+        """`select`, with the version column where the listings compare by it (rows read whole carry it too)."""
+        return tuple(dict.fromkeys((*self.select, self.versions))) if self.versions else self.select
 
     def pending_rows(self, page: list[dict[str, Any]], cols: Columns | None = None) -> list[dict[str, Any]]:
         """The rows of a page that is_pending keeps, in order, tested column by column (the page itself
@@ -204,7 +221,7 @@ _EMPTY = {f.name: () if f.type.startswith("tuple") else "" if f.default == "" el
 def build_sources(overrides: Mapping[str, Mapping[str, Any]]) -> dict[RecordKind, SourceSpec]:
     """Defaults with [sources.<kind>] overrides applied; unknown kinds or fields are config errors."""
     out = dict(DEFAULT_SOURCES)
-    names = {f.name for f in dataclasses.fields(SourceSpec)} - {"kind"}
+    names = {f.name for f in dataclasses.fields(SourceSpec)} - {"kind", "row_versions"}
     for kind_name, values in overrides.items():
         try:
             kind = RecordKind.parse(kind_name)

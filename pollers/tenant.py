@@ -22,13 +22,15 @@ from core.clock import Clock, SystemClock
 from core.domain import DEFAULT_DONE_STATES, RecordKind
 from core.errors import AuthError, FatalRequestError, NotifierError, RetriableError
 from core.links import odata_literal
-from pollers.mapping import RecordMapper
+from pollers.mapping import RecordMapper, etag_version, marker_version, version_marker
 from pollers.metadata import DATE_TYPES, NUMERIC_TYPES, Metadata, MetadataError, parse_metadata
 from pollers.sources import DEFAULT_SOURCES, SourceSpec
 
 log = logging.getLogger(__name__)
 
 METADATA_REFRESH_SECONDS = 24 * 3600
+VERSIONS_RETRY_SECONDS = 3600  # an entity set without a row to try odata.metadata=none on is asked again after this
+DEFAULT_VERSION_FIELD = "Objversion"
 
 # Names IFS releases and customisations are known or likely to use, best first. Discovery picks from these
 # (and checks the type); validation suggests from them before falling back to names that merely look alike.
@@ -241,6 +243,14 @@ def validate(spec: SourceSpec, md: Metadata) -> Validation:
             exists("extra_select", f, False)
     if extra != spec.extra_select:
         changes["extra_select"] = extra
+    if spec.version_field and spec.version_field not in props:
+        if spec.version_field != DEFAULT_VERSION_FIELD:  # Objversion is absent from many sets: nothing to fix
+            problem("version_field", f"{spec.version_field} does not exist in {where}", False,
+                    suggest(spec.version_field, free, ("Objversion", "Rowversion")),
+                    meanwhile="etags compared meanwhile")
+        changes["version_field"] = None
+    if spec.row_versions:
+        changes["row_versions"] = False  # found out at run time, by TenantSchema.validate
     link_keys = tuple(k for k in spec.link_keys if k in key_names)
     if link_keys != spec.link_keys:
         problem("link_keys", f"{', '.join(set(spec.link_keys) - set(link_keys))} not among the keys", False,
@@ -310,13 +320,18 @@ class TenantSchema:
         self._refresh = refresh_seconds
         self._metadata: dict[str, tuple[float, Metadata | FatalRequestError]] = {}  # or a 404 answered
         self._validations: dict[RecordKind, Validation] = {}
+        self._versions: dict[tuple[str, str, str], tuple[float, bool]] = {}  # (projection, set, field) -> (until, ok)
         self._fetching = asyncio.Lock()  # the start-up check and the first poll ask at once: fetch once
+        self._probing = asyncio.Lock()  # ... and try odata.metadata=none once
 
     def invalidate(self, projection: str | None = None) -> None:
         if projection is None:
             self._metadata.clear()
+            self._versions.clear()
         else:
             self._metadata.pop(projection, None)
+            for found in [k for k in self._versions if k[0] == projection]:
+                del self._versions[found]
 
     async def metadata(self, projection: str) -> Metadata:
         async with self._fetching:
@@ -347,6 +362,8 @@ class TenantSchema:
             if exc.status != 404:
                 raise
             validation = projection_missing(spec, exc, await self._projections_for(kind))
+        if not validation.fatal and validation.spec.version_field and await self.row_versions(validation.spec):
+            validation = Validation(dataclasses.replace(validation.spec, row_versions=True), validation.problems)
         previous = self._validations.get(kind)
         if self._log and (previous is None or previous.problems != validation.problems):
             for p in validation.problems:
@@ -355,6 +372,59 @@ class TenantSchema:
                 log.info("[sources.%s] every configured name exists now", kind.value, extra={"source": kind.value})
         self._validations[kind] = validation
         return validation
+
+    async def row_versions(self, spec: SourceSpec) -> bool:
+        """Whether listings of `spec` may carry its version column instead of each row's `@odata.etag`: asked of
+        IFS once per `$metadata` refresh with two one-row reads. The first (as today, `odata.metadata=minimal`)
+        shows that the row's etag carries that version, `W/"base64('W/"objid:objversion"')"`, so records seen
+        with etags are matched to their versions without looking changed; the second shows that the tenant
+        honours `odata.metadata=none` (no `@odata.etag`, the version column there). Anything else: etags, as
+        before. Retriable errors propagate (the poll keeps what it had)."""
+        async with self._probing:
+            return await self._row_versions(spec)
+
+    async def _row_versions(self, spec: SourceSpec) -> bool:
+        field_name = spec.version_field
+        assert field_name
+        cache = (spec.projection, spec.entity_set, field_name)
+        now = self._clock.monotonic()
+        known = self._versions.get(cache)
+        if known is not None and now < known[0]:
+            return known[1]
+        select = [*(k for k, _ in spec.keys), field_name]
+        ok, why = False, ""
+        try:
+            rows = await self.client.sample(spec.projection, spec.entity_set, select=select, top=1)
+            if not rows:
+                why = "no row to try it on yet"
+            else:
+                marker = version_marker(rows[0].get(field_name))
+                etag = rows[0].get("@odata.etag")
+                if marker is None:
+                    why = f"{field_name} holds {type(rows[0].get(field_name)).__name__}, not a row version"
+                elif not isinstance(etag, str) or etag_version(etag) != marker_version(marker):
+                    why = f"the rows' @odata.etag does not carry {field_name}"
+                else:
+                    bare = await self.client.sample(spec.projection, spec.entity_set, select=select, top=1,
+                                                    no_metadata=True)
+                    if not bare:
+                        why = "odata.metadata=none answered no row"
+                    elif "@odata.etag" in bare[0] or version_marker(bare[0].get(field_name)) is None:
+                        why = "odata.metadata=none is not honoured (rows still carry @odata.etag)"
+                    else:
+                        ok = True
+        except FatalRequestError as exc:
+            why = f"IFS refused the check: {_ifs_words(exc)}"
+        retry = VERSIONS_RETRY_SECONDS if why == "no row to try it on yet" else self._refresh
+        self._versions[cache] = (now + retry, ok)
+        where = f"{spec.projection}.svc/{spec.entity_set}"
+        if ok:
+            log.info("[sources.%s] listings of %s carry %s instead of each row's etag (odata.metadata=none)",
+                     spec.kind.value, where, field_name, extra={"source": spec.kind.value})
+        else:
+            log.info("[sources.%s] listings of %s carry each row's etag: %s", spec.kind.value, where, why,
+                     extra={"source": spec.kind.value})
+        return ok
 
     async def _projections_for(self, kind: RecordKind) -> tuple[str, ...]:
         """The known projection names for `kind` that this tenant serves (probed by their $metadata)."""

@@ -36,6 +36,7 @@ from simulator.odata_filter import (
 )
 
 JSON_CONTENT_TYPE = "application/json;odata.metadata=minimal"
+BARE_CONTENT_TYPE = "application/json;odata.metadata=none"
 MALFORMED = "Malformed Request."
 
 # ---------------------------------------------------------------- errors
@@ -89,9 +90,11 @@ def _dumps(body: Any) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-    """`body`: a JSON-ready object, or bytes already encoded."""
-    all_headers = {"Content-Type": JSON_CONTENT_TYPE, "OData-Version": "4.0", **(headers or {})}
+def _json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None, *,
+                   bare: bool = False) -> web.Response:
+    """`body`: a JSON-ready object, or bytes already encoded; `bare`: answered with odata.metadata=none."""
+    all_headers = {"Content-Type": BARE_CONTENT_TYPE if bare else JSON_CONTENT_TYPE, "OData-Version": "4.0",
+                   **(headers or {})}
     return web.Response(status=status, body=body if isinstance(body, bytes) else _dumps(body), headers=all_headers)
 
 
@@ -104,9 +107,9 @@ class Token:
     client_id: str
     expires_at: float
 
-
 _CLIENT_ID = web.RequestKey("client_id", str)
 _DROPPED = web.RequestKey("dropped", bool)
+_BARE = web.RequestKey("odata_bare", bool)  # answered with odata.metadata=none
 _SYSTEM_OPTIONS = {
     "$filter",
     "$select",
@@ -358,7 +361,11 @@ class ODataHttp:
             )
         match = re.fullmatch(r"(?P<set>[A-Za-z_]\w*)(?:\((?P<keys>.*?)\))?(?:/(?P<nav>[$\w]+))?", tail)
         sdef = next((s for s in projection.sets if match and s.name == match["set"]), None)
-        ieee754 = "ieee754compatible=true" in request.headers.get("Accept", "").lower().replace(" ", "")
+        accept = request.headers.get("Accept", "").lower().replace(" ", "")
+        ieee754 = "ieee754compatible=true" in accept
+        # OData JSON 4.0 §3.1.3: odata.metadata=none leaves out control information (context, etags), not
+        # next links; a profile may ignore the parameter and answer minimal, as some servers do
+        request[_BARE] = self.profile.metadata_none and "odata.metadata=none" in accept
         context_root = f"{service_root}/$metadata#"
         if match is not None and sdef is None:
             fixed = self._fixed_set(projection, match["set"])
@@ -502,6 +509,7 @@ class ODataHttp:
         ieee754: bool,
     ) -> web.Response:
         query = self._parse_options(request, entity)
+        bare = bool(request.get(_BARE))
         target = f"{request.path}?{unquote(request.query_string)}" if request.query_string else request.path
         cap, endless = self.faults.top_cap(target), self.faults.endless(target)
         page_key = None
@@ -509,15 +517,15 @@ class ODataHttp:
             assert sdef is not None
             # a page read before (same query, same data): its bytes, as a database answers a repeated
             # query from cache; the benchmarks' warm-up pass fills this, so the floor is the client's
-            page_key = (str(request.url.origin()), request.path_qs, self._versions[sdef.kind], ieee754,
+            page_key = (str(request.url.origin()), request.path_qs, self._versions[sdef.kind], ieee754, bare,
                         self.server_page_size,
                         None if self.granted_companies is None else frozenset(self.granted_companies),
                         self.reject_objstate_filter)
             cached = self.page_cache.get(page_key)
             if cached is not None:
-                return _json_response(cached)
+                return _json_response(cached, bare=bare)
         rows = self._filtered(sdef, entity, query, source)
-        keep = _kept(entity, query.select)
+        keep = _kept(entity, query.select, bare)
         limit = query.top
         page_size = self.server_page_size
         paged = page_size is not None and (limit is None or limit > page_size)
@@ -527,10 +535,9 @@ class ODataHttp:
         if cap is not None:  # a silent server-side cap: fewer rows than $top, and no next link
             limit, paged = cap if limit is None else min(limit, cap), False
         page = rows[query.skip :] if limit is None else rows[query.skip : query.skip + limit]
-        body: dict[str, Any] = {
-            "@odata.context": context + (f"({','.join(query.select)})" if query.select else ""),
-            "value": [_shape(row, entity, keep, ieee754) for row in page],
-        }
+        body: dict[str, Any] = {} if bare else {
+            "@odata.context": context + (f"({','.join(query.select)})" if query.select else "")}
+        body["value"] = [_shape(row, entity, keep, ieee754, bare) for row in page]
         end = query.skip + len(page)
         remaining_top = None if query.top is None else query.top - len(page)
         if paged and end < len(rows) and (remaining_top is None or remaining_top > 0):
@@ -549,7 +556,7 @@ class ODataHttp:
         encoded = _dumps(body)
         if page_key is not None and self.page_cache is not None:
             self.page_cache.put(page_key, encoded)
-        return _json_response(encoded)
+        return _json_response(encoded, bare=bare)
 
     def _entity(
         self, request: web.Request, entity: EntityType, row: Mapping[str, Any], context: str, ieee754: bool
@@ -560,11 +567,12 @@ class ODataHttp:
                 "$filter, $orderby, $top and $skip are not allowed when reading a single entity."
             )
         selected = f"({','.join(query.select)})" if query.select else ""
-        body = {
-            "@odata.context": f"{context}{selected}/$entity",
-            **_shape(row, entity, _kept(entity, query.select), ieee754),
-        }
-        return _json_response(body, headers={"ETag": row["@odata.etag"]} if "@odata.etag" in row else None)
+        bare = bool(request.get(_BARE))
+        body = {} if bare else {"@odata.context": f"{context}{selected}/$entity"}
+        body.update(_shape(row, entity, _kept(entity, query.select, bare), ieee754, bare))
+        # the ETag header stays: it is HTTP's, not OData control information
+        return _json_response(body, headers={"ETag": row["@odata.etag"]} if "@odata.etag" in row else None,
+                              bare=bare)
 
     # ------------------------------------------------------------ admin API
 
@@ -685,21 +693,28 @@ def _decimal_columns(entity: EntityType) -> tuple[str, ...]:
 _ALWAYS = ("@odata.etag",)
 
 
-def _kept(entity: EntityType, select: Sequence[str] | None) -> tuple[str, ...] | None:
-    """The columns a `$select` answer carries: the selected ones after the row's own annotations, if any."""
+def _kept(entity: EntityType, select: Sequence[str] | None, bare: bool = False) -> tuple[str, ...] | None:
+    """The columns a `$select` answer carries: the selected ones after the row's own annotations, if any (none
+    with odata.metadata=none)."""
     if select is None:
         return None
-    return (*(_ALWAYS if "luname" in entity.properties else ()), *select)
+    return (*(_ALWAYS if "luname" in entity.properties and not bare else ()), *select)
 
 
 def _shape(
-    row: Mapping[str, Any], entity: EntityType, keep: Sequence[str] | None, ieee754: bool
+    row: Mapping[str, Any], entity: EntityType, keep: Sequence[str] | None, ieee754: bool, bare: bool = False
 ) -> Mapping[str, Any]:
     out: Mapping[str, Any] | dict[str, Any]
     if keep is None:
-        if not ieee754:
+        if bare or "Objversion" not in entity.properties:  # a set that does not declare Objversion: not served
+            out = {name: value for name, value in row.items() if not (bare and name.startswith("@odata."))
+                   and (name != "Objversion" or name in entity.properties)}
+            if not ieee754:
+                return out
+        elif not ieee754:
             return row
-        out = dict(row)
+        else:
+            out = dict(row)
     else:
         out = {name: row[name] for name in keep}
     if ieee754:

@@ -8,7 +8,7 @@ import functools
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from core.domain import RecordKind
@@ -300,6 +300,8 @@ def build_schema(profile: Profile) -> Schema:
         entity = _profiled_entity(
             base.entity, names.projection, names.entity_type, names, names.state_enum, own
         )
+        if not profile.objversion:  # the rows keep theirs (their etags carry it); $metadata does not declare it
+            entity = replace(entity, properties={n: t for n, t in entity.properties.items() if n != "Objversion"})
         sets[kind] = SetDef(kind, names.projection, names.entity_set, entity, base.luname, nav)
     fixed: dict[str, dict[str, FixedSet]] = {}
     for i, static in enumerate(profile.static_sets):

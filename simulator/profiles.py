@@ -69,6 +69,10 @@ approval lines binds its navigation (`NavigationPropertyBinding`) to a line enti
 of every visible record. Decoy sets and the catalogue are queryable like the record sets. `Company` keeps
 its name in every profile: the grant check reads it.
 
+Objversion and `odata.metadata=none`: `default` declares Objversion on every set and honours
+`odata.metadata=none`; `renamed` declares Objversion but answers `odata.metadata=none` as minimal (rows keep
+their `@odata.etag`); `lean` honours it but its record sets do not declare Objversion (`$select` of it is 400).
+
 `renamed` has no enum type anywhere: states are plain strings (`Status eq 'Planned'`), and a filter with
 an enum literal answers 400 naming the undefined type, as IFS does. `lean` has enum types, some under
 other names, but no approval-line navigation: `Set(keys)/AuthorizerArray` answers 404. The states and the
@@ -197,6 +201,11 @@ class Profile:
     static_sets: tuple[StaticSet, ...] = ()
     # None: AllProjections.svc does not exist, so a client has to probe projection names by $metadata.
     catalogue: tuple[CatalogueEntry, ...] | None = None
+    # Whether `Accept: application/json;odata.metadata=none` is honoured (OData JSON 4.0: no @odata.context, no
+    # @odata.etag, nextLink kept); False: answered as minimal, as a server that ignores the parameter would.
+    metadata_none: bool = True
+    # Whether the record sets declare Objversion in $metadata (rows always have one: their etags carry it).
+    objversion: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", _frozen(self.kinds))
@@ -324,6 +333,7 @@ RENAMED = Profile(
         _state_lov(_R_VOU, "Reference_VoucherStateLov", "Objstate",
                    "Waiting AwaitingApproval PartiallyApproved Confirmed Error Cancelled"),
     ),
+    metadata_none=False,
 )
 
 _L_INV = "ManSuppInvoiceHandling"
@@ -348,6 +358,7 @@ LEAN = Profile(
             fields={"VoucherText2": None, "CostCenter": None, "DateReg": None},
         ),
     },
+    objversion=False,
     static_sets=(
         StaticSet(_PO, "Reference_SupplierInfo", "SupplierInfo", "SupplierId", "SupplierId Name CurrencyCode",
                   _SUPPLIERS, "SupplierInfo"),

@@ -274,3 +274,63 @@ async def test_metadata_is_read_once_refreshed_daily_and_after_a_rejected_name(i
         assert fetched() == 3
     finally:
         await client.aclose()
+
+
+async def _schema_for(sim, **overrides):
+    from app import Credentials, make_ifs_client
+    from core.settings import load_settings
+    from pollers.tenant import TenantSchema
+
+    settings = load_settings(None, env={"NOTIFIER__IFS__REALM": "ifs"})
+    client_id, client_secret = IFS_SECRETS.values()
+    client = make_ifs_client(settings, Credentials(sim.base_url, client_id, Secret(client_secret), "", Secret(""), ""))
+    sources = build_sources({"order": overrides}) if overrides else DEFAULT_SOURCES
+    return client, TenantSchema(client, sources, log_problems=False)
+
+
+@pytest.mark.parametrize(("metadata_none", "objversion", "setting", "by_version", "probes"), [
+    (True, True, {}, True, 2),  # declared, its etags carry it, odata.metadata=none honoured
+    (False, True, {}, False, 2),  # odata.metadata=none answered as minimal: rows keep their etags
+    (True, False, {}, False, 0),  # Objversion not declared: nothing to ask
+    (True, True, {"version_field": False}, False, 0),  # switched off
+])
+async def test_listings_compare_by_row_version_only_where_the_tenant_was_seen_to_allow_it(
+        metadata_none, objversion, setting, by_version, probes):
+    import dataclasses
+
+    from simulator.ifs import IfsSimulator
+    from simulator.profiles import DEFAULT
+
+    profile = dataclasses.replace(DEFAULT, name="probe", metadata_none=metadata_none, objversion=objversion)
+    sim = IfsSimulator(profile=profile)
+    await sim.start()
+    client, schema = await _schema_for(sim, **setting)
+    try:
+        sim.add_order(company="10")
+        validation = await schema.validate(RecordKind.ORDER)
+        assert not validation.problems
+        assert (validation.spec.row_versions, validation.spec.versions is not None) == (by_version, by_version)
+        asked = [r for r in sim.data_requests("PurchaseOrderSet") if "$top" in r.query]
+        assert len(asked) == probes
+        assert all(r.query["$top"] == "1" and "Objversion" in r.query["$select"] for r in asked)
+        await schema.validate(RecordKind.ORDER)  # asked once per $metadata refresh, not per poll
+        assert len([r for r in sim.data_requests("PurchaseOrderSet") if "$top" in r.query]) == probes
+    finally:
+        await client.aclose()
+        await sim.stop()
+
+
+async def test_an_empty_entity_set_is_not_taken_for_a_tenant_that_ignores_odata_metadata_none(ifs):
+    from core.clock import FakeClock
+    from pollers.tenant import VERSIONS_RETRY_SECONDS
+
+    client, schema = await _schema_for(ifs)
+    schema._clock = clock = FakeClock()
+    try:
+        assert not (await schema.validate(RecordKind.ORDER)).spec.row_versions  # no row to try it on
+        ifs.add_order(company="10")
+        assert not (await schema.validate(RecordKind.ORDER)).spec.row_versions  # not asked again at once
+        clock.advance(VERSIONS_RETRY_SECONDS)
+        assert (await schema.validate(RecordKind.ORDER)).spec.row_versions
+    finally:
+        await client.aclose()
