@@ -782,3 +782,56 @@ async def test_cli_prints_base_url_and_seeded_records() -> None:
     assert base_url.startswith("http://127.0.0.1:")
     assert sum(line.startswith("order") for line in lines[1:]) == 4
     assert stats["records"]["order"]["pending"] == 4
+
+
+# ---------------------------------------------------------------- odata.metadata=none
+
+BARE = "application/json;odata.metadata=none"
+
+
+async def test_odata_metadata_none_leaves_out_context_and_etags_but_keeps_next_links(clock: FakeClock) -> None:
+    sim = IfsSimulator(clock=clock.time, server_page_size=4)
+    sim.bulk_generate("order", 6)
+    async with sim, httpx.AsyncClient(base_url=sim.base_url) as client:
+        headers = {**await bearer(client), "Accept": BARE}
+        params = {"$select": "OrderNo,Objstate,Objversion", "$orderby": "OrderNo"}
+        first = await client.get(ORDERS, params=params, headers=headers)
+        rest = (await client.get(first.json()["@odata.nextLink"], headers=headers)).json()
+        whole = (await client.get(ORDERS, params={"$top": "1"}, headers=headers)).json()
+        order_no = first.json()["value"][0]["OrderNo"]
+        by_key = await client.get(f"{ORDERS}(OrderNo='{order_no}')", headers=headers)
+        minimal = (await client.get(ORDERS, params=params, headers=await bearer(client))).json()
+    assert first.headers["Content-Type"] == BARE
+    body = first.json()
+    assert set(body) == {"value", "@odata.nextLink"}
+    assert [set(r) for r in body["value"] + rest["value"]] == [{"OrderNo", "Objstate", "Objversion"}] * 6
+    assert "@odata.context" not in whole and not any(k.startswith("@odata.") for k in whole["value"][0])
+    assert "Objversion" in whole["value"][0] and "luname" in whole["value"][0]
+    assert by_key.headers["ETag"].startswith('W/"') and not any(k.startswith("@odata.") for k in by_key.json())
+    # the same query with minimal metadata, as before: each row's etag carries its Objversion
+    row = minimal["value"][0]
+    assert "@odata.context" in minimal and decode_etag(row["@odata.etag"])[1] == row["Objversion"]
+
+
+async def test_a_tenant_profile_may_ignore_odata_metadata_none_or_lack_objversion(clock: FakeClock) -> None:
+    import dataclasses
+
+    from simulator.profiles import DEFAULT
+
+    ignoring = IfsSimulator(clock=clock.time, profile=dataclasses.replace(DEFAULT, metadata_none=False))
+    lacking = IfsSimulator(clock=clock.time, profile=dataclasses.replace(DEFAULT, objversion=False))
+    for sim in (ignoring, lacking):
+        sim.add_order()
+    async with ignoring, lacking, httpx.AsyncClient(base_url=ignoring.base_url) as one, \
+            httpx.AsyncClient(base_url=lacking.base_url) as other:
+        answered = await one.get(ORDERS, params={"$select": "OrderNo,Objversion"},
+                                 headers={**await bearer(one), "Accept": BARE})
+        refused = await get(other, ORDERS, **{"$select": "OrderNo,Objversion"})
+        metadata = (await get(other, f"{ROOT}/PurchaseOrderHandling.svc/$metadata")).text
+        whole = (await get(other, ORDERS)).json()["value"][0]
+    assert answered.headers["Content-Type"] == "application/json;odata.metadata=minimal"
+    assert "@odata.context" in answered.json() and "@odata.etag" in answered.json()["value"][0]
+    assert refused.status_code == 400 and "Objversion" in refused.json()["error"]["details"][0]["message"]
+    header = metadata.split('EntityType Name="PurchaseOrder"', 1)[1].split("</EntityType>", 1)[0]
+    assert 'Name="Objversion"' not in header and 'Name="Objid"' in header
+    assert "Objversion" not in whole and "@odata.etag" in whole

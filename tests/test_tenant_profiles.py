@@ -12,6 +12,7 @@ import app
 from cards import inert
 from core.domain import RecordKind
 from core.settings import load_settings
+from pollers.sources import DEFAULT_SOURCES
 from simulator.ifs import IfsSimulator
 from simulator.teams_client import CHANNEL
 from tests.test_bot_commands import say
@@ -67,6 +68,18 @@ async def test_discover_check_and_cards_on_each_tenant_profile(tmp_path, connect
                 shown = [c for c in cards if number in c and party in c]
                 assert len(shown) == 1, (kind, number, party, cards)
                 assert amount in shown[0], (kind, amount, shown[0])
+            # listings carry row versions only where the tenant declares Objversion and honours
+            # odata.metadata=none (default); renamed ignores odata.metadata=none, lean lacks Objversion
+            assert {svc.poller.sources[k].row_versions for k in RecordKind} == {profile == "default"}
+            for kind, row in rows.items():  # a change the next cycle finds, whichever marker it compares
+                key = {k: row[k] for k, _ in DEFAULT_SOURCES[kind].keys}
+                sim.update(kind, key, **{next(iter(RECORDS[kind])): "V9002" if kind is RecordKind.ORDER else
+                                         "S7002" if kind is RecordKind.INVOICE else "BRITT"})
+            again = await svc.poll_once()
+            assert sorted((r.kind.value, r.new, r.changed, r.resolved) for r in again) == [
+                ("invoice", 0, 1, 0), ("order", 0, 1, 0), ("voucher", 0, 1, 0)], again
+            unchanged = await svc.poll_once()
+            assert {(r.new, r.changed, r.resolved) for r in unchanged} == {(0, 0, 0)}
         finally:
             await svc.stop()
             await svc.db.close()
