@@ -6,6 +6,10 @@ cycle: IFS data requests (listing, whole-row reads by key, approval-line reads),
 and events emitted. The baseline is what a cycle cost before one listing served every company: a plain
 httpx GET per company and kind with the full `$select`, measured in the same run against the same data.
 
+The simulator honours `odata.metadata=none` and declares Objversion, so listings carry row versions instead
+of etags (pollers.tenant finds that out at start); the same measurement is repeated against a tenant that
+answers `odata.metadata=none` as minimal, where listings keep their etags (`without_metadata_none`).
+
 The simulator runs on a thread of its own (its own event loop), so the client's CPU is the process's CPU
 less that thread's.
 """
@@ -13,6 +17,7 @@ less that thread's.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import random
@@ -29,6 +34,7 @@ from bench.common import bind, goal, log, make_service, rnd
 from core.domain import RecordKind
 from pollers.sources import DEFAULT_SOURCES
 from simulator.ifs import IfsSimulator
+from simulator.profiles import DEFAULT, Profile
 
 CHANNEL = "19:bench-steady@thread.tacv2"
 COMPANIES = tuple(str(10 + i) for i in range(20))
@@ -41,11 +47,11 @@ AMOUNT_FIELD = {RecordKind.ORDER: "GrossAmtCurr", RecordKind.INVOICE: "GrossCurr
 class SimThread:
     """The IFS simulator on its own thread and event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, profile: Profile = DEFAULT) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="ifs-simulator", daemon=True)
         self.thread.start()
-        self.sim = IfsSimulator()
+        self.sim = IfsSimulator(profile=profile)
         self.base_url = self.call(self.sim.start)
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -101,8 +107,8 @@ async def _baseline(base_url: str, client_id: str, secret: str) -> dict[str, flo
         return {"requests": requests, "bytes": received, "cpu_process_s": time.process_time() - cpu}
 
 
-async def measure(workdir: Path, cycles: int, seed: int = 5) -> dict[str, Any]:
-    st = SimThread()
+async def measure(workdir: Path, cycles: int, seed: int = 5, profile: Profile = DEFAULT) -> dict[str, Any]:
+    st = SimThread(profile)
     sim = st.sim
     rng = random.Random(seed)
     try:
@@ -183,8 +189,23 @@ def _chain_by_key(cycle: dict[str, Any]) -> int:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
+    cycles = 4 if quick else 10
     with tempfile.TemporaryDirectory(prefix="bench-steady-") as tmp:
-        return asyncio.run(measure(Path(tmp), 4 if quick else 10))
+        out = asyncio.run(measure(Path(tmp), cycles))
+    # a tenant that ignores odata.metadata=none: the listings keep their etags, as before (no goal of its own)
+    ignoring = dataclasses.replace(DEFAULT, name="ignores-metadata-none", metadata_none=False)
+    with tempfile.TemporaryDirectory(prefix="bench-steady-") as tmp:
+        other = asyncio.run(measure(Path(tmp), cycles, profile=ignoring))
+    unchanged = [c for c in other["cycles"] if not c["changed_in_ifs"]]
+    out["without_metadata_none"] = {
+        "unchanged_requests": max(c["requests"] for c in unchanged),
+        "unchanged_bytes": max(c["bytes"] for c in unchanged),
+        "unchanged_bytes_vs_baseline": rnd(max(c["bytes"] for c in unchanged) / other["baseline_per_cycle"]["bytes"]),
+        "unchanged_client_cpu_ms_median": statistics.median(c["client_cpu_ms"] for c in unchanged),
+        "every_change_emitted_once": other["every_change_emitted_once"]["value"],
+        "false_resolved": other["false_resolved"]["value"],
+    }
+    return out
 
 
 if __name__ == "__main__":
