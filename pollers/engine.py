@@ -207,9 +207,10 @@ class Poller:
     _mappers: dict[RecordKind, RecordMapper] = field(default_factory=dict)
     # Per source, whether its listings last compared by row version (else etags); and per source and company, the
     # records seen with the other kind of marker (key -> marker), read from the store when first needed after
-    # the kind changed (a tenant found to honour odata.metadata=none, or no longer): see _rebased.
+    # the kind changed (a tenant found to honour odata.metadata=none, or no longer), with the version each
+    # stands for (None: an etag that carries none): see _rebased.
     _by_version: dict[RecordKind, bool] = field(default_factory=dict)
-    _foreign: dict[tuple[RecordKind, str], dict[str, str]] = field(default_factory=dict)
+    _foreign: dict[tuple[RecordKind, str], dict[str, tuple[str, str | None]]] = field(default_factory=dict)
     # sources poll concurrently: IFS going down (or coming back) is noticed, logged and audited once
     _availability: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -525,13 +526,13 @@ class Poller:
         if foreign is None:  # not known since the kind changed (or since start): read once
             listed_by_version = self._by_version.get(kind, False)
             foreign = self._foreign[(kind, company)] = {
-                r.key: r.etag for _, r in await self.seen.pending_records(company)
+                r.key: (r.etag, marker_version(r.etag)) for _, r in await self.seen.pending_records(company)
                 if r.kind is kind and r.etag.startswith(VERSION_PREFIX) != listed_by_version}
         if not foreign:
             return
         at = {k: i for i, k in enumerate(c.keys)}
-        again = {k: stored for k in seen if (stored := foreign.get(k)) is not None
-                 and (version := marker_version(stored)) is not None and version == marker_version(c.etags[at[k]])}
+        again = {k: stored[0] for k in seen if (stored := foreign.get(k)) is not None
+                 and stored[1] is not None and stored[1] == marker_version(c.etags[at[k]])}
         if not again:
             return
         keys = list(again)
