@@ -62,6 +62,7 @@ def marker_version(marker: str) -> str | None:
         return marker[len(VERSION_PREFIX):]
     return etag_version(marker)
 
+
 @dataclass(frozen=True)
 class RecordMapper:
     """Turns one OData row of a source into a FinanceRecord; raises BadRecordError naming the field."""
@@ -104,7 +105,7 @@ class RecordMapper:
         key = encode_key(keys)
         etag = self.marker(row)
         if not etag or type(etag) is not str:
-            raise BadRecordError(key, "@odata.etag", "missing row version")
+            raise BadRecordError(key, self._version or "@odata.etag", "missing row version")
         if "\x00" in key or "\x00" in etag:  # SQLite's JSON functions would cut the text there
             bad = next((k for k, v in keys.items() if "\x00" in str(v)), "@odata.etag")
             raise BadRecordError(key.replace("\x00", "\\0"), bad, "NUL character")

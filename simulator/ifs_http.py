@@ -345,6 +345,11 @@ class ODataHttp:
             )
         service_root = f"{request.url.origin()}/{prefix}/{PROJECTION_ROOT}/{svc}"
         name = svc.removesuffix(".svc")
+        accept = request.headers.get("Accept", "").lower().replace(" ", "")
+        ieee754 = "ieee754compatible=true" in accept
+        # OData JSON 4.0 §3.1.3: odata.metadata=none leaves out control information (context, etags), not
+        # next links; a profile may ignore the parameter and answer minimal, as some servers do
+        request[_BARE] = self.profile.metadata_none and "odata.metadata=none" in accept
         if tail == "$metadata":
             if name not in self._metadata:
                 self._metadata[name] = edmx(name, projection)
@@ -353,19 +358,12 @@ class ODataHttp:
             )
         if tail == "":
             names = [*(s.name for s in projection.sets), *projection.lines, *projection.fixed]
-            return _json_response(
-                {
-                    "@odata.context": f"{service_root}/$metadata",
-                    "value": [{"name": n, "kind": "EntitySet", "url": n} for n in names],
-                }
-            )
+            bare = request[_BARE]
+            document: dict[str, Any] = {} if bare else {"@odata.context": f"{service_root}/$metadata"}
+            document["value"] = [{"name": n, "kind": "EntitySet", "url": n} for n in names]
+            return _json_response(document, bare=bare)
         match = re.fullmatch(r"(?P<set>[A-Za-z_]\w*)(?:\((?P<keys>.*?)\))?(?:/(?P<nav>[$\w]+))?", tail)
         sdef = next((s for s in projection.sets if match and s.name == match["set"]), None)
-        accept = request.headers.get("Accept", "").lower().replace(" ", "")
-        ieee754 = "ieee754compatible=true" in accept
-        # OData JSON 4.0 §3.1.3: odata.metadata=none leaves out control information (context, etags), not
-        # next links; a profile may ignore the parameter and answer minimal, as some servers do
-        request[_BARE] = self.profile.metadata_none and "odata.metadata=none" in accept
         context_root = f"{service_root}/$metadata#"
         if match is not None and sdef is None:
             fixed = self._fixed_set(projection, match["set"])

@@ -242,3 +242,28 @@ async def test_a_change_of_marker_kind_makes_nothing_look_changed_or_resolved(if
     r = await fresh.poll(ORDER, "10")
     assert (r.new, r.changed, r.resolved) == (0, 1, 0)
     assert [t for t, _ in await events_of(h)] == ["new"] * 6 + ["changed", "resolved", "changed", "changed"]
+
+
+RECORDED_ETAG = 'W/"Vy8iQUFDSU1HQUFGQUFCcElIQUFBOjIwMTkxMDMxMTMyNDAwIg=="'  # a live IFS answer (ifs-cloud-api.md)
+
+
+def test_the_version_inside_an_ifs_etag_is_read_as_recorded_and_anything_else_carries_none():
+    from pollers.mapping import marker_version, version_marker
+
+    assert etag_version(RECORDED_ETAG) == "20191031132400"
+    assert marker_version(RECORDED_ETAG) == marker_version("v:20191031132400") == "20191031132400"
+    assert version_marker(11) == "v:11" and version_marker("20191031132400") == "v:20191031132400"
+    assert version_marker("") is None and version_marker(True) is None and version_marker(None) is None
+    for opaque in ('W/"Vy8iMTIi"', '"not base64!"', 'W/"MTIz"', "", 'W/"' + "QUJD" + '"'):
+        assert etag_version(opaque) is None, opaque
+
+
+def test_the_simulators_etags_have_the_recorded_shape_and_length(ifs):
+    from simulator.ifs import decode_etag
+
+    row = ifs.add_order(company="10")
+    etag = row["@odata.etag"]
+    assert len(etag) == len(RECORDED_ETAG) and etag.startswith('W/"Vy8i') and etag.endswith('Ig=="')
+    objid, version = decode_etag(etag)
+    assert (len(objid), version) == (len("AACIMGAAFAABpIHAAA"), row["Objversion"]) and len(version) == 14
+    assert etag_version(etag) == row["Objversion"]
