@@ -146,10 +146,7 @@ async def one_round(url: str, records: int, page_size: int, target: str,
         floor2 = await floor(url, page_size)
         counts = await Store(db).row_counts()
         events, deliveries, seen = counts["events"], counts["deliveries"], counts["seen"]
-        if db.dialect == "sqlite":
-            db_bytes = sum(p.stat().st_size for p in Path(target).parent.glob(Path(target).name + "*"))
-        else:
-            db_bytes = int(await db.scalar("SELECT pg_database_size(current_database())"))
+        db_bytes = await db.size_bytes()
     finally:
         await client.aclose()
         await db.close()
