@@ -34,8 +34,9 @@ CONNECT_TIMEOUT = 10.0  # seconds to reach the server, at start-up and for each 
 PG_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
 
 
-def redact(url: str) -> str:
-    """The URL with its password (if any) replaced by ***: for messages and logs."""
+def redact(url: str, mask: str | None = "***") -> str:
+    """The URL with its password (if any) replaced by `mask` (for messages and logs), or left out (None: for
+    a command to run, which then finds the password where libpq looks for one)."""
     try:
         parts = urlsplit(url)
         if parts.password is None:
@@ -43,17 +44,10 @@ def redact(url: str) -> str:
         host = parts.hostname or ""
         if ":" in host:
             host = f"[{host}]"
-        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
+        user = (parts.username or "") + ("" if mask is None else ":" + mask)
+        return urlunsplit(parts._replace(netloc=f"{user}@{host}" + (f":{parts.port}" if parts.port else "")))
     except ValueError:  # unparsable: show nothing of it
         return "postgresql://…"
-
-
-def url_has_password(url: str) -> bool:
-    try:
-        return urlsplit(url).password is not None
-    except ValueError:
-        return False
 
 
 @functools.lru_cache(maxsize=2048)
@@ -168,6 +162,7 @@ class PgDatabase(Database):
     def __init__(self, pool: asyncpg.Pool, url: str) -> None:
         self.pool = pool
         self.url = redact(url)  # for messages: never the password
+        self._url_for_tools = redact(url, mask=None)
         self._write_lock = asyncio.Lock()
         # the transaction the running task is inside (tasks it starts inherit the variable: the task is checked)
         self._current: contextvars.ContextVar[tuple[asyncio.Task[Any] | None, PgConnection] | None] = (
@@ -218,9 +213,10 @@ class PgDatabase(Database):
         return int(await self.scalar("SELECT pg_database_size(current_database())"))
 
     async def backup_to(self, target: str) -> None:
-        raise ConfigError("backup", "the database is PostgreSQL: back it up with the server's tools, e.g."
-                                    f" `pg_dump --format=custom --file={target} '{self.url}'` (the password from"
-                                    " PGPASSWORD or ~/.pgpass); restore with `pg_restore --dbname=URL FILE`")
+        raise ConfigError("backup", "the database is PostgreSQL: back it up with the server's own tool:"
+                                    f" `pg_dump --format=custom --file={target} '{self._url_for_tools}'` (the"
+                                    " password from PGPASSWORD or ~/.pgpass); restore into an empty database with"
+                                    f" `pg_restore --no-owner --dbname='{self._url_for_tools}' {target}`")
 
     async def close(self) -> None:
         if not self._closed:

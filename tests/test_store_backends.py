@@ -477,6 +477,7 @@ async def test_an_unreachable_server_is_one_line_without_the_password(pg_server)
     assert "hunter2" not in text and "***" in text and "no_such_database" in text and "\n" not in text
     assert redact("postgres://u:p%40ss@db.example:5433/n?sslmode=require") == (
         "postgres://u:***@db.example:5433/n?sslmode=require")
+    assert redact("postgres://u:p%40ss@db.example/n", mask=None) == "postgres://u@db.example/n"
 
 
 def test_a_password_in_the_config_file_url_is_refused_but_the_environment_may_carry_one(tmp_path):
@@ -505,5 +506,17 @@ async def test_a_task_started_inside_a_transaction_reads_outside_it(database_url
             assert await asyncio.create_task(store.channels.all()) == []  # not committed yet
             assert [c.channel_id for c in await store.channels.all()] == [CH]
         assert [c.channel_id for c in await store.channels.all()] == [CH]
+    finally:
+        await db.close()
+
+
+async def test_the_backup_advice_names_pg_dump_without_the_password(database_url):
+    url = database_url.replace("postgresql://notifier@", "postgresql://notifier:hunter2@")
+    db = await open_pg(url)  # (the test server trusts loopback: the password is not even needed)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            await db.backup_to("/backups/notifier.dump")
+        assert "hunter2" not in str(caught.value) and "***" not in str(caught.value)
+        assert f"pg_dump --format=custom --file=/backups/notifier.dump '{database_url}'" in str(caught.value)
     finally:
         await db.close()
