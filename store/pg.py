@@ -141,13 +141,13 @@ class PgConnection:
         return PgCursor([], status_count(await self.raw.execute(text, *args)))
 
     async def _executemany(self, sql: str, many: list[Sequence[Any]]) -> PgCursor:
-        # one statement per row so each row's count is known (aiosqlite sums them); the statement is
-        # prepared once (asyncpg's statement cache)
-        text, _ = translate(sql)
-        total = 0
-        for args in many:
-            total += status_count(await self.raw.execute(text, *args))
-        return PgCursor([], total)
+        """The statement once per parameter row, pipelined (one round trip, not one per row); each changed
+        row answers one RETURNING row, so the count is aiosqlite's (the rows changed, summed)."""
+        if not many:
+            return PgCursor([], 0)
+        text, returns_rows = translate(sql)
+        rows = await self.raw.fetchmany(text if returns_rows else text + " RETURNING 1", many)
+        return PgCursor([], len(rows))
 
     async def fetch(self, sql: str, params: Params = ()) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await self.raw.fetch(translate(sql)[0], *_args(params))
