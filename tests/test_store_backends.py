@@ -5,6 +5,7 @@ side, migrations raced, passwords kept out of messages."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from decimal import Decimal
 
 import pytest
@@ -520,3 +521,18 @@ async def test_the_backup_advice_names_pg_dump_without_the_password(database_url
         assert f"pg_dump --format=custom --file=/backups/notifier.dump '{database_url}'" in str(caught.value)
     finally:
         await db.close()
+
+
+def test_a_server_that_cannot_be_reached_stops_a_command_with_one_line_and_exit_2(tmp_path):
+    from tests.test_fault_matrix import one_error_line, run_cli
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "notifier.toml"
+    config.write_text(f'[service]\nkey_file = "{tmp_path / "master.key"}"\n')
+    url = f"postgresql://notifier:hunter2@127.0.0.1:{port}/notifier"
+    done = run_cli(config, "audit", env={"NOTIFIER__SERVICE__DATABASE": url})
+    line = one_error_line(done, 2, "service.database")
+    assert f"postgresql://notifier:***@127.0.0.1:{port}/notifier" in line
+    assert "hunter2" not in done.stderr + done.stdout
