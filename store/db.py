@@ -188,8 +188,8 @@ class SqliteDatabase(Database):
 
     async def size_bytes(self) -> int:
         """The file with its write-ahead log and shared-memory index."""
-        path = Path(self.path)
-        return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+        files = [Path(self.path + suffix) for suffix in ("", "-wal", "-shm")]
+        return sum(f.stat().st_size for f in files if f.exists())
 
     async def writable(self) -> bool:
         """Readiness: can we take the write lock and write right now?"""
