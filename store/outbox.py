@@ -114,8 +114,9 @@ class Outbox:
                 f" WHERE channel_id = ? AND status = 'pending' GROUP BY record_id){lock}) AND status = 'pending'",
                 (channel_id, channel_id))
             async with conn.execute(
-                    "SELECT count(*), count(*) FILTER (WHERE last_code = 'batched') FROM deliveries WHERE channel_id = ?"
-                    " AND status = 'pending' AND next_at <= ? AND event_type = 'new'", (channel_id, now)) as cur:
+                    "SELECT count(*), count(*) FILTER (WHERE last_code = 'batched') FROM deliveries"
+                    " WHERE channel_id = ? AND status = 'pending' AND next_at <= ? AND event_type = 'new'",
+                    (channel_id, now)) as cur:
                 new_count, batched = await cur.fetchone() or (0, None)  # (an aggregate: always one row)
             if new_count > digest_threshold or (batched and new_count > 1):
                 sql = ("UPDATE deliveries SET status = 'sending', lease_until = ?, attempts = attempts + 1"
