@@ -5,11 +5,14 @@ side, migrations raced, passwords kept out of messages."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from decimal import Decimal
 
+import httpx
 import pytest
 
+from bench.common import service_from, write_config
 from core.clock import FakeClock
 from core.domain import ApprovalStep, Binding, ChannelRef, EventType, FinanceRecord, PostedCard, RecordKind
 from core.errors import ConfigError
@@ -554,3 +557,23 @@ async def test_a_lost_server_makes_the_database_unready_and_fails_calls_with_a_d
             await Store(db).channels.all()
     finally:
         await db.close()
+
+
+async def test_readyz_answers_not_ready_while_the_server_is_away(tmp_path, ifs):
+    if find_binaries() is None:
+        pytest.skip(NOT_INSTALLED)
+    server = PostgresServer().start()
+    try:
+        svc = await service_from(write_config(tmp_path, database=server.new_database()), ifs.base_url)
+        await svc.start(background=False)
+        async with httpx.AsyncClient(base_url=svc.base_url) as client:
+            ready = (await client.get("/readyz")).json()
+            server.stop()
+            away = await client.get("/readyz")
+    finally:
+        server.stop()
+    with contextlib.suppress(*DB_ERRORS):  # (stopping writes an audit row last: it has nowhere to go)
+        await svc.stop()
+    await svc.db.close()
+    assert ready["ready"] and ready["database"] and "disk" not in ready  # a server's disk is not ours to watch
+    assert away.status_code == 503 and away.json()["database"] is False
