@@ -52,7 +52,8 @@ def redact(url: str, mask: str | None = "***") -> str:
 @functools.lru_cache(maxsize=2048)
 def translate(sql: str) -> tuple[str, bool]:
     """`?` placeholders -> $1, $2, ... (outside quoted text and identifiers), and whether the statement
-    returns rows (a query, or RETURNING)."""
+    returns rows (a query, or RETURNING). Every other `?` is a placeholder: the store's SQL uses neither
+    PostgreSQL's jsonb `?` operators nor $$-quoted bodies holding one."""
     out: list[str] = []
     n = 0
     quote: str | None = None
