@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import signal
-import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from pollers.sources import build_sources
 from pollers.tenant import TenantSchema
 from store.audit import AuditLog
 from store.bindings import Bindings
-from store.db import Database, open_database, owner_only
+from store.db import DB_ERRORS, Database, open_database, owner_only
 from store.outbox import Outbox
 from store.people import Claims, People
 from store.poll_writer import PollWriter
@@ -252,7 +251,7 @@ class Service:
             await asyncio.sleep(60)
             try:
                 await self.housekeep()
-            except sqlite3.Error as exc:  # a full disk, say: try again next round
+            except DB_ERRORS as exc:  # a full disk, a lost database server: try again next round
                 log.warning("housekeeping failed: %s", exc)
 
     async def _reminding(self) -> None:
@@ -260,7 +259,7 @@ class Service:
         while True:
             try:
                 await self.reminders.run_due(self.clock.time())
-            except sqlite3.Error as exc:
+            except DB_ERRORS as exc:
                 log.warning("reminders failed: %s", exc)
             await asyncio.sleep(60)
 

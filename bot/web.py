@@ -16,7 +16,7 @@ from bot.teams import BotConfig, CachedCredentialsFactory, NotifierBot, readable
 from core.errors import ConfigError
 from core.metrics import Metrics
 from core.settings import ServiceSettings
-from store.db import Database
+from store.db import DB_ERRORS, Database
 from store.seen import Seen
 
 log = logging.getLogger(__name__)
@@ -122,22 +122,26 @@ class WebApps:
         """What /readyz answers, from state already at hand: the IFS client's token state and the last
         polls as stored, never a new IFS token; the database writable; free disk space."""
         token = self.ifs_token_state()
-        states = await Seen(self.db).source_states()
+        try:
+            states = await Seen(self.db).source_states()
+        except DB_ERRORS:  # a database server out of reach: the `database` check below says so
+            states = []
         ifs_down = [s.last_error for s in states if (s.kind, s.company) == ("*", "*") and not s.available]
         failing = sorted(f"{s.kind}/{s.company}" for s in states if s.kind != "*" and not s.available)
         try:
-            free = self.db.free_disk_bytes()
+            free = self.db.free_disk_bytes()  # None: a database server, whose disk is watched where it runs
         except OSError:  # the directory itself is gone or unreadable: nothing to write to either
             free = 0
         checks: dict[str, Any] = {
             "database": await self.db.writable(),
-            "disk": free >= self.settings.min_free_disk_mb * 1024 * 1024,
             "ifs": token["last_error"] is None and not ifs_down,
             "connector_credentials": await self._connector_ready(),
         }
+        info: dict[str, Any] = {"ifs_token_valid": token["valid"], "sources_failing": failing}
+        if free is not None:
+            checks["disk"] = free >= self.settings.min_free_disk_mb * 1024 * 1024
+            info["disk_free_mb"] = round(free / (1024 * 1024), 1)
         ready = all(checks.values())
-        info: dict[str, Any] = {"disk_free_mb": round(free / (1024 * 1024), 1),
-                                "ifs_token_valid": token["valid"], "sources_failing": failing}
         if not checks["ifs"]:
             info["ifs_error"] = str(token["last_error"] or ifs_down[0])[:200]
         return {"ready": ready, **checks, **info}
