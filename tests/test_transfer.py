@@ -1,0 +1,228 @@
+"""Tests for migrate-store: a store filled by the service itself is copied to another back end and back,
+and everything the service shows of it (links, audit trail, secrets, outbox, people) reads the same."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.common import bind
+from bot.bindings_io import export_bindings
+from core.domain import RecordKind
+from core.people import Person
+from simulator import postgres
+from store.audit import AuditLog
+from store.channels import Channels
+from store.db import open_database
+from store.outbox import Outbox
+from store.people import Claims, People, ReminderStore
+from store.transfer import TABLES, TransferRefused, describe, transfer
+from store.unit import Store
+from store.vault import KeyRing, Vault
+from tests.conftest import CHANNEL
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRETS = {"bot.app_password": "p@ss-word-1", "bot.tenant_id": "tenant-guid"}
+
+
+@pytest.fixture(scope="module")
+def pg_server():
+    if postgres.find_binaries() is None:
+        pytest.skip(postgres.NOT_INSTALLED)
+    pytest.importorskip("store.pg", reason="the PostgreSQL back end is not in this tree yet")
+    server = postgres.PostgresServer().start()
+    yield server
+    server.stop()
+
+
+async def filled_store(tmp_path: Path, ifs, connector, service_factory) -> str:
+    """A SQLite store written by the service: a linked channel, a poll (events, seen rows, deliveries, source
+    state, audit), deliveries sent (cards), secrets, people, a claim, a snooze and a reminder slot."""
+    for n in range(3):
+        ifs.add_order(company="10", VendorName=f"Vendor {n}", GrossAmtCurr=1000 + n, CurrencyCode="EUR")
+    ifs.add_invoice(company="10")
+    svc = await service_factory()
+    await bind(svc.db, CHANNEL, connector.service_url)
+    await svc.poll_once()
+    await svc.worker.run_once()
+    for name, value in SECRETS.items():
+        await svc.vault.set(name, value)
+    store = Store(svc.db)
+    async with store.unit() as u:
+        await u.people.put(Person("ALAIN", "Alain Approver", aad_object_id="0f0e0d0c-aaaa-bbbb-cccc-000000000001"))
+        await u.people.put(Person("BEA", "Bea Buyer", upn="bea@example.com", personal=False))
+        await u.claims.claim(f"{RecordKind.ORDER.value}:10:1", "0f0e0d0c-aaaa-bbbb-cccc-000000000001", "Alain")
+        await u.reminders.snooze("0f0e0d0c-aaaa-bbbb-cccc-000000000001", "order:10:1", 2e9)
+    assert await ReminderStore(svc.db).take_slot("2026-12-05 09:00")
+    await svc.stop()
+    await svc.db.close()
+    return str(tmp_path / "notifier.sqlite3")
+
+
+async def views(database: str, key_file: Path) -> dict[str, Any]:
+    """What the service reads back: links, audit trail, secrets, outbox, cards, people, claims, row counts."""
+    db = await open_database(database)
+    try:
+        vault = Vault(db, KeyRing(str(key_file), env={}))
+        audit = [e.to_dict() for e in await AuditLog(db).recent(limit=10_000)]
+        return {
+            "bindings": await export_bindings(db),
+            "channels": await Channels(db).all(),
+            "audit": audit,
+            "secrets": {name: await vault.get(name) for name, _ in await vault.names()},
+            "secret_times": await vault.names(),
+            "outbox": await Outbox(db).counts(),
+            "cards": await Outbox(db).cards_in(CHANNEL),
+            "people": await People(db).all(),
+            "claim": await Claims(db).get(f"{RecordKind.ORDER.value}:10:1"),
+            "snoozed": await ReminderStore(db).snoozed("0f0e0d0c-aaaa-bbbb-cccc-000000000001", 0),
+            "slot_taken_again": await ReminderStore(db).take_slot("2026-12-05 09:00"),
+            "rows": await Store(db).row_counts(),
+        }
+    finally:
+        await db.close()
+
+
+def _summary(report) -> dict[str, int]:
+    return {c.table: c.rows for c in report.tables}
+
+
+async def test_sqlite_to_sqlite_keeps_every_view_and_ids_continue(tmp_path, ifs, connector, service_factory):
+    source = await filled_store(tmp_path, ifs, connector, service_factory)
+    target = tmp_path / "copy" / "notifier.sqlite3"
+    before = await views(source, tmp_path / "master.key")
+
+    report = await transfer(f"sqlite:{source}", f"sqlite:{target}", batch=2)
+
+    after = await views(str(target), tmp_path / "master.key")
+    assert after == before
+    assert before["secrets"] == SECRETS | {n: v for n, v in before["secrets"].items() if n.startswith("ifs.")}
+    assert before["outbox"].get("sent", 0) >= 4 and len(before["cards"]) >= 4 and len(before["audit"]) > 5
+    assert before["slot_taken_again"] is False  # the reminder slot (a meta row) came along
+    assert [c.table for c in report.tables] == list(TABLES)
+    counts = _summary(report)
+    assert counts["events"] == before["rows"]["events"] and counts["audit"] == len(before["audit"])
+    db = await open_database(str(target))
+    try:  # new rows continue after the copied ids
+        new_id = await AuditLog(db).record("system", "after the move", "ok")
+        assert new_id == max(e["id"] for e in before["audit"]) + 1
+    finally:
+        await db.close()
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+async def test_sqlite_to_postgresql_and_back_keeps_every_view(tmp_path, ifs, connector, service_factory, pg_server):
+    source = await filled_store(tmp_path, ifs, connector, service_factory)
+    url = pg_server.new_database()
+    back = tmp_path / "back.sqlite3"
+    before = await views(source, tmp_path / "master.key")
+
+    there = await transfer(f"sqlite:{source}", url, batch=3)
+    on_postgres = await views(url, tmp_path / "master.key")
+    again = await transfer(url, f"sqlite:{back}")
+    after = await views(str(back), tmp_path / "master.key")
+
+    assert on_postgres == before
+    assert after == before
+    assert _summary(there) == _summary(again)
+    db = await open_database(url)
+    try:  # the identity sequences were set past the copied ids
+        new_id = await AuditLog(db).record("system", "after the move", "ok")
+        assert new_id == max(e["id"] for e in before["audit"]) + 1
+    finally:
+        await db.close()
+
+
+async def test_a_target_that_holds_data_is_refused_and_left_as_it_was(tmp_path, ifs, connector, service_factory):
+    source = await filled_store(tmp_path, ifs, connector, service_factory)
+    target = tmp_path / "other.sqlite3"
+    db = await open_database(str(target))
+    await AuditLog(db).record("system", "service started", "ok")
+    await db.close()
+
+    with pytest.raises(TransferRefused, match=r"already holds data \(audit: 1 rows\).*empty store only"):
+        await transfer(f"sqlite:{source}", f"sqlite:{target}")
+
+    with sqlite3.connect(target) as conn:
+        assert conn.execute("SELECT count(*) FROM audit").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+
+
+async def test_a_copy_that_fails_half_way_commits_nothing(tmp_path, ifs, connector, service_factory):
+    source = await filled_store(tmp_path, ifs, connector, service_factory)
+    with sqlite3.connect(source) as conn:  # a row SQLite let in that the target's constraints refuse
+        conn.execute("PRAGMA foreign_keys=OFF")
+        conn.execute("INSERT INTO bindings (channel_id, company, kinds, created_at) VALUES ('19:gone', '20', 'order', 0)")
+    target = tmp_path / "copy.sqlite3"
+
+    with pytest.raises(TransferRefused, match=r"table bindings: .*FOREIGN KEY constraint failed.*nothing was committed"):
+        await transfer(source, f"sqlite:{target}")
+
+    with sqlite3.connect(target) as conn:
+        assert [conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("secrets", "channels", "bindings")] \
+            == [0, 0, 0]
+    with sqlite3.connect(source) as conn:
+        conn.execute("DELETE FROM bindings WHERE channel_id = '19:gone'")
+    retried = await transfer(source, f"sqlite:{target}")  # the failed copy left the target empty
+    assert _summary(retried)["bindings"] == 1 and _summary(retried)["secrets"] >= 3
+
+
+@pytest.mark.parametrize(("source", "target", "message"), [
+    ("sqlite:{tmp}/missing.sqlite3", "sqlite:{tmp}/b.sqlite3", "--from sqlite:{tmp}/missing.sqlite3: no such file"),
+    ("sqlite:{tmp}/a.sqlite3", "postgresql://notifier:hunter2@db.example.com/notifier",
+     "--to postgresql://notifier@db.example.com/notifier: a password on the command line"),
+    ("sqlite:{tmp}/a.sqlite3", "mysql://db/notifier", "--to: mysql:// is not a store"),
+    ("sqlite:{tmp}/a.sqlite3", "{tmp}/a.sqlite3", "is the source itself"),
+])
+async def test_refusals_name_the_option_and_never_the_password(tmp_path, source, target, message):
+    sqlite3.connect(tmp_path / "a.sqlite3").close()
+    fill = {"tmp": str(tmp_path)}
+
+    with pytest.raises(TransferRefused) as caught:
+        await transfer(source.format(**fill), target.format(**fill))
+
+    assert message.format(**fill) in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+    assert not (tmp_path / "b.sqlite3").exists()
+
+
+def test_describe_drops_the_password_and_the_query():
+    assert describe("postgresql://u:secret@h:5433/db?sslmode=require") == "postgresql://u@h:5433/db"
+    assert describe("sqlite:///data/n.sqlite3") == "sqlite:/data/n.sqlite3"
+    assert describe("var/n.sqlite3") == "sqlite:var/n.sqlite3"
+
+
+async def test_the_command_line_copies_and_prints_a_summary(tmp_path, ifs, connector, service_factory):
+    source = await filled_store(tmp_path, ifs, connector, service_factory)
+    target = tmp_path / "cli.sqlite3"
+
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "app.py", "migrate-store", "--from", f"sqlite:{source}", "--to",
+                         f"sqlite:{target}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    again = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "app.py", "migrate-store", "--from", f"sqlite:{source}", "--to",
+                         f"sqlite:{target}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert "row counts match table by table" in done.stdout and "same master key" in done.stdout
+    assert any(line.split()[:1] == ["deliveries"] for line in done.stdout.splitlines())
+    assert again.returncode == 1 and "already holds data" in again.stderr
+
+
+def test_backup_of_a_postgresql_store_prints_the_pg_dump_command_without_the_password(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "NOTIFIER__SERVICE__DATABASE": "postgresql://notifier:hunter2@db.internal:5432/notify"}
+
+    done = subprocess.run([sys.executable, "app.py", "backup", str(tmp_path / "b.dump")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 2
+    assert (f"pg_dump --format=custom --file={tmp_path / 'b.dump'} --dbname=postgresql://notifier@db.internal:5432/notify"
+            in done.stderr), done.stderr
+    assert "hunter2" not in done.stderr + done.stdout
+    assert not (tmp_path / "b.dump").exists()
