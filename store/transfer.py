@@ -31,9 +31,12 @@ from store.db import Database, open_database
 # events). A migration that adds a table adds it here too: a table the copy does not know is refused,
 # never left behind.
 TABLES: tuple[str, ...] = ("meta", "secrets", "channels", "bindings", "events", "seen", "deliveries", "cards",
-                           "sources", "quarantine", "audit", "people", "claims", "snoozes")
-# Bookkeeping of the database itself, never copied: each side keeps its own.
-NOT_COPIED = frozenset({"schema_version", "sqlite_sequence", "sqlite_stat1", "sqlite_stat4"})
+                           "sources", "quarantine", "audit", "people", "claims", "snoozes", "leadership")
+# Never copied: the database's own bookkeeping (each side keeps its own), and what running replicas hold
+# only while they run (heartbeats, channel leases): a stopped service holds none that matter, and a stale
+# lease copied over would only hold a channel back until it ran out.
+NOT_COPIED = frozenset({"schema_version", "sqlite_sequence", "sqlite_stat1", "sqlite_stat4", "replicas",
+                        "channel_leases"})
 # Rows every freshly migrated store already holds: the target's are replaced by the source's.
 REPLACED = frozenset({"meta"})
 BATCH = 1000
