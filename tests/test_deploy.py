@@ -694,8 +694,55 @@ def test_bicep_wires_bot_key_vault_key_and_data_share_as_the_image_expects():
     assert re.search(r"mountPath: '/data'", text) and "storageType: 'AzureFile'" in text
     assert f"uid={uid},gid={uid}" in text and "file_mode=0600" in text
     assert re.search(r"var containerPort = (\d+)", text).group(1) == dockerfile("EXPOSE")[0]
-    assert re.search(r"maxReplicas: 1\b", text)
     assert "path: '/healthz'" in text
+
+
+def _bicep_resource(text: str, symbol: str) -> str:
+    """A resource's declaration line and body (up to the next top-level closing brace)."""
+    return re.search(rf"^resource {symbol} '[^']+' = [^\n]*\{{\n.*?^\}}", text, re.M | re.S).group(0)
+
+
+def test_bicep_runs_two_replicas_on_a_postgres_flexible_server_and_one_on_sqlite():
+    text = BICEP.read_text(encoding="utf-8")
+    server = _bicep_resource(text, "postgres")
+    scale = re.search(r"scale: \{(.*?)\}", text, re.S).group(1)
+
+    assert re.search(r"^param database string = 'postgresql'$", text, re.M)
+    assert re.search(r"@allowed\(\[\s+'postgresql'\s+'sqlite'\s+\]\)\nparam database ", text)
+    assert "var onPostgres = database == 'postgresql'" in text
+    assert "var replicas = onPostgres ? 2 : 1" in text
+    assert re.search(r"minReplicas: replicas\s+maxReplicas: replicas", scale)
+    assert server.startswith("resource postgres 'Microsoft.DBforPostgreSQL/flexibleServers@")
+    assert "= if (onPostgres) {" in server and "version: '16'" in server and "administratorLogin: postgresUser" in server
+    assert "'Microsoft.DBforPostgreSQL/flexibleServers/databases@" in _bicep_resource(text, "postgresDb")
+    assert "parent: postgres" in _bicep_resource(text, "postgresFromAzure")
+    for symbol in ("storage", "fileService", "dataShare", "environmentStorage"):  # the share: SQLite only
+        assert "= if (!onPostgres) {" in _bicep_resource(text, symbol).splitlines()[0], symbol
+    assert "volumeMounts: onPostgres ? [] : [" in text and "volumes: onPostgres ? [] : [" in text
+    assert "SQLite's locks do not work across SMB" in text and "never more than one replica" in text
+
+
+def test_bicep_takes_the_postgres_password_as_a_secure_parameter_into_key_vault_only():
+    text = BICEP.read_text(encoding="utf-8")
+    url = re.search(r"^var databaseUrl = (.*)$", text, re.M).group(1)
+    uses = [line.strip() for line in text.splitlines()
+            if re.search(r"\bpostgresPassword\b", line) and not line.lstrip().startswith("//")]
+
+    assert "@secure()\nparam postgresPassword string = ''" in text
+    # declared, written to Key Vault and given to the server on creation; nowhere else (no env, no output)
+    assert uses == ["param postgresPassword string = ''",
+                    "resource postgresPasswordSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (onPostgres"
+                    " && !empty(postgresPassword)) {",
+                    "value: postgresPassword",
+                    "}, empty(postgresPassword) ? {} : {",
+                    "administratorLoginPassword: postgresPassword"], uses
+    assert url.startswith("onPostgres ? 'postgresql://${postgresUser}@${postgres.properties.fullyQualifiedDomainName}")
+    assert "sslmode=require" in url and ":5432/" in url
+    assert re.search(r"name: 'NOTIFIER__SERVICE__DATABASE'\s+value: databaseUrl", text)
+    assert re.search(r"name: 'PGPASSWORD'\s+secretRef: 'postgres-password'", text)
+    assert re.search(r"name: 'postgres-password'\s+keyVaultUrl: '\$\{vault.properties.vaultUri\}secrets/"
+                     r"\$\{postgresSecretName\}'\s+identity: identity.id", text)
+    assert not re.search(r"^output .*[Pp]assword", text, re.M)
 
 
 def test_bicep_parameters_are_documented():
