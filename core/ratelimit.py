@@ -14,14 +14,35 @@ class WindowLimiter:
     """
 
     def __init__(self, windows: Sequence[tuple[int, float]], now: Callable[[], float]) -> None:
+        self._now = now
+        self._times: deque[float] = deque()
+        self._blocked_until = 0.0
+        self.set_windows(windows)
+
+    def set_windows(self, windows: Sequence[tuple[int, float]]) -> None:
+        """Change the limits, keeping what was admitted (a replica's share of an app-wide limit changes)."""
         if not windows or any(count <= 0 or seconds <= 0 for count, seconds in windows):
             raise ValueError("windows need positive counts and durations")
         self._windows = sorted(((int(c), float(s)) for c, s in windows), key=lambda w: w[1])
-        self._now = now
         self._keep = max(c for c, _ in self._windows)
         self._horizon = max(s for _, s in self._windows)
-        self._times: deque[float] = deque()
-        self._blocked_until = 0.0
+        while len(self._times) > self._keep:
+            self._times.popleft()
+
+    @property
+    def windows(self) -> tuple[tuple[int, float], ...]:
+        return tuple(self._windows)
+
+    @property
+    def horizon(self) -> float:
+        """The longest window, in seconds: admissions older than this no longer matter."""
+        return self._horizon
+
+    def seed(self, times: Sequence[float], *, replace: bool = False) -> None:
+        """Count earlier admissions (on this limiter's clock) made elsewhere: sends by another process.
+        `replace`: they are the whole history (they include this limiter's own)."""
+        merged = sorted([*([] if replace else self._times), *times])
+        self._times = deque(merged[-self._keep:])
 
     def wait_time(self, now: float | None = None) -> float:
         """Seconds until one more event would be admitted (0.0 = now)."""
