@@ -529,6 +529,8 @@ def test_compose_postgres_runs_two_replicas_on_a_healthy_postgres_with_its_own_v
         assert (DEPLOY / svc["build"]["context"] / svc["build"]["dockerfile"]).resolve() == DOCKERFILE
         names.add(env["NOTIFIER__SERVICE__REPLICA_NAME"])
         assert svc["env_file"] == [{"path": "./notifier.env", "required": "false"}]
+        settings = load_settings(env=dockerfile_env() | env)  # what the replica's container starts with
+        assert settings.service.replica_name == env["NOTIFIER__SERVICE__REPLICA_NAME"]
     assert len(names) == 2
 
 
