@@ -796,3 +796,28 @@ def test_runbook_names_the_ops_port_and_the_new_refusals():
     for needle in ("service.ops_port", "3979", "audit_retention_days", "min_free_disk_mb",
                    "does not decrypt the stored secret", "cannot listen on", "cannot be used", "changed to 600"):
         assert needle in text, needle
+
+
+def test_runbook_covers_fail_over_upgrades_moving_and_postgres_backups():
+    text = RUNBOOK.read_text(encoding="utf-8")
+
+    for needle in ("## Fail-over", "## Rolling upgrade", "## Moving from SQLite to PostgreSQL", "leader_takeover_seconds",
+                   "leadership acquired", "audit --category lifecycle", "forward-only", "under a lock",
+                   "one at a time", "migrate-store", "same master key", "PGPASSFILE", "pg_restore",
+                   "compose.postgres.yaml", "database=sqlite", "SMB"):
+        assert needle in text, needle
+
+
+def test_the_pg_dump_command_of_the_runbook_and_readme_is_the_one_backup_prints():
+    import app
+
+    printed = app.pg_dump_command("postgresql://notifier:pw@db:5432/notifier", "x.dump")
+    options = re.findall(r"(?<!\S)--[\w-]+", printed)
+    for path in (RUNBOOK, ROOT / "README.md"):
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                 if line.strip().startswith("pg_dump ")]
+        assert lines, path
+        for line in lines:
+            assert re.findall(r"(?<!\S)--[\w-]+", line) == options, (path, line)
+    assert printed.startswith("pg_dump ") and options == ["--format", "--file", "--dbname"]
+    assert "pw" not in printed and "--dbname=postgresql://notifier@db:5432/notifier" in printed
