@@ -36,8 +36,9 @@ from service import (  # noqa: F401 - re-exported: app.build_service, app.Servic
 )
 from store.audit import AuditLog
 from store.bindings import Bindings
+from store.db import is_server_url
 from store.outbox import Outbox
-from store.transfer import describe, is_postgres, transfer
+from store.transfer import describe, transfer
 from store.vault import KNOWN_SECRETS
 
 log = logging.getLogger("notifier")
@@ -271,7 +272,7 @@ async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
-    if is_postgres(settings.service.database):
+    if is_server_url(settings.service.database):
         # PostgreSQL's own tool takes a consistent dump of a live database; the password comes from
         # PGPASSWORD or a PGPASSFILE, never from this command line
         print(f"error: backup copies SQLite stores only; {describe(settings.service.database)} is PostgreSQL:"

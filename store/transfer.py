@@ -13,7 +13,6 @@ stop the service (every replica) first, or what it writes after the snapshot is 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -25,7 +24,7 @@ from urllib.parse import urlsplit
 import aiosqlite
 
 from core.errors import NotifierError
-from store.db import Database, open_database
+from store.db import SqliteDatabase, is_server_url, open_database, open_sqlite
 
 # Every table of the schema, parents before children (bindings -> channels, seen and deliveries ->
 # events). A migration that adds a table adds it here too: a table the copy does not know is refused,
@@ -69,10 +68,6 @@ class TransferReport:
 
 # --------------------------------------------------------------------------- naming a store
 
-def is_postgres(target: str) -> bool:
-    return target.startswith(("postgresql://", "postgres://"))
-
-
 def sqlite_path(target: str) -> str:
     """`sqlite:PATH`, `sqlite:///ABSOLUTE` or a bare path (as `service.database` takes it) -> the file path."""
     if target.startswith("sqlite://"):
@@ -82,7 +77,7 @@ def sqlite_path(target: str) -> str:
 
 def describe(target: str) -> str:
     """The store for messages: a PostgreSQL URL without its password (and without its query string)."""
-    if not is_postgres(target):
+    if not is_server_url(target):
         return "sqlite:" + sqlite_path(target)
     parts = urlsplit(target)
     user = f"{parts.username}@" if parts.username else ""
@@ -96,7 +91,7 @@ def describe(target: str) -> str:
 def _check_name(option: str, target: str) -> None:
     if not target:
         raise TransferRefused(f"{option}: empty: give sqlite:PATH or postgresql://USER@HOST[:PORT]/DATABASE")
-    if is_postgres(target):
+    if is_server_url(target):
         if urlsplit(target).password is not None:
             raise TransferRefused(f"{option} {describe(target)}: a password on the command line can be read by other"
                                       " users of this machine; put it in PGPASSWORD or a PGPASSFILE instead")
@@ -137,7 +132,7 @@ def _ident(name: str) -> str:
 
 
 class _SqliteSide:
-    def __init__(self, db: Database, name: str) -> None:
+    def __init__(self, db: SqliteDatabase, name: str) -> None:
         self.db, self.name = db, name
         self.conn: aiosqlite.Connection = db.conn
 
@@ -260,14 +255,12 @@ class _PostgresSide:
 async def _open(option: str, target: str, *, must_exist: bool) -> _Side:
     """Open (and so migrate) the store the way the service does; then the side the copy works with."""
     name = describe(target)
-    if not is_postgres(target):
+    if not is_server_url(target):
         path = sqlite_path(target)
         if must_exist and not os.path.isfile(path):
             raise TransferRefused(f"{option} {name}: no such file")
-        return _SqliteSide(await open_database(path), name)
-    if importlib.util.find_spec("store.pg") is None or importlib.util.find_spec("asyncpg") is None:
-        raise TransferRefused(f"{option} {name}: this installation has no PostgreSQL support")
-    import asyncpg  # type: ignore[import-untyped]  # only with a PostgreSQL store
+        return _SqliteSide(await open_sqlite(path), name)
+    import asyncpg  # imported here, as store.db does: SQLite installations never load the PostgreSQL driver
 
     migrated = await open_database(target)  # migrates it to this version's schema
     await migrated.close()
@@ -311,7 +304,7 @@ async def transfer(source: str, target: str, *, batch: int = BATCH,
     _check_name("--from", source)
     _check_name("--to", target)
     if describe(source) == describe(target) or (
-            not is_postgres(source) and not is_postgres(target)
+            not is_server_url(source) and not is_server_url(target)
             and os.path.realpath(sqlite_path(source)) == os.path.realpath(sqlite_path(target))):
         raise TransferRefused(f"--to {describe(target)} is the source itself")
     started = time.monotonic()
