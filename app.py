@@ -8,7 +8,6 @@ import getpass
 import json
 import logging
 import os
-import shlex
 import sqlite3
 import sys
 import tomllib
@@ -38,7 +37,7 @@ from store.audit import AuditLog
 from store.bindings import Bindings
 from store.db import is_server_url
 from store.outbox import Outbox
-from store.transfer import describe, transfer
+from store.transfer import describe, pg_dump_command, transfer
 from store.vault import KNOWN_SECRETS
 
 log = logging.getLogger("notifier")
@@ -284,10 +283,6 @@ async def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
         os.chmod(args.target, 0o600)
         print(f"backup written to {args.target} (secrets stay encrypted; keep the key file separately)")
         return 0
-
-
-def pg_dump_command(database: str, target: str) -> str:
-    return f"pg_dump --format=custom --file={shlex.quote(target)} --dbname={shlex.quote(describe(database))}"
 
 
 async def cmd_migrate_store(settings: Settings, args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ stop the service (every replica) first, or what it writes after the snapshot is 
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -86,6 +87,12 @@ def describe(target: str) -> str:
         host = f"[{host}]"
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+
+
+def pg_dump_command(database: str, target: str) -> str:
+    """The command that backs a PostgreSQL store up into the file `target` (`backup` prints it): the server's
+    own consistent dump of the live database; the password from PGPASSWORD or a PGPASSFILE, never here."""
+    return f"pg_dump --format=custom --file={shlex.quote(target)} --dbname={shlex.quote(describe(database))}"
 
 
 def _check_name(option: str, target: str) -> None:
