@@ -26,6 +26,7 @@ import aiosqlite
 
 from core.errors import NotifierError
 from store.db import SqliteDatabase, is_server_url, open_database, open_sqlite
+from store.leader import LEADER_KEY, FileLeadership, Timing
 
 # Every table of the schema, parents before children (bindings -> channels, seen and deliveries ->
 # events). A migration that adds a table adds it here too: a table the copy does not know is refused,
@@ -40,6 +41,10 @@ NOT_COPIED = frozenset({"schema_version", "sqlite_sequence", "sqlite_stat1", "sq
 # Rows every freshly migrated store already holds: the target's are replaced by the source's.
 REPLACED = frozenset({"meta"})
 BATCH = 1000
+COPIER = "migrate-store"  # this command, as the holder of the scheduler's lock for the copy
+# A replica's heartbeat is younger than this many seconds (twice it, to be safe) while it runs; the
+# default of service.leader_takeover_seconds, as the source's settings are not known here.
+ASSUMED_TAKEOVER = 15.0
 
 Row = tuple[Any, ...]
 
@@ -116,6 +121,7 @@ class _Side(Protocol):
 
     name: str
 
+    async def hold(self) -> str | None: ...  # the scheduler's lock taken for the copy, or why not
     async def version(self) -> int: ...
     async def tables(self) -> set[str]: ...
     async def columns(self, table: str) -> list[tuple[str, str]]: ...  # (name, declared type)
@@ -142,6 +148,13 @@ class _SqliteSide:
     def __init__(self, db: SqliteDatabase, name: str) -> None:
         self.db, self.name = db, name
         self.conn: aiosqlite.Connection = db.conn
+        self._lock = FileLeadership(db, db.path, COPIER, Timing(ASSUMED_TAKEOVER))
+
+    async def hold(self) -> str | None:
+        if self._lock.try_lock():
+            return None
+        return (f"a notifier process is running on {self.name} (it holds {self._lock.path}): stop the service"
+                " first, or what it writes during the copy is lost")
 
     async def _values(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
         async with self.conn.execute(sql, params) as cur:
@@ -190,6 +203,7 @@ class _SqliteSide:
         await self.conn.rollback()
 
     async def close(self) -> None:
+        self._lock.unlock()
         await self.db.close()
 
 
@@ -199,6 +213,18 @@ class _PostgresSide:
     def __init__(self, conn: Any, name: str) -> None:
         self.conn, self.name = conn, name
         self._tx: Any = None
+
+    async def hold(self) -> str | None:
+        # the lock the leading replica holds for as long as it runs; held here, no replica can start polling
+        if not await self.conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_KEY):
+            return (f"a replica of the service runs the scheduler on {self.name}: stop every replica first,"
+                    " or what they write during the copy is lost")
+        alive = await self.conn.fetch("SELECT replica FROM replicas WHERE seen_at >= $1 ORDER BY replica",
+                                      time.time() - 2 * ASSUMED_TAKEOVER)
+        if alive:
+            return (f"replicas of the service were alive on {self.name} moments ago"
+                    f" ({', '.join(str(r[0]) for r in alive)}): stop every replica first")
+        return None
 
     async def version(self) -> int:
         return int(await self.conn.fetchval("SELECT max(version) FROM schema_version") or 0)
@@ -318,14 +344,22 @@ async def transfer(source: str, target: str, *, batch: int = BATCH,
     say = progress or (lambda _line: None)
     src = await _open("--from", source, must_exist=True)
     try:
+        await _hold("--from", src)  # before the target is made: a refused copy leaves no new file behind
         dst = await _open("--to", target, must_exist=False)
         try:
+            await _hold("--to", dst)
             report = await _copy(src, dst, batch, say)
         finally:
             await dst.close()
     finally:
         await src.close()
     return TransferReport(src.name, dst.name, report[0], report[1], time.monotonic() - started)
+
+
+async def _hold(option: str, side: _Side) -> None:
+    """Take the scheduler's lock of the store for the copy: refused while the service runs on it."""
+    if problem := await side.hold():
+        raise TransferRefused(f"{option}: {problem}")
 
 
 async def _copy(src: _Side, dst: _Side, batch: int, say: Callable[[str], None]) -> tuple[int, tuple[Copied, ...]]:

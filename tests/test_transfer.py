@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from simulator import postgres
 from store.audit import AuditLog
 from store.channels import Channels
 from store.db import open_database
+from store.leader import LEADER_KEY, FileLeadership, Timing
 from store.outbox import Outbox
 from store.people import Claims, People, ReminderStore
 from store.transfer import TABLES, TransferRefused, describe, transfer
@@ -171,6 +173,45 @@ async def test_a_copy_that_fails_half_way_commits_nothing(tmp_path, ifs, connect
         conn.execute("DELETE FROM bindings WHERE channel_id = '19:gone'")
     retried = await transfer(source, f"sqlite:{target}")  # the failed copy left the target empty
     assert _summary(retried)["bindings"] == 1 and _summary(retried)["secrets"] >= 3
+
+
+async def test_a_store_a_running_service_holds_is_refused_before_anything_is_written(tmp_path, ifs, connector,
+                                                                                      service_factory):
+    source = await filled_store(tmp_path, ifs, connector, service_factory)
+    db = await open_database(source)
+    running = FileLeadership(db, source, "serve", Timing(15.0))  # what `serve` holds while it runs
+    assert running.try_lock()
+    try:
+        with pytest.raises(TransferRefused, match=r"--from: a notifier process is running on sqlite:.*stop the"
+                                                  r" service first"):
+            await transfer(source, f"sqlite:{tmp_path / 'new.sqlite3'}")
+    finally:
+        running.unlock()
+        await db.close()
+
+    assert not (tmp_path / "new.sqlite3").exists()
+    assert _summary(await transfer(source, f"sqlite:{tmp_path / 'new.sqlite3'}"))["channels"] == 1
+
+
+async def test_a_postgresql_store_whose_replicas_run_is_refused(tmp_path, pg_server):
+    import asyncpg
+
+    url = pg_server.new_database()
+    db = await open_database(url)
+    await db.close()
+    leader = await asyncpg.connect(url)
+    try:
+        assert await leader.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_KEY)
+        with pytest.raises(TransferRefused, match=r"--from: a replica of the service runs the scheduler on"
+                                                  r" postgresql://notifier@127.0.0.1:\d+/\w+: stop every replica"):
+            await transfer(url, f"sqlite:{tmp_path / 'out.sqlite3'}")
+        await leader.execute("SELECT pg_advisory_unlock($1)", LEADER_KEY)
+        await leader.execute("INSERT INTO replicas (replica, started_at, seen_at) VALUES ('b-1', $1, $1)", time.time())
+        with pytest.raises(TransferRefused, match=r"replicas of the service were alive .* \(b-1\)"):
+            await transfer(url, f"sqlite:{tmp_path / 'out.sqlite3'}")
+    finally:
+        await leader.close()
+    assert not (tmp_path / "out.sqlite3").exists()
 
 
 @pytest.mark.parametrize(("source", "target", "message"), [
