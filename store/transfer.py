@@ -7,8 +7,9 @@ trail and the seen rows point at each other by id); on PostgreSQL the identity s
 past the largest id. Row counts are compared per table before the commit. Secrets are copied as their
 ciphertext: the same master key reads them in the new store.
 
-The source is read in one snapshot, but nothing stops a running service from writing to it after that:
-stop the service (every replica) first, or what it writes after the snapshot is not in the copy.
+The source is read in one snapshot; what a running service wrote after it would be lost, so the copy
+refuses a store the service still runs on (the scheduler's lock is held, or PostgreSQL replicas sent a
+heartbeat moments ago), and holds that lock itself while it copies. Stop the service (every replica) first.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import aiosqlite
 
@@ -82,7 +83,8 @@ def sqlite_path(target: str) -> str:
 
 
 def describe(target: str) -> str:
-    """The store for messages: a PostgreSQL URL without its password (and without its query string)."""
+    """The store for messages and commands: a PostgreSQL URL without its password (in the user part or a
+    `password=` parameter); a SQLite path as sqlite:PATH."""
     if not is_server_url(target):
         return "sqlite:" + sqlite_path(target)
     parts = urlsplit(target)
@@ -91,7 +93,13 @@ def describe(target: str) -> str:
     if ":" in host:  # an IPv6 literal
         host = f"[{host}]"
     port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
+    return f"{parts.scheme}://{user}{host}{port}{parts.path}" + (f"?{query}" if query else "")
+
+
+def _has_password(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.password is not None or any(k == "password" for k, _ in parse_qsl(parts.query))
 
 
 def pg_dump_command(database: str, target: str) -> str:
@@ -104,12 +112,12 @@ def _check_name(option: str, target: str) -> None:
     if not target:
         raise TransferRefused(f"{option}: empty: give sqlite:PATH or postgresql://USER@HOST[:PORT]/DATABASE")
     if is_server_url(target):
-        if urlsplit(target).password is not None:
-            raise TransferRefused(f"{option} {describe(target)}: a password on the command line can be read by other"
-                                      " users of this machine; put it in PGPASSWORD or a PGPASSFILE instead")
+        if _has_password(target):
+            raise TransferRefused(f"{option} {describe(target)}: a password on the command line can be read by"
+                                  " other users of this machine; put it in PGPASSWORD or a PGPASSFILE instead")
     elif "://" in target and not target.startswith("sqlite://"):
         raise TransferRefused(f"{option}: {target.split('://')[0]}:// is not a store: give sqlite:PATH or"
-                                  " postgresql://USER@HOST[:PORT]/DATABASE")
+                              " postgresql://USER@HOST[:PORT]/DATABASE")
     elif not sqlite_path(target):
         raise TransferRefused(f"{option}: sqlite: needs a file path, e.g. sqlite:/data/notifier.sqlite3")
 

@@ -218,6 +218,8 @@ async def test_a_postgresql_store_whose_replicas_run_is_refused(tmp_path, pg_ser
     ("sqlite:{tmp}/missing.sqlite3", "sqlite:{tmp}/b.sqlite3", "--from sqlite:{tmp}/missing.sqlite3: no such file"),
     ("sqlite:{tmp}/a.sqlite3", "postgresql://notifier:hunter2@db.example.com/notifier",
      "--to postgresql://notifier@db.example.com/notifier: a password on the command line"),
+    ("sqlite:{tmp}/a.sqlite3", "postgres://notifier@db.example.com/notifier?password=hunter2",
+     "--to postgres://notifier@db.example.com/notifier: a password on the command line"),
     ("sqlite:{tmp}/a.sqlite3", "mysql://db/notifier", "--to: mysql:// is not a store"),
     ("sqlite:{tmp}/a.sqlite3", "{tmp}/a.sqlite3", "is the source itself"),
 ])
@@ -233,8 +235,9 @@ async def test_refusals_name_the_option_and_never_the_password(tmp_path, source,
     assert not (tmp_path / "b.sqlite3").exists()
 
 
-def test_describe_drops_the_password_and_the_query():
-    assert describe("postgresql://u:secret@h:5433/db?sslmode=require") == "postgresql://u@h:5433/db"
+def test_describe_drops_the_password_and_keeps_the_rest():
+    assert describe("postgresql://u:secret@h:5433/db?sslmode=require") == "postgresql://u@h:5433/db?sslmode=require"
+    assert describe("postgresql://u@h/db?password=secret&sslmode=verify-full") == "postgresql://u@h/db?sslmode=verify-full"
     assert describe("sqlite:///data/n.sqlite3") == "sqlite:/data/n.sqlite3"
     assert describe("var/n.sqlite3") == "sqlite:var/n.sqlite3"
 
