@@ -95,7 +95,8 @@ class Timing:
     def keepalive(self) -> tuple[int, int, int]:
         """Server-side TCP keepalive of the lock session (idle, interval, count), whole seconds: a leader
         whose host or network died loses the lock within about server_gone seconds."""
-        return max(1, int(self.takeover / 4)), max(1, int(self.takeover / 20)), 3
+        idle, interval = max(1, int(self.takeover / 4)), max(1, int(self.takeover / 20))
+        return idle, interval, max(1, min(3, int((0.4 * self.takeover - idle) / interval)))
 
     @property
     def server_gone(self) -> float:
@@ -140,13 +141,12 @@ class Leadership(Protocol):
 
 async def _bump_epoch(db: Database, replica: str, now: float) -> int:
     async with db.transaction() as conn:
-        cur = await conn.execute(
-            "INSERT INTO leadership (name, epoch, holder, since) VALUES (?, 1, ?, ?) ON CONFLICT (name)"
-            " DO UPDATE SET epoch = leadership.epoch + 1, holder = excluded.holder, since = excluded.since"
-            " RETURNING epoch", (SCOPE, replica, now))
-        row = await cur.fetchone()
-    assert row is not None  # an upsert with RETURNING returns its row
-    return int(row[0])
+        async with conn.execute(
+                "INSERT INTO leadership (name, epoch, holder, since) VALUES (?, 1, ?, ?) ON CONFLICT (name)"
+                " DO UPDATE SET epoch = leadership.epoch + 1, holder = excluded.holder, since = excluded.since"
+                " RETURNING epoch", (SCOPE, replica, now)) as cur:
+            rows = list(await cur.fetchall())
+    return int(rows[0][0])  # an upsert with RETURNING returns its row
 
 
 class FileLeadership:
