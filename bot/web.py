@@ -126,18 +126,19 @@ class WebApps:
         ifs_down = [s.last_error for s in states if (s.kind, s.company) == ("*", "*") and not s.available]
         failing = sorted(f"{s.kind}/{s.company}" for s in states if s.kind != "*" and not s.available)
         try:
-            free = self.db.free_disk_bytes()
+            free = self.db.free_disk_bytes()  # None: a database server, whose disk is watched where it runs
         except OSError:  # the directory itself is gone or unreadable: nothing to write to either
             free = 0
         checks: dict[str, Any] = {
             "database": await self.db.writable(),
-            "disk": free >= self.settings.min_free_disk_mb * 1024 * 1024,
             "ifs": token["last_error"] is None and not ifs_down,
             "connector_credentials": await self._connector_ready(),
         }
+        info: dict[str, Any] = {"ifs_token_valid": token["valid"], "sources_failing": failing}
+        if free is not None:
+            checks["disk"] = free >= self.settings.min_free_disk_mb * 1024 * 1024
+            info["disk_free_mb"] = round(free / (1024 * 1024), 1)
         ready = all(checks.values())
-        info: dict[str, Any] = {"disk_free_mb": round(free / (1024 * 1024), 1),
-                                "ifs_token_valid": token["valid"], "sources_failing": failing}
         if not checks["ifs"]:
             info["ifs_error"] = str(token["last_error"] or ifs_down[0])[:200]
         return {"ready": ready, **checks, **info}

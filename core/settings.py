@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from core.errors import ConfigError
@@ -305,6 +306,21 @@ def _set_source_from_env(sources: dict[str, Any], var: str, path: list[str], tex
     table[path[-1]] = value
 
 
+def _no_password_in_file(database: Any) -> None:
+    """A database URL in the config file names no password: files get copied, committed and attached to
+    tickets. The password comes from the environment (NOTIFIER__SERVICE__DATABASE, PGPASSWORD) or a pgpass file."""
+    if not isinstance(database, str):
+        return
+    try:
+        password = urlsplit(database).password
+    except ValueError:
+        return
+    if password is not None:
+        raise ConfigError("service.database", "the URL in the config file holds a password; remove it and give it"
+                                              " in PGPASSWORD or a pgpass file (PGPASSFILE), or give the whole URL"
+                                              " in NOTIFIER__SERVICE__DATABASE")
+
+
 def load_settings(path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str],
                   overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
     """Read TOML (if a path is given), apply the `NOTIFIER__*` overrides found in `env`, validate. Raises
@@ -326,6 +342,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, env: Mapping[st
     for name in _SECTIONS:  # `service = 5` is a value where a table belongs
         if not isinstance(raw.get(name, {}), Mapping):
             raise ConfigError(name, f"expected a table ([{name}]), got {raw[name]!r}")
+    _no_password_in_file(raw.get("service", {}).get("database"))
     merged: dict[str, dict[str, Any]] = {name: dict(raw.get(name, {}) or {}) for name in _SECTIONS}
     for name in raw:
         if name not in _SECTIONS and name != "sources":

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, cast
-
-import aiosqlite
+from typing import Any
 
 from core.clock import SYSTEM_CLOCK, Clock
-from store.db import Database
+from store.db import Connection, Database
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +35,7 @@ class AuditLog:
 
     INSERT = ("INSERT INTO audit (at, category, action, outcome, channel_id, company, record_id, delivery_id,"
               " actor, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    INSERT_RETURNING = INSERT + " RETURNING id"
 
     def row(self, category: str, action: str, outcome: str, *, channel_id: str | None = None,
             company: str | None = None, record_id: str | None = None, delivery_id: int | None = None,
@@ -45,15 +44,17 @@ class AuditLog:
         return (self._now(), category, action, outcome, channel_id, company, record_id, delivery_id, actor,
                 json.dumps(detail, default=str, separators=(",", ":")) if detail else None)
 
-    async def add(self, conn: aiosqlite.Connection, category: str, action: str, outcome: str, **kwargs: Any) -> None:
+    async def add(self, conn: Connection, category: str, action: str, outcome: str, **kwargs: Any) -> None:
         """Write inside the caller's transaction."""
         await conn.execute(self.INSERT, self.row(category, action, outcome, **kwargs))
 
     async def record(self, category: str, action: str, outcome: str, **kwargs: Any) -> int:
         """Write one row in its own transaction; returns its id."""
         async with self._db.transaction() as conn:
-            cur = await conn.execute(self.INSERT, self.row(category, action, outcome, **kwargs))
-            return cast(int, cur.lastrowid)  # set by an INSERT
+            async with conn.execute(self.INSERT_RETURNING, self.row(category, action, outcome, **kwargs)) as cur:
+                row = await cur.fetchone()
+        assert row is not None  # an INSERT ... RETURNING returns its row
+        return int(row[0])
 
     async def set_detail(self, entry_id: int, **detail: Any) -> None:
         """Replace one row's detail: for a row that aggregates repeated events (a count that grows)."""
@@ -75,9 +76,9 @@ class AuditLog:
 
     async def detail_total(self, category: str, key: str) -> Any:
         """The sum of one number in the details of a category's rows (a row aggregating repeats holds a count)."""
-        rows = await self._db.fetchall("SELECT json_extract(detail, '$.' || ?) FROM audit WHERE category = ?",
-                                       (key, category))
-        return sum(r[0] for r in rows)
+        rows = await self._db.fetchall("SELECT detail FROM audit WHERE category = ? AND detail IS NOT NULL",
+                                       (category,))
+        return sum(v for v in (json.loads(r[0]).get(key) for r in rows) if v is not None)
 
     async def last_delivery_problem(self, channel_id: str | None = None) -> AuditEntry | None:
         """The latest failed, dead or retried delivery attempt (of one channel, or of any)."""

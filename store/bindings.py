@@ -5,11 +5,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-import aiosqlite
-
 from core.clock import SYSTEM_CLOCK, Clock
 from core.domain import Binding, RecordKind
-from store.db import Database
+from store.db import Connection, Database
 
 
 class Bindings:
@@ -17,7 +15,7 @@ class Bindings:
         self._db = db
         self._now = clock.time
 
-    async def put(self, conn: aiosqlite.Connection, b: Binding) -> bool:
+    async def put(self, conn: Connection, b: Binding) -> bool:
         """Create or replace the binding of (channel, company). True when it did not exist before."""
         async with conn.execute("SELECT 1 FROM bindings WHERE channel_id = ? AND company = ?",
                                 (b.channel_id, b.company)) as cur:
@@ -30,7 +28,7 @@ class Bindings:
              None if b.min_amount is None else str(b.min_amount), b.created_by, self._now()))
         return not existed
 
-    async def remove(self, conn: aiosqlite.Connection, channel_id: str, company: str | None) -> int:
+    async def remove(self, conn: Connection, channel_id: str, company: str | None) -> int:
         if company is None:
             cur = await conn.execute("DELETE FROM bindings WHERE channel_id = ?", (channel_id,))
         else:

@@ -6,11 +6,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-import aiosqlite
-
 from core.clock import SYSTEM_CLOCK, Clock
 from core.domain import ChannelRef
-from store.db import Database
+from store.db import Connection, Database
 
 
 class Channels:
@@ -18,16 +16,17 @@ class Channels:
         self._db = db
         self._now = clock.time
 
-    async def upsert(self, conn: aiosqlite.Connection, ref: ChannelRef) -> bool:
+    async def upsert(self, conn: Connection, ref: ChannelRef) -> bool:
         """Save or refresh a conversation reference; reactivates the channel. True if it was new or inactive."""
         async with conn.execute("SELECT active FROM channels WHERE channel_id = ?", (ref.channel_id,)) as cur:
             row = await cur.fetchone()
         await conn.execute(
             "INSERT INTO channels (channel_id, tenant_id, team_id, service_url, reference, name, active, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT (channel_id) DO UPDATE SET"
-            " tenant_id = coalesce(excluded.tenant_id, tenant_id), team_id = coalesce(excluded.team_id, team_id),"
+            " tenant_id = coalesce(excluded.tenant_id, channels.tenant_id),"
+            " team_id = coalesce(excluded.team_id, channels.team_id),"
             " service_url = excluded.service_url, reference = excluded.reference,"
-            " name = coalesce(excluded.name, name), active = 1, inactive_reason = NULL, updated_at = excluded.updated_at",
+            " name = coalesce(excluded.name, channels.name), active = 1, inactive_reason = NULL, updated_at = excluded.updated_at",
             (ref.channel_id, ref.tenant_id, ref.team_id, ref.service_url, json.dumps(ref.reference), ref.name,
              self._now()))
         return row is None or not row["active"]
@@ -39,13 +38,13 @@ class Channels:
     async def all(self) -> list[ChannelRef]:
         return [_channel(r) for r in await self._db.fetchall("SELECT * FROM channels ORDER BY channel_id")]
 
-    async def set_active(self, conn: aiosqlite.Connection, channel_id: str, active: bool, reason: str | None) -> bool:
+    async def set_active(self, conn: Connection, channel_id: str, active: bool, reason: str | None) -> bool:
         cur = await conn.execute(
             "UPDATE channels SET active = ?, inactive_reason = ?, updated_at = ? WHERE channel_id = ? AND active != ?",
             (int(active), None if active else reason, self._now(), channel_id, int(active)))
         return cur.rowcount > 0
 
-    async def set_active_for_team(self, conn: aiosqlite.Connection, team_id: str, active: bool,
+    async def set_active_for_team(self, conn: Connection, team_id: str, active: bool,
                                   reason: str | None, *, only_reasons: Sequence[str] = ()) -> list[str]:
         """Change every channel of a team; with `only_reasons`, only channels made inactive for one of them."""
         sql = "SELECT channel_id FROM channels WHERE team_id = ? AND active != ?"
@@ -59,15 +58,15 @@ class Channels:
             await self.set_active(conn, cid, active, reason)
         return ids
 
-    async def set_quiet_hours(self, conn: aiosqlite.Connection, channel_id: str, span: str | None) -> None:
+    async def set_quiet_hours(self, conn: Connection, channel_id: str, span: str | None) -> None:
         await conn.execute("UPDATE channels SET quiet_hours = ?, updated_at = ? WHERE channel_id = ?",
                            (span, self._now(), channel_id))
 
-    async def set_paused(self, conn: aiosqlite.Connection, channel_id: str, paused: bool) -> None:
+    async def set_paused(self, conn: Connection, channel_id: str, paused: bool) -> None:
         await conn.execute("UPDATE channels SET paused = ?, updated_at = ? WHERE channel_id = ?",
                            (int(paused), self._now(), channel_id))
 
-    async def rename(self, conn: aiosqlite.Connection, channel_id: str, name: str | None) -> None:
+    async def rename(self, conn: Connection, channel_id: str, name: str | None) -> None:
         await conn.execute("UPDATE channels SET name = ?, updated_at = ? WHERE channel_id = ?",
                            (name, self._now(), channel_id))
 

@@ -1,4 +1,6 @@
-"""SQLite through aiosqlite: pragmas, versioned migrations, and the write transaction."""
+"""The database behind the store: what every back end offers (`Database`), SQLite through aiosqlite (the
+default: pragmas, versioned migrations, the write transaction), and `open_database`, which picks the back
+end from `service.database` (a file path, or a postgresql:// URL: store.pg)."""
 
 from __future__ import annotations
 
@@ -8,25 +10,94 @@ import os
 import shutil
 import sqlite3
 import stat
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import aiosqlite
+import asyncpg
 
 from core.errors import ConfigError
 from store import _aiosqlite_adapter
-from store.migrations import MIGRATIONS
+from store.migrations import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION_TABLE, statements
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Params = tuple[Any, ...] | dict[str, Any]
+# What a database call raises when the database fails (a full disk, a lost server), on either back end
+DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError)
 SYNCHRONOUS = "FULL"  # every commit waits for the disk, unless run_transaction(synced=False) says otherwise
 
 
-class Database:
+# A row as both drivers return it (sqlite3.Row, asyncpg.Record): by position or by column name.
+Row = Any
+
+
+class Cursor(Protocol):
+    """What a statement gives back: its rows, and how many rows it changed."""
+
+    @property
+    def rowcount(self) -> int: ...
+    async def fetchone(self) -> Row | None: ...
+    async def fetchall(self) -> Iterable[Row]: ...
+
+
+class PendingCursor(Protocol):
+    """`await conn.execute(...)` runs the statement; `async with conn.execute(...) as cur` too, and reads it."""
+
+    def __await__(self) -> Generator[Any, None, Cursor]: ...
+    async def __aenter__(self) -> Cursor: ...
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any, /) -> Any: ...
+
+
+class Connection(Protocol):
+    """The connection a write transaction hands the repositories: aiosqlite's, or store.pg's stand-in for it.
+    SQL uses `?` placeholders on both back ends."""
+
+    def execute(self, sql: str, parameters: Iterable[Any] | None = None) -> PendingCursor: ...
+    def executemany(self, sql: str, parameters: Iterable[Iterable[Any]]) -> PendingCursor: ...
+
+
+class Database(ABC):
+    """The store's database: one writer at a time per process (`transaction()`), reads anywhere."""
+
+    dialect: ClassVar[str]  # "sqlite" or "postgresql": the few statements that differ branch on it
+
+    @abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
+        """One write transaction: everything done through the connection commits together, or nothing does."""
+
+    @abstractmethod
+    async def fetchall(self, sql: str, params: Params = ()) -> Sequence[Row]: ...
+
+    @abstractmethod
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None: ...
+
+    async def scalar(self, sql: str, params: Params = ()) -> Any:  # whatever the database holds there
+        row = await self.fetchone(sql, params)
+        return None if row is None else row[0]
+
+    @abstractmethod
+    def free_disk_bytes(self) -> int | None:
+        """Free space where the database writes; None when that is not this machine's disk (a server)."""
+
+    @abstractmethod
+    async def writable(self) -> bool:
+        """Readiness: can we write right now?"""
+
+    @abstractmethod
+    async def backup_to(self, target: str) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class SqliteDatabase(Database):
     """One connection per process; writes go through `transaction()` (BEGIN IMMEDIATE), one at a time."""
+
+    dialect = "sqlite"
 
     def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
         self.conn = conn
@@ -108,10 +179,6 @@ class Database:
         async with self.conn.execute(sql, params) as cur:
             return await cur.fetchone()
 
-    async def scalar(self, sql: str, params: Params = ()) -> Any:  # whatever SQLite holds there
-        row = await self.fetchone(sql, params)
-        return None if row is None else row[0]
-
     def free_disk_bytes(self) -> int:
         return free_disk_bytes(self.path)
 
@@ -159,8 +226,23 @@ def owner_only(path: str | os.PathLike[str], key: str) -> None:
             raise ConfigError(key, f"{path} has mode {mode:o} and cannot be made 600: {exc.strerror}") from None
 
 
-async def open_database(path: str) -> Database:
-    """Open (creating if needed) and migrate. `:memory:` is not supported: we want real files.
+def is_server_url(target: str) -> bool:
+    """True for a PostgreSQL URL (postgresql://... or postgres://...); anything else is a SQLite file path."""
+    return target.startswith(("postgresql://", "postgres://"))
+
+
+async def open_database(target: str) -> Database:
+    """Open (creating if needed) and migrate the database `service.database` names: a PostgreSQL URL
+    (store.pg), or the path of a SQLite file."""
+    if is_server_url(target):
+        from store.pg import open_pg  # (store.pg builds on this module)
+
+        return await open_pg(target)
+    return await open_sqlite(target)
+
+
+async def open_sqlite(path: str) -> SqliteDatabase:
+    """Open (creating if needed) and migrate a SQLite file. `:memory:` is not supported: we want real files.
 
     A file that is not a database, or that cannot be written, raises ConfigError naming it; the
     connection is closed first, as aiosqlite's thread would otherwise keep the process alive.
@@ -190,7 +272,7 @@ async def open_database(path: str) -> Database:
         except sqlite3.OperationalError:
             raise ConfigError("service.database", f"SQLite {sqlite3.sqlite_version} lacks the JSON functions"
                               " (json_each); use a Python built with SQLite 3.38 or later") from None
-        db = Database(conn, path)
+        db = SqliteDatabase(conn, path)
         await migrate(db)
         # a read-only file opens and migrates (nothing to change) without a complaint: ask for a write
         async with db.transaction() as tx:
@@ -206,21 +288,22 @@ async def open_database(path: str) -> Database:
 
 
 async def migrate(db: Database) -> int:
+    """Apply the migrations not yet applied, in one transaction. On PostgreSQL under an advisory lock:
+    replicas starting together take turns, and the second finds nothing left to do."""
     async with db.transaction() as conn:
-        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        if db.dialect == "postgresql":
+            await conn.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+        for statement in statements(SCHEMA_VERSION_TABLE, db.dialect):
+            await conn.execute(statement)
         async with conn.execute("SELECT max(version) FROM schema_version") as cur:
             row = await cur.fetchone()
-        current = (row[0] if row is not None else None) or 0
+        current = int((row[0] if row is not None else None) or 0)
         for version, script in enumerate(MIGRATIONS, start=1):
             if version <= current:
                 continue
-            for statement in _split(script):
+            for statement in statements(script, db.dialect):
                 await conn.execute(statement)
             await conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
             log.info("database migrated to version %d", version)
             current = version
     return current
-
-
-def _split(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";\n") if s.strip()]

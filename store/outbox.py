@@ -7,11 +7,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import aiosqlite
-
 from core.clock import SYSTEM_CLOCK, Clock
 from core.domain import Binding, EventType, FinanceRecord, PostedCard
-from store.db import Database
+from store.db import Connection, Database
 from store.records import load_record
 
 
@@ -50,7 +48,7 @@ class Outbox:
         self._db = db
         self._now = clock.time
 
-    async def backfill(self, conn: aiosqlite.Connection, channel_id: str, items: Iterable[tuple[int, FinanceRecord]],
+    async def backfill(self, conn: Connection, channel_id: str, items: Iterable[tuple[int, FinanceRecord]],
                        binding: Binding) -> int:
         """Queue what is already pending for a newly linked channel (events the poller made earlier)."""
         now = self._now()
@@ -59,16 +57,19 @@ class Outbox:
         if not rows:
             return 0
         cur = await conn.executemany(
-            "INSERT OR IGNORE INTO deliveries (event_id, channel_id, record_id, event_type, next_at, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)", rows)
+            "INSERT INTO deliveries (event_id, channel_id, record_id, event_type, next_at, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
         return max(cur.rowcount, 0)  # deliveries that already existed are not queued again
 
-    async def release_all_leases(self, conn: aiosqlite.Connection) -> int:
-        """At start-up of the only worker: whatever is still 'sending' was claimed by a process that died."""
+    async def release_all_leases(self, conn: Connection) -> int:
+        """At start-up. On SQLite, whose database has this one worker: whatever is still 'sending' was claimed
+        by a process that died. On PostgreSQL another replica may be sending right now: only expired leases go."""
+        if self._db.dialect != "sqlite":
+            return await self.release_expired_leases(conn)
         cur = await conn.execute("UPDATE deliveries SET status = 'pending' WHERE status = 'sending'")
         return cur.rowcount
 
-    async def release_expired_leases(self, conn: aiosqlite.Connection) -> int:
+    async def release_expired_leases(self, conn: Connection) -> int:
         cur = await conn.execute(
             "UPDATE deliveries SET status = 'pending' WHERE status = 'sending' AND lease_until < ?", (self._now(),))
         return cur.rowcount
@@ -102,24 +103,27 @@ class Outbox:
         are claimed for one digest; otherwise the oldest single delivery is claimed.
         """
         now = self._now()
+        # On PostgreSQL, replicas claim side by side: the rows picked are locked, rows another replica has
+        # locked are skipped, and the UPDATE takes only rows still pending once it has them.
+        lock = " FOR UPDATE SKIP LOCKED" if self._db.dialect == "postgresql" else ""
         async with self._db.transaction() as conn:
             await conn.execute(
                 "UPDATE deliveries SET status = 'superseded' WHERE channel_id = ? AND status = 'pending'"
                 " AND id NOT IN (SELECT max(id) FROM deliveries WHERE channel_id = ? AND status = 'pending'"
                 " GROUP BY record_id)", (channel_id, channel_id))
             async with conn.execute(
-                    "SELECT count(*), sum(last_code IS 'batched') FROM deliveries WHERE channel_id = ?"
+                    "SELECT count(*), count(*) FILTER (WHERE last_code = 'batched') FROM deliveries WHERE channel_id = ?"
                     " AND status = 'pending' AND next_at <= ? AND event_type = 'new'", (channel_id, now)) as cur:
                 new_count, batched = await cur.fetchone() or (0, None)  # (an aggregate: always one row)
             if new_count > digest_threshold or (batched and new_count > 1):
                 sql = ("UPDATE deliveries SET status = 'sending', lease_until = ?, attempts = attempts + 1"
-                       " WHERE channel_id = ? AND status = 'pending' AND next_at <= ? AND event_type = 'new'"
-                       " RETURNING id")
+                       " WHERE id IN (SELECT id FROM deliveries WHERE channel_id = ? AND status = 'pending'"
+                       f" AND next_at <= ? AND event_type = 'new'{lock}) AND status = 'pending' RETURNING id")
                 params: tuple[Any, ...] = (now + lease, channel_id, now)
             else:
                 sql = ("UPDATE deliveries SET status = 'sending', lease_until = ?, attempts = attempts + 1"
                        " WHERE id = (SELECT id FROM deliveries WHERE channel_id = ? AND status = 'pending'"
-                       " AND next_at <= ? ORDER BY id LIMIT 1) RETURNING id")
+                       f" AND next_at <= ? ORDER BY id LIMIT 1{lock}) AND status = 'pending' RETURNING id")
                 params = (now + lease, channel_id, now)
             async with conn.execute(sql, params) as cur:
                 ids = [r[0] for r in await cur.fetchall()]
@@ -142,7 +146,7 @@ class Outbox:
         found = await self._load([delivery_id])
         return found[0] if found else None
 
-    async def settle(self, conn: aiosqlite.Connection, ids: Sequence[int], status: DeliveryStatus, *,
+    async def settle(self, conn: Connection, ids: Sequence[int], status: DeliveryStatus, *,
                      http_status: int | None = None, code: str | None = None, error: str | None = None,
                      next_at: float | None = None, digest_id: int | None = None) -> None:
         now = self._now()
@@ -162,14 +166,14 @@ class Outbox:
                                       " AND channel_id = ?", (record_id, channel_id))
         return PostedCard(row[0], row[1]) if row else None
 
-    async def save_card(self, conn: aiosqlite.Connection, record_id: str, channel_id: str, card: PostedCard) -> None:
+    async def save_card(self, conn: Connection, record_id: str, channel_id: str, card: PostedCard) -> None:
         await conn.execute(
             "INSERT INTO cards (record_id, channel_id, conversation_id, activity_id, updated_at) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (record_id, channel_id) DO UPDATE SET conversation_id = excluded.conversation_id,"
             " activity_id = excluded.activity_id, updated_at = excluded.updated_at",
             (record_id, channel_id, card.conversation_id, card.activity_id, self._now()))
 
-    async def forget_card(self, conn: aiosqlite.Connection, record_id: str, channel_id: str) -> None:
+    async def forget_card(self, conn: Connection, record_id: str, channel_id: str) -> None:
         await conn.execute("DELETE FROM cards WHERE record_id = ? AND channel_id = ?", (record_id, channel_id))
 
     async def replay(self, *, delivery_id: int | None = None, channel_id: str | None = None) -> list[int]:

@@ -6,12 +6,10 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-import aiosqlite
-
 from core.clock import SYSTEM_CLOCK, Clock
 from core.domain import EventType, FinanceRecord, PostedCard
 from core.people import Claim, Person, PersonStatus, next_approver
-from store.db import Database
+from store.db import Connection, Database
 from store.records import load_record
 
 log = logging.getLogger(__name__)
@@ -20,6 +18,7 @@ ROUTED_MARK = "people.routed_event"  # meta row: the last event id routed to per
 ROUTE_BATCH = 1000
 
 _COLUMNS = "ifs_user, name, aad_object_id, upn, teams_id, status, conversation_id, personal, created_by"
+_REPLACE = ", ".join(f"{c} = excluded.{c}" for c in [*_COLUMNS.split(", ")[1:], "updated_at"])  # every column
 
 
 def _person(row: Any) -> Person:
@@ -36,12 +35,13 @@ class People:
         self._db = db
         self._now = clock.time
 
-    async def put(self, conn: aiosqlite.Connection, p: Person) -> bool:
+    async def put(self, conn: Connection, p: Person) -> bool:
         """Insert or replace one mapping; True when the IFS user was not mapped before."""
         async with conn.execute("SELECT 1 FROM people WHERE ifs_user = ?", (p.ifs_user,)) as cur:
             existed = await cur.fetchone() is not None
         await conn.execute(
-            f"INSERT OR REPLACE INTO people ({_COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO people ({_COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            f" ON CONFLICT (ifs_user) DO UPDATE SET {_REPLACE}",
             (p.ifs_user, p.name, p.aad_object_id, p.upn, p.teams_id, p.status.value, p.conversation_id,
              int(p.personal), p.created_by, self._now()))
         return not existed
@@ -66,19 +66,19 @@ class People:
             ((aad_object_id or "").lower() or None, teams_id))
         return [_person(r) for r in rows]
 
-    async def remove(self, conn: aiosqlite.Connection, ifs_users: Iterable[str]) -> int:
+    async def remove(self, conn: Connection, ifs_users: Iterable[str]) -> int:
         cur = await conn.executemany("DELETE FROM people WHERE ifs_user = ?", [(u,) for u in ifs_users])
         return max(cur.rowcount, 0)
 
-    async def set_status(self, conn: aiosqlite.Connection, ifs_user: str, status: PersonStatus) -> None:
+    async def set_status(self, conn: Connection, ifs_user: str, status: PersonStatus) -> None:
         await conn.execute("UPDATE people SET status = ?, updated_at = ? WHERE ifs_user = ?",
                            (status.value, self._now(), ifs_user))
 
-    async def set_personal(self, conn: aiosqlite.Connection, ifs_users: Iterable[str], on: bool) -> None:
+    async def set_personal(self, conn: Connection, ifs_users: Iterable[str], on: bool) -> None:
         await conn.executemany("UPDATE people SET personal = ?, updated_at = ? WHERE ifs_user = ?",
                                [(int(on), self._now(), u) for u in ifs_users])
 
-    async def replace_all(self, conn: aiosqlite.Connection, people: Iterable[Person]) -> int:
+    async def replace_all(self, conn: Connection, people: Iterable[Person]) -> int:
         """Upsert every mapping given (an import); personal chats and preferences already known are kept."""
         n = 0
         for p in people:
@@ -88,8 +88,9 @@ class People:
                 " upn = excluded.upn, status = 'active', created_by = excluded.created_by,"
                 " updated_at = excluded.updated_at,"
                 # the personal chat belongs to the Teams user: kept only while the mapping names the same one
-                " teams_id = CASE WHEN people.aad_object_id IS excluded.aad_object_id THEN people.teams_id END,"
-                " conversation_id = CASE WHEN people.aad_object_id IS excluded.aad_object_id"
+                " teams_id = CASE WHEN people.aad_object_id IS NOT DISTINCT FROM excluded.aad_object_id"
+                " THEN people.teams_id END,"
+                " conversation_id = CASE WHEN people.aad_object_id IS NOT DISTINCT FROM excluded.aad_object_id"
                 " THEN people.conversation_id END",
                 (p.ifs_user, p.name, p.aad_object_id, p.upn, p.teams_id, PersonStatus.ACTIVE.value, p.conversation_id,
                  int(p.personal), p.created_by, self._now()))
@@ -130,8 +131,8 @@ class People:
                         targets |= {r[0] for r in await cur.fetchall() if r[0] in chats}
                 if targets:
                     cur = await conn.executemany(
-                        "INSERT OR IGNORE INTO deliveries (event_id, channel_id, record_id, event_type, next_at,"
-                        " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO deliveries (event_id, channel_id, record_id, event_type, next_at,"
+                        " created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                         [(row["id"], t, row["record_id"], row["type"], now, now) for t in sorted(targets)])
                     queued += max(cur.rowcount, 0)
             await conn.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET"
@@ -140,7 +141,7 @@ class People:
             log.info("queued %d personal deliveries", queued)
         return queued
 
-    async def backfill_personal(self, conn: aiosqlite.Connection, person: Person) -> int:
+    async def backfill_personal(self, conn: Connection, person: Person) -> int:
         """Queue a personal card for every pending document already waiting for a newly linked approver."""
         if not (person.active and person.personal and person.conversation_id):
             return 0
@@ -149,8 +150,8 @@ class People:
             rows = [r for r in await cur.fetchall() if next_approver(load_record(r[2])) == person.ifs_user]
         now = self._now()
         cur = await conn.executemany(
-            "INSERT OR IGNORE INTO deliveries (event_id, channel_id, record_id, event_type, next_at, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO deliveries (event_id, channel_id, record_id, event_type, next_at, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             [(r[0], person.conversation_id, r[1], EventType.NEW.value, now, now) for r in rows])
         return max(cur.rowcount, 0) if rows else 0
 
@@ -175,9 +176,10 @@ class Claims:
                                       (record_id,))
         return Claim(row[0], row[1], row[2], row[3]) if row else None
 
-    async def claim(self, conn: aiosqlite.Connection, record_id: str, user_id: str, name: str) -> Claim:
+    async def claim(self, conn: Connection, record_id: str, user_id: str, name: str) -> Claim:
         """Take the document unless someone holds it; returns the holder either way."""
-        await conn.execute("INSERT OR IGNORE INTO claims (record_id, user_id, name, at) VALUES (?, ?, ?, ?)",
+        await conn.execute("INSERT INTO claims (record_id, user_id, name, at) VALUES (?, ?, ?, ?)"
+                           " ON CONFLICT DO NOTHING",
                            (record_id, user_id, name, self._now()))
         async with conn.execute("SELECT record_id, user_id, name, at FROM claims WHERE record_id = ?",
                                 (record_id,)) as cur:
@@ -185,7 +187,7 @@ class Claims:
         assert row is not None  # inserted above, or held by someone else: the row exists either way
         return Claim(row[0], row[1], row[2], row[3])
 
-    async def release(self, conn: aiosqlite.Connection, record_id: str, user_id: str) -> bool:
+    async def release(self, conn: Connection, record_id: str, user_id: str) -> bool:
         cur = await conn.execute("DELETE FROM claims WHERE record_id = ? AND user_id = ?", (record_id, user_id))
         return cur.rowcount > 0
 
@@ -220,7 +222,7 @@ class ReminderStore:
                                        (user_id, at))
         return {r[0] for r in rows}
 
-    async def snooze(self, conn: aiosqlite.Connection, user_id: str, record_id: str, until: float) -> None:
+    async def snooze(self, conn: Connection, user_id: str, record_id: str, until: float) -> None:
         await conn.execute("INSERT INTO snoozes (user_id, record_id, until) VALUES (?, ?, ?) ON CONFLICT"
                            " (user_id, record_id) DO UPDATE SET until = excluded.until", (user_id, record_id, until))
 

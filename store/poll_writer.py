@@ -9,14 +9,18 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
-import aiosqlite
 import orjson
 
 from core.clock import SYSTEM_CLOCK, Clock
 from core.domain import Binding, EventType, FinanceRecord, RecordKind, record_id
 from store.audit import AuditLog
-from store.db import Database
+from store.db import Connection, Database, SqliteDatabase
+from store.pg import PgDatabase, status_count
 from store.records import Change, stored_field
+
+QUARANTINE = ("INSERT INTO quarantine (kind, company, key, field, problem, first_at, last_at)"
+              " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, company, key) DO UPDATE SET field = excluded.field,"
+              " problem = excluded.problem, last_at = excluded.last_at, count = quarantine.count + 1")
 
 
 @dataclass(frozen=True)
@@ -79,12 +83,11 @@ class PollWriter:
         whole = [b for b in bindings if uniform and b.company == company and kind in b.kinds
                  and not b.cost_centers and b.min_amount is None]
         partial = [b for b in bindings if b not in whole]
-        batches: list[tuple[int, int, tuple[str, str | None, str, str, str], bytes, bytes]] = []
+        batches: list[tuple[int, int, tuple[str, str | None, str, str, str], dict[str, Any]]] = []
         dels: list[tuple[Any, ...]] = []
         offset = 0
         for group, records in groups.items():
-            batches.append((offset, len(records), group, orjson.dumps(records),
-                            orjson.dumps(stored_field(list(records.values()), "etag"))))
+            batches.append((offset, len(records), group, records))
             if partial:
                 for n, rec in enumerate(records.values(), start=offset):
                     full = FinanceRecord.from_dict(rec)
@@ -97,12 +100,20 @@ class PollWriter:
             audit.row("record", "quarantine", "skipped", company=company, record_id=prefix + key,
                       field=fld, problem=problem) for key, fld, problem in bad_rows]
 
+        if isinstance(self._db, PgDatabase):
+            return await self._write_pg(self._db, kind, company, now, batches, total, whole, dels, quarantined,
+                                        audits)
+        assert isinstance(self._db, SqliteDatabase)
+        json_batches = [(start, count, group, orjson.dumps(records),
+                         orjson.dumps(stored_field(list(records.values()), "etag")))
+                        for start, count, group, records in batches]
+
         def write(conn: sqlite3.Connection) -> int:
             """Everything prepared above, in one transaction on the database thread; ids are base + offset."""
             deliveries = 0
             if total:
                 base = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
-                for start, count, (etype_value, prev, state, step, chain), records_json, etags_json in batches:
+                for start, count, (etype_value, prev, state, step, chain), records_json, etags_json in json_batches:
                     first, last = base + start, base + start + count - 1
                     # rowids are given as max + 1, row by row: the group's events are first .. last
                     got = conn.execute("INSERT INTO events (record_id, type, record, previous_state, created_at)"
@@ -135,11 +146,7 @@ class PollWriter:
                         "INSERT OR IGNORE INTO deliveries (event_id, channel_id, record_id, event_type, next_at,"
                         " created_at) VALUES (? + ?, ?, ?, ?, ?, ?)", [(base, *d) for d in dels]).rowcount
             if quarantined:  # (each statement on this thread costs a GIL hand-over: none for nothing)
-                conn.executemany(
-                    "INSERT INTO quarantine (kind, company, key, field, problem, first_at, last_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (kind, company, key) DO UPDATE SET field = excluded.field, problem = excluded.problem,"
-                    " last_at = excluded.last_at, count = count + 1", quarantined)
+                conn.executemany(QUARANTINE, quarantined)
             if audits:
                 conn.executemany(AuditLog.INSERT, audits)
             return deliveries
@@ -147,15 +154,85 @@ class PollWriter:
         # a poll's pages commit without waiting for the disk; finish() closes the poll with a synced commit
         return await self._db.run_transaction(write, synced=False)
 
-    async def _record_source(self, conn: aiosqlite.Connection, kind: str, company: str, ok: bool,
+    async def _write_pg(self, db: PgDatabase, kind: RecordKind, company: str, now: float,
+                        batches: Sequence[tuple[int, int, tuple[str, str | None, str, str, str], dict[str, Any]]],
+                        total: int, whole: Sequence[Binding], dels: Sequence[tuple[Any, ...]],
+                        quarantined: Sequence[tuple[Any, ...]], audits: Sequence[tuple[Any, ...]]) -> int:
+        """apply()'s write on PostgreSQL: the page's event ids taken from the sequence first, then each table
+        in one statement over arrays (unnest), one per binding taking the whole page."""
+        prefix = record_id(kind, company, "")
+        deliveries = 0
+        async with db.transaction() as tx:
+            conn = tx.raw
+            if total:
+                ids: list[int] = [r[0] for r in await conn.fetch(
+                    "SELECT nextval(pg_get_serial_sequence('events', 'id')) FROM generate_series(1, $1)", total)]
+                record_ids: list[str] = []
+                types: list[str] = []
+                prevs: list[str | None] = []
+                texts: list[str] = []
+                gone: list[str] = []
+                seen: tuple[list[Any], ...] = ([], [], [], [], [], [])  # key, etag, state, step, event id, chain
+                for start, count, (etype_value, prev, state, step, chain), records in batches:
+                    keys = list(records)
+                    record_ids.extend(prefix + k for k in keys)
+                    types.extend(repeat(etype_value, count))
+                    prevs.extend(repeat(prev, count))
+                    texts.extend(orjson.dumps(r).decode() for r in records.values())
+                    if etype_value == EventType.RESOLVED.value:
+                        gone.extend(keys)
+                        continue
+                    for column, values in zip(seen, (keys, stored_field(list(records.values()), "etag"),
+                                                     repeat(state, count), repeat(step, count),
+                                                     ids[start:start + count], repeat(chain, count)), strict=True):
+                        column.extend(values)
+                await conn.execute(
+                    "INSERT INTO events (id, record_id, type, record, previous_state, created_at)"
+                    " SELECT u.*, $6::float8 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],"
+                    " $5::text[]) AS u", ids, record_ids, types, texts, prevs, now)
+                if gone:
+                    await conn.execute("DELETE FROM seen WHERE kind = $1 AND company = $2 AND key = ANY($3::text[])",
+                                       kind.value, company, gone)
+                if seen[0]:
+                    await conn.execute(
+                        "INSERT INTO seen (kind, company, key, etag, state, step, event_id, first_seen, chain,"
+                        " chain_checked) SELECT $1, $2, u.k, u.e, u.s, u.st, u.i, $3::float8, u.c,"
+                        " CASE WHEN u.c <> '' THEN $3::float8 ELSE 0 END FROM unnest($4::text[], $5::text[],"
+                        " $6::text[], $7::text[], $8::bigint[], $9::text[]) AS u(k, e, s, st, i, c)"
+                        " ON CONFLICT (kind, company, key) DO UPDATE SET etag = excluded.etag, state = excluded.state,"
+                        " step = excluded.step, event_id = excluded.event_id,"
+                        " chain = CASE WHEN excluded.chain <> '' THEN excluded.chain ELSE seen.chain END,"
+                        " chain_checked = greatest(seen.chain_checked, excluded.chain_checked)",
+                        kind.value, company, now, *seen)
+                for b in whole:
+                    deliveries += status_count(await conn.execute(
+                        "INSERT INTO deliveries (event_id, channel_id, record_id, event_type, next_at, created_at)"
+                        " SELECT u.i, $1, u.r, u.t, $2::float8, $2::float8"
+                        " FROM unnest($3::bigint[], $4::text[], $5::text[]) AS u(i, r, t) ON CONFLICT DO NOTHING",
+                        b.channel_id, now, ids, record_ids, types))
+                if dels:
+                    deliveries += status_count(await conn.execute(
+                        "INSERT INTO deliveries (event_id, channel_id, record_id, event_type, next_at, created_at)"
+                        " SELECT u.i, u.c, u.r, u.t, $1::float8, $1::float8 FROM unnest($2::bigint[], $3::text[],"
+                        " $4::text[], $5::text[]) AS u(i, c, r, t) ON CONFLICT DO NOTHING",
+                        now, [ids[d[0]] for d in dels], [d[1] for d in dels], [d[2] for d in dels],
+                        [d[3] for d in dels]))
+            if quarantined:
+                await tx.executemany(QUARANTINE, quarantined)
+            if audits:
+                await tx.executemany(AuditLog.INSERT, audits)
+        return deliveries
+
+    async def _record_source(self, conn: Connection, kind: str, company: str, ok: bool,
                              error: str | None, pending: int | None = None) -> None:
         """Upsert one row of `sources`: ('*', '*') is IFS as a whole, (kind, company) one polled source."""
         now = self._now()
         await conn.execute(
             "INSERT INTO sources (kind, company, last_run, last_ok, last_error, available, pending)"
             " VALUES (?, ?, ?, ?, ?, ?, coalesce(?, 0)) ON CONFLICT (kind, company) DO UPDATE SET"
-            " last_run = excluded.last_run, last_ok = coalesce(excluded.last_ok, last_ok),"
-            " last_error = excluded.last_error, available = excluded.available, pending = coalesce(?, pending)",
+            " last_run = excluded.last_run, last_ok = coalesce(excluded.last_ok, sources.last_ok),"
+            " last_error = excluded.last_error, available = excluded.available,"
+            " pending = coalesce(?, sources.pending)",
             (kind, company, now, now if ok else None, error, int(ok), pending, pending))
 
     async def finish_many(self, kind: RecordKind, polls: Sequence[Finished], audit: AuditLog) -> None:

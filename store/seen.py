@@ -10,7 +10,8 @@ from typing import NamedTuple
 import orjson
 
 from core.domain import FinanceRecord, RecordKind
-from store.db import Database
+from store.db import Database, SqliteDatabase
+from store.pg import PgDatabase
 from store.records import load_record
 
 
@@ -48,15 +49,15 @@ class Seen:
     async def known_by_company(self, kind: RecordKind, companies: Sequence[str]) -> dict[str, int]:
         """How many records of a source the last polls left pending, per company (a listing serves them all)."""
         rows = await self._db.fetchall(
-            "SELECT company, count(*) FROM seen WHERE kind = ? AND company IN (SELECT value FROM json_each(?))"
-            " GROUP BY company", (kind.value, orjson.dumps(list(companies))))
+            f"SELECT company, count(*) FROM seen WHERE kind = ? AND company {self._in_list()} GROUP BY company",
+            (kind.value, self._list(companies)))
         return {r[0]: int(r[1]) for r in rows}
 
     async def quarantined_by_company(self, kind: RecordKind, companies: Sequence[str]) -> dict[str, set[str]]:
         """The rows set aside (quarantined) at the last poll, per company, in one query."""
         rows = await self._db.fetchall(
-            "SELECT company, key FROM quarantine WHERE kind = ? AND company IN (SELECT value FROM json_each(?))",
-            (kind.value, orjson.dumps(list(companies))))
+            f"SELECT company, key FROM quarantine WHERE kind = ? AND company {self._in_list()}",
+            (kind.value, self._list(companies)))
         out: dict[str, set[str]] = {}
         for company, key in rows:
             out.setdefault(company, set()).add(key)
@@ -69,6 +70,9 @@ class Seen:
         the one seen, each with the state seen then (None: never seen). SQLite compares, on the database thread
         and without the GIL, against each company's rows sent as one JSON object {key: version}: no Python
         object per unchanged record, and one trip to the database thread for every company of the page."""
+        if isinstance(self._db, PgDatabase):
+            return await self._compare_many_pg(self._db, kind, pages)
+        assert isinstance(self._db, SqliteDatabase)
         asked = [(company, orjson.dumps(dict(zip(keys, map(self.VERSION, etags, states, steps), strict=True))))
                  for company, keys, etags, states, steps in pages]
 
@@ -83,12 +87,33 @@ class Seen:
 
         return await self._db.run_read(read)
 
+    async def _compare_many_pg(self, db: PgDatabase, kind: RecordKind,
+                               pages: Sequence[tuple[str, Sequence[str], Sequence[str], Sequence[str], Sequence[str]]]
+                               ) -> list[dict[str, str | None]]:
+        """compare_many on PostgreSQL: each company's page as arrays, compared column by column."""
+        out: list[dict[str, str | None]] = []
+        async with db.connection() as conn:
+            for company, keys, etags, states, steps in pages:
+                rows = await conn.raw.fetch(
+                    "SELECT u.k, s.state FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(k, e, st, sp)"
+                    " LEFT JOIN seen AS s ON s.kind = $5 AND s.company = $6 AND s.key = u.k"
+                    " WHERE s.key IS NULL OR (s.etag, s.state, s.step) IS DISTINCT FROM (u.e, u.st, u.sp)",
+                    list(keys), list(etags), list(states), list(steps), kind.value, company)
+                out.append({r[0]: r[1] for r in rows})
+        return out
+
+    def _in_list(self) -> str:
+        """`IN` a list given as one parameter (_list): a JSON array on SQLite, an array on PostgreSQL."""
+        return "= ANY(?)" if self._db.dialect == "postgresql" else "IN (SELECT value FROM json_each(?))"
+
+    def _list(self, values: Iterable[str]) -> list[str] | bytes:
+        return list(values) if self._db.dialect == "postgresql" else orjson.dumps(list(values))
+
     async def left(self, kind: RecordKind, company: str, present: Iterable[str]) -> list[tuple[str, str, int]]:
         """(key, state, event id) of the seen records not among `present`, by key: the ones that left."""
         rows = await self._db.fetchall(
-            "SELECT key, state, event_id FROM seen WHERE kind = ? AND company = ?"
-            " AND key NOT IN (SELECT value FROM json_each(?)) ORDER BY key",
-            (kind.value, company, orjson.dumps(list(present))))
+            f"SELECT key, state, event_id FROM seen WHERE kind = ? AND company = ? AND NOT (key {self._in_list()})"
+            " ORDER BY key", (kind.value, company, self._list(present)))
         return [(r[0], r[1], r[2]) for r in rows]
 
     async def with_cards(self, kind: RecordKind, company: str) -> list[ChainRow]:

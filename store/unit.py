@@ -14,13 +14,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiosqlite
-
 from core.clock import SYSTEM_CLOCK, Clock
 from store.audit import AuditLog
 from store.bindings import Bindings
 from store.channels import Channels
-from store.db import Database
+from store.db import Connection, Database
 from store.outbox import Outbox
 from store.people import Claims, People, ReminderStore
 from store.seen import Seen
@@ -56,7 +54,7 @@ class Store:
 class Unit:
     """One transaction's writes; valid only inside its `async with` block."""
 
-    def __init__(self, store: Store, conn: aiosqlite.Connection) -> None:
+    def __init__(self, store: Store, conn: Connection) -> None:
         self.channels = _Bound(store.channels, conn)
         self.bindings = _Bound(store.bindings, conn)
         self.audit = _Bound(store.audit, conn)
@@ -69,7 +67,7 @@ class Unit:
 class _Bound:
     """A repository whose writing methods (those taking the connection first) get the unit's connection."""
 
-    def __init__(self, repo: object, conn: aiosqlite.Connection) -> None:
+    def __init__(self, repo: object, conn: Connection) -> None:
         self._repo, self._conn = repo, conn
 
     def __getattr__(self, name: str) -> Callable[..., Any]:

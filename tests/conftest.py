@@ -12,7 +12,9 @@ import bench.common
 from bench.common import IFS_SECRETS, service_from  # noqa: F401  (IFS_SECRETS: for the tests)
 from simulator.connector import ConnectorStandIn
 from simulator.ifs import IfsSimulator
+from simulator.postgres import NOT_INSTALLED, PostgresServer, find_binaries
 from simulator.teams_client import BOT_ID, CHANNEL, TEAM, TENANT, channel_message, event_activity  # noqa: F401
+from store.db import open_database
 
 
 @pytest.fixture
@@ -29,6 +31,38 @@ async def connector():
     await stand_in.start()
     yield stand_in
     await stand_in.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One throwaway PostgreSQL server for the whole run (started on first use); skips without its binaries."""
+    if find_binaries() is None:
+        pytest.skip(NOT_INSTALLED)
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def database_url(pg_server) -> str:
+    """A new, empty PostgreSQL database for one test."""
+    return pg_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request, tmp_path) -> str:
+    """What `service.database` would say, once per back end: a SQLite file, then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.sqlite3")
+    return request.getfixturevalue("database_url")
+
+
+@pytest.fixture
+async def db(store_target):
+    """An opened, migrated database, on each back end in turn (tests using it run twice)."""
+    database = await open_database(store_target)
+    yield database
+    await database.close()
 
 
 TEST_SERVICE = 'timezone = "Europe/Stockholm"'
