@@ -76,95 +76,97 @@ async def measure(workdir: Path, *, channels: int = CHANNELS, per_channel: int =
     services: list[Any] = []
     try:
         async with database(workdir, backend) as url:
-            for name in REPLICAS:
-                folder = workdir / name
-                folder.mkdir(exist_ok=True)
-                if services:  # replicas share the vault's key, as they share the database
-                    shutil.copy2(workdir / REPLICAS[0] / "master.key", folder / "master.key")
-                services.append(await make_service(folder, "http://127.0.0.1:9", database=url, service=(
-                    f'timezone = "UTC"\nlog_level = "WARNING"\nreplica_name = "{name}"\n'
-                    f"leader_takeover_seconds = {takeover}")))
-            workers: list[DeliveryWorker] = []
-            pacings: list[SharedPacing] = []
-            beats: list[asyncio.Task[None]] = []
-
-            def busy() -> int:
-                active = sum(1 for w in workers for t in w._active.values() if not t.done())
-                return active + len(beats)
-
-            vt = VirtualTime(clock, busy)
-            for name, svc in zip(REPLICAS, services, strict=True):
-                # on SQLite the two workers share one connection (SQLite serves one process; this measures
-                # the leases and the pacing, not SQLite's locking between processes)
-                db = svc.db if backend == "postgresql" else services[0].db
-                pacing: SharedPacing | SoloPacing
-                if naive:
-                    pacing = SoloPacing()
-                else:
-                    pacing = SharedPacing(db, name, timing, clock=clock, sleep=vt.sleep)
-                    pacings.append(pacing)
-                workers.append(DeliveryWorker(db, svc.sender, svc.rendering.renderer(), settings, clock=clock,
-                                              sleep=vt.sleep, rng=random.Random(7), pacing=pacing))
-            db = services[0].db
-            writer, outbox = PollWriter(db, clock), Outbox(db, clock)
-            for c in range(channels):
-                await bind(db, channel_id(c), connector.service_url, company(c))
-            for c in range(channels):
-                await writer.apply(RecordKind.INVOICE, company(c),
-                                   [(EventType.NEW, record(c, i).to_dict(), None, "") for i in range(per_channel)],
-                                   [Binding(channel_id(c), company(c))])
-            for p in pacings:  # both alive, and seen alive by the other, before either delivers
-                await p.beat()
-            clock.advance(2 * timing.heartbeat_every)
-            for p in pacings:
-                await p.beat()
-            beats.extend(asyncio.ensure_future(p.run()) for p in pacings)
-            log(f"replicas: {len(REPLICAS)} replicas on {backend}, {channels} channels x {per_channel} cards")
-            start_mono = clock.monotonic()
-            t = time.perf_counter()
-            settled = Counter[str]()
-            rounds = 0
             try:
-                while True:
-                    rounds += 1
-                    done = await asyncio.gather(*(w.run_once() for w in workers))
-                    for name, n in zip(REPLICAS, done, strict=True):
-                        settled[name] += n
-                    due = await outbox.next_due_at()
-                    if due is None:
-                        break
-                    if due > clock.time():
-                        clock.advance(due - clock.time())
-                    elif not any(done):  # due work held elsewhere (a lease running out): let time pass
-                        await vt.sleep(timing.heartbeat_every)
-                    if rounds > 100_000:
-                        raise RuntimeError("outbox did not drain")
-            finally:
-                for b in beats:
-                    b.cancel()
-                await asyncio.gather(*beats, return_exceptions=True)
-            wall = time.perf_counter() - t
-            posts = connector.posts()
-            seen: Counter[tuple[str, str]] = Counter()
-            per_channel_last: dict[str, float] = {}
-            for p in posts:
-                m = NUMBER.search(str(p.activity))
-                seen[(p.channel_id, m.group(0) if m else "?")] += 1
-                per_channel_last[p.channel_id] = max(per_channel_last.get(p.channel_id, 0.0), p.at - start_mono)
-            expected = {(channel_id(c), f"B{c:02d}N{i:03d}") for c in range(channels) for i in range(per_channel)}
-            return {
-                "backend": backend, "wall_seconds": wall, "simulated_seconds": clock.monotonic() - start_mono,
-                "last_post_at": max(p.at for p in posts) - start_mono if posts else float("nan"),
-                "posts": len(posts), "lost": len(expected - set(seen)),
-                "duplicated": sum(n - 1 for n in seen.values() if n > 1) + sum(
-                    n for k, n in seen.items() if k not in expected),
-                "throttled_429": connector.throttled, "rejected": dict(Counter(r.status for r in connector.rejected)),
-                "settled_by_replica": dict(settled), "outbox": await outbox.counts(), "rounds": rounds,
-            }
+                for name in REPLICAS:
+                    folder = workdir / name
+                    folder.mkdir(exist_ok=True)
+                    if services:  # replicas share the vault's key, as they share the database
+                        shutil.copy2(workdir / REPLICAS[0] / "master.key", folder / "master.key")
+                    services.append(await make_service(folder, "http://127.0.0.1:9", database=url, service=(
+                        f'timezone = "UTC"\nlog_level = "WARNING"\nreplica_name = "{name}"\n'
+                        f"leader_takeover_seconds = {takeover}")))
+                workers: list[DeliveryWorker] = []
+                pacings: list[SharedPacing] = []
+                beats: list[asyncio.Task[None]] = []
+
+                def busy() -> int:
+                    active = sum(1 for w in workers for t in w._active.values() if not t.done())
+                    return active + len(beats)
+
+                vt = VirtualTime(clock, busy)
+                for name, svc in zip(REPLICAS, services, strict=True):
+                    # on SQLite the two workers share one connection (SQLite serves one process; this measures
+                    # the leases and the pacing, not SQLite's locking between processes)
+                    db = svc.db if backend == "postgresql" else services[0].db
+                    pacing: SharedPacing | SoloPacing
+                    if naive:
+                        pacing = SoloPacing()
+                    else:
+                        pacing = SharedPacing(db, name, timing, clock=clock, sleep=vt.sleep)
+                        pacings.append(pacing)
+                    workers.append(DeliveryWorker(db, svc.sender, svc.rendering.renderer(), settings, clock=clock,
+                                                  sleep=vt.sleep, rng=random.Random(7), pacing=pacing))
+                db = services[0].db
+                writer, outbox = PollWriter(db, clock), Outbox(db, clock)
+                for c in range(channels):
+                    await bind(db, channel_id(c), connector.service_url, company(c))
+                for c in range(channels):
+                    await writer.apply(RecordKind.INVOICE, company(c),
+                                       [(EventType.NEW, record(c, i).to_dict(), None, "") for i in range(per_channel)],
+                                       [Binding(channel_id(c), company(c))])
+                for p in pacings:  # both alive, and seen alive by the other, before either delivers
+                    await p.beat()
+                clock.advance(2 * timing.heartbeat_every)
+                for p in pacings:
+                    await p.beat()
+                beats.extend(asyncio.ensure_future(p.run()) for p in pacings)
+                log(f"replicas: {len(REPLICAS)} replicas on {backend}, {channels} channels x {per_channel} cards")
+                start_mono = clock.monotonic()
+                t = time.perf_counter()
+                settled = Counter[str]()
+                rounds = 0
+                try:
+                    while True:
+                        rounds += 1
+                        done = await asyncio.gather(*(w.run_once() for w in workers))
+                        for name, n in zip(REPLICAS, done, strict=True):
+                            settled[name] += n
+                        due = await outbox.next_due_at()
+                        if due is None:
+                            break
+                        if due > clock.time():
+                            clock.advance(due - clock.time())
+                        elif not any(done):  # due work held elsewhere (a lease running out): let time pass
+                            await vt.sleep(timing.heartbeat_every)
+                        if rounds > 100_000:
+                            raise RuntimeError("outbox did not drain")
+                finally:
+                    for b in beats:
+                        b.cancel()
+                    await asyncio.gather(*beats, return_exceptions=True)
+                wall = time.perf_counter() - t
+                posts = connector.posts()
+                seen: Counter[tuple[str, str]] = Counter()
+                per_channel_last: dict[str, float] = {}
+                for p in posts:
+                    m = NUMBER.search(str(p.activity))
+                    seen[(p.channel_id, m.group(0) if m else "?")] += 1
+                    per_channel_last[p.channel_id] = max(per_channel_last.get(p.channel_id, 0.0), p.at - start_mono)
+                expected = {(channel_id(c), f"B{c:02d}N{i:03d}") for c in range(channels) for i in range(per_channel)}
+                return {
+                    "backend": backend, "wall_seconds": wall, "simulated_seconds": clock.monotonic() - start_mono,
+                    "last_post_at": max(p.at for p in posts) - start_mono if posts else float("nan"),
+                    "posts": len(posts), "lost": len(expected - set(seen)),
+                    "duplicated": sum(n - 1 for n in seen.values() if n > 1) + sum(
+                        n for k, n in seen.items() if k not in expected),
+                    "throttled_429": connector.throttled, "rejected": dict(Counter(r.status for r in connector.rejected)),
+                    "settled_by_replica": dict(settled), "outbox": await outbox.counts(), "rounds": rounds,
+                }
+            finally:  # (before the database server stops)
+                for svc in services:
+                    await svc.stop()
+                    await svc.db.close()
     finally:
-        for svc in services:
-            await svc.stop()
-            await svc.db.close()
         await connector.stop()
 
 
