@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test lint bench manifest validate-manifest requirements clean
+.PHONY: demo test test-pg lint bench manifest validate-manifest requirements clean
 
 # requirements-dev.txt pins every package (the service's too) with its hashes: pip checks each download.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -19,6 +19,11 @@ test: $(VENV)/.installed
 	$(VENV)/bin/lint-imports
 	$(PY) -m mypy
 	$(PY) -m pytest
+
+# The whole suite with every service's store in PostgreSQL (a throwaway server from the machine's binaries;
+# Debian: apt-get install postgresql). `make test` already runs the store tests on both back ends.
+test-pg: $(VENV)/.installed
+	NOTIFIER_TEST_STORE=postgresql $(PY) -m pytest
 
 bench: $(VENV)/.installed
 	$(PY) -m bench

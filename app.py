@@ -8,7 +8,6 @@ import getpass
 import json
 import logging
 import os
-import sqlite3
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from service import (  # noqa: F401 - re-exported: app.build_service, app.Servic
 )
 from store.audit import AuditLog
 from store.bindings import Bindings
-from store.db import is_server_url
+from store.db import DB_ERRORS, is_server_url
 from store.outbox import Outbox
 from store.transfer import describe, pg_dump_command, transfer
 from store.vault import KNOWN_SECRETS
@@ -404,8 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except (NotifierError, OSError, ValueError, ArithmeticError, sqlite3.Error) as exc:
-        # The one place a command's failure on bad input (a missing file, bad JSON, an id SQLite cannot
+    except (NotifierError, OSError, ValueError, ArithmeticError, *DB_ERRORS) as exc:
+        # The one place a command's failure on bad input (a missing file, bad JSON, an id the database cannot
         # hold, a path that cannot be written) becomes one line; the traceback only at DEBUG.
         log.debug("%s failed", args.command, exc_info=True)
         print(f"error: {one_line(exc)}", file=sys.stderr)

@@ -39,7 +39,7 @@ from pollers.sources import build_sources
 from pollers.tenant import TenantSchema
 from store.audit import AuditLog
 from store.bindings import Bindings
-from store.db import Database, open_database, owner_only
+from store.db import DB_ERRORS, Database, open_database, owner_only
 from store.leader import FileLeadership, Leadership, PgLeadership, Timing, replica_id
 from store.outbox import Outbox
 from store.people import Claims, People
@@ -298,7 +298,7 @@ class Service:
             await asyncio.sleep(60)
             try:
                 await self.housekeep(prune=self.leadership.is_leader)
-            except Exception as exc:  # noqa: BLE001  # a full disk, say: try again next round
+            except DB_ERRORS as exc:  # a full disk, a lost database server: try again next round
                 log.warning("housekeeping failed: %s", exc)
 
     async def _reminding(self) -> None:
@@ -306,7 +306,7 @@ class Service:
         while True:
             try:
                 await self.reminders.run_due(self.clock.time())
-            except Exception as exc:  # noqa: BLE001
+            except DB_ERRORS as exc:
                 log.warning("reminders failed: %s", exc)
             await asyncio.sleep(60)
 

@@ -92,15 +92,16 @@ IFS_SECRETS = {"ifs.client_id": "notifier", "ifs.client_secret": "notifier-secre
 
 
 def write_config(workdir: Path, extra: str = "", *, service: str = 'timezone = "UTC"\nlog_level = "WARNING"',
-                 ifs: str = "") -> Path:
+                 ifs: str = "", database: str | None = None) -> Path:
     """The settings file of a development-mode service on 127.0.0.1 with its files in `workdir`; `service`
-    and `ifs` are more keys of those sections, `extra` more sections. The one writer, for the tests too."""
+    and `ifs` are more keys of those sections, `extra` more sections; `database` another store than the
+    SQLite file in `workdir` (a PostgreSQL URL). The one writer, for the tests too."""
     cfg = workdir / "notifier.toml"
     cfg.write_text(f"""
 [service]
 host = "127.0.0.1"
 port = 0
-database = "{workdir / 'notifier.sqlite3'}"
+database = "{database or workdir / 'notifier.sqlite3'}"
 key_file = "{workdir / 'master.key'}"
 dev_mode = true
 {service}
@@ -123,8 +124,10 @@ async def service_from(config: Path, ifs_url: str):
     return await app.build_service(settings, IFS_SECRETS | {"ifs.base_url": ifs_url})
 
 
-async def make_service(workdir: Path, ifs_url: str, *, extra: str = ""):
-    return await service_from(write_config(workdir, extra), ifs_url)
+async def make_service(workdir: Path, ifs_url: str, *, extra: str = "", service: str | None = None,
+                       database: str | None = None):
+    kw = {} if service is None else {"service": service}
+    return await service_from(write_config(workdir, extra, database=database, **kw), ifs_url)
 
 
 def channel_ref(channel_id: str, service_url: str, team: str = "team-1"):

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from core.errors import ConfigError
 
 ENV_PREFIX = "NOTIFIER__"
-MIN_TAKEOVER, MAX_TAKEOVER = 2.0, 600.0  # service.leader_takeover_seconds
+MIN_TAKEOVER, MAX_TAKEOVER = 5.0, 600.0  # service.leader_takeover_seconds
 REPLICA_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import aiosqlite
+import asyncpg
 
 from core.errors import ConfigError
 from store import _aiosqlite_adapter
@@ -25,6 +26,8 @@ from store.migrations import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION_TABLE, s
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Params = tuple[Any, ...] | dict[str, Any]
+# What a database call raises when the database fails (a full disk, a lost server), on either back end
+DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError)
 SYNCHRONOUS = "FULL"  # every commit waits for the disk, unless run_transaction(synced=False) says otherwise
 
 
@@ -232,7 +235,7 @@ async def open_database(target: str) -> Database:
     """Open (creating if needed) and migrate the database `service.database` names: a PostgreSQL URL
     (store.pg), or the path of a SQLite file."""
     if is_server_url(target):
-        from store.pg import open_pg  # imported here: SQLite installations never load the PostgreSQL driver
+        from store.pg import open_pg  # (store.pg builds on this module)
 
         return await open_pg(target)
     return await open_sqlite(target)

@@ -24,17 +24,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import importlib
 import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
 
 from core.clock import SYSTEM_CLOCK, Clock
 from store.db import Database
+from store.pg import redact
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +49,6 @@ Lost = Callable[[str], Awaitable[None]]  # called with the reason
 def replica_id(name: str = "") -> str:
     """The configured service.replica_name, or host:pid."""
     return name or f"{socket.gethostname()}:{os.getpid()}"
-
-
-def redact(url: str) -> str:
-    """A database URL fit for a message: the password replaced by ***."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<database URL>"
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 @dataclass(frozen=True)
@@ -95,7 +83,8 @@ class Timing:
     def keepalive(self) -> tuple[int, int, int]:
         """Server-side TCP keepalive of the lock session (idle, interval, count), whole seconds: a leader
         whose host or network died loses the lock within about server_gone seconds."""
-        return max(1, int(self.takeover / 4)), max(1, int(self.takeover / 20)), 3
+        idle, interval = max(1, int(self.takeover / 4)), max(1, int(self.takeover / 20))
+        return idle, interval, max(1, min(3, int((0.4 * self.takeover - idle) / interval)))
 
     @property
     def server_gone(self) -> float:
@@ -140,13 +129,12 @@ class Leadership(Protocol):
 
 async def _bump_epoch(db: Database, replica: str, now: float) -> int:
     async with db.transaction() as conn:
-        cur = await conn.execute(
-            "INSERT INTO leadership (name, epoch, holder, since) VALUES (?, 1, ?, ?) ON CONFLICT (name)"
-            " DO UPDATE SET epoch = leadership.epoch + 1, holder = excluded.holder, since = excluded.since"
-            " RETURNING epoch", (SCOPE, replica, now))
-        row = await cur.fetchone()
-    assert row is not None  # an upsert with RETURNING returns its row
-    return int(row[0])
+        async with conn.execute(
+                "INSERT INTO leadership (name, epoch, holder, since) VALUES (?, 1, ?, ?) ON CONFLICT (name)"
+                " DO UPDATE SET epoch = leadership.epoch + 1, holder = excluded.holder, since = excluded.since"
+                " RETURNING epoch", (SCOPE, replica, now)) as cur:
+            rows = list(await cur.fetchall())
+    return int(rows[0][0])  # an upsert with RETURNING returns its row
 
 
 class FileLeadership:
@@ -155,6 +143,7 @@ class FileLeadership:
     def __init__(self, db: Database, database_path: str, replica: str, timing: Timing, *,
                  clock: Clock = SYSTEM_CLOCK, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.db = db
+        self.database_path = database_path
         self.path = database_path + ".leader"
         self.replica = replica
         self.timing = timing
@@ -195,10 +184,10 @@ class FileLeadership:
             if not self.try_lock():
                 log.warning("another notifier process (%s) is running on %s and polls and delivers: this one"
                             " stands by, serving /api/messages only, until that one stops (SQLite allows one"
-                            " active process; several replicas need PostgreSQL)", self._holder, self.db.path)
+                            " active process; several replicas need PostgreSQL)", self._holder, self.database_path)
                 while not self.try_lock():
                     await self.sleep(self.timing.retry)
-                log.warning("%s became the active process on %s", self.replica, self.db.path)
+                log.warning("%s became the active process on %s", self.replica, self.database_path)
             self._leader = True
             await gained(await _bump_epoch(self.db, self.replica, self.clock.time()))
             await asyncio.Event().wait()  # held until cancelled
@@ -227,7 +216,6 @@ class PgLeadership:
         return self._leader
 
     async def _connect(self) -> Any:
-        asyncpg: Any = importlib.import_module("asyncpg")  # the PostgreSQL driver; not needed on SQLite
         t = self.timing
         idle, interval, count = t.keepalive
         conn = await asyncpg.connect(self.url, timeout=max(1.0, t.check_timeout), server_settings={

@@ -73,23 +73,25 @@ class ChannelLeases:
         now = self._now()
         until = now + ttl
         async with self._db.transaction() as conn:
-            cur = await conn.execute("SELECT owner, until FROM channel_leases WHERE channel_id = ?", (channel_id,))
-            row = await cur.fetchone()
+            async with conn.execute("SELECT owner, until FROM channel_leases WHERE channel_id = ?",
+                                    (channel_id,)) as cur:
+                row = await cur.fetchone()
             previous = None if row is None else (str(row[0]), float(row[1]))
             if previous is not None and previous[0] != self.replica and previous[1] + margin > now:
                 return None
             if previous is None or previous[0] != self.replica:
-                cur = await conn.execute("SELECT count(*) FROM channel_leases WHERE owner = ? AND until > ?",
-                                         (self.replica, now))
-                held = await cur.fetchone()
+                async with conn.execute("SELECT count(*) FROM channel_leases WHERE owner = ? AND until > ?",
+                                        (self.replica, now)) as cur:
+                    held = await cur.fetchone()
                 if held is not None and int(held[0]) >= cap:
                     return None
-            cur = await conn.execute(
-                "INSERT INTO channel_leases (channel_id, owner, until) VALUES (?, ?, ?) ON CONFLICT (channel_id)"
-                " DO UPDATE SET owner = excluded.owner, until = excluded.until"
-                " WHERE channel_leases.owner = excluded.owner OR channel_leases.until < ? RETURNING owner",
-                (channel_id, self.replica, until, now - margin))
-            if await cur.fetchone() is None:
+            async with conn.execute(
+                    "INSERT INTO channel_leases (channel_id, owner, until) VALUES (?, ?, ?) ON CONFLICT (channel_id)"
+                    " DO UPDATE SET owner = excluded.owner, until = excluded.until"
+                    " WHERE channel_leases.owner = excluded.owner OR channel_leases.until < ? RETURNING owner",
+                    (channel_id, self.replica, until, now - margin)) as cur:
+                got = await cur.fetchall()
+            if not got:
                 return None  # another replica took it a moment ago
             from_other = previous is not None and previous[0] != self.replica
             if from_other:
