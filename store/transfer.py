@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import aiosqlite
+import asyncpg
 
 from core.errors import NotifierError
 from store.db import SqliteDatabase, is_server_url, open_database, open_sqlite
@@ -301,8 +302,6 @@ async def _open(option: str, target: str, *, must_exist: bool) -> _Side:
         if must_exist and not os.path.isfile(path):
             raise TransferRefused(f"{option} {name}: no such file")
         return _SqliteSide(await open_sqlite(path), name)
-    import asyncpg  # imported here, as store.db does: SQLite installations never load the PostgreSQL driver
-
     migrated = await open_database(target)  # migrates it to this version's schema
     await migrated.close()
     try:
