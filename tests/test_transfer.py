@@ -15,6 +15,7 @@ import pytest
 
 from bench.common import bind
 from bot.bindings_io import export_bindings
+from core.clock import FakeClock
 from core.domain import RecordKind
 from core.people import Person
 from simulator import postgres
@@ -22,6 +23,7 @@ from store.audit import AuditLog
 from store.channels import Channels
 from store.db import open_database
 from store.leader import LEADER_KEY, FileLeadership, Timing
+from store.leases import Replicas
 from store.outbox import Outbox
 from store.people import Claims, People, ReminderStore
 from store.transfer import TABLES, TransferRefused, describe, transfer
@@ -62,6 +64,20 @@ async def filled_store(tmp_path: Path, ifs, connector, service_factory) -> str:
         await u.claims.claim(f"{RecordKind.ORDER.value}:10:1", "0f0e0d0c-aaaa-bbbb-cccc-000000000001", "Alain")
         await u.reminders.snooze("0f0e0d0c-aaaa-bbbb-cccc-000000000001", "order:10:1", 2e9)
     assert await ReminderStore(svc.db).take_slot("2026-12-05 09:00")
+    led = asyncio.Event()
+
+    async def gained(epoch: int) -> None:
+        led.set()
+
+    async def lost(reason: str) -> None:
+        raise AssertionError(reason)
+
+    leading = asyncio.create_task(FileLeadership(svc.db, svc.settings.service.database, "serve-a",
+                                                 Timing(15.0)).run(gained, lost))
+    await led.wait()  # the scheduler's epoch is recorded, as a leading `serve` does
+    leading.cancel()
+    await asyncio.gather(leading, return_exceptions=True)
+    await Replicas(svc.db, "serve-a", FakeClock(1000.0)).beat(7.5)  # a heartbeat long gone: not copied
     await svc.stop()
     await svc.db.close()
     return str(tmp_path / "notifier.sqlite3")
@@ -86,6 +102,7 @@ async def views(database: str, key_file: Path) -> dict[str, Any]:
             "snoozed": await ReminderStore(db).snoozed("0f0e0d0c-aaaa-bbbb-cccc-000000000001", 0),
             "slot_taken_again": await ReminderStore(db).take_slot("2026-12-05 09:00"),
             "rows": await Store(db).row_counts(),
+            "leadership": [tuple(r) for r in await db.fetchall("SELECT name, epoch, holder, since FROM leadership")],
         }
     finally:
         await db.close()
@@ -107,6 +124,10 @@ async def test_sqlite_to_sqlite_keeps_every_view_and_ids_continue(tmp_path, ifs,
     assert before["secrets"] == SECRETS | {n: v for n, v in before["secrets"].items() if n.startswith("ifs.")}
     assert before["outbox"].get("sent", 0) >= 4 and len(before["cards"]) >= 4 and len(before["audit"]) > 5
     assert before["slot_taken_again"] is False  # the reminder slot (a meta row) came along
+    assert [row[:3] for row in before["leadership"]] == [("scheduler", 1, "serve-a")]
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        assert src.execute("SELECT count(*) FROM replicas").fetchone()[0] == 1
+        assert dst.execute("SELECT count(*) FROM replicas").fetchone()[0] == 0  # heartbeats stay behind
     assert [c.table for c in report.tables] == list(TABLES)
     counts = _summary(report)
     assert counts["events"] == before["rows"]["events"] and counts["audit"] == len(before["audit"])
