@@ -291,3 +291,24 @@ def test_backup_of_a_postgresql_store_prints_the_pg_dump_command_without_the_pas
             in done.stderr), done.stderr
     assert "hunter2" not in done.stderr + done.stdout
     assert not (tmp_path / "b.dump").exists()
+
+
+async def test_the_command_line_moves_a_store_to_postgresql_and_the_service_reads_it(tmp_path, ifs, connector,
+                                                                                     service_factory, pg_server):
+    source = await filled_store(tmp_path, ifs, connector, service_factory)
+    url = pg_server.new_database()
+    before = await views(source, tmp_path / "master.key")
+
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "app.py", "migrate-store", "--from", f"sqlite:{source}", "--to", url],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    listed = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "app.py", "bindings", "list"], cwd=ROOT, capture_output=True, text=True,
+        timeout=60, env={"PATH": "/usr/bin:/bin", "NOTIFIER__SERVICE__DATABASE": url,
+                         "NOTIFIER__SERVICE__KEY_FILE": str(tmp_path / "master.key")})
+
+    assert done.returncode == 0, done.stderr
+    assert f"to {url} (schema version" in done.stdout
+    assert listed.returncode == 0, listed.stderr
+    assert CHANNEL in listed.stdout and "company 10" in listed.stdout
+    assert await views(url, tmp_path / "master.key") == before
