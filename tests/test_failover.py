@@ -242,7 +242,10 @@ async def test_the_other_replica_takes_over_within_the_bound_and_nothing_is_lost
         duplicates = sum(n - 1 for n in got.values())
         assert duplicates <= kills, (duplicates, kills)
         assert max(takeovers) <= TAKEOVER, takeovers
-        assert connector.throttled == 0, [r for r in connector.rejected if r.status == 429][:5]
+        assert connector.throttled == 0, [
+            (r.conversation_id, r.at, [(round(a.at - r.at, 3), a.op) for a in connector.accepted
+                                       if a.channel_id == r.conversation_id and abs(a.at - r.at) < 2.5],
+             replicas.killed) for r in connector.rejected if r.status == 429][:3]
         rows = [e for e in await audit.recent(limit=100_000, category="poll")
                 if e.action in ("poll started", "poll ended")]
         spans = poll_intervals(rows, replicas.killed, end)
