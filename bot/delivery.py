@@ -349,20 +349,29 @@ class DeliveryWorker:
             lim = self._limiters[channel_id] = WindowLimiter(self._channel_windows, self.monotonic)
         return lim
 
-    async def _pace(self, channel_id: str, *, leased: bool = True) -> bool:
-        """Wait until the channel's and the app's windows admit one more message. False when this replica
-        no longer holds the channel's lease (another replica delivers there now): nothing may be sent."""
+    @contextlib.asynccontextmanager
+    async def _paced(self, channel_id: str, *, leased: bool = True) -> AsyncIterator[bool]:
+        """Wait until the channel's and the app's windows admit one more message, then yield True for the
+        message to be sent inside the block; the message counts in the windows from the moment the block
+        ends (its answer), as Teams counts it somewhere between. Yields False when this replica no longer
+        holds the channel's lease (another replica delivers there now): nothing may be sent."""
         both = MultiLimiter(self._limiter(channel_id), self._app_limiter)
         while True:
             if leased and not await self.pacing.keep(channel_id):
-                return False
+                yield False
+                return
             windows = self.pacing.app_windows(self._app_windows)
             if windows != self._app_limiter.windows:
                 self._app_limiter.set_windows(windows)
             wait = both.try_acquire()
             if wait <= 0:
-                return True
+                break
             await self.sleep(min(wait, self.pacing.max_sleep))
+        admitted = both.admitted
+        try:
+            yield True
+        finally:
+            both.done(admitted)
 
     async def _deliver(self, channel: ChannelRef, work: list[Delivery]) -> bool:
         """Send one unit (a single card or a digest). False when the channel should not be tried further now."""
@@ -378,22 +387,33 @@ class DeliveryWorker:
         # a renderer may need the database (the people a card mentions): it may return an awaitable
         card, text = await rendered if inspect.isawaitable(rendered) else rendered
         op = "digest" if digest else ("update" if posted else "post")
-        if not await self._pace(channel.channel_id):
+        started = self.monotonic()
+        failure: SendError | None = None
+        new_posted = posted
+        async with self._paced(channel.channel_id) as admitted:
+            if admitted:
+                started = self.monotonic()
+                try:
+                    if posted is not None:
+                        await self.sender.update(channel, posted, card, text)
+                    else:
+                        new_posted = await self.sender.post(channel, card, text)
+                except SendError as err:
+                    failure = err
+        if not admitted:
             await self._hand_back(work)
             return False
-        started = self.monotonic()
-        try:
-            if posted is not None:
-                await self.sender.update(channel, posted, card, text)
-                # (the reply goes out even if the lease has just run out: the card is already updated)
-                if self.settings.reply_in_thread and await self._pace(channel.channel_id, leased=False):
+        if failure is None and posted is not None and self.settings.reply_in_thread:
+            # (the reply goes out even if the lease has just run out: the card is already updated)
+            async with self._paced(channel.channel_id, leased=False):
+                try:
                     await self.sender.reply(channel, posted, self.renderer.render_reply(first))
-                new_posted = posted
-            else:
-                new_posted = await self.sender.post(channel, card, text)
-        except SendError as err:
-            return await self._failed(channel, work, err, op, self.monotonic() - started)
+                except SendError as err:
+                    failure = err
+        if failure is not None:
+            return await self._failed(channel, work, failure, op, self.monotonic() - started)
         latency = self.monotonic() - started
+        assert new_posted is not None  # posted, or updated in place
         async with self.store.unit() as u:
             if digest:
                 await u.outbox.settle([d.id for d in work], DeliveryStatus.DIGESTED, http_status=200,
@@ -488,19 +508,22 @@ class DeliveryWorker:
         channel = await self.channels.get(channel_id)
         if channel is None or not channel.active or channel.paused or self.in_quiet_hours(channel):
             return False
-        async with self._one_off_lease(channel_id) as leased:
-            if not await self._pace(channel_id, leased=leased):
+        failure: SendError | None = None
+        async with self._one_off_lease(channel_id) as leased, self._paced(channel_id, leased=leased) as admitted:
+            if not admitted:
                 return False
             try:
                 posted = await call(channel)
             except SendError as err:
-                gone = classify(err) is Outcome.GONE
-                async with self.store.unit() as u:
-                    if gone:
-                        await u.channels.set_active(channel_id, False, err.code or f"HTTP {err.status}")
-                    await u.audit.add("delivery", what, "failed", channel_id=channel_id, status=err.status,
-                                      code=err.code, deactivated=gone)
-                return False
+                failure = err
+        if failure is not None:
+            gone = classify(failure) is Outcome.GONE
+            async with self.store.unit() as u:
+                if gone:
+                    await u.channels.set_active(channel_id, False, failure.code or f"HTTP {failure.status}")
+                await u.audit.add("delivery", what, "failed", channel_id=channel_id, status=failure.status,
+                                  code=failure.code, deactivated=gone)
+            return False
         await self.audit.record("delivery", what, "ok", channel_id=channel_id, status=200,
                                 activity=posted.activity_id)
         self.metrics.inc("notifier_delivery_messages_total", 1, "Messages posted or updated in Teams", op=what)

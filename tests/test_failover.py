@@ -26,7 +26,7 @@ import pytest
 
 from core.settings import load_settings
 from simulator.connector import ConnectorStandIn
-from simulator.postgres import NOT_INSTALLED, PostgresServer, find_binaries
+from simulator.postgres import NOT_INSTALLED, find_binaries
 from store.audit import AuditEntry, AuditLog
 
 pytestmark = pytest.mark.skipif(find_binaries() is None, reason=NOT_INSTALLED)
@@ -157,18 +157,17 @@ def overlaps(spans: dict[str, list[tuple[float, float]]]) -> list[tuple[str, str
     return found
 
 
-async def test_the_other_replica_takes_over_within_the_bound_and_nothing_is_lost_doubled_or_throttled(tmp_path, ifs):
+async def test_the_other_replica_takes_over_within_the_bound_and_nothing_is_lost_doubled_or_throttled(
+        tmp_path, ifs, database_url):
     import app
 
     rng = random.Random(20261205)
-    server = PostgresServer()
-    await asyncio.to_thread(server.start)
     connector = ConnectorStandIn()
     await connector.start()
     replicas: Replicas | None = None
     db = None
+    url = database_url
     try:
-        url = server.new_database()
         cfg = await prepare(tmp_path, url, ifs, connector)
         db, _vault = await app.open_store(load_settings(cfg, env={}), keys=False)
         audit = AuditLog(db)
@@ -242,7 +241,10 @@ async def test_the_other_replica_takes_over_within_the_bound_and_nothing_is_lost
         duplicates = sum(n - 1 for n in got.values())
         assert duplicates <= kills, (duplicates, kills)
         assert max(takeovers) <= TAKEOVER, takeovers
-        assert connector.throttled == 0, [r for r in connector.rejected if r.status == 429][:5]
+        assert connector.throttled == 0, [
+            (r.conversation_id, r.at, [(round(a.at - r.at, 3), a.op) for a in connector.accepted
+                                       if a.channel_id == r.conversation_id and abs(a.at - r.at) < 2.5],
+             replicas.killed) for r in connector.rejected if r.status == 429][:3]
         rows = [e for e in await audit.recent(limit=100_000, category="poll")
                 if e.action in ("poll started", "poll ended")]
         spans = poll_intervals(rows, replicas.killed, end)
@@ -257,4 +259,3 @@ async def test_the_other_replica_takes_over_within_the_bound_and_nothing_is_lost
         if db is not None:
             await db.close()
         await connector.stop()
-        await asyncio.to_thread(server.stop)

@@ -7,6 +7,7 @@ are skipped, with the reason, only when its binaries are not installed.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from dataclasses import replace
 
@@ -30,13 +31,17 @@ CH1, CH2 = "19:one@thread.tacv2", "19:two@thread.tacv2"
 
 async def wait_until(predicate, limit: float = 10.0) -> bool:
     """Bounded wait for another task's progress; the answer, not the time, is what the tests check."""
+    async def check() -> bool:
+        answer = predicate()
+        return bool(await answer if inspect.isawaitable(answer) else answer)
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
     while loop.time() < deadline:
-        if predicate():
+        if await check():
             return True
         await asyncio.sleep(0.005)
-    return predicate()
+    return await check()
 
 
 # --------------------------------------------------------------------------- settings and timing
@@ -119,11 +124,10 @@ async def test_a_second_process_on_one_sqlite_file_stands_by_until_the_first_sto
     await db.close()
 
 
-# --------------------------------------------------------------------------- channel leases
+# --------------------------------------------------------------------------- channel leases (both back ends)
 
-async def test_a_channel_has_one_lease_holder_taken_over_only_after_it_ran_out(tmp_path):
+async def test_a_channel_has_one_lease_holder_taken_over_only_after_it_ran_out(db):
     clock = FakeClock()
-    db = await open_database(str(tmp_path / "leases.sqlite3"))
     a, b = ChannelLeases(db, "a", clock), ChannelLeases(db, "b", clock)
     lease = dict(ttl=5.0, margin=1.0, horizon=3600.0)
     took = await a.take(CH1, cap=1, **lease)
@@ -141,14 +145,12 @@ async def test_a_channel_has_one_lease_holder_taken_over_only_after_it_ran_out(t
     assert await a.renew(CH1, 5.0) is None  # b's now
     assert await ChannelLeases(db, "c", clock).take(CH1, cap=5, **lease) is None
     assert await db.scalar("SELECT count(*) FROM channel_leases WHERE owner = 'b'") == 1
-    await db.close()
 
 
-async def test_taking_over_a_channel_counts_its_recent_sends_and_frees_the_claims_of_the_old_holder(tmp_path):
+async def test_taking_over_a_channel_counts_its_recent_sends_and_frees_the_claims_of_the_old_holder(db):
     from bench.delivery import record
 
     clock = FakeClock()
-    db = await open_database(str(tmp_path / "takeover.sqlite3"))
     await bind(db, CH1, "https://smba.example.com", "C00")
     await PollWriter(db, clock).apply(RecordKind.INVOICE, "C00", [
         (EventType.NEW, record(0, i).to_dict(), None, "") for i in range(3)], [Binding(CH1, "C00")])
@@ -167,12 +169,10 @@ async def test_taking_over_a_channel_counts_its_recent_sends_and_frees_the_claim
     assert taken is not None and taken.from_other and taken.sent == [sent_at]
     assert (await outbox.get(stuck[0].id)).status is DeliveryStatus.PENDING  # not 120 s later: now
     assert (await outbox.counts()) == {"sent": 1, "pending": 2}
-    await db.close()
 
 
-async def test_replicas_count_each_other_alive_and_a_clean_stop_leaves_at_once(tmp_path):
+async def test_replicas_count_each_other_alive_and_a_clean_stop_leaves_at_once(db):
     clock = FakeClock()
-    db = await open_database(str(tmp_path / "replicas.sqlite3"))
     a, b = Replicas(db, "a", clock), Replicas(db, "b", clock)
     assert await a.beat(7.5) == 1
     assert await b.beat(7.5) == 2
@@ -184,7 +184,6 @@ async def test_replicas_count_each_other_alive_and_a_clean_stop_leaves_at_once(t
     await b.leave()
     assert await a.live(7.5) == ["a"]
     assert await db.scalar("SELECT count(*) FROM channel_leases") == 0
-    await db.close()
 
 
 # --------------------------------------------------------------------------- pacing across replicas
@@ -204,10 +203,112 @@ async def test_replicas_pacing_each_on_its_own_would_be_throttled(tmp_path):
     """The control: the measurement sees what the leases prevent."""
     from bench.replicas import measure
 
-    m = await measure(tmp_path, channels=12, per_channel=40, naive=True)
+    m = await measure(tmp_path, channels=6, per_channel=20, naive=True)
     assert m["throttled_429"] > 0 and m["lost"] == 0
 
 
 def test_settings_section_keeps_its_defaults():
     s = replace(ServiceSettings())
     assert s.leader_takeover_seconds == 15.0 and s.replica_name == ""
+
+
+# --------------------------------------------------------------------------- PostgreSQL: the advisory lock
+
+async def test_one_replica_holds_the_scheduler_lock_and_another_takes_over_when_its_session_ends(database_url):
+    import asyncpg
+
+    from store.leader import PgLeadership
+
+    db = await open_database(database_url)
+    timing = Timing(5)
+    loop = asyncio.get_running_loop()
+    events: list[tuple[str, str, object, float]] = []
+    tries = {"a": 0, "b": 0}
+
+    def hooks(name):
+        async def gained(epoch: int) -> None:
+            events.append((name, "gained", epoch, loop.time()))
+
+        async def lost(reason: str) -> None:
+            events.append((name, "lost", reason, loop.time()))
+
+        async def sleep(seconds: float) -> None:
+            tries[name] += 1
+            await asyncio.sleep(seconds)
+        return gained, lost, sleep
+
+    ga, la, sa = hooks("a")
+    gb, lb, sb = hooks("b")
+    a = PgLeadership(db, database_url, "a", timing, sleep=sa)
+    b = PgLeadership(db, database_url, "b", timing, sleep=sb)
+    ta = asyncio.create_task(a.run(ga, la))
+    tb = None
+    admin = await asyncpg.connect(database_url)
+    try:
+        assert await wait_until(lambda: [e[:3] for e in events] == [("a", "gained", 1)], 10)
+        tb = asyncio.create_task(b.run(gb, lb))
+        assert await wait_until(lambda: tries["b"] >= 4, 10)  # b has asked again and again
+        assert not b.is_leader and a.is_leader and len(events) == 1
+        # a's session ends (an administrator, a cut connection): the server frees the lock with it
+        cut = loop.time()
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", a.backend_pid)
+        assert await wait_until(lambda: any(e[:2] == ("b", "gained") for e in events), 3 * timing.takeover)
+        lost = next(e for e in events if e[:2] == ("a", "lost"))
+        gained = next(e for e in events if e[:2] == ("b", "gained"))
+        assert "lock session" in str(lost[2]) or "no longer held" in str(lost[2])
+        assert lost[3] <= gained[3], "the old leader stopped before the new one started"
+        assert lost[3] - cut <= timing.check_every + timing.check_timeout + 0.5
+        assert gained[3] - cut <= timing.takeover and gained[2] == 2
+        assert b.is_leader and not a.is_leader
+        assert tuple(await db.fetchone("SELECT epoch, holder FROM leadership")) == (2, "b")
+    finally:
+        for t in (ta, tb):
+            if t is not None:
+                t.cancel()
+                await asyncio.gather(t, return_exceptions=True)
+        await admin.close()
+        await db.close()
+    # cancelled: both sessions are gone, and with them the lock
+    check = await asyncpg.connect(database_url)
+    try:
+        assert await check.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    finally:
+        await check.close()
+
+
+async def test_a_service_that_loses_the_lead_stops_its_scheduler_and_takes_it_again(tmp_path, ifs, database_url):
+    import asyncpg
+
+    from bench.common import make_service
+
+    svc = await make_service(tmp_path, ifs.base_url, database=database_url,
+                             service='timezone = "UTC"\nreplica_name = "solo"\nleader_takeover_seconds = 5')
+    admin = await asyncpg.connect(database_url)
+
+    async def actions() -> list[tuple[str, str | None, int | None]]:
+        return [(e.action, e.actor, e.detail.get("epoch")) for e in
+                reversed(await svc.audit.recent(limit=50, category="lifecycle"))]
+
+    rows: list = []
+
+    async def saw(n: int) -> bool:
+        rows[:] = await actions()
+        return len(rows) >= n
+
+    try:
+        await svc.start(web_runner=False, background=True)
+        assert svc.shared and svc.pacing.shared
+        await wait_until(lambda: saw(1), 15)
+        assert rows == [("leadership acquired", "solo", 1)]
+        assert svc.jobs.scheduler is not None and svc.jobs.epoch == 1
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", svc.leadership.backend_pid)
+        await wait_until(lambda: saw(3), 15)
+        assert rows[1][0] == "leadership lost" and rows[2] == ("leadership acquired", "solo", 2)
+        assert svc.jobs.scheduler is not None and svc.jobs.epoch == 2
+        assert await svc.pacing.replicas.live(60) == ["solo"]
+    finally:
+        await svc.stop()
+        assert svc.jobs.scheduler is None
+        assert await admin.fetchval("SELECT count(*) FROM replicas") == 0  # a clean stop leaves at once
+        await svc.db.close()
+        await admin.close()
