@@ -94,8 +94,8 @@ IFS_SECRETS = {"ifs.client_id": "notifier", "ifs.client_secret": "notifier-secre
 def write_config(workdir: Path, extra: str = "", *, service: str = 'timezone = "UTC"\nlog_level = "WARNING"',
                  ifs: str = "", database: str | None = None) -> Path:
     """The settings file of a development-mode service on 127.0.0.1 with its files in `workdir`; `service`
-    and `ifs` are more keys of those sections, `extra` more sections; `database` another store than the
-    SQLite file in `workdir` (a PostgreSQL URL). The one writer, for the tests too."""
+    and `ifs` are more keys of those sections, `extra` more sections; `database` a PostgreSQL URL instead of
+    the SQLite file in `workdir`. The one writer, for the tests too."""
     cfg = workdir / "notifier.toml"
     cfg.write_text(f"""
 [service]

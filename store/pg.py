@@ -169,15 +169,16 @@ class PgDatabase(Database):
         self.pool = pool
         self.url = redact(url)  # for messages: never the password
         self._write_lock = asyncio.Lock()
-        self._current: contextvars.ContextVar[PgConnection | None] = contextvars.ContextVar(
-            f"pg_transaction_{id(self)}", default=None)
+        # the transaction the running task is inside (tasks it starts inherit the variable: the task is checked)
+        self._current: contextvars.ContextVar[tuple[asyncio.Task[Any] | None, PgConnection] | None] = (
+            contextvars.ContextVar(f"pg_transaction_{id(self)}", default=None))
         self._closed = False
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PgConnection]:
         async with self._write_lock, self.pool.acquire() as raw, raw.transaction():
             conn = PgConnection(raw)
-            token = self._current.set(conn)
+            token = self._current.set((asyncio.current_task(), conn))
             try:
                 yield conn
             finally:
@@ -188,8 +189,8 @@ class PgDatabase(Database):
         """A connection for reading: the current transaction's inside one (its writes are visible), else a
         pooled one."""
         current = self._current.get()
-        if current is not None:
-            yield current
+        if current is not None and current[0] is asyncio.current_task():
+            yield current[1]
             return
         async with self.pool.acquire() as raw:
             yield PgConnection(raw)
@@ -212,6 +213,9 @@ class PgDatabase(Database):
             return True
         except PG_ERRORS:
             return False
+
+    async def size_bytes(self) -> int:
+        return int(await self.scalar("SELECT pg_database_size(current_database())"))
 
     async def backup_to(self, target: str) -> None:
         raise ConfigError("backup", "the database is PostgreSQL: back it up with the server's tools, e.g."

@@ -164,6 +164,9 @@ class PollWriter:
         deliveries = 0
         async with db.transaction() as tx:
             conn = tx.raw
+            # as on SQLite (run_transaction(synced=False)): the page's commit does not wait for the disk; the
+            # server's write-ahead log is written in order, so the poll's closing synced commit covers it
+            await conn.execute("SET LOCAL synchronous_commit TO OFF")
             if total:
                 ids: list[int] = [r[0] for r in await conn.fetch(
                     "SELECT nextval(pg_get_serial_sequence('events', 'id')) FROM generate_series(1, $1)", total)]

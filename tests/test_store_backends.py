@@ -366,6 +366,7 @@ async def test_the_vault_keeps_ciphertext_and_rotates_its_key(db, tmp_path, cloc
 
 async def test_the_database_reports_readiness_and_its_disk(db, tmp_path):
     assert await db.writable()
+    assert await db.size_bytes() > 4096
     if db.dialect == "sqlite":
         assert db.free_disk_bytes() > 0
         await db.backup_to(str(tmp_path / "copy.sqlite3"))
@@ -433,15 +434,17 @@ async def test_replicas_starting_together_migrate_once(database_url):
             await d.close()
 
 
-async def test_two_replicas_claiming_together_never_claim_a_delivery_twice(database_url):
+async def test_two_replicas_claiming_together_never_claim_a_delivery_twice_nor_take_a_slot_twice(database_url):
     clock = FakeClock(T0)
     one, two = await open_pg(database_url), await open_pg(database_url)
     try:
         channels = [f"19:c{i}" for i in range(4)]
         store = Store(one, clock)
         await linked(store, *channels)
-        await PollWriter(one, clock).apply(INV, "10", [change(rec(i)) for i in range(60)],
-                                           [Binding(c, "10") for c in channels])
+        bound = [Binding(c, "10") for c in channels]
+        await PollWriter(one, clock).apply(INV, "10", [change(rec(i)) for i in range(60)], bound)
+        await PollWriter(one, clock).apply(INV, "10", [change(rec(i, etag="W/b"), EventType.CHANGED,
+                                                              "AwaitingApproval") for i in range(0, 60, 3)], bound)
         claimed: list[int] = []
 
         async def worker(db: PgDatabase) -> None:
@@ -455,8 +458,12 @@ async def test_two_replicas_claiming_together_never_claim_a_delivery_twice(datab
                 claimed.extend(d.id for d in got)
 
         await asyncio.gather(*(worker(d) for d in (one, two, one, two)))
-        assert len(claimed) == 240 and len(set(claimed)) == 240
-        assert await store.outbox.counts() == {"sending": 240}
+        assert len(claimed) == 240 and len(set(claimed)) == 240  # 60 records in each of 4 channels, once each
+        assert await store.outbox.counts() == {"sending": 240, "superseded": 80}
+        # a reminder slot, taken by both at once, is taken once
+        takes = await asyncio.gather(*(Store(d, clock).reminders.take_slot("2026-12-07 08:00")
+                                       for d in (one, two, one, two)))
+        assert sorted(takes) == [False, False, False, True]
     finally:
         await one.close()
         await two.close()
@@ -485,3 +492,18 @@ def test_a_password_in_the_config_file_url_is_refused_but_the_environment_may_ca
 
 def test_sqlite_stays_the_default():
     assert load_settings(None, env={}).service.database.endswith(".sqlite3")
+
+
+async def test_a_task_started_inside_a_transaction_reads_outside_it(database_url):
+    """Reads inside a transaction go through its connection, but only the transaction's own task's: a task
+    started there (which inherits the context) reads through another connection, never one in use."""
+    db = await open_pg(database_url)
+    try:
+        store = Store(db)
+        async with store.unit() as u:
+            await u.channels.upsert(ref(CH))
+            assert await asyncio.create_task(store.channels.all()) == []  # not committed yet
+            assert [c.channel_id for c in await store.channels.all()] == [CH]
+        assert [c.channel_id for c in await store.channels.all()] == [CH]
+    finally:
+        await db.close()
