@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from bench.common import bind
+import bench.common
+from bench.common import bind, service_from
 from bot.bindings_io import export_bindings
 from core.clock import FakeClock
 from core.domain import RecordKind
 from core.people import Person
-from simulator import postgres
 from store.audit import AuditLog
 from store.channels import Channels
 from store.db import open_database
@@ -29,57 +29,51 @@ from store.people import Claims, People, ReminderStore
 from store.transfer import TABLES, TransferRefused, describe, transfer
 from store.unit import Store
 from store.vault import KeyRing, Vault
-from tests.conftest import CHANNEL
+from tests.conftest import CHANNEL, TEST_IFS, TEST_SERVICE
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRETS = {"bot.app_password": "p@ss-word-1", "bot.tenant_id": "tenant-guid"}
 
 
-@pytest.fixture(scope="module")
-def pg_server():
-    if postgres.find_binaries() is None:
-        pytest.skip(postgres.NOT_INSTALLED)
-    pytest.importorskip("store.pg", reason="the PostgreSQL back end is not in this tree yet")
-    server = postgres.PostgresServer().start()
-    yield server
-    server.stop()
-
-
-async def filled_store(tmp_path: Path, ifs, connector, service_factory) -> str:
+async def filled_store(tmp_path: Path, ifs, connector) -> str:
     """A SQLite store written by the service: a linked channel, a poll (events, seen rows, deliveries, source
-    state, audit), deliveries sent (cards), secrets, people, a claim, a snooze and a reminder slot."""
+    state, audit), deliveries sent (cards), secrets, people, a claim, a snooze, a reminder slot and the
+    scheduler's epoch. Always SQLite (whatever NOTIFIER_TEST_STORE says): the store being moved."""
     for n in range(3):
         ifs.add_order(company="10", VendorName=f"Vendor {n}", GrossAmtCurr=1000 + n, CurrencyCode="EUR")
     ifs.add_invoice(company="10")
-    svc = await service_factory()
-    await bind(svc.db, CHANNEL, connector.service_url)
-    await svc.poll_once()
-    await svc.worker.run_once()
-    for name, value in SECRETS.items():
-        await svc.vault.set(name, value)
-    store = Store(svc.db)
-    async with store.unit() as u:
-        await u.people.put(Person("ALAIN", "Alain Approver", aad_object_id="0f0e0d0c-aaaa-bbbb-cccc-000000000001"))
-        await u.people.put(Person("BEA", "Bea Buyer", upn="bea@example.com", personal=False))
-        await u.claims.claim(f"{RecordKind.ORDER.value}:10:1", "0f0e0d0c-aaaa-bbbb-cccc-000000000001", "Alain")
-        await u.reminders.snooze("0f0e0d0c-aaaa-bbbb-cccc-000000000001", "order:10:1", 2e9)
-    assert await ReminderStore(svc.db).take_slot("2026-12-05 09:00")
-    led = asyncio.Event()
+    svc = await service_from(bench.common.write_config(tmp_path, service=TEST_SERVICE, ifs=TEST_IFS), ifs.base_url)
+    try:
+        await svc.start(background=False)
+        await bind(svc.db, CHANNEL, connector.service_url)
+        await svc.poll_once()
+        await svc.worker.run_once()
+        for name, value in SECRETS.items():
+            await svc.vault.set(name, value)
+        store = Store(svc.db)
+        async with store.unit() as u:
+            await u.people.put(Person("ALAIN", "Alain Approver", aad_object_id="0f0e0d0c-aaaa-bbbb-cccc-000000000001"))
+            await u.people.put(Person("BEA", "Bea Buyer", upn="bea@example.com", personal=False))
+            await u.claims.claim(f"{RecordKind.ORDER.value}:10:1", "0f0e0d0c-aaaa-bbbb-cccc-000000000001", "Alain")
+            await u.reminders.snooze("0f0e0d0c-aaaa-bbbb-cccc-000000000001", "order:10:1", 2e9)
+        assert await ReminderStore(svc.db).take_slot("2026-12-05 09:00")
+        led = asyncio.Event()
 
-    async def gained(epoch: int) -> None:
-        led.set()
+        async def gained(epoch: int) -> None:
+            led.set()
 
-    async def lost(reason: str) -> None:
-        raise AssertionError(reason)
+        async def lost(reason: str) -> None:
+            raise AssertionError(reason)
 
-    leading = asyncio.create_task(FileLeadership(svc.db, svc.settings.service.database, "serve-a",
-                                                 Timing(15.0)).run(gained, lost))
-    await led.wait()  # the scheduler's epoch is recorded, as a leading `serve` does
-    leading.cancel()
-    await asyncio.gather(leading, return_exceptions=True)
-    await Replicas(svc.db, "serve-a", FakeClock(1000.0)).beat(7.5)  # a heartbeat long gone: not copied
-    await svc.stop()
-    await svc.db.close()
+        leading = asyncio.create_task(FileLeadership(svc.db, svc.settings.service.database, "serve-a",
+                                                     Timing(15.0)).run(gained, lost))
+        await led.wait()  # the scheduler's epoch is recorded, as a leading `serve` does
+        leading.cancel()
+        await asyncio.gather(leading, return_exceptions=True)
+        await Replicas(svc.db, "serve-a", FakeClock(1000.0)).beat(7.5)  # a heartbeat long gone: not copied
+    finally:
+        await svc.stop()
+        await svc.db.close()
     return str(tmp_path / "notifier.sqlite3")
 
 
@@ -112,8 +106,8 @@ def _summary(report) -> dict[str, int]:
     return {c.table: c.rows for c in report.tables}
 
 
-async def test_sqlite_to_sqlite_keeps_every_view_and_ids_continue(tmp_path, ifs, connector, service_factory):
-    source = await filled_store(tmp_path, ifs, connector, service_factory)
+async def test_sqlite_to_sqlite_keeps_every_view_and_ids_continue(tmp_path, ifs, connector):
+    source = await filled_store(tmp_path, ifs, connector)
     target = tmp_path / "copy" / "notifier.sqlite3"
     before = await views(source, tmp_path / "master.key")
 
@@ -140,8 +134,8 @@ async def test_sqlite_to_sqlite_keeps_every_view_and_ids_continue(tmp_path, ifs,
     assert target.stat().st_mode & 0o777 == 0o600
 
 
-async def test_sqlite_to_postgresql_and_back_keeps_every_view(tmp_path, ifs, connector, service_factory, pg_server):
-    source = await filled_store(tmp_path, ifs, connector, service_factory)
+async def test_sqlite_to_postgresql_and_back_keeps_every_view(tmp_path, ifs, connector, pg_server):
+    source = await filled_store(tmp_path, ifs, connector)
     url = pg_server.new_database()
     back = tmp_path / "back.sqlite3"
     before = await views(source, tmp_path / "master.key")
@@ -162,8 +156,8 @@ async def test_sqlite_to_postgresql_and_back_keeps_every_view(tmp_path, ifs, con
         await db.close()
 
 
-async def test_a_target_that_holds_data_is_refused_and_left_as_it_was(tmp_path, ifs, connector, service_factory):
-    source = await filled_store(tmp_path, ifs, connector, service_factory)
+async def test_a_target_that_holds_data_is_refused_and_left_as_it_was(tmp_path, ifs, connector):
+    source = await filled_store(tmp_path, ifs, connector)
     target = tmp_path / "other.sqlite3"
     db = await open_database(str(target))
     await AuditLog(db).record("system", "service started", "ok")
@@ -177,8 +171,8 @@ async def test_a_target_that_holds_data_is_refused_and_left_as_it_was(tmp_path, 
         assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
 
 
-async def test_a_copy_that_fails_half_way_commits_nothing(tmp_path, ifs, connector, service_factory):
-    source = await filled_store(tmp_path, ifs, connector, service_factory)
+async def test_a_copy_that_fails_half_way_commits_nothing(tmp_path, ifs, connector):
+    source = await filled_store(tmp_path, ifs, connector)
     with sqlite3.connect(source) as conn:  # a row SQLite let in that the target's constraints refuse
         conn.execute("PRAGMA foreign_keys=OFF")
         conn.execute("INSERT INTO bindings (channel_id, company, kinds, created_at) VALUES ('19:gone', '20', 'order', 0)")
@@ -196,9 +190,8 @@ async def test_a_copy_that_fails_half_way_commits_nothing(tmp_path, ifs, connect
     assert _summary(retried)["bindings"] == 1 and _summary(retried)["secrets"] >= 3
 
 
-async def test_a_store_a_running_service_holds_is_refused_before_anything_is_written(tmp_path, ifs, connector,
-                                                                                      service_factory):
-    source = await filled_store(tmp_path, ifs, connector, service_factory)
+async def test_a_store_a_running_service_holds_is_refused_before_anything_is_written(tmp_path, ifs, connector):
+    source = await filled_store(tmp_path, ifs, connector)
     db = await open_database(source)
     running = FileLeadership(db, source, "serve", Timing(15.0))  # what `serve` holds while it runs
     assert running.try_lock()
@@ -263,8 +256,8 @@ def test_describe_drops_the_password_and_keeps_the_rest():
     assert describe("var/n.sqlite3") == "sqlite:var/n.sqlite3"
 
 
-async def test_the_command_line_copies_and_prints_a_summary(tmp_path, ifs, connector, service_factory):
-    source = await filled_store(tmp_path, ifs, connector, service_factory)
+async def test_the_command_line_copies_and_prints_a_summary(tmp_path, ifs, connector):
+    source = await filled_store(tmp_path, ifs, connector)
     target = tmp_path / "cli.sqlite3"
 
     done = await asyncio.to_thread(
@@ -294,8 +287,8 @@ def test_backup_of_a_postgresql_store_prints_the_pg_dump_command_without_the_pas
 
 
 async def test_the_command_line_moves_a_store_to_postgresql_and_the_service_reads_it(tmp_path, ifs, connector,
-                                                                                     service_factory, pg_server):
-    source = await filled_store(tmp_path, ifs, connector, service_factory)
+                                                                                     pg_server):
+    source = await filled_store(tmp_path, ifs, connector)
     url = pg_server.new_database()
     before = await views(source, tmp_path / "master.key")
 
