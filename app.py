@@ -36,6 +36,7 @@ from store.audit import AuditLog
 from store.bindings import Bindings
 from store.db import DB_ERRORS, is_server_url
 from store.outbox import Outbox
+from store.transfer import describe, pg_dump_command, transfer
 from store.vault import KNOWN_SECRETS
 
 log = logging.getLogger("notifier")
@@ -269,11 +270,27 @@ async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
+    if is_server_url(settings.service.database):
+        # PostgreSQL's own tool takes a consistent dump of a live database; the password comes from
+        # PGPASSWORD or a PGPASSFILE, never from this command line
+        print(f"error: backup copies SQLite stores only; {describe(settings.service.database)} is PostgreSQL:"
+              f" run `{pg_dump_command(settings.service.database, args.target)}` (restore with pg_restore,"
+              " see README \"Backups\")", file=sys.stderr)
+        return 2
     async with opened_store(settings, keys=False) as (db, _vault):
         await db.backup_to(args.target)
         os.chmod(args.target, 0o600)
         print(f"backup written to {args.target} (secrets stay encrypted; keep the key file separately)")
         return 0
+
+
+async def cmd_migrate_store(settings: Settings, args: argparse.Namespace) -> int:
+    report = await transfer(args.source, args.target, progress=print)
+    print(f"copied {report.rows} rows in {len(report.tables)} tables from {report.source} to {report.target}"
+          f" (schema version {report.schema_version}, {report.seconds:.1f} s); row counts match table by table")
+    print("secrets were copied encrypted: the new store needs the same master key (service.key_file or"
+          f" NOTIFIER_MASTER_KEY). Next: set service.database to {report.target} and start the service.")
+    return 0
 
 
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -353,9 +370,15 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--id", type=int)
     r.add_argument("--channel")
     r.set_defaults(fn=cmd_replay)
-    bk = sub.add_parser("backup", help="online backup of the database")
+    bk = sub.add_parser("backup", help="online backup of a SQLite store to a new file (PostgreSQL: pg_dump)")
     bk.add_argument("target")
     bk.set_defaults(fn=cmd_backup)
+    mg = sub.add_parser("migrate-store", help="copy the whole store into a new, empty one (SQLite <-> PostgreSQL);"
+                                              " stop the service first")
+    mg.add_argument("--from", dest="source", required=True, metavar="STORE",
+                    help="sqlite:PATH or postgresql://USER@HOST[:PORT]/DATABASE (password: PGPASSWORD or PGPASSFILE)")
+    mg.add_argument("--to", dest="target", required=True, metavar="STORE", help="a new file or an empty database")
+    mg.set_defaults(fn=cmd_migrate_store)
     m = sub.add_parser("manifest", help="Teams app package")
     ms = m.add_subparsers(dest="action", required=True)
     mb = ms.add_parser("build")

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from bot.authz import AdminPolicy, GraphOwnerCheck
 from bot.claims import CardActions
 from bot.commands import Commands
-from bot.delivery import DeliveryWorker
+from bot.delivery import DeliveryWorker, SharedPacing, SoloPacing
 from bot.inbound import RejectedRequests
 from bot.reminders import Reminders
 from bot.rendering import CardRendering
@@ -40,6 +40,7 @@ from pollers.tenant import TenantSchema
 from store.audit import AuditLog
 from store.bindings import Bindings
 from store.db import DB_ERRORS, Database, open_database, owner_only
+from store.leader import FileLeadership, Leadership, PgLeadership, Timing, replica_id
 from store.outbox import Outbox
 from store.people import Claims, People
 from store.poll_writer import PollWriter
@@ -120,6 +121,14 @@ class Service:
         self.people = People(db, self.clock)
         self.claims = Claims(db, self.clock)
         self.tenant = TenantSchema(self.ifs, self.sources)
+        # several replicas (PostgreSQL): one runs the scheduler, every one delivers, under channel leases
+        self.replica = replica_id(settings.service.replica_name)
+        self.timing = Timing(settings.service.leader_takeover_seconds)
+        self.shared = getattr(db, "dialect", "sqlite") == "postgresql"
+        self.leadership: Leadership = (
+            PgLeadership(db, settings.service.database, self.replica, self.timing, clock=self.clock) if self.shared
+            else FileLeadership(db, settings.service.database, self.replica, self.timing, clock=self.clock))
+        self.pacing = SharedPacing(db, self.replica, self.timing, clock=self.clock) if self.shared else SoloPacing()
         self.poller = Poller(client=self.ifs, sources=self.sources, seen=Seen(db), bindings=self.bindings,
                              writer=PollWriter(db, self.clock), audit=self.audit, ifs_base_url=creds.ifs_base_url,
                              page_size=settings.ifs.page_size, use_select=settings.ifs.select,
@@ -130,7 +139,7 @@ class Service:
         self.jobs = SourceJobs(ifs=self.ifs, sources=self.sources, poller=self.poller, tenant=self.tenant,
                                bindings=self.bindings, people=self.people, seen=Seen(db), audit=self.audit,
                                metrics=self.metrics, tz=self.tz, personal=settings.people.personal,
-                               polled=self.wake_delivery, clock=self.clock)
+                               polled=self.wake_delivery, clock=self.clock, replica=self.replica)
         self.bot_config = BotConfig(APP_ID=creds.bot_app_id, APP_PASSWORD=creds.bot_app_password.reveal(),
                                     APP_TYPE=settings.bot.app_type if creds.bot_app_id else "MultiTenant",
                                     APP_TENANTID=creds.bot_tenant_id,
@@ -145,7 +154,8 @@ class Service:
             list_pages={k: s.list_page for k, s in self.sources.items() if s.list_page},
             digest_max_rows=settings.delivery.digest_max_rows, clock=self.clock)
         self.worker = DeliveryWorker(db, self.sender, self.rendering.renderer(), settings.delivery,
-                                     timezone=settings.service.timezone, metrics=self.metrics, clock=self.clock)
+                                     timezone=settings.service.timezone, metrics=self.metrics, clock=self.clock,
+                                     pacing=self.pacing)
         owner_check = None
         if settings.bot.owners_are_admins and creds.bot_app_id and creds.bot_app_password:
             owner_check = GraphOwnerCheck(creds.bot_app_id, creds.bot_app_password.reveal(), clock=self.clock)
@@ -162,6 +172,8 @@ class Service:
                            credentials_factory=self.credentials_factory, bot=self.bot, rejections=self.rejections,
                            metrics=self.metrics, ifs_token_state=self.ifs.token_state)
         self._tasks: list[asyncio.Task] = []
+        self._leader_tasks: list[asyncio.Task] = []  # what only the leader runs (reminders, the tenant check)
+        self._delivering = False
         self._poll_locks = self.jobs.locks
         self._stopped = False
 
@@ -223,23 +235,58 @@ class Service:
                 self._tasks.append(asyncio.create_task(self.signing_keys.run(), name="signing-keys"))
         await self.housekeep()  # the audit retention applies from the start, not a day later
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
-        if background:
-            self.jobs.start(self.settings.schedule)
-            self._tasks.append(asyncio.create_task(self.worker.run(), name="delivery-worker"))
-            if self.settings.people.remind_at:
-                self._tasks.append(asyncio.create_task(self._reminding(), name="reminders"))
-            self._tasks.append(asyncio.create_task(self.jobs.validate_sources(), name="validate-sources"))
-        await self.audit.record("system", "service started", "ok", version=VERSION,
+        await self.audit.record("system", "service started", "ok", version=VERSION, replica=self.replica,
                                 auth="off (development)" if self.bot_config.auth_disabled else "on")
+        if background:
+            if self.shared:  # every replica delivers; SQLite: only the process holding the lock file
+                self._tasks.append(asyncio.create_task(self.pacing.run(), name="replica-heartbeat"))
+                self._start_delivery()
+            self._tasks.append(asyncio.create_task(self.leadership.run(self._lead, self._follow), name="leadership"))
         log.info("service started on %s:%s (bot authentication %s)", self.settings.service.host,
                  self.settings.service.port, "OFF, development mode" if self.bot_config.auth_disabled else "on")
 
-    async def housekeep(self) -> None:
-        """Periodic upkeep: rejected-request counts of a past minute written out; once a day, audit rows
-        older than service.audit_retention_days deleted."""
+    def _start_delivery(self) -> None:
+        if not self._delivering:
+            self._delivering = True
+            self._tasks.append(asyncio.create_task(self.worker.run(), name="delivery-worker"))
+
+    async def _lead(self, epoch: int) -> None:
+        """This replica runs the scheduler now: it polls at once, then on schedule."""
+        await self.audit.record("lifecycle", "leadership acquired", "ok", actor=self.replica, epoch=epoch,
+                                backend="postgresql" if self.shared else "sqlite")
+        log.info("%s runs the scheduler (epoch %d)", self.replica, epoch)
+        self.jobs.epoch = epoch
+        self._start_delivery()
+        self.jobs.start(self.settings.schedule)
+        if self.settings.people.remind_at:
+            self._leader_tasks.append(asyncio.create_task(self._reminding(), name="reminders"))
+        self._leader_tasks.append(asyncio.create_task(self.jobs.validate_sources(), name="validate-sources"))
+
+    async def _stop_leading(self) -> None:
+        await self.jobs.stop_polls()
+        tasks, self._leader_tasks = self._leader_tasks, []
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _follow(self, reason: str) -> None:
+        """Leadership lost: the scheduler stops and its polls are cancelled before anything else."""
+        await self._stop_leading()
+        log.error("%s no longer runs the scheduler: %s", self.replica, reason)
+        try:
+            await self.audit.record("lifecycle", "leadership lost", "error", actor=self.replica,
+                                    epoch=self.jobs.epoch, reason=reason)
+        except Exception as exc:  # noqa: BLE001 - the database may be what was lost
+            log.warning("leadership loss not audited: %s", exc)
+        self.jobs.epoch = 0
+
+    async def housekeep(self, *, prune: bool = True) -> None:
+        """Periodic upkeep: rejected-request counts of a past minute written out; once a day (with `prune`:
+        at start, and then on the replica running the scheduler), audit rows older than
+        service.audit_retention_days deleted."""
         await self.rejections.tick()
         now = self.clock.time()
-        if now >= self._next_prune:
+        if prune and now >= self._next_prune:
             self._next_prune = now + 86400.0
             removed = await self.audit.prune(self.settings.service.audit_retention_days)
             if removed:
@@ -250,7 +297,7 @@ class Service:
         while True:
             await asyncio.sleep(60)
             try:
-                await self.housekeep()
+                await self.housekeep(prune=self.leadership.is_leader)
             except DB_ERRORS as exc:  # a full disk, a lost database server: try again next round
                 log.warning("housekeeping failed: %s", exc)
 
@@ -267,10 +314,14 @@ class Service:
         if self._stopped:
             return
         self._stopped = True
-        self.jobs.shutdown()
+        await self._stop_leading()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.pacing.leave()  # this replica's heartbeat and channel leases go now
+        except Exception as exc:  # noqa: BLE001 - they run out by themselves
+            log.warning("replica not deregistered: %s", exc)
         await self.web.stop()
         await self.rejections.flush()
         await self.ifs.aclose()

@@ -1,6 +1,6 @@
 """`python -m bench [--only NAME ...] [--quick]`: run the benchmarks, print one JSON summary on stdout.
 
-NAME is one of ingest, repoll, delivery, surge, latency, abuse, metadata, steady (repeatable or comma-separated). ingest and
+NAME is one of ingest, repoll, delivery, replicas, surge, latency, abuse, metadata, steady (repeatable or comma-separated). ingest and
 repoll come from the same runs (10,000 and 100,000 records, each in its own process; repoll alone runs
 only the 100,000). --quick shortens the latency run from 30 records over 60 s to 10 over 20 s, and
 the abuse run from 10,000 junk requests to 2,000.
@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.common import log, machine
 
-NAMES = ("ingest", "repoll", "delivery", "surge", "latency", "abuse", "metadata", "steady")
+NAMES = ("ingest", "repoll", "delivery", "replicas", "surge", "latency", "abuse", "metadata", "steady")
 
 
 def _passes(node: Any) -> list[bool]:
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         wanted = [n for n in ("ingest", "repoll") if n in selected]
         attempt(wanted, lambda: ingest.run(quick=args.quick, need_small="ingest" in selected))
-    for name in ("delivery", "surge", "latency", "abuse", "metadata", "steady"):
+    for name in ("delivery", "replicas", "surge", "latency", "abuse", "metadata", "steady"):
         if name in selected:
             module = __import__(f"bench.{name}", fromlist=["run"])
             log(f"{name}: start")

@@ -124,8 +124,10 @@ async def service_from(config: Path, ifs_url: str):
     return await app.build_service(settings, IFS_SECRETS | {"ifs.base_url": ifs_url})
 
 
-async def make_service(workdir: Path, ifs_url: str, *, extra: str = ""):
-    return await service_from(write_config(workdir, extra), ifs_url)
+async def make_service(workdir: Path, ifs_url: str, *, extra: str = "", service: str | None = None,
+                       database: str | None = None):
+    kw = {} if service is None else {"service": service}
+    return await service_from(write_config(workdir, extra, database=database, **kw), ifs_url)
 
 
 def channel_ref(channel_id: str, service_url: str, team: str = "team-1"):

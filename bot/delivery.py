@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
+import math
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -23,6 +25,8 @@ from core.settings import DeliverySettings, parse_span
 from store.audit import AuditLog
 from store.channels import Channels
 from store.db import Database
+from store.leader import Timing
+from store.leases import ChannelLeases, Replicas, Taken
 from store.outbox import Delivery, DeliveryStatus, Outbox
 from store.unit import Store, Unit
 
@@ -72,13 +76,144 @@ class CardRenderer:
     render_reply: Callable[[Delivery], str]
 
 
+class SoloPacing:
+    """One process delivers (SQLite): every channel is this process's, the app's whole limit too."""
+
+    shared = False
+    max_sleep = math.inf
+
+    def ready(self) -> bool:
+        return True
+
+    def app_windows(self, windows: Sequence[tuple[int, float]]) -> tuple[tuple[int, float], ...]:
+        return tuple(windows)
+
+    async def take(self, channel_id: str, due: int | None) -> Taken | None:
+        return Taken(math.inf, [], False)
+
+    def holds(self, channel_id: str) -> bool:
+        return True
+
+    async def keep(self, channel_id: str) -> bool:
+        return True
+
+    async def release(self, channel_id: str) -> None:
+        return None
+
+    async def run(self) -> None:
+        return None
+
+    async def leave(self) -> None:
+        return None
+
+
+class SharedPacing:
+    """Several replicas deliver from one database (PostgreSQL), Teams' limits kept for the app as a whole.
+
+    A channel is delivered only under this replica's lease on it (store.leases): taken when the worker
+    has work there, with the channel's sends of the last hour counted into its limiter; renewed while
+    there is work; given up when the work is done. A replica holds at most its share of the channels that
+    have work (due / live replicas, rounded up), so a burst is spread over the replicas. The app-wide
+    limit (50/s) is divided by the number of live replicas (a heartbeat each, every
+    Timing.heartbeat_every); a new replica delivers only after its heartbeat has been visible to the
+    others for a heartbeat period, so their shares shrink before it sends.
+    """
+
+    shared = True
+
+    def __init__(self, db: Database, replica: str, timing: Timing, *, clock: Clock = SYSTEM_CLOCK,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.replica = replica
+        self.timing = timing
+        self.replicas = Replicas(db, replica, clock)
+        self.leases = ChannelLeases(db, replica, clock)
+        self.now = clock.time
+        self.sleep = sleep
+        self.live = 1
+        self.max_sleep = timing.channel_lease / 4  # a wait for the limiter renews the lease on the way
+        self._first_beat: float | None = None
+        self._until: dict[str, float] = {}
+        self._take_lock = asyncio.Lock()  # one take at a time: the cap counts this replica's leases
+
+    async def beat(self) -> int:
+        self.live = max(1, await self.replicas.beat(self.timing.replica_expiry))
+        if self._first_beat is None:
+            self._first_beat = self.now()
+        return self.live
+
+    async def run(self) -> None:
+        """Heartbeats until cancelled."""
+        while True:
+            try:
+                await self.beat()
+            except Exception as exc:  # noqa: BLE001 - the database may be away for a moment
+                log.warning("replica heartbeat failed: %s", exc)
+            await self.sleep(self.timing.heartbeat_every)
+
+    def ready(self) -> bool:
+        return self._first_beat is not None and self.now() >= self._first_beat + 1.5 * self.timing.heartbeat_every
+
+    def app_windows(self, windows: Sequence[tuple[int, float]]) -> tuple[tuple[int, float], ...]:
+        return tuple((max(1, count // self.live), seconds) for count, seconds in windows)
+
+    def holds(self, channel_id: str) -> bool:
+        return channel_id in self._until
+
+    async def take(self, channel_id: str, due: int | None) -> Taken | None:
+        """The channel's lease, if this replica may have it now; `due`: channels with work (None: no share
+        applies, for a single message outside the outbox)."""
+        if not self.ready():
+            return None
+        t = self.timing
+        cap = 1_000_000 if due is None else max(1, math.ceil(due / self.live))
+        async with self._take_lock:
+            taken = await self.leases.take(channel_id, ttl=t.channel_lease, cap=cap,
+                                           margin=t.clock_margin, horizon=max(w for _, w in CHANNEL_WINDOWS))
+        if taken is not None:
+            self._until[channel_id] = taken.until
+        return taken
+
+    async def keep(self, channel_id: str) -> bool:
+        """Whether this replica may send to the channel now: its lease runs for at least half its length
+        (renewed here when it runs for less)."""
+        until = self._until.get(channel_id)
+        if until is None:
+            return False
+        if until - self.now() >= self.timing.channel_lease / 2:
+            return True
+        try:
+            renewed = await self.leases.renew(channel_id, self.timing.channel_lease)
+        except Exception as exc:  # noqa: BLE001 - without the database the lease cannot be trusted
+            log.warning("channel lease not renewed: %s", exc, extra={"channel": channel_id})
+            renewed = None
+        if renewed is None:
+            self._until.pop(channel_id, None)
+            return False
+        self._until[channel_id] = renewed
+        return True
+
+    async def release(self, channel_id: str) -> None:
+        self._until.pop(channel_id, None)
+        try:
+            await self.leases.release(channel_id)
+        except Exception as exc:  # noqa: BLE001 - it runs out by itself
+            log.warning("channel lease not released: %s", exc, extra={"channel": channel_id})
+
+    async def leave(self) -> None:
+        self._until.clear()
+        await self.replicas.leave()
+
+
+Pacing = SoloPacing | SharedPacing
+
+
 class DeliveryWorker:
     def __init__(self, db: Database, sender: Sender, renderer: CardRenderer, settings: DeliverySettings, *,
                  timezone: str = "UTC", metrics: Metrics | None = None, clock: Clock = SYSTEM_CLOCK,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  retry: RetryPolicy | None = None, rng: random.Random | None = None,
                  channel_windows: Sequence[tuple[int, float]] = CHANNEL_WINDOWS,
-                 app_windows: Sequence[tuple[int, float]] = APP_WINDOWS) -> None:
+                 app_windows: Sequence[tuple[int, float]] = APP_WINDOWS, pacing: Pacing | None = None) -> None:
         self.db = db
         self.sender = sender
         self.renderer = renderer
@@ -97,7 +232,9 @@ class DeliveryWorker:
         self.store = Store(db, clock)
         self._channel_windows = tuple(channel_windows)
         self._limiters: dict[str, WindowLimiter] = {}
-        self._app_limiter = WindowLimiter(app_windows, clock.monotonic)
+        self.pacing: Pacing = pacing or SoloPacing()
+        self._app_windows = tuple(app_windows)
+        self._app_limiter = WindowLimiter(self.pacing.app_windows(app_windows), clock.monotonic)
         self._wake = asyncio.Event()
         self._active: dict[str, asyncio.Task[int]] = {}
         self._slots = asyncio.Semaphore(max(1, settings.workers))
@@ -111,10 +248,11 @@ class DeliveryWorker:
 
     async def run(self, idle: float = 5.0) -> None:
         """Deliver until cancelled; sleeps until woken (new work) or the next retry is due."""
-        async with self.store.unit() as u:
-            released = await u.outbox.release_all_leases()
-            if released:
-                await u.audit.add("delivery", "recovered after restart", "retry", count=released)
+        if not self.pacing.shared:  # the only worker: whatever is still claimed was claimed before a restart
+            async with self.store.unit() as u:
+                released = await u.outbox.release_all_leases()
+                if released:
+                    await u.audit.add("delivery", "recovered after restart", "retry", count=released)
         while True:
             settled = 0
             try:
@@ -139,7 +277,7 @@ class DeliveryWorker:
             if released:
                 await u.audit.add("delivery", "lease expired", "retry", count=released)
         channels = await self.outbox.due_channels()
-        tasks = [asyncio.ensure_future(self._channel(ch)) for ch in channels if ch not in self._active]
+        tasks = [asyncio.ensure_future(self._channel(ch, len(channels))) for ch in channels if ch not in self._active]
         for ch, task in zip([c for c in channels if c not in self._active], tasks, strict=True):
             self._active[ch] = task
         try:
@@ -167,22 +305,34 @@ class DeliveryWorker:
 
     # ------------------------------------------------------------------ one channel
 
-    async def _channel(self, channel_id: str) -> int:
-        settled = 0
+    async def _channel(self, channel_id: str, due: int) -> int:
         async with self._slots:
-            while True:
-                channel = await self.channels.get(channel_id)
-                if channel is None or not channel.active or channel.paused or self.in_quiet_hours(channel):
-                    return settled
-                if self.in_batch_window():
-                    await self.outbox.defer_new(channel_id, self._batch_end())
-                work = await self.outbox.claim(channel_id, lease=self.settings.lease_seconds,
-                                               digest_threshold=self.settings.digest_threshold)
-                if not work:
-                    return settled
-                settled += len(work)
-                if not await self._deliver(channel, work):
-                    return settled
+            taken = await self.pacing.take(channel_id, due)
+            if taken is None:
+                return 0  # another replica delivers there now
+            if self.pacing.shared:  # the channel's sends of the last hour, by any replica, fill its windows
+                offset = self.monotonic() - self.now()
+                self._limiter(channel_id).seed([t + offset for t in taken.sent], replace=True)
+            try:
+                return await self._channel_work(channel_id)
+            finally:
+                await self.pacing.release(channel_id)
+
+    async def _channel_work(self, channel_id: str) -> int:
+        settled = 0
+        while True:
+            channel = await self.channels.get(channel_id)
+            if channel is None or not channel.active or channel.paused or self.in_quiet_hours(channel):
+                return settled
+            if self.in_batch_window():
+                await self.outbox.defer_new(channel_id, self._batch_end())
+            work = await self.outbox.claim(channel_id, lease=self.settings.lease_seconds,
+                                           digest_threshold=self.settings.digest_threshold)
+            if not work:
+                return settled
+            settled += len(work)
+            if not await self._deliver(channel, work):
+                return settled
 
     def _batch_end(self) -> float:
         """First minute after now that lies outside every batch window (at most a day ahead)."""
@@ -193,13 +343,35 @@ class DeliveryWorker:
                 break
         return t
 
-    async def _pace(self, channel_id: str) -> None:
+    def _limiter(self, channel_id: str) -> WindowLimiter:
         lim = self._limiters.get(channel_id)
         if lim is None:
             lim = self._limiters[channel_id] = WindowLimiter(self._channel_windows, self.monotonic)
-        both = MultiLimiter(lim, self._app_limiter)
-        while (wait := both.try_acquire()) > 0:
-            await self.sleep(wait)
+        return lim
+
+    @contextlib.asynccontextmanager
+    async def _paced(self, channel_id: str, *, leased: bool = True) -> AsyncIterator[bool]:
+        """Wait until the channel's and the app's windows admit one more message, then yield True for the
+        message to be sent inside the block; the message counts in the windows from the moment the block
+        ends (its answer), as Teams counts it somewhere between. Yields False when this replica no longer
+        holds the channel's lease (another replica delivers there now): nothing may be sent."""
+        both = MultiLimiter(self._limiter(channel_id), self._app_limiter)
+        while True:
+            if leased and not await self.pacing.keep(channel_id):
+                yield False
+                return
+            windows = self.pacing.app_windows(self._app_windows)
+            if windows != self._app_limiter.windows:
+                self._app_limiter.set_windows(windows)
+            wait = both.try_acquire()
+            if wait <= 0:
+                break
+            await self.sleep(min(wait, self.pacing.max_sleep))
+        admitted = both.admitted
+        try:
+            yield True
+        finally:
+            both.done(admitted)
 
     async def _deliver(self, channel: ChannelRef, work: list[Delivery]) -> bool:
         """Send one unit (a single card or a digest). False when the channel should not be tried further now."""
@@ -215,20 +387,33 @@ class DeliveryWorker:
         # a renderer may need the database (the people a card mentions): it may return an awaitable
         card, text = await rendered if inspect.isawaitable(rendered) else rendered
         op = "digest" if digest else ("update" if posted else "post")
-        await self._pace(channel.channel_id)
         started = self.monotonic()
-        try:
-            if posted is not None:
-                await self.sender.update(channel, posted, card, text)
-                if self.settings.reply_in_thread:
-                    await self._pace(channel.channel_id)
+        failure: SendError | None = None
+        new_posted = posted
+        async with self._paced(channel.channel_id) as admitted:
+            if admitted:
+                started = self.monotonic()
+                try:
+                    if posted is not None:
+                        await self.sender.update(channel, posted, card, text)
+                    else:
+                        new_posted = await self.sender.post(channel, card, text)
+                except SendError as err:
+                    failure = err
+        if not admitted:
+            await self._hand_back(work)
+            return False
+        if failure is None and posted is not None and self.settings.reply_in_thread:
+            # (the reply goes out even if the lease has just run out: the card is already updated)
+            async with self._paced(channel.channel_id, leased=False):
+                try:
                     await self.sender.reply(channel, posted, self.renderer.render_reply(first))
-                new_posted = posted
-            else:
-                new_posted = await self.sender.post(channel, card, text)
-        except SendError as err:
-            return await self._failed(channel, work, err, op, self.monotonic() - started)
+                except SendError as err:
+                    failure = err
+        if failure is not None:
+            return await self._failed(channel, work, failure, op, self.monotonic() - started)
         latency = self.monotonic() - started
+        assert new_posted is not None  # posted, or updated in place
         async with self.store.unit() as u:
             if digest:
                 await u.outbox.settle([d.id for d in work], DeliveryStatus.DIGESTED, http_status=200,
@@ -247,6 +432,11 @@ class DeliveryWorker:
         if first.attempts > 1:
             self.metrics.inc("notifier_delivery_eventual_success_total", 1, "Sent after at least one failed attempt")
         return True
+
+    async def _hand_back(self, work: list[Delivery]) -> None:
+        """Claimed work not sent because the channel's lease was lost: pending again, at once."""
+        async with self.store.unit() as u:
+            await u.outbox.settle([d.id for d in work], DeliveryStatus.PENDING, error="channel lease lost")
 
     async def _failed(self, channel: ChannelRef, work: list[Delivery], err: SendError, op: str,
                       latency: float) -> bool:
@@ -318,21 +508,51 @@ class DeliveryWorker:
         channel = await self.channels.get(channel_id)
         if channel is None or not channel.active or channel.paused or self.in_quiet_hours(channel):
             return False
-        await self._pace(channel_id)
-        try:
-            posted = await call(channel)
-        except SendError as err:
-            gone = classify(err) is Outcome.GONE
+        failure: SendError | None = None
+        async with self._one_off_lease(channel_id) as leased, self._paced(channel_id, leased=leased) as admitted:
+            if not admitted:
+                return False
+            try:
+                posted = await call(channel)
+            except SendError as err:
+                failure = err
+        if failure is not None:
+            gone = classify(failure) is Outcome.GONE
             async with self.store.unit() as u:
                 if gone:
-                    await u.channels.set_active(channel_id, False, err.code or f"HTTP {err.status}")
-                await u.audit.add("delivery", what, "failed", channel_id=channel_id, status=err.status,
-                                     code=err.code, deactivated=gone)
+                    await u.channels.set_active(channel_id, False, failure.code or f"HTTP {failure.status}")
+                await u.audit.add("delivery", what, "failed", channel_id=channel_id, status=failure.status,
+                                  code=failure.code, deactivated=gone)
             return False
         await self.audit.record("delivery", what, "ok", channel_id=channel_id, status=200,
                                 activity=posted.activity_id)
         self.metrics.inc("notifier_delivery_messages_total", 1, "Messages posted or updated in Teams", op=what)
         return True
+
+    @contextlib.asynccontextmanager
+    async def _one_off_lease(self, channel_id: str) -> AsyncIterator[bool]:
+        """A message outside the outbox (a reminder, a card refreshed) is sent under the channel's lease
+        too: held already when this replica is delivering there, else taken for it (waiting up to two lease
+        lengths for another replica to finish). Yields whether it is held; when it could not be taken the
+        message goes under this replica's own pacing only."""
+        if self.pacing.holds(channel_id):
+            yield True
+            return
+        taken = await self.pacing.take(channel_id, None)
+        if isinstance(self.pacing, SharedPacing):
+            deadline = self.now() + 2 * self.pacing.timing.channel_lease
+            while taken is None and self.now() < deadline:
+                await self.sleep(self.pacing.timing.heartbeat_every)
+                taken = await self.pacing.take(channel_id, None)
+        if taken is None:
+            yield False
+            return
+        offset = self.monotonic() - self.now()
+        self._limiter(channel_id).seed([t + offset for t in taken.sent], replace=True)
+        try:
+            yield True
+        finally:
+            await self.pacing.release(channel_id)
 
     async def _audit(self, u: Unit, d: Delivery, outcome: str, **detail: Any) -> None:
         await u.audit.add("delivery", f"{d.event_type.value} {detail.pop('op', 'send')}", outcome,

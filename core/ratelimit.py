@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -14,14 +15,35 @@ class WindowLimiter:
     """
 
     def __init__(self, windows: Sequence[tuple[int, float]], now: Callable[[], float]) -> None:
+        self._now = now
+        self._times: deque[float] = deque()
+        self._blocked_until = 0.0
+        self.set_windows(windows)
+
+    def set_windows(self, windows: Sequence[tuple[int, float]]) -> None:
+        """Change the limits, keeping what was admitted (a replica's share of an app-wide limit changes)."""
         if not windows or any(count <= 0 or seconds <= 0 for count, seconds in windows):
             raise ValueError("windows need positive counts and durations")
         self._windows = sorted(((int(c), float(s)) for c, s in windows), key=lambda w: w[1])
-        self._now = now
         self._keep = max(c for c, _ in self._windows)
         self._horizon = max(s for _, s in self._windows)
-        self._times: deque[float] = deque()
-        self._blocked_until = 0.0
+        while len(self._times) > self._keep:
+            self._times.popleft()
+
+    @property
+    def windows(self) -> tuple[tuple[int, float], ...]:
+        return tuple(self._windows)
+
+    @property
+    def horizon(self) -> float:
+        """The longest window, in seconds: admissions older than this no longer matter."""
+        return self._horizon
+
+    def seed(self, times: Sequence[float], *, replace: bool = False) -> None:
+        """Count earlier admissions (on this limiter's clock) made elsewhere: sends by another process.
+        `replace`: they are the whole history (they include this limiter's own)."""
+        merged = sorted([*([] if replace else self._times), *times])
+        self._times = deque(merged[-self._keep:])
 
     def wait_time(self, now: float | None = None) -> float:
         """Seconds until one more event would be admitted (0.0 = now)."""
@@ -37,15 +59,27 @@ class WindowLimiter:
                 wait = max(wait, oldest_in_way + seconds - t)
         return max(0.0, wait)
 
-    def try_acquire(self) -> float:
-        """Admit now and return 0.0, or admit nothing and return the wait in seconds."""
-        t = self._now()
+    def try_acquire(self, at: float | None = None) -> float:
+        """Admit now (`at`: this clock's now, read by the caller) and return 0.0, or admit nothing and
+        return the wait in seconds."""
+        t = self._now() if at is None else at
         wait = self.wait_time(t)
         if wait <= 0.0:
             self._times.append(t)
             if len(self._times) > self._keep:
                 self._times.popleft()
         return wait
+
+    def done(self, admitted: float) -> None:
+        """The event admitted at `admitted` is complete: from now on it counts as made now. The far end
+        (Teams) counts a request when it receives it, somewhere between our admission and its answer;
+        counted from the answer, the windows hold however the network delayed each request."""
+        try:
+            self._times.remove(admitted)
+        except ValueError:
+            return  # already past the longest window
+        t = max(admitted, self._now())
+        self._times.insert(bisect_right(self._times, t), t)
 
     def penalise(self, seconds: float) -> None:
         """Admit nothing for `seconds` (the server answered 429 with Retry-After)."""
@@ -57,11 +91,18 @@ class MultiLimiter:
 
     def __init__(self, *limiters: WindowLimiter) -> None:
         self._limiters = limiters
+        self.admitted = 0.0  # the time of the last admission (all limiters share one clock)
 
     def try_acquire(self) -> float:
-        wait = max(lim.wait_time() for lim in self._limiters)
+        t = self._limiters[0]._now()
+        wait = max(lim.wait_time(t) for lim in self._limiters)
         if wait > 0:
             return wait
         for lim in self._limiters:
-            lim.try_acquire()
+            lim.try_acquire(t)
+        self.admitted = t
         return 0.0
+
+    def done(self, admitted: float) -> None:
+        for lim in self._limiters:
+            lim.done(admitted)

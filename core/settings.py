@@ -9,6 +9,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import re
 import tomllib
 import types
 import typing
@@ -23,6 +24,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from core.errors import ConfigError
 
 ENV_PREFIX = "NOTIFIER__"
+MIN_TAKEOVER, MAX_TAKEOVER = 5.0, 600.0  # service.leader_takeover_seconds
+REPLICA_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -43,6 +46,10 @@ class ServiceSettings:
     ops_port: int = 0
     audit_retention_days: int = 90  # older audit rows are deleted once a day (and at start)
     min_free_disk_mb: int = 100  # /readyz is not ready below this much free space for the database
+    # several replicas on one PostgreSQL database: this replica's name in the audit trail ("" = host:pid),
+    # and the bound on how long the replicas are without a scheduler after the one running it dies
+    replica_name: str = ""
+    leader_takeover_seconds: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,12 @@ class Settings:
                             ("delivery.max_age_hours", self.delivery.max_age_hours)):
             if not number > 0 or number == float("inf"):
                 raise ConfigError(key, f"must be a positive number, not {number}")
+        if not (MIN_TAKEOVER <= self.service.leader_takeover_seconds <= MAX_TAKEOVER):
+            raise ConfigError("service.leader_takeover_seconds", f"must be between {MIN_TAKEOVER:g} and"
+                              f" {MAX_TAKEOVER:g} seconds, not {self.service.leader_takeover_seconds}")
+        if self.service.replica_name and not REPLICA_NAME.fullmatch(self.service.replica_name):
+            raise ConfigError("service.replica_name", "up to 64 letters, digits and . _ : - (no spaces),"
+                              f" not {self.service.replica_name!r}")
         if self.ifs.path_prefix not in ("main", "int"):
             raise ConfigError("ifs.path_prefix", "must be 'main' or 'int'")
         if not 1 <= self.ifs.page_size <= 100_000:

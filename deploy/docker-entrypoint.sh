@@ -5,7 +5,7 @@ set -eu
 
 case "${1:-}" in
   "" ) set -- python app.py serve ;;
-  serve | check | poll | audit | secrets | bindings | replay | backup | manifest | --config | --help | -h )
+  serve | check | poll | audit | secrets | bindings | replay | backup | migrate-store | manifest | --config | --help | -h )
     set -- python app.py "$@" ;;
 esac
 

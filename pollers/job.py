@@ -4,6 +4,8 @@ the tenant validation a poll and `link company` rely on, and the scheduler that 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -30,6 +32,8 @@ from store.people import People
 from store.poll_writer import Finished
 from store.seen import Seen
 
+log = logging.getLogger(__name__)
+
 # IFS client totals exposed as counters, read at each scrape
 IFS_STATS = (("requests", "HTTP requests sent to IFS, token requests included"),
              ("retries", "IFS requests sent again after a retriable failure or a 401"),
@@ -46,8 +50,11 @@ class SourceJobs:
     def __init__(self, *, ifs: IfsClient, sources: Mapping[RecordKind, SourceSpec], poller: Poller,
                  tenant: TenantSchema, bindings: Bindings, people: People, seen: Seen, audit: AuditLog,
                  metrics: Metrics, tz: ZoneInfo, personal: bool, polled: Callable[[], None],
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 clock: Clock = SYSTEM_CLOCK, replica: str | None = None) -> None:
         self.clock = clock
+        self.replica = replica  # named on each poll's start and end rows in the audit trail
+        self.epoch = 0  # the leadership epoch under which this replica polls (0: not elected)
+        self._running: set[asyncio.Task[Any]] = set()
         self.ifs = ifs
         self.sources = sources
         self.poller = poller
@@ -71,43 +78,72 @@ class SourceJobs:
 
     async def poll_source(self, kind: RecordKind) -> list[PollResult]:
         """One scheduled job: this source for every company an active channel is bound to."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        try:
+            return await self._poll_source(kind)
+        finally:
+            if task is not None:
+                self._running.discard(task)
+
+    async def _poll_source(self, kind: RecordKind) -> list[PollResult]:
         results = []
         async with self.locks[kind]:
             companies = await self.bindings.companies()
             if not companies:
                 return []  # nothing linked: nothing to ask of IFS, nothing to write
-            validation = await self.validated(kind)
-            if validation is not None and validation.fatal:
-                # the names this source needs do not exist on the tenant: say which setting, poll nothing
-                fix = validation.fix
-                await self.poller.writer.finish_many(
-                    kind, [Finished(c, False, None, fix, {"error": fix}) for c in companies], self.audit)
-                return []
-            if validation is not None:
-                self.poller.set_source(validation.spec)
-            started = self.clock.monotonic()
-            cycle = await self.poller.poll_many(kind, companies)
-            seconds = self.clock.monotonic() - started
-            self.load.record(self.clock.time(), cycle, seconds)
-            self.metrics.observe_value("notifier_poll_cycle_seconds", seconds, source=kind.value)
-            self.metrics.inc("notifier_poll_ifs_requests_total", sum(r.requests for r in cycle), source=kind.value)
-            self.metrics.inc("notifier_poll_ifs_bytes_total", sum(r.bytes for r in cycle), source=kind.value)
-            for result in cycle:
-                if not result.ok and result.status == 400:  # a name IFS no longer has: read $metadata again
-                    self.tenant.invalidate(self.sources[kind].projection)
-                results.append(result)
-                self.metrics.inc("notifier_polls_total", source=kind.value, outcome="ok" if result.ok else "failed")
-                if result.ok:
-                    self.metrics.set_to_now("notifier_last_successful_poll_timestamp_seconds", source=kind.value)
-                self.metrics.inc("notifier_records_seen_total", result.rows, source=kind.value)
-                for etype in ("new", "changed", "resolved"):
-                    self.metrics.inc("notifier_events_total", getattr(result, etype), type=etype, source=kind.value)
-                if result.bad:
-                    self.metrics.inc("notifier_bad_rows_total", result.bad, source=kind.value)
-            # the poll's events also go to the personal chats of the approvers they wait for
-            while await self.people.route_personal(enabled=self.personal):
-                pass
+            # the poll's start and end in the audit trail, with the replica: never two replicas at once
+            await self.audit.record("poll", "poll started", "ok", actor=self.replica, source=kind.value,
+                                    epoch=self.epoch)
+            outcome = "cancelled"
+            try:
+                results = await self._poll_companies(kind, companies)
+                outcome = "ok"
+            except Exception:
+                outcome = "failed"
+                raise
+            finally:
+                with contextlib.suppress(Exception):  # a replica cut off from the database cannot say so
+                    await asyncio.wait_for(asyncio.shield(self.audit.record(
+                        "poll", "poll ended", outcome, actor=self.replica, source=kind.value,
+                        epoch=self.epoch)), 5.0)
         self.polled()
+        return results
+
+    async def _poll_companies(self, kind: RecordKind, companies: list[str]) -> list[PollResult]:
+        results: list[PollResult] = []
+        validation = await self.validated(kind)
+        if validation is not None and validation.fatal:
+            # the names this source needs do not exist on the tenant: say which setting, poll nothing
+            fix = validation.fix
+            await self.poller.writer.finish_many(
+                kind, [Finished(c, False, None, fix, {"error": fix}) for c in companies], self.audit)
+            return []
+        if validation is not None:
+            self.poller.set_source(validation.spec)
+        started = self.clock.monotonic()
+        cycle = await self.poller.poll_many(kind, companies)
+        seconds = self.clock.monotonic() - started
+        self.load.record(self.clock.time(), cycle, seconds)
+        self.metrics.observe_value("notifier_poll_cycle_seconds", seconds, source=kind.value)
+        self.metrics.inc("notifier_poll_ifs_requests_total", sum(r.requests for r in cycle), source=kind.value)
+        self.metrics.inc("notifier_poll_ifs_bytes_total", sum(r.bytes for r in cycle), source=kind.value)
+        for result in cycle:
+            if not result.ok and result.status == 400:  # a name IFS no longer has: read $metadata again
+                self.tenant.invalidate(self.sources[kind].projection)
+            results.append(result)
+            self.metrics.inc("notifier_polls_total", source=kind.value, outcome="ok" if result.ok else "failed")
+            if result.ok:
+                self.metrics.set_to_now("notifier_last_successful_poll_timestamp_seconds", source=kind.value)
+            self.metrics.inc("notifier_records_seen_total", result.rows, source=kind.value)
+            for etype in ("new", "changed", "resolved"):
+                self.metrics.inc("notifier_events_total", getattr(result, etype), type=etype, source=kind.value)
+            if result.bad:
+                self.metrics.inc("notifier_bad_rows_total", result.bad, source=kind.value)
+        # the poll's events also go to the personal chats of the approvers they wait for
+        while await self.people.route_personal(enabled=self.personal):
+            pass
         return results
 
     async def poll_once(self) -> list[PollResult]:
@@ -135,6 +171,17 @@ class SourceJobs:
     def shutdown(self) -> None:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
+            self.scheduler = None
+
+    async def stop_polls(self) -> None:
+        """Leadership lost (or stopping): no new poll starts, and the polls under way are cancelled now."""
+        self.shutdown()
+        running = [t for t in self._running if not t.done()]
+        for t in running:
+            t.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+            log.warning("%d poll(s) cancelled", len(running))
 
     def next_runs(self) -> dict[str, float | None]:
         if self.scheduler is None:

@@ -172,6 +172,27 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (user_id, record_id)
     ) WITHOUT ROWID
     """,
+    # 7: more than one replica on one database: which replica runs the scheduler (an epoch per takeover),
+    # which replicas are alive (the app-wide Teams limit is shared among them), which replica delivers to
+    # which channel (so a channel's Teams limits are kept by one limiter at a time)
+    """
+    CREATE TABLE leadership (
+        name TEXT PRIMARY KEY,            -- 'scheduler'
+        epoch INTEGER NOT NULL,           -- incremented each time a replica becomes the leader
+        holder TEXT NOT NULL,             -- replica id (service.replica_name, or host:pid)
+        since REAL NOT NULL               -- unix time the holder took over
+    );
+    CREATE TABLE replicas (
+        replica TEXT PRIMARY KEY,         -- replica id
+        started_at REAL NOT NULL,
+        seen_at REAL NOT NULL             -- heartbeat, unix time
+    );
+    CREATE TABLE channel_leases (
+        channel_id TEXT PRIMARY KEY,      -- delivered by this owner only, until the lease ends
+        owner TEXT NOT NULL,              -- replica id
+        until REAL NOT NULL               -- unix time
+    )
+    """,
 ]
 
 

@@ -22,6 +22,8 @@ import tomllib
 import typing
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -38,6 +40,7 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 ENTRYPOINT_SCRIPT = DEPLOY / "docker-entrypoint.sh"
 PIN_SCRIPT = DEPLOY / "pin-base-image.sh"
 COMPOSE = DEPLOY / "compose.yaml"
+COMPOSE_PG = DEPLOY / "compose.postgres.yaml"
 ENV_EXAMPLE = DEPLOY / "notifier.env.example"
 UNIT = DEPLOY / "notifier.service"
 EXAMPLE_TOML = DEPLOY / "notifier.example.toml"
@@ -139,6 +142,68 @@ def base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER")}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
+
+
+def load_yaml(path: Path) -> Any:
+    """The YAML the compose recipes are written in: block mappings and sequences, plain and quoted scalars,
+    JSON-style flow sequences, comments (no YAML parser is a dependency). Anything else (anchors, block
+    scalars, flow mappings) fails the test rather than being misread; every scalar stays a string."""
+    lines = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        text, quote = "", None
+        for i, ch in enumerate(raw):  # cut a comment: '#' at the start or after a space, outside quotes
+            if quote:
+                quote = None if ch == quote else quote
+            elif ch in "\"'":
+                quote = ch
+            elif ch == "#" and (i == 0 or raw[i - 1] in " \t"):
+                break
+            text += ch
+        if text.strip():
+            assert "\t" not in text[: len(text) - len(text.lstrip())], f"tab indentation: {raw!r}"
+            lines.append((len(text) - len(text.lstrip()), text.strip()))
+
+    def scalar(text: str) -> Any:
+        assert not text.startswith(("&", "*", "{", "|", ">", "!")), f"outside the supported subset: {text!r}"
+        if text.startswith(("\"", "[")):
+            return json.loads(text)
+        if text.startswith("'"):
+            assert text.endswith("'"), text
+            return text[1:-1].replace("''", "'")
+        return text
+
+    def block(i: int, indent: int) -> tuple[Any, int]:
+        if lines[i][1].startswith("- ") or lines[i][1] == "-":
+            items = []
+            while i < len(lines) and lines[i][0] == indent and lines[i][1].startswith("-"):
+                rest = lines[i][1][1:].strip()
+                if not rest:
+                    value, i = block(i + 1, lines[i + 1][0])
+                elif re.match(r"^[\w.-]+:( |$)", rest):  # a mapping item: "- key: value" and keys below it
+                    lines[i] = (indent + 2, rest)
+                    value, i = block(i, indent + 2)
+                else:
+                    value, i = scalar(rest), i + 1
+                items.append(value)
+            return items, i
+        mapping: dict[str, Any] = {}
+        while i < len(lines) and lines[i][0] == indent:
+            match = re.match(r"^(\"[^\"]+\"|[\w.-]+):(?: (.*))?$", lines[i][1])
+            assert match, f"not a key: {lines[i][1]!r}"
+            key = match.group(1).strip('"')
+            assert key not in mapping, f"duplicate key {key}"
+            if match.group(2):
+                mapping[key], i = scalar(match.group(2).strip()), i + 1
+            elif i + 1 < len(lines) and lines[i + 1][0] > indent:
+                mapping[key], i = block(i + 1, lines[i + 1][0])
+            else:
+                mapping[key], i = None, i + 1
+        return mapping, i
+
+    value, end = block(0, lines[0][0])
+    assert end == len(lines), f"unparsed from: {lines[end]}"
+    return value
+
 
 
 def free_port() -> int:
@@ -440,6 +505,82 @@ def test_compose_environment_agrees_with_the_image():
     assert all(image_env[k] == v for k, v in compose_env.items())
 
 
+def _notifiers(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in compose["services"].items() if svc.get("image", "").startswith("ifs-teams-notifier")}
+
+
+def test_compose_postgres_runs_two_replicas_on_a_healthy_postgres_with_its_own_volume():
+    compose = load_yaml(COMPOSE_PG)
+    postgres, notifiers = compose["services"]["postgres"], _notifiers(compose)
+    health = " ".join(postgres["healthcheck"]["test"])
+
+    assert set(compose["services"]) == {"postgres", *notifiers} and len(notifiers) == 2
+    assert "pg_isready" in health and "-U notifier" in health and "-d notifier" in health
+    assert postgres["volumes"] == ["postgres-data:/var/lib/postgresql/data"] and "postgres-data" in compose["volumes"]
+    assert "ports" not in postgres  # reached on the project's network only
+    names = set()
+    for name, svc in notifiers.items():
+        env = svc["environment"]
+        database = urlsplit(env["NOTIFIER__SERVICE__DATABASE"])
+        assert database.scheme == "postgresql" and database.hostname == "postgres" and database.password is None
+        assert (database.username, database.path) == (postgres["environment"]["POSTGRES_USER"],
+                                                     "/" + postgres["environment"]["POSTGRES_DB"])
+        assert svc["depends_on"] == {"postgres": {"condition": "service_healthy"}}, name
+        assert (DEPLOY / svc["build"]["context"] / svc["build"]["dockerfile"]).resolve() == DOCKERFILE
+        names.add(env["NOTIFIER__SERVICE__REPLICA_NAME"])
+        assert svc["env_file"] == [{"path": "./notifier.env", "required": "false"}]
+        settings = load_settings(env=dockerfile_env() | env)  # what the replica's container starts with
+        assert settings.service.replica_name == env["NOTIFIER__SERVICE__REPLICA_NAME"]
+    assert len(names) == 2
+
+
+def test_compose_postgres_replicas_differ_only_in_name_and_published_port():
+    notifiers = list(_notifiers(load_yaml(COMPOSE_PG)).values())
+    first, second = ({k: v for k, v in svc.items() if k != "ports"} for svc in notifiers)
+    for svc in (first, second):
+        svc["environment"] = {k: v for k, v in svc["environment"].items() if k != "NOTIFIER__SERVICE__REPLICA_NAME"}
+
+    assert first == second
+    published = [p for svc in notifiers for p in svc["ports"]]
+    assert published == ["127.0.0.1:3978:3978", "127.0.0.1:3988:3978"]  # loopback: the reverse proxy's
+
+
+def test_compose_postgres_keeps_the_ops_port_internal_and_secrets_out_of_the_file():
+    compose = load_yaml(COMPOSE_PG)
+    text = COMPOSE_PG.read_text(encoding="utf-8")
+    image_env = dockerfile_env()
+    ops = image_env["NOTIFIER__SERVICE__OPS_PORT"]
+
+    for name, svc in _notifiers(compose).items():
+        env = svc["environment"]
+        assert env["NOTIFIER__SERVICE__OPS_PORT"] == ops and svc["expose"] == [ops], name
+        assert not [p for p in svc["ports"] if p.rsplit(":", 1)[1] == ops], name  # never published
+        assert env["PGPASSFILE"] == "/run/secrets/notifier_pgpass" and "notifier_pgpass" in svc["secrets"]
+        assert env["NOTIFIER__SERVICE__KEY_FILE"] == "/run/secrets/master_key" and "master_key" in svc["secrets"]
+        assert {k: v for k, v in env.items() if k in image_env and k.startswith("NOTIFIER__SERVICE__")
+                and not k.endswith(("DATABASE", "KEY_FILE"))} == {
+            k: image_env[k] for k in ("NOTIFIER__SERVICE__HOST", "NOTIFIER__SERVICE__PORT",
+                                      "NOTIFIER__SERVICE__OPS_PORT")}
+    assert compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    for service in compose["services"].values():
+        for key, value in service["environment"].items():
+            if re.search(r"PASSWORD|SECRET|TOKEN|MASTER_KEY|PGPASS", key):
+                assert value.startswith("/run/secrets/"), key  # a file given as a secret, never the value
+    for secret, spec in compose["secrets"].items():
+        assert set(spec) == {"file"}, secret
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(DEPLOY / spec["file"])], cwd=ROOT)
+        assert ignored.returncode == 0, f"{spec['file']} is not ignored by git"
+    assert not re.search(r"[0-9a-f]{32}", text) and not re.search(r"[A-Za-z0-9_-]{43}=", text)
+
+
+def test_compose_files_parse_as_the_subset_and_the_sqlite_one_stays_single():
+    compose = load_yaml(COMPOSE)
+
+    assert list(compose["services"]) == ["notifier"]
+    assert compose["services"]["notifier"]["environment"]["NOTIFIER__SERVICE__DATABASE"] == "/data/notifier.sqlite3"
+    assert "deploy" not in compose["services"]["notifier"]  # no replicas: one process per SQLite file
+
+
 def test_env_example_loads_with_the_image_settings():
     settings = load_settings(env=dockerfile_env() | env_file(ENV_EXAMPLE))
 
@@ -555,8 +696,55 @@ def test_bicep_wires_bot_key_vault_key_and_data_share_as_the_image_expects():
     assert re.search(r"mountPath: '/data'", text) and "storageType: 'AzureFile'" in text
     assert f"uid={uid},gid={uid}" in text and "file_mode=0600" in text
     assert re.search(r"var containerPort = (\d+)", text).group(1) == dockerfile("EXPOSE")[0]
-    assert re.search(r"maxReplicas: 1\b", text)
     assert "path: '/healthz'" in text
+
+
+def _bicep_resource(text: str, symbol: str) -> str:
+    """A resource's declaration line and body (up to the next top-level closing brace)."""
+    return re.search(rf"^resource {symbol} '[^']+' = [^\n]*\{{\n.*?^\}}", text, re.M | re.S).group(0)
+
+
+def test_bicep_runs_two_replicas_on_a_postgres_flexible_server_and_one_on_sqlite():
+    text = BICEP.read_text(encoding="utf-8")
+    server = _bicep_resource(text, "postgres")
+    scale = re.search(r"scale: \{(.*?)\}", text, re.S).group(1)
+
+    assert re.search(r"^param database string = 'postgresql'$", text, re.M)
+    assert re.search(r"@allowed\(\[\s+'postgresql'\s+'sqlite'\s+\]\)\nparam database ", text)
+    assert "var onPostgres = database == 'postgresql'" in text
+    assert "var replicas = onPostgres ? 2 : 1" in text
+    assert re.search(r"minReplicas: replicas\s+maxReplicas: replicas", scale)
+    assert server.startswith("resource postgres 'Microsoft.DBforPostgreSQL/flexibleServers@")
+    assert "= if (onPostgres) {" in server and "version: '16'" in server and "administratorLogin: postgresUser" in server
+    assert "'Microsoft.DBforPostgreSQL/flexibleServers/databases@" in _bicep_resource(text, "postgresDb")
+    assert "parent: postgres" in _bicep_resource(text, "postgresFromAzure")
+    for symbol in ("storage", "fileService", "dataShare", "environmentStorage"):  # the share: SQLite only
+        assert "= if (!onPostgres) {" in _bicep_resource(text, symbol).splitlines()[0], symbol
+    assert "volumeMounts: onPostgres ? [] : [" in text and "volumes: onPostgres ? [] : [" in text
+    assert "SQLite's locks do not work across SMB" in text and "never more than one replica" in text
+
+
+def test_bicep_takes_the_postgres_password_as_a_secure_parameter_into_key_vault_only():
+    text = BICEP.read_text(encoding="utf-8")
+    url = re.search(r"^var databaseUrl = (.*)$", text, re.M).group(1)
+    uses = [line.strip() for line in text.splitlines()
+            if re.search(r"\bpostgresPassword\b", line) and not line.lstrip().startswith("//")]
+
+    assert "@secure()\nparam postgresPassword string = ''" in text
+    # declared, written to Key Vault and given to the server on creation; nowhere else (no env, no output)
+    assert uses == ["param postgresPassword string = ''",
+                    "resource postgresPasswordSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (onPostgres"
+                    " && !empty(postgresPassword)) {",
+                    "value: postgresPassword",
+                    "}, empty(postgresPassword) ? {} : {",
+                    "administratorLoginPassword: postgresPassword"], uses
+    assert url.startswith("onPostgres ? 'postgresql://${postgresUser}@${postgres.properties.fullyQualifiedDomainName}")
+    assert "sslmode=require" in url and ":5432/" in url
+    assert re.search(r"name: 'NOTIFIER__SERVICE__DATABASE'\s+value: databaseUrl", text)
+    assert re.search(r"name: 'PGPASSWORD'\s+secretRef: 'postgres-password'", text)
+    assert re.search(r"name: 'postgres-password'\s+keyVaultUrl: '\$\{vault.properties.vaultUri\}secrets/"
+                     r"\$\{postgresSecretName\}'\s+identity: identity.id", text)
+    assert not re.search(r"^output .*[Pp]assword", text, re.M)
 
 
 def test_bicep_parameters_are_documented():
@@ -569,7 +757,7 @@ def test_bicep_parameters_are_documented():
 
 # --------------------------------------------------------------------------- cross references
 
-@pytest.mark.parametrize("path", [DOCKERFILE, COMPOSE, ENV_EXAMPLE, UNIT, EXAMPLE_TOML, BICEP, RUNBOOK,
+@pytest.mark.parametrize("path", [DOCKERFILE, COMPOSE, COMPOSE_PG, ENV_EXAMPLE, UNIT, EXAMPLE_TOML, BICEP, RUNBOOK,
                                   ENTRYPOINT_SCRIPT])
 def test_every_repository_file_a_recipe_names_exists(path):
     text = path.read_text(encoding="utf-8")
@@ -608,3 +796,28 @@ def test_runbook_names_the_ops_port_and_the_new_refusals():
     for needle in ("service.ops_port", "3979", "audit_retention_days", "min_free_disk_mb",
                    "does not decrypt the stored secret", "cannot listen on", "cannot be used", "changed to 600"):
         assert needle in text, needle
+
+
+def test_runbook_covers_fail_over_upgrades_moving_and_postgres_backups():
+    text = RUNBOOK.read_text(encoding="utf-8")
+
+    for needle in ("## Fail-over", "## Rolling upgrade", "## Moving from SQLite to PostgreSQL", "leader_takeover_seconds",
+                   "leadership acquired", "audit --category lifecycle", "forward-only", "under a lock",
+                   "one at a time", "migrate-store", "same master key", "PGPASSFILE", "pg_restore",
+                   "compose.postgres.yaml", "database=sqlite", "SMB"):
+        assert needle in text, needle
+
+
+def test_the_pg_dump_command_of_the_runbook_and_readme_is_the_one_backup_prints():
+    from store.transfer import pg_dump_command
+
+    printed = pg_dump_command("postgresql://notifier:pw@db:5432/notifier", "x.dump")
+    options = re.findall(r"(?<!\S)--[\w-]+", printed)
+    for path in (RUNBOOK, ROOT / "README.md"):
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                 if line.strip().startswith("pg_dump ")]
+        assert lines, path
+        for line in lines:
+            assert re.findall(r"(?<!\S)--[\w-]+", line) == options, (path, line)
+    assert printed.startswith("pg_dump ") and options == ["--format", "--file", "--dbname"]
+    assert "pw" not in printed and "--dbname=postgresql://notifier@db:5432/notifier" in printed

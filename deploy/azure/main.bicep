@@ -1,15 +1,21 @@
 // ifs-teams-notifier on Azure Container Apps (recipe A in deploy/RUNBOOK.md):
-//   - one container app, exactly one replica, its /data on an Azure Files share (SQLite database);
-//   - the Fernet master key in Key Vault, given to the container as NOTIFIER_MASTER_KEY through a
-//     user-assigned identity (Container Apps secret with keyVaultUrl);
+//   - database = 'postgresql' (the default): Azure Database for PostgreSQL (flexible server) and a
+//     container app with two replicas sharing it: one polls IFS (the leader), both answer Teams and
+//     deliver, and either takes over when the other dies;
+//   - database = 'sqlite': the single-replica option, one replica with its SQLite file on an Azure Files
+//     share (SMB). SQLite's locks do not work across SMB clients: never more than one replica there;
+//   - the Fernet master key, and the PostgreSQL password, in Key Vault, given to the container as
+//     NOTIFIER_MASTER_KEY and PGPASSWORD through a user-assigned identity (Container Apps secrets with
+//     keyVaultUrl);
 //   - the Azure Bot (SingleTenant app registration, or the user-assigned identity itself) with its
 //     messaging endpoint https://<app>/api/messages and the Microsoft Teams channel.
 //
-// First deployment (the only one that passes masterKey):
+// First deployment (the only one that passes masterKey and postgresPassword):
 //   az deployment group create -g <resource group> -f deploy/azure/main.bicep \
 //     -p image=<registry>/ifs-teams-notifier:0.1.0 botAppId=<application (client) id> \
-//     -p masterKey="$(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')"
-// Later deployments: leave masterKey out; the key in Key Vault stays as it is.
+//     -p masterKey="$(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')" \
+//     -p postgresPassword="$(openssl rand -hex 32)"
+// Later deployments: leave both out; the key and the password in Key Vault stay as they are.
 
 targetScope = 'resourceGroup'
 
@@ -51,12 +57,32 @@ param botSku string = 'F0'
 @secure()
 param masterKey string = ''
 
+@description('postgresql: Azure Database for PostgreSQL and two replicas (fail-over, rolling upgrades). sqlite: one replica, its database file on an Azure Files share.')
+@allowed([
+  'postgresql'
+  'sqlite'
+])
+param database string = 'postgresql'
+
+@description('Password of the PostgreSQL administrator the service connects as, only on the first deployment (it is kept in Key Vault). Empty: keep the password the server and Key Vault already have.')
+@secure()
+param postgresPassword string = ''
+
+@description('PostgreSQL compute tier (Burstable B1ms is enough for one tenant\'s approvals).')
+param postgresSku string = 'Standard_B1ms'
+
 @description('More settings as environment variables, e.g. [{ name: \'NOTIFIER__IFS__REALM\', value: \'acme\' }].')
 param extraEnv array = []
 
 var suffix = uniqueString(resourceGroup().id)
 var appName = '${namePrefix}-app'
 var masterKeySecretName = 'notifier-master-key'
+var postgresSecretName = 'notifier-postgres-password'
+var onPostgres = database == 'postgresql'
+// two replicas on PostgreSQL; on SQLite exactly one (one writer on the share)
+var replicas = onPostgres ? 2 : 1
+var postgresUser = 'notifier'
+var postgresDatabase = 'notifier'
 var dataShareName = 'notifier-data'
 var containerPort = 3978
 // /readyz and /metrics (service.ops_port, set in the image): reachable inside the environment only
@@ -105,6 +131,15 @@ resource masterKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!e
   }
 }
 
+resource postgresPasswordSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (onPostgres && !empty(postgresPassword)) {
+  parent: vault
+  name: postgresSecretName
+  properties: {
+    value: postgresPassword
+    contentType: 'PostgreSQL password of the notifier user'
+  }
+}
+
 resource identityReadsSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(vault.id, identity.id, keyVaultSecretsUserRole)
   scope: vault
@@ -115,7 +150,8 @@ resource identityReadsSecrets 'Microsoft.Authorization/roleAssignments@2022-04-0
   }
 }
 
-resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+// SQLite only: the share that holds the database file and nothing else.
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = if (!onPostgres) {
   name: take('${namePrefix}st${suffix}', 24)
   location: location
   kind: 'StorageV2'
@@ -129,16 +165,62 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   }
 }
 
-resource fileService 'Microsoft.Storage/storageAccounts/fileServices@2023-05-01' = {
+resource fileService 'Microsoft.Storage/storageAccounts/fileServices@2023-05-01' = if (!onPostgres) {
   parent: storage
   name: 'default'
 }
 
-resource dataShare 'Microsoft.Storage/storageAccounts/fileServices/shares@2023-05-01' = {
+resource dataShare 'Microsoft.Storage/storageAccounts/fileServices/shares@2023-05-01' = if (!onPostgres) {
   parent: fileService
   name: dataShareName
   properties: {
     shareQuota: 5
+  }
+}
+
+// PostgreSQL only. The firewall rule admits connections from Azure's address space (any subscription's,
+// so the password and TLS carry the protection); for a private network put the server and the Container
+// Apps environment in one virtual network instead. The server's own backups: 14 days, point-in-time.
+resource postgres 'Microsoft.DBforPostgreSQL/flexibleServers@2024-08-01' = if (onPostgres) {
+  name: take('${namePrefix}-pg-${suffix}', 63)
+  location: location
+  sku: {
+    name: postgresSku
+    tier: startsWith(postgresSku, 'Standard_B') ? 'Burstable' : 'GeneralPurpose'
+  }
+  properties: union({
+    version: '16'
+    administratorLogin: postgresUser
+    storage: {
+      storageSizeGB: 32
+    }
+    backup: {
+      backupRetentionDays: 14
+      geoRedundantBackup: 'Disabled'
+    }
+    highAvailability: {
+      mode: 'Disabled'
+    }
+  }, empty(postgresPassword) ? {} : {
+    administratorLoginPassword: postgresPassword
+  })
+}
+
+resource postgresDb 'Microsoft.DBforPostgreSQL/flexibleServers/databases@2024-08-01' = if (onPostgres) {
+  parent: postgres
+  name: postgresDatabase
+  properties: {
+    charset: 'UTF8'
+    collation: 'en_US.utf8'
+  }
+}
+
+resource postgresFromAzure 'Microsoft.DBforPostgreSQL/flexibleServers/firewallRules@2024-08-01' = if (onPostgres) {
+  parent: postgres
+  name: 'AllowAzureServices'
+  properties: {
+    startIpAddress: '0.0.0.0'
+    endIpAddress: '0.0.0.0'
   }
 }
 
@@ -156,7 +238,7 @@ resource containerEnv 'Microsoft.App/managedEnvironments@2024-03-01' = {
   }
 }
 
-resource environmentStorage 'Microsoft.App/managedEnvironments/storages@2024-03-01' = {
+resource environmentStorage 'Microsoft.App/managedEnvironments/storages@2024-03-01' = if (!onPostgres) {
   parent: containerEnv
   name: 'notifierdata'
   properties: {
@@ -170,6 +252,8 @@ resource environmentStorage 'Microsoft.App/managedEnvironments/storages@2024-03-
 }
 
 var publicHost = '${appName}.${containerEnv.properties.defaultDomain}'
+// no password in the URL: the container gets it as PGPASSWORD from Key Vault
+var databaseUrl = onPostgres ? 'postgresql://${postgresUser}@${postgres.properties.fullyQualifiedDomainName}:5432/${postgresDatabase}?sslmode=require' : '/data/notifier.sqlite3'
 var resolvedBotAppId = botAppType == 'UserAssignedMSI' ? identity.properties.clientId : botAppId
 
 resource app 'Microsoft.App/containerApps@2024-03-01' = {
@@ -184,6 +268,9 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
   dependsOn: [
     identityReadsSecrets // the first revision must be able to read the key
     masterKeySecret
+    postgresPasswordSecret
+    postgresDb
+    postgresFromAzure
   ]
   properties: {
     managedEnvironmentId: containerEnv.id
@@ -204,13 +291,19 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
           }
         ]
       }
-      secrets: [
+      secrets: concat([
         {
           name: 'master-key'
           keyVaultUrl: '${vault.properties.vaultUri}secrets/${masterKeySecretName}'
           identity: identity.id
         }
-      ]
+      ], onPostgres ? [
+        {
+          name: 'postgres-password'
+          keyVaultUrl: '${vault.properties.vaultUri}secrets/${postgresSecretName}'
+          identity: identity.id
+        }
+      ] : [])
       registries: empty(registryServer) ? [] : [
         {
           server: registryServer
@@ -227,11 +320,16 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
             cpu: json('0.5')
             memory: '1Gi'
           }
-          // service.host, port, ops_port, database (/data/notifier.sqlite3) and log format come from the image.
+          // service.host, port, ops_port and log format come from the image; each replica is named by its
+          // host name (service.replica_name left at its default).
           env: concat([
             {
               name: 'NOTIFIER_MASTER_KEY'
               secretRef: 'master-key'
+            }
+            {
+              name: 'NOTIFIER__SERVICE__DATABASE'
+              value: databaseUrl
             }
             {
               name: 'NOTIFIER__SERVICE__PUBLIC_URL'
@@ -241,8 +339,13 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
               name: 'NOTIFIER__BOT__APP_TYPE'
               value: botAppType
             }
-          ], extraEnv)
-          volumeMounts: [
+          ], onPostgres ? [
+            {
+              name: 'PGPASSWORD'
+              secretRef: 'postgres-password'
+            }
+          ] : [], extraEnv)
+          volumeMounts: onPostgres ? [] : [
             {
               volumeName: 'data'
               mountPath: '/data'
@@ -267,19 +370,22 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
               periodSeconds: 30
               failureThreshold: 3
             }
-            // No readiness probe: with one replica, an IFS outage would take the bot off its ingress, and
-            // its commands (status) are how a channel learns about the outage. Alert on /readyz instead.
+            // No readiness probe: an IFS outage fails /readyz on every replica at once, which would take the
+            // bot off its ingress, and its commands (status) are how a channel learns about the outage.
+            // Alert on /readyz instead.
           ]
         }
       ]
-      // SIGTERM, then this long to finish the send in flight and close the database.
+      // SIGTERM, then this long to finish the send in flight and close the database; the other replica
+      // takes the scheduler over within service.leader_takeover_seconds.
       terminationGracePeriodSeconds: 30
-      // Exactly one: one poller and one SQLite writer.
+      // PostgreSQL: two, always (fail-over, and a revision update replaces one at a time). SQLite: exactly
+      // one, a single poller and a single writer on the share.
       scale: {
-        minReplicas: 1
-        maxReplicas: 1
+        minReplicas: replicas
+        maxReplicas: replicas
       }
-      volumes: [
+      volumes: onPostgres ? [] : [
         {
           name: 'data'
           storageType: 'AzureFile'
@@ -341,5 +447,11 @@ output opsEndpoint string = 'http://${appName}:${opsPort}'
 @description('Container app name, for `az containerapp exec` and `az containerapp logs show`.')
 output containerAppName string = app.name
 
-@description('Key Vault that holds the master key (secret notifier-master-key).')
+@description('Key Vault that holds the master key (secret notifier-master-key) and the PostgreSQL password (notifier-postgres-password).')
 output keyVaultName string = vault.name
+
+@description('service.database of the replicas: the PostgreSQL URL (no password), or the SQLite file on the share.')
+output database string = databaseUrl
+
+@description('Replicas the container app runs: 2 on PostgreSQL, 1 on SQLite.')
+output replicaCount int = replicas

@@ -1,0 +1,309 @@
+"""Which replica runs the scheduler (polls, reminders, daily upkeep): exactly one at a time.
+
+PostgreSQL: the leader holds a session advisory lock (`pg_try_advisory_lock(LEADER_KEY)`) on a connection
+of its own, outside the pool. The lock lives exactly as long as that session: when the leader's process
+dies its socket closes and the server releases the lock at once; when its host or network dies, the
+server's TCP keepalives end the session within `Timing.server_gone`. Followers try for the lock every
+`Timing.retry`. The leader checks its session every `Timing.check_every` with a query that must answer
+within `Timing.check_timeout`; any error or timeout means leadership lost: the scheduler is stopped and
+its polls cancelled at once, before anything else.
+
+Fencing. A replica that takes the lock waits `Timing.grace` before it polls: longer than the old leader
+needs to notice that its session is gone (one check interval plus one check timeout), so the old
+leader has stopped its polls before the new one starts, unless the old leader's process was frozen
+for longer than that (a stopped VM, a debugger). Each takeover increments `leadership.epoch`
+(the audit trail names it with the replica). A poll's own writes are not fenced in the database:
+a duplicate from that rare case is an extra card, never a lost one, as with a kill during delivery.
+
+SQLite: one process polls. The leader holds an exclusive lock (flock) on `<database>.leader`; a
+second `serve` on the same file waits for it, serving /api/messages but neither polling nor delivering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import asyncpg
+
+from core.clock import SYSTEM_CLOCK, Clock
+from store.db import Database
+from store.pg import redact
+
+log = logging.getLogger(__name__)
+
+LEADER_KEY = 0x4E4F5449  # "NOTI": the advisory lock key of the scheduler, the same in every replica
+SCOPE = "scheduler"  # the row of table leadership
+
+Gained = Callable[[int], Awaitable[None]]  # called with the new epoch
+Lost = Callable[[str], Awaitable[None]]  # called with the reason
+
+
+def replica_id(name: str = "") -> str:
+    """The configured service.replica_name, or host:pid."""
+    return name or f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Every interval of leadership and of the replicas' coordination, derived from one bound: the time
+    within which a replica takes over from a dead leader (service.leader_takeover_seconds)."""
+
+    takeover: float
+
+    @property
+    def retry(self) -> float:
+        """How often a follower tries for the lock."""
+        return self.takeover / 10
+
+    @property
+    def check_every(self) -> float:
+        """How often the leader checks its lock session."""
+        return self.takeover / 10
+
+    @property
+    def check_timeout(self) -> float:
+        """How long a check (or a connect) may take before the leader counts its session as gone."""
+        return self.takeover / 10
+
+    @property
+    def grace(self) -> float:
+        """A new leader's wait before it polls: a previous leader notices its loss within check_every +
+        check_timeout (and stops its polls at once)."""
+        return self.check_every + self.check_timeout + self.takeover / 20
+
+    @property
+    def keepalive(self) -> tuple[int, int, int]:
+        """Server-side TCP keepalive of the lock session (idle, interval, count), whole seconds: a leader
+        whose host or network died loses the lock within about server_gone seconds."""
+        idle, interval = max(1, int(self.takeover / 4)), max(1, int(self.takeover / 20))
+        return idle, interval, max(1, min(3, int((0.4 * self.takeover - idle) / interval)))
+
+    @property
+    def server_gone(self) -> float:
+        idle, interval, count = self.keepalive
+        return float(idle + interval * count)
+
+    @property
+    def worst_takeover(self) -> float:
+        """Leader's host dead: the server ends its session, a follower's next try, the grace."""
+        return self.server_gone + self.retry + self.check_timeout + self.grace
+
+    # the replicas' coordination of delivery (store.leases) runs on the same scale
+    @property
+    def heartbeat_every(self) -> float:
+        return self.takeover / 10
+
+    @property
+    def replica_expiry(self) -> float:
+        """A replica not heard of for this long no longer counts as alive (its share of the app limit)."""
+        return self.takeover / 2
+
+    @property
+    def channel_lease(self) -> float:
+        """A channel's delivery lease, renewed while its replica has work for it."""
+        return self.takeover / 3
+
+    @property
+    def clock_margin(self) -> float:
+        """A lease is taken from another replica only this long after it ended (clocks differ a little)."""
+        return min(1.0, self.takeover / 10)
+
+
+class Leadership(Protocol):
+    replica: str
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    async def run(self, gained: Gained, lost: Lost) -> None:
+        """Take the lead when possible, give it up when it is lost, until cancelled (which releases it)."""
+
+
+async def _bump_epoch(db: Database, replica: str, now: float) -> int:
+    async with db.transaction() as conn:
+        async with conn.execute(
+                "INSERT INTO leadership (name, epoch, holder, since) VALUES (?, 1, ?, ?) ON CONFLICT (name)"
+                " DO UPDATE SET epoch = leadership.epoch + 1, holder = excluded.holder, since = excluded.since"
+                " RETURNING epoch", (SCOPE, replica, now)) as cur:
+            rows = list(await cur.fetchall())
+    return int(rows[0][0])  # an upsert with RETURNING returns its row
+
+
+class FileLeadership:
+    """SQLite: the leader holds flock(LOCK_EX) on `<database>.leader`; the file names its pid."""
+
+    def __init__(self, db: Database, database_path: str, replica: str, timing: Timing, *,
+                 clock: Clock = SYSTEM_CLOCK, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.db = db
+        self.database_path = database_path
+        self.path = database_path + ".leader"
+        self.replica = replica
+        self.timing = timing
+        self.clock = clock
+        self.sleep = sleep
+        self._fd: int | None = None
+        self._leader = False
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leader
+
+    def try_lock(self) -> bool:
+        """Take the lock file now, or say who holds it (one log line) and return False."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            self._holder = holder
+            return False
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{self.replica}\n".encode(), 0)
+        self._fd = fd
+        return True
+
+    def unlock(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing the last descriptor releases the flock
+            self._fd = None
+        self._leader = False
+
+    async def run(self, gained: Gained, lost: Lost) -> None:
+        try:
+            if not self.try_lock():
+                log.warning("another notifier process (%s) is running on %s and polls and delivers: this one"
+                            " stands by, serving /api/messages only, until that one stops (SQLite allows one"
+                            " active process; several replicas need PostgreSQL)", self._holder, self.database_path)
+                while not self.try_lock():
+                    await self.sleep(self.timing.retry)
+                log.warning("%s became the active process on %s", self.replica, self.database_path)
+            self._leader = True
+            await gained(await _bump_epoch(self.db, self.replica, self.clock.time()))
+            await asyncio.Event().wait()  # held until cancelled
+        finally:
+            self.unlock()
+
+
+class PgLeadership:
+    """PostgreSQL: pg_try_advisory_lock on a dedicated asyncpg connection; see the module's docstring."""
+
+    def __init__(self, db: Database, url: str, replica: str, timing: Timing, *, clock: Clock = SYSTEM_CLOCK,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, key: int = LEADER_KEY) -> None:
+        self.db = db
+        self.url = url
+        self.replica = replica
+        self.timing = timing
+        self.clock = clock
+        self.sleep = sleep
+        self.key = key
+        self._conn: Any = None
+        self._leader = False
+        self.backend_pid: int | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leader
+
+    async def _connect(self) -> Any:
+        t = self.timing
+        idle, interval, count = t.keepalive
+        conn = await asyncpg.connect(self.url, timeout=max(1.0, t.check_timeout), server_settings={
+            "application_name": f"notifier leader {self.replica}"[:63],
+            # the server ends this session (and so frees the lock) when the leader's host stops answering
+            "tcp_keepalives_idle": str(idle), "tcp_keepalives_interval": str(interval),
+            "tcp_keepalives_count": str(count), "tcp_user_timeout": str(int(t.server_gone * 1000)),
+            "statement_timeout": str(max(1, int(t.check_timeout * 1000))),
+            "idle_in_transaction_session_timeout": str(max(1, int(t.check_timeout * 1000)))})
+        self.backend_pid = conn.get_server_pid()
+        return conn
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()  # no goodbye round trip: the session (and the lock) ends with the socket
+
+    async def _holds_lock(self) -> bool:
+        held = await asyncio.wait_for(self._conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            " AND objid = $1 AND granted", self.key & 0xFFFFFFFF), self.timing.check_timeout)
+        return bool(held)
+
+    async def _try_lock(self) -> bool:
+        if self._conn is None or self._conn.is_closed():
+            await self._close()
+            self._conn = await asyncio.wait_for(self._connect(), self.timing.check_timeout * 2)
+        return bool(await asyncio.wait_for(self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key),
+                                           self.timing.check_timeout))
+
+    async def run(self, gained: Gained, lost: Lost) -> None:
+        t = self.timing
+        reported = False
+        try:
+            while True:
+                try:
+                    got = await self._try_lock()
+                except (OSError, TimeoutError) as exc:
+                    got = False
+                    await self._close()
+                    if not reported:
+                        log.warning("cannot reach %s for the scheduler lock: %s", redact(self.url), exc)
+                        reported = True
+                except Exception as exc:  # noqa: BLE001 - asyncpg's errors: try again later
+                    got = False
+                    await self._close()
+                    if not reported:
+                        log.warning("scheduler lock on %s failed: %s", redact(self.url), exc)
+                        reported = True
+                if not got:
+                    await self.sleep(t.retry)
+                    continue
+                reported = False
+                self._leader = True
+                reason, started = await self._lead(gained)
+                self._leader = False
+                await self._close()
+                if started:
+                    await lost(reason)
+                else:
+                    log.warning("scheduler lock given up before starting: %s", reason)
+        finally:
+            self._leader = False
+            await self._close()
+
+    async def _lead(self, gained: Gained) -> tuple[str, bool]:
+        """Hold the lead: wait out the grace, start the scheduler, check the session until it fails.
+        Returns why it ended, and whether `gained` was called."""
+        t = self.timing
+        started = False
+        try:
+            waited = 0.0
+            while waited < t.grace:
+                step = min(t.check_every, t.grace - waited)
+                await self.sleep(step)
+                waited += step
+                if not await self._holds_lock():
+                    return "the scheduler lock was not held after it was taken", started
+            epoch = await _bump_epoch(self.db, self.replica, self.clock.time())
+            started = True
+            await gained(epoch)
+            while True:
+                await self.sleep(t.check_every)
+                if not await self._holds_lock():
+                    return "the scheduler lock is no longer held by this replica", started
+        except TimeoutError:
+            return f"the lock session did not answer within {t.check_timeout:g} s", started
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of the lock session ends the lead
+            return f"the lock session failed: {type(exc).__name__}: {exc}", started

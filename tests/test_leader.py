@@ -1,0 +1,314 @@
+"""Several replicas on one database: one scheduler (leadership), channel leases and the shared Teams limits.
+
+The PostgreSQL parts (advisory lock, two services) run against a real server from simulator.postgres and
+are skipped, with the reason, only when its binaries are not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from dataclasses import replace
+
+import pytest
+
+from bench.common import bind
+from core.clock import FakeClock
+from core.domain import Binding, EventType, RecordKind
+from core.errors import ConfigError
+from core.ratelimit import WindowLimiter
+from core.settings import ServiceSettings, Settings
+from store.db import open_database
+from store.leader import FileLeadership, Timing
+from store.leases import ChannelLeases, Replicas
+from store.outbox import DeliveryStatus, Outbox
+from store.poll_writer import PollWriter
+from store.unit import Store
+
+CH1, CH2 = "19:one@thread.tacv2", "19:two@thread.tacv2"
+
+
+async def wait_until(predicate, limit: float = 10.0) -> bool:
+    """Bounded wait for another task's progress; the answer, not the time, is what the tests check."""
+    async def check() -> bool:
+        answer = predicate()
+        return bool(await answer if inspect.isawaitable(answer) else answer)
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while loop.time() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.005)
+    return await check()
+
+
+# --------------------------------------------------------------------------- settings and timing
+
+def test_takeover_bound_and_replica_name_are_range_checked():
+    ok = Settings(service=ServiceSettings(leader_takeover_seconds=15, replica_name="notifier-1.eu:a"))
+    assert ok.validate() is ok
+    for bad in (4.9, 601.0, float("nan")):
+        with pytest.raises(ConfigError, match="leader_takeover_seconds"):
+            Settings(service=ServiceSettings(leader_takeover_seconds=bad)).validate()
+    for bad in ("has space", "x" * 65, "ümlaut"):
+        with pytest.raises(ConfigError, match="replica_name"):
+            Settings(service=ServiceSettings(replica_name=bad)).validate()
+
+
+@pytest.mark.parametrize("takeover", [5.0, 7.0, 15.0, 30.0, 600.0])
+def test_every_interval_fits_inside_the_takeover_bound(takeover):
+    t = Timing(takeover)
+    # a dead leader's host: the server ends its session, a follower's next try, the new leader's grace
+    assert t.worst_takeover <= takeover
+    # the old leader notices a lost session (one check, one timeout) before the new one may poll
+    assert t.check_every + t.check_timeout < t.grace
+    # a replica is counted alive across missed heartbeats; a channel lease outlives a renewal period
+    assert t.replica_expiry >= 3 * t.heartbeat_every and t.channel_lease > 2 * t.heartbeat_every
+
+
+def test_a_limiter_counts_sends_made_elsewhere_and_keeps_its_history_when_its_share_changes():
+    clock = FakeClock()
+    lim = WindowLimiter(((7, 1.0), (60, 30.0)), clock.monotonic)
+    lim.seed([clock.monotonic() - 0.5 + i * 0.01 for i in range(7)])  # seven sends half a second ago
+    assert lim.try_acquire() == pytest.approx(0.5)
+    clock.advance(0.5)
+    assert lim.try_acquire() == 0.0
+    app = WindowLimiter(((50, 1.0),), clock.monotonic)
+    for _ in range(20):
+        assert app.try_acquire() == 0.0
+    app.set_windows(((25, 1.0),))  # a second replica joined: this one's share halves
+    assert sum(app.try_acquire() == 0.0 for _ in range(10)) == 5
+
+
+# --------------------------------------------------------------------------- SQLite: one active process
+
+async def test_a_second_process_on_one_sqlite_file_stands_by_until_the_first_stops(tmp_path, caplog):
+    path = str(tmp_path / "one.sqlite3")
+    db = await open_database(path)
+    ticks = 0
+
+    async def tick(_seconds: float) -> None:
+        nonlocal ticks
+        ticks += 1
+        await asyncio.sleep(0)
+
+    gained: list[tuple[str, int]] = []
+
+    def on_gain(name):
+        async def gain(epoch: int) -> None:
+            gained.append((name, epoch))
+        return gain
+
+    async def never_lost(reason: str) -> None:
+        raise AssertionError(reason)
+
+    first = FileLeadership(db, path, "first", Timing(5), sleep=tick)
+    second = FileLeadership(db, path, "second", Timing(5), sleep=tick)
+    a = asyncio.create_task(first.run(on_gain("first"), never_lost))
+    assert await wait_until(lambda: gained == [("first", 1)])
+    caplog.set_level(logging.WARNING, logger="store.leader")
+    b = asyncio.create_task(second.run(on_gain("second"), never_lost))
+    assert await wait_until(lambda: ticks >= 20)  # the second has tried again and again
+    assert gained == [("first", 1)] and first.is_leader and not second.is_leader
+    assert "first" in caplog.text and "stands by" in caplog.text and "PostgreSQL" in caplog.text
+    a.cancel()
+    await asyncio.gather(a, return_exceptions=True)
+    assert await wait_until(lambda: len(gained) == 2)
+    assert gained[1] == ("second", 2) and second.is_leader
+    row = await db.fetchone("SELECT epoch, holder FROM leadership WHERE name = 'scheduler'")
+    assert tuple(row) == (2, "second")
+    b.cancel()
+    await asyncio.gather(b, return_exceptions=True)
+    await db.close()
+
+
+# --------------------------------------------------------------------------- channel leases (both back ends)
+
+async def test_a_channel_has_one_lease_holder_taken_over_only_after_it_ran_out(db):
+    clock = FakeClock()
+    a, b = ChannelLeases(db, "a", clock), ChannelLeases(db, "b", clock)
+    lease = dict(ttl=5.0, margin=1.0, horizon=3600.0)
+    took = await a.take(CH1, cap=1, **lease)
+    assert took is not None and took.sent == [] and not took.from_other
+    assert await b.take(CH1, cap=5, **lease) is None  # a holds it
+    assert await a.take(CH2, cap=1, **lease) is None  # a holds its share already
+    clock.advance(4)
+    assert await a.renew(CH1, 5.0) == clock.time() + 5.0
+    clock.advance(5.5)  # ended half a second ago: within the margin for clocks that differ
+    assert await b.take(CH1, cap=5, **lease) is None
+    clock.advance(1)
+    assert await a.renew(CH1, 5.0) is not None  # nobody took it meanwhile: a may go on
+    await a.release(CH1)
+    assert (await b.take(CH1, cap=5, **lease)) is not None
+    assert await a.renew(CH1, 5.0) is None  # b's now
+    assert await ChannelLeases(db, "c", clock).take(CH1, cap=5, **lease) is None
+    assert await db.scalar("SELECT count(*) FROM channel_leases WHERE owner = 'b'") == 1
+
+
+async def test_taking_over_a_channel_counts_its_recent_sends_and_frees_the_claims_of_the_old_holder(db):
+    from bench.delivery import record
+
+    clock = FakeClock()
+    await bind(db, CH1, "https://smba.example.com", "C00")
+    await PollWriter(db, clock).apply(RecordKind.INVOICE, "C00", [
+        (EventType.NEW, record(0, i).to_dict(), None, "") for i in range(3)], [Binding(CH1, "C00")])
+    outbox, store = Outbox(db, clock), Store(db, clock)
+    a, b = ChannelLeases(db, "a", clock), ChannelLeases(db, "b", clock)
+    lease = dict(ttl=5.0, margin=1.0, horizon=3600.0)
+    assert await a.take(CH1, cap=1, **lease) is not None
+    first = await outbox.claim(CH1, lease=120, digest_threshold=100)
+    async with store.unit() as u:
+        await u.outbox.settle([first[0].id], DeliveryStatus.SENT, http_status=200)
+    sent_at = clock.time()
+    clock.advance(1)
+    stuck = await outbox.claim(CH1, lease=120, digest_threshold=100)  # then a dies mid-send
+    clock.advance(10)
+    taken = await b.take(CH1, cap=1, **lease)
+    assert taken is not None and taken.from_other and taken.sent == [sent_at]
+    assert (await outbox.get(stuck[0].id)).status is DeliveryStatus.PENDING  # not 120 s later: now
+    assert (await outbox.counts()) == {"sent": 1, "pending": 2}
+
+
+async def test_replicas_count_each_other_alive_and_a_clean_stop_leaves_at_once(db):
+    clock = FakeClock()
+    a, b = Replicas(db, "a", clock), Replicas(db, "b", clock)
+    assert await a.beat(7.5) == 1
+    assert await b.beat(7.5) == 2
+    clock.advance(8)
+    assert await a.beat(7.5) == 1  # b silent for longer than the expiry
+    await b.beat(7.5)
+    assert await a.live(7.5) == ["a", "b"]
+    await ChannelLeases(db, "b", clock).take(CH1, ttl=5, cap=1, margin=1, horizon=3600)
+    await b.leave()
+    assert await a.live(7.5) == ["a"]
+    assert await db.scalar("SELECT count(*) FROM channel_leases") == 0
+
+
+# --------------------------------------------------------------------------- pacing across replicas
+
+async def test_two_replicas_keep_teams_limits_for_the_app_as_a_whole(tmp_path):
+    """Through the real adapter to the limit-enforcing connector stand-in, on a fake clock."""
+    from bench.replicas import measure
+
+    m = await measure(tmp_path, channels=12, per_channel=40)
+    assert m["throttled_429"] == 0 and m["lost"] == 0 and m["duplicated"] == 0 and m["posts"] == 480
+    assert m["settled_by_replica"]["replica-a"] > 100 and m["settled_by_replica"]["replica-b"] > 100
+    # 12 channels x 40 at 50/s app-wide: 480 posts need at least 9.6 s; each replica has half of that
+    assert 9.6 <= m["last_post_at"] <= 9.6 / 0.85
+
+
+async def test_replicas_pacing_each_on_its_own_would_be_throttled(tmp_path):
+    """The control: the measurement sees what the leases prevent."""
+    from bench.replicas import measure
+
+    m = await measure(tmp_path, channels=6, per_channel=20, naive=True)
+    assert m["throttled_429"] > 0 and m["lost"] == 0
+
+
+def test_settings_section_keeps_its_defaults():
+    s = replace(ServiceSettings())
+    assert s.leader_takeover_seconds == 15.0 and s.replica_name == ""
+
+
+# --------------------------------------------------------------------------- PostgreSQL: the advisory lock
+
+async def test_one_replica_holds_the_scheduler_lock_and_another_takes_over_when_its_session_ends(database_url):
+    import asyncpg
+
+    from store.leader import PgLeadership
+
+    db = await open_database(database_url)
+    timing = Timing(5)
+    loop = asyncio.get_running_loop()
+    events: list[tuple[str, str, object, float]] = []
+    tries = {"a": 0, "b": 0}
+
+    def hooks(name):
+        async def gained(epoch: int) -> None:
+            events.append((name, "gained", epoch, loop.time()))
+
+        async def lost(reason: str) -> None:
+            events.append((name, "lost", reason, loop.time()))
+
+        async def sleep(seconds: float) -> None:
+            tries[name] += 1
+            await asyncio.sleep(seconds)
+        return gained, lost, sleep
+
+    ga, la, sa = hooks("a")
+    gb, lb, sb = hooks("b")
+    a = PgLeadership(db, database_url, "a", timing, sleep=sa)
+    b = PgLeadership(db, database_url, "b", timing, sleep=sb)
+    ta = asyncio.create_task(a.run(ga, la))
+    tb = None
+    admin = await asyncpg.connect(database_url)
+    try:
+        assert await wait_until(lambda: [e[:3] for e in events] == [("a", "gained", 1)], 10)
+        tb = asyncio.create_task(b.run(gb, lb))
+        assert await wait_until(lambda: tries["b"] >= 4, 10)  # b has asked again and again
+        assert not b.is_leader and a.is_leader and len(events) == 1
+        # a's session ends (an administrator, a cut connection): the server frees the lock with it
+        cut = loop.time()
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", a.backend_pid)
+        assert await wait_until(lambda: any(e[:2] == ("b", "gained") for e in events), 3 * timing.takeover)
+        lost = next(e for e in events if e[:2] == ("a", "lost"))
+        gained = next(e for e in events if e[:2] == ("b", "gained"))
+        assert "lock session" in str(lost[2]) or "no longer held" in str(lost[2])
+        assert lost[3] <= gained[3], "the old leader stopped before the new one started"
+        assert lost[3] - cut <= timing.check_every + timing.check_timeout + 0.5
+        assert gained[3] - cut <= timing.takeover and gained[2] == 2
+        assert b.is_leader and not a.is_leader
+        assert tuple(await db.fetchone("SELECT epoch, holder FROM leadership")) == (2, "b")
+    finally:
+        for t in (ta, tb):
+            if t is not None:
+                t.cancel()
+                await asyncio.gather(t, return_exceptions=True)
+        await admin.close()
+        await db.close()
+    # cancelled: both sessions are gone, and with them the lock
+    check = await asyncpg.connect(database_url)
+    try:
+        assert await check.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    finally:
+        await check.close()
+
+
+async def test_a_service_that_loses_the_lead_stops_its_scheduler_and_takes_it_again(tmp_path, ifs, database_url):
+    import asyncpg
+
+    from bench.common import make_service
+
+    svc = await make_service(tmp_path, ifs.base_url, database=database_url,
+                             service='timezone = "UTC"\nreplica_name = "solo"\nleader_takeover_seconds = 5')
+    admin = await asyncpg.connect(database_url)
+
+    async def actions() -> list[tuple[str, str | None, int | None]]:
+        return [(e.action, e.actor, e.detail.get("epoch")) for e in
+                reversed(await svc.audit.recent(limit=50, category="lifecycle"))]
+
+    rows: list = []
+
+    async def saw(n: int) -> bool:
+        rows[:] = await actions()
+        return len(rows) >= n
+
+    try:
+        await svc.start(web_runner=False, background=True)
+        assert svc.shared and svc.pacing.shared
+        await wait_until(lambda: saw(1), 15)
+        assert rows == [("leadership acquired", "solo", 1)]
+        assert svc.jobs.scheduler is not None and svc.jobs.epoch == 1
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", svc.leadership.backend_pid)
+        await wait_until(lambda: saw(3), 15)
+        assert rows[1][0] == "leadership lost" and rows[2] == ("leadership acquired", "solo", 2)
+        assert svc.jobs.scheduler is not None and svc.jobs.epoch == 2
+        assert await svc.pacing.replicas.live(60) == ["solo"]
+    finally:
+        await svc.stop()
+        assert svc.jobs.scheduler is None
+        assert await admin.fetchval("SELECT count(*) FROM replicas") == 0  # a clean stop leaves at once
+        await svc.db.close()
+        await admin.close()
