@@ -36,7 +36,8 @@ from store.audit import AuditLog
 from store.bindings import Bindings
 from store.db import DB_ERRORS, is_server_url
 from store.outbox import Outbox
-from store.transfer import describe, pg_dump_command, transfer
+from store.pg import pg_dump_command
+from store.transfer import describe, transfer
 from store.vault import KNOWN_SECRETS
 
 log = logging.getLogger("notifier")

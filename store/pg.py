@@ -17,10 +17,11 @@ import contextvars
 import functools
 import logging
 import re
+import shlex
 from collections.abc import AsyncIterator, Generator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -34,19 +35,29 @@ CONNECT_TIMEOUT = 10.0  # seconds to reach the server, at start-up and for each 
 
 
 def redact(url: str, mask: str | None = "***") -> str:
-    """The URL with its password (if any) replaced by `mask` (for messages and logs), or left out (None: for
-    a command to run, which then finds the password where libpq looks for one)."""
+    """The URL with its password (in the user part or a `password=` parameter) replaced by `mask` (for
+    messages and logs), or left out (None: for a command to run, which then finds the password where libpq
+    looks for one: PGPASSWORD or a pgpass file). Everything else (port, sslmode, ...) is kept."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if parts.password is None and not any(k == "password" for k, _ in query):
             return url
         host = parts.hostname or ""
         if ":" in host:
             host = f"[{host}]"
-        user = (parts.username or "") + ("" if mask is None else ":" + mask)
-        return urlunsplit(parts._replace(netloc=f"{user}@{host}" + (f":{parts.port}" if parts.port else "")))
+        user = (parts.username or "") + ("" if mask is None or parts.password is None else ":" + mask)
+        netloc = (f"{user}@" if user else "") + host + (f":{parts.port}" if parts.port else "")
+        kept = [(k, v if k != "password" else mask) for k, v in query if k != "password" or mask is not None]
+        return urlunsplit(parts._replace(netloc=netloc, query=urlencode(kept, safe="*/")))
     except ValueError:  # unparsable: show nothing of it
         return "postgresql://…"
+
+
+def pg_dump_command(url: str, target: str) -> str:
+    """The command that backs the database at `url` up into the file `target`: the server's own consistent
+    dump of the live database; the password from PGPASSWORD or a pgpass file, never on the command line."""
+    return f"pg_dump --format=custom --file={shlex.quote(target)} --dbname={shlex.quote(redact(url, mask=None))}"
 
 
 @functools.lru_cache(maxsize=2048)
@@ -162,7 +173,7 @@ class PgDatabase(Database):
     def __init__(self, pool: asyncpg.Pool, url: str) -> None:
         self.pool = pool
         self.url = redact(url)  # for messages: never the password
-        self._url_for_tools = redact(url, mask=None)
+        self._url_for_tools = url  # handed to pg_dump_command, which leaves the password out
         self._write_lock = asyncio.Lock()
         # the transaction the running task is inside (tasks it starts inherit the variable: the task is checked)
         self._current: contextvars.ContextVar[tuple[asyncio.Task[Any] | None, PgConnection] | None] = (
@@ -214,9 +225,9 @@ class PgDatabase(Database):
 
     async def backup_to(self, target: str) -> None:
         raise ConfigError("backup", "the database is PostgreSQL: back it up with the server's own tool:"
-                                    f" `pg_dump --format=custom --file={target} '{self._url_for_tools}'` (the"
-                                    " password from PGPASSWORD or ~/.pgpass); restore into an empty database with"
-                                    f" `pg_restore --no-owner --dbname='{self._url_for_tools}' {target}`")
+                                    f" `{pg_dump_command(self._url_for_tools, target)}` (the password from PGPASSWORD"
+                                    " or ~/.pgpass); restore into an empty database with `pg_restore --no-owner"
+                                    f" --dbname={shlex.quote(redact(self._url_for_tools, mask=None))} {shlex.quote(target)}`")
 
     async def close(self) -> None:
         if not self._closed:

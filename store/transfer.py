@@ -15,13 +15,12 @@ heartbeat moments ago), and holds that lock itself while it copies. Stop the ser
 from __future__ import annotations
 
 import os
-import shlex
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import aiosqlite
 import asyncpg
@@ -29,6 +28,7 @@ import asyncpg
 from core.errors import NotifierError
 from store.db import SqliteDatabase, is_server_url, open_database, open_sqlite
 from store.leader import LEADER_KEY, FileLeadership, Timing
+from store.pg import redact
 
 # Every table of the schema, parents before children (bindings -> channels, seen and deliveries ->
 # events). A migration that adds a table adds it here too: a table the copy does not know is refused,
@@ -88,25 +88,12 @@ def describe(target: str) -> str:
     `password=` parameter); a SQLite path as sqlite:PATH."""
     if not is_server_url(target):
         return "sqlite:" + sqlite_path(target)
-    parts = urlsplit(target)
-    user = f"{parts.username}@" if parts.username else ""
-    host = parts.hostname or ""
-    if ":" in host:  # an IPv6 literal
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
-    return f"{parts.scheme}://{user}{host}{port}{parts.path}" + (f"?{query}" if query else "")
+    return redact(target, mask=None)
 
 
 def _has_password(url: str) -> bool:
     parts = urlsplit(url)
     return parts.password is not None or any(k == "password" for k, _ in parse_qsl(parts.query))
-
-
-def pg_dump_command(database: str, target: str) -> str:
-    """The command that backs a PostgreSQL store up into the file `target` (`backup` prints it): the server's
-    own consistent dump of the live database; the password from PGPASSWORD or a PGPASSFILE, never here."""
-    return f"pg_dump --format=custom --file={shlex.quote(target)} --dbname={shlex.quote(describe(database))}"
 
 
 def _check_name(option: str, target: str) -> None:

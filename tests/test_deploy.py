@@ -809,7 +809,7 @@ def test_runbook_covers_fail_over_upgrades_moving_and_postgres_backups():
 
 
 def test_the_pg_dump_command_of_the_runbook_and_readme_is_the_one_backup_prints():
-    from store.transfer import pg_dump_command
+    from store.pg import pg_dump_command
 
     printed = pg_dump_command("postgresql://notifier:pw@db:5432/notifier", "x.dump")
     options = re.findall(r"(?<!\S)--[\w-]+", printed)
