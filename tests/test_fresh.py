@@ -78,16 +78,21 @@ async def events_of(h) -> list[tuple[str, dict]]:
     return out
 
 
+def _mixed_changes(ifs, orders):
+    """Two amended orders, one approved (leaves the pending set) and two new ones; returns the new ones."""
+    ifs.update("order", {"OrderNo": orders[0]["OrderNo"]}, GrossAmtCurr=99.5, VendorName="Renamed AB")
+    ifs.update("order", {"OrderNo": orders[1]["OrderNo"]}, CurrencyCode="NOK")
+    ifs.approve("order", {"OrderNo": orders[2]["OrderNo"]})
+    return [ifs.add_order(company="10") for _ in range(2)]
+
+
 async def test_lean_listing_and_reads_by_key_give_the_records_full_rows_give(ifs, harness):
     orders = [ifs.add_order(company="10") for _ in range(6)]
     lean, full = await harness(details_limit=0), await harness(details_limit=0)
     full.poller.lean_listing = False
     for h in (lean, full):
         await h.poller.poll(ORDER, "10")
-    ifs.update("order", {"OrderNo": orders[0]["OrderNo"]}, GrossAmtCurr=99.5, VendorName="Renamed AB")
-    ifs.update("order", {"OrderNo": orders[1]["OrderNo"]}, CurrencyCode="NOK")
-    ifs.approve("order", {"OrderNo": orders[2]["OrderNo"]})
-    added = [ifs.add_order(company="10") for _ in range(2)]
+    added = _mixed_changes(ifs, orders)
     ifs.requests.clear()
     got = await lean.poller.poll(ORDER, "10")
     assert (got.new, got.changed, got.resolved) == (2, 2, 1)
@@ -175,10 +180,7 @@ async def test_listing_by_row_version_gives_the_events_etags_give_for_fewer_byte
     by_version.poller.set_source(BY_VERSION)
     for h in (by_version, by_etag):
         await h.poller.poll(ORDER, "10")
-    ifs.update("order", {"OrderNo": orders[0]["OrderNo"]}, GrossAmtCurr=99.5, VendorName="Renamed AB")
-    ifs.update("order", {"OrderNo": orders[1]["OrderNo"]}, CurrencyCode="NOK")
-    ifs.approve("order", {"OrderNo": orders[2]["OrderNo"]})
-    added = [ifs.add_order(company="10") for _ in range(2)]
+    added = _mixed_changes(ifs, orders)
     got = {}
     for name, h in (("version", by_version), ("etag", by_etag)):
         ifs.requests.clear()
