@@ -224,6 +224,11 @@ class Service:
                              labels=("status",))
         self.metrics.observe("notifier_queue_oldest_seconds", "Age of the oldest undelivered delivery", age)
 
+        async def leading():
+            return {(): 1.0 if self.leadership.is_leader else 0.0}
+
+        self.metrics.observe("notifier_scheduler_leader", "1 when this replica runs the scheduler (polls)", leading)
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, *, web_runner: bool = True, background: bool = True) -> None:

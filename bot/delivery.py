@@ -143,11 +143,17 @@ class SharedPacing:
 
     async def run(self) -> None:
         """Heartbeats until cancelled."""
+        failing = False
         while True:
             try:
                 await self.beat()
+                if failing:
+                    log.warning("replica heartbeat written again")
+                failing = False
             except Exception as exc:  # noqa: BLE001 - the database may be away for a moment
-                log.warning("replica heartbeat failed: %s", exc)
+                if not failing:
+                    log.warning("replica heartbeat failed (retried every %g s): %s", self.timing.heartbeat_every, exc)
+                failing = True
             await self.sleep(self.timing.heartbeat_every)
 
     def ready(self) -> bool:

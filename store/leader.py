@@ -277,6 +277,9 @@ class PgLeadership:
                     await lost(reason)
                 else:
                     log.warning("scheduler lock given up before starting: %s", reason)
+                # the replica that just lost its session is the likely unhealthy one: the others (trying
+                # every `retry`) get the first chance at the lock
+                await self.sleep(t.grace)
         finally:
             self._leader = False
             await self._close()
