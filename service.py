@@ -27,7 +27,7 @@ from cards import CardContext
 from core.clock import Clock, SystemClock
 from core.company import CompanyCheck
 from core.domain import FinanceRecord, RecordKind
-from core.errors import ConfigError
+from core.errors import ConfigError, NotifierError
 from core.metrics import Metrics
 from core.retry import RetryPolicy
 from core.secret import Secret
@@ -210,7 +210,12 @@ class Service:
         return await self.jobs.poll_source(kind)
 
     async def poll_once(self) -> list[PollResult]:
-        return await self.jobs.poll_once()
+        """Every enabled source once (`poll --once`), unless another process runs the scheduler."""
+        async with self.leadership.exclusive() as ours:
+            if not ours:
+                raise NotifierError("another process runs the scheduler on this database and polls: a poll from"
+                                    " here would run alongside its polls (`audit --category lifecycle` names it)")
+            return await self.jobs.poll_once()
 
     def _install_gauges(self) -> None:
         """Series read at each scrape: the outbox (from the database); the IFS client's own totals are SourceJobs'."""

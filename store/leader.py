@@ -27,7 +27,7 @@ import fcntl
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -126,6 +126,10 @@ class Leadership(Protocol):
     async def run(self, gained: Gained, lost: Lost) -> None:
         """Take the lead when possible, give it up when it is lost, until cancelled (which releases it)."""
 
+    def exclusive(self) -> contextlib.AbstractAsyncContextManager[bool]:
+        """For a one-off poll (`poll --once`): yields whether the lead is this process's for the block
+        (already, or taken now and given back after); False while another process holds it."""
+
 
 async def _bump_epoch(db: Database, replica: str, now: float) -> int:
     async with db.transaction() as conn:
@@ -170,6 +174,19 @@ class FileLeadership:
         os.pwrite(fd, f"{self.replica}\n".encode(), 0)
         self._fd = fd
         return True
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[bool]:
+        if self._leader:
+            yield True
+            return
+        if not self.try_lock():
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self.unlock()
 
     def unlock(self) -> None:
         if self._fd is not None:
@@ -225,8 +242,18 @@ class PgLeadership:
             "tcp_keepalives_count": str(count), "tcp_user_timeout": str(int(t.server_gone * 1000)),
             "statement_timeout": str(max(1, int(t.check_timeout * 1000))),
             "idle_in_transaction_session_timeout": str(max(1, int(t.check_timeout * 1000)))})
-        self.backend_pid = conn.get_server_pid()
         return conn
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[bool]:
+        if self._leader:
+            yield True
+            return
+        conn = await self._connect()
+        try:
+            yield bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key))
+        finally:
+            conn.terminate()  # (the lock, if taken, ends with the session)
 
     async def _close(self) -> None:
         conn, self._conn = self._conn, None
@@ -243,6 +270,7 @@ class PgLeadership:
         if self._conn is None or self._conn.is_closed():
             await self._close()
             self._conn = await asyncio.wait_for(self._connect(), self.timing.check_timeout * 2)
+            self.backend_pid = self._conn.get_server_pid()  # (the session an administrator would end)
         return bool(await asyncio.wait_for(self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key),
                                            self.timing.check_timeout))
 

@@ -320,3 +320,42 @@ async def test_a_service_that_loses_the_lead_stops_its_scheduler_and_takes_it_ag
         assert await admin.fetchval("SELECT count(*) FROM replicas") == 0  # a clean stop leaves at once
         await svc.db.close()
         await admin.close()
+
+
+async def test_a_one_off_poll_is_refused_while_another_process_runs_the_scheduler(service_factory, tmp_path):
+    from core.errors import NotifierError
+
+    svc = await service_factory()
+    path = svc.settings.service.database
+    other = FileLeadership(svc.db, path, "serving", Timing(15))
+    assert other.try_lock()  # a `serve` on the same file
+    try:
+        with pytest.raises(NotifierError, match="another process runs the scheduler"):
+            await svc.poll_once()
+    finally:
+        other.unlock()
+    assert await svc.poll_once() == []  # nothing linked: nothing polled, but allowed
+    assert not svc.leadership.is_leader  # and the lock given back
+    assert other.try_lock()
+    other.unlock()
+
+
+async def test_a_one_off_poll_is_refused_while_a_replica_holds_the_lock(tmp_path, ifs, database_url):
+    import asyncpg
+
+    from bench.common import make_service
+    from core.errors import NotifierError
+    from store.leader import LEADER_KEY
+
+    svc = await make_service(tmp_path, ifs.base_url, database=database_url)
+    holder = await asyncpg.connect(database_url)
+    try:
+        assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_KEY)
+        with pytest.raises(NotifierError, match="another process runs the scheduler"):
+            await svc.poll_once()
+        await holder.execute("SELECT pg_advisory_unlock_all()")
+        assert await svc.poll_once() == []
+    finally:
+        await holder.close()
+        await svc.ifs.aclose()
+        await svc.db.close()
