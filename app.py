@@ -34,7 +34,7 @@ from service import (  # noqa: F401 - re-exported: app.build_service, app.Servic
 )
 from store.audit import AuditLog
 from store.bindings import Bindings
-from store.db import DB_ERRORS
+from store.db import DB_ERRORS, is_server_url
 from store.outbox import Outbox
 from store.vault import KNOWN_SECRETS
 
@@ -285,7 +285,8 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_manifest(settings: Settings, args: argparse.Namespace) -> int:
     app_id = args.app_id
-    if app_id is None and os.path.exists(settings.service.database):
+    database = settings.service.database
+    if app_id is None and (is_server_url(database) or os.path.exists(database)):  # (no SQLite file made here)
         async with opened_store(settings) as (_db, vault):
             app_id = await vault.get("bot.app_id")
     path = build_package(settings, app_id=app_id, out_dir=args.out, version=args.version)

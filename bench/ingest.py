@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import statistics
@@ -46,6 +47,7 @@ from core.domain import RecordKind
 from pollers.engine import Poller
 from pollers.ifs_client import IfsClient, IfsClientConfig, _query  # the client's own query encoding
 from pollers.sources import DEFAULT_SOURCES
+from simulator.postgres import NOT_INSTALLED, PostgresServer, find_binaries
 from store.audit import AuditLog
 from store.bindings import Bindings
 from store.db import open_database
@@ -101,10 +103,11 @@ async def floor(base_url: str, page_size: int) -> dict[str, Any]:
             "data_requests": requests}
 
 
-async def one_round(url: str, records: int, page_size: int, db_path: Path,
+async def one_round(url: str, records: int, page_size: int, target: str,
                     profile: str | None = None) -> dict[str, Any]:
-    """A fresh database: the first poll, the floor, the unchanged re-poll, the floor again."""
-    db = await open_database(str(db_path))
+    """A fresh database (a SQLite file path, or a PostgreSQL URL): the first poll, the floor, the unchanged
+    re-poll, the floor again."""
+    db = await open_database(target)
     client = IfsClient(IfsClientConfig(base_url=url, realm="ifs", client_id="notifier",
                                        client_secret="notifier-secret", timeout=120))
     await bind(db, CHANNEL, "http://127.0.0.1:9/")
@@ -143,7 +146,7 @@ async def one_round(url: str, records: int, page_size: int, db_path: Path,
         floor2 = await floor(url, page_size)
         counts = await Store(db).row_counts()
         events, deliveries, seen = counts["events"], counts["deliveries"], counts["seen"]
-        db_bytes = sum(p.stat().st_size for p in db_path.parent.glob(db_path.name + "*"))
+        db_bytes = await db.size_bytes()
     finally:
         await client.aclose()
         await db.close()
@@ -180,18 +183,25 @@ async def one_round(url: str, records: int, page_size: int, db_path: Path,
 
 
 async def measure(records: int, page_size: int, workdir: Path, profile: str | None = None,
-                  rounds: int = 3) -> dict[str, Any]:
+                  rounds: int = 3, store: str = "sqlite") -> dict[str, Any]:
     """`rounds` rounds against one server, each with a fresh database; medians are what count (a shared
-    2-core VM varies by +-15 % from run to run, the floor as much as the poll)."""
+    2-core VM varies by +-15 % from run to run, the floor as much as the poll). `store`: sqlite (a file in
+    `workdir`) or postgresql (a throwaway server on this machine, with its durable defaults)."""
     counts = split(records)
-    with ifs_server(counts[RecordKind.ORDER], counts[RecordKind.INVOICE], counts[RecordKind.VOUCHER],
-                    COMPANY) as url:
+    with contextlib.ExitStack() as stack:
+        if store == "postgresql":
+            server = stack.enter_context(PostgresServer(durable=True))
+            targets = [server.new_database() for _ in range(rounds)]
+        else:
+            targets = [str(workdir / f"ingest-{i}.sqlite3") for i in range(rounds)]
+        url = stack.enter_context(ifs_server(counts[RecordKind.ORDER], counts[RecordKind.INVOICE],
+                                             counts[RecordKind.VOUCHER], COMPANY))
         log(f"ingest {records:,}: warm-up download")
         await floor(url, page_size)
         runtime.settle()  # as `app.py serve` does once it is wired
         rss_before = peak_rss_mb()
-        done = [await one_round(url, records, page_size, workdir / f"ingest-{i}.sqlite3",
-                                profile if i == 0 else None) for i in range(rounds)]
+        done = [await one_round(url, records, page_size, targets[i], profile if i == 0 else None)
+                for i in range(rounds)]
     floors = [f for r in done for f in r["floors"]]
     first = [r["first_poll"] for r in done]
     again = [r["repoll"] for r in done]
@@ -202,6 +212,7 @@ async def measure(records: int, page_size: int, workdir: Path, profile: str | No
     minimum = {k.value: min_requests(n, page_size) for k, n in counts.items()}
     return {
         "records": records,
+        "store": store,
         "split": {k.value: n for k, n in counts.items()},
         "page_size": page_size,
         "rounds": rounds,
@@ -237,18 +248,21 @@ async def measure(records: int, page_size: int, workdir: Path, profile: str | No
     }
 
 
-def run_child(records: int, page_size: int = 5000, profile: str | None = None) -> dict[str, Any]:
+def run_child(records: int, page_size: int = 5000, profile: str | None = None,
+              store: str = "sqlite") -> dict[str, Any]:
     """One size in a fresh interpreter, so that its ru_maxrss is its own."""
     cmd = [sys.executable, "-m", "bench.ingest", "--records", str(records), "--page-size", str(page_size),
-           "--json"]
+           "--store", store, "--json"]
     if profile:
         cmd += ["--profile", profile]
     out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, check=True, text=True)
     return json.loads(out.stdout)
 
 
-def summarize(small: dict[str, Any] | None, big: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The `ingest` and `repoll` sections of the summary, goals attached."""
+def summarize(small: dict[str, Any] | None, big: dict[str, Any],
+              on_postgresql: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The `ingest` and `repoll` sections of the summary, goals attached; `on_postgresql`: the same size's
+    run with the store in PostgreSQL, compared with the SQLite one."""
     fp, fl, rp = big["first_poll"], big["floor"], big["repoll"]
     ratio = fp["seconds"] / fl["seconds"]
     ingest: dict[str, Any] = {
@@ -293,6 +307,19 @@ def summarize(small: dict[str, Any] | None, big: dict[str, Any]) -> dict[str, di
         ingest["small_run"] = {"records": small["records"], "wall_seconds": rnd(small["first_poll"]["seconds"]),
                                "ratio_to_floor": rnd(small["first_poll"]["seconds"] / small["floor"]["seconds"], 2),
                                "peak_rss_mb": small["rss_mb"]["peak_after_first_poll"]}
+    if on_postgresql is not None:
+        pg_first = on_postgresql["first_poll"]
+        ingest["postgresql"] = {
+            "records": on_postgresql["records"],
+            "ok": pg_first["ok"] and pg_first["new"] == on_postgresql["records"],
+            "wall_seconds": rnd(pg_first["seconds"]),
+            "runs_seconds": [rnd(x) for x in pg_first["runs"]],
+            "ratio_to_sqlite": rnd(pg_first["seconds"] / fp["seconds"], 2),
+            "repoll_wall_seconds": rnd(on_postgresql["repoll"]["seconds"]),
+            "database_bytes": on_postgresql["db"]["bytes"],
+            "note": ("a throwaway PostgreSQL server on this machine with its durable defaults (fsync on), sharing"
+                     " the two cores with the poller and the simulator; medians over the rounds"),
+        }
     repoll = {
         "records": big["records"],
         "events_created": goal(rp["events_created"], 0, "=="),
@@ -318,7 +345,13 @@ def run(*, quick: bool = False, need_small: bool = True) -> dict[str, dict[str, 
         small = run_child(10_000)
     log("ingest: 100,000 records in a fresh process")
     big = run_child(100_000)
-    return summarize(small, big)
+    on_postgresql = None
+    if find_binaries() is not None:
+        log("ingest: 100,000 records in a fresh process, the store in PostgreSQL")
+        on_postgresql = run_child(100_000, store="postgresql")
+    else:
+        log(f"ingest: no PostgreSQL run: {NOT_INSTALLED}")
+    return summarize(small, big, on_postgresql)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -328,12 +361,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the raw measurement as JSON")
     p.add_argument("--rounds", type=int, default=3, help="rounds, each with a fresh database (medians count)")
     p.add_argument("--profile", default=None, help="write cProfile stats of round 1's polls to FILE.first/.repoll")
+    p.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
+                   help="the database: a SQLite file, or a throwaway PostgreSQL server on this machine")
     args = p.parse_args(argv)
     if args.records is None:
         print(json.dumps(run(), indent=1))
         return 0
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        result = asyncio.run(measure(args.records, args.page_size, Path(tmp), args.profile, args.rounds))
+        result = asyncio.run(measure(args.records, args.page_size, Path(tmp), args.profile, args.rounds, args.store))
     print(json.dumps(result, indent=None if args.json else 1, default=str))
     return 0
 

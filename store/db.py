@@ -88,6 +88,10 @@ class Database(ABC):
         """Readiness: can we write right now?"""
 
     @abstractmethod
+    async def size_bytes(self) -> int:
+        """What the database takes on disk."""
+
+    @abstractmethod
     async def backup_to(self, target: str) -> None: ...
 
     @abstractmethod
@@ -181,6 +185,11 @@ class SqliteDatabase(Database):
 
     def free_disk_bytes(self) -> int:
         return free_disk_bytes(self.path)
+
+    async def size_bytes(self) -> int:
+        """The file with its write-ahead log and shared-memory index."""
+        files = [Path(self.path + suffix) for suffix in ("", "-wal", "-shm")]
+        return sum(f.stat().st_size for f in files if f.exists())
 
     async def writable(self) -> bool:
         """Readiness: can we take the write lock and write right now?"""

@@ -212,7 +212,8 @@ _PG_RULES: list[tuple[re.Pattern[str], str]] = [(re.compile(p, re.IGNORECASE), r
 
 def to_postgresql(statement: str) -> str:
     """One SQLite DDL statement (or INSERT) of the migrations, as PostgreSQL writes it."""
-    out = "\n".join(line.split("--", 1)[0].rstrip() for line in statement.splitlines())  # comments may say anything
+    # comments go first (they may say anything); so a migration never writes "--" inside a string literal
+    out = "\n".join(line.split("--", 1)[0].rstrip() for line in statement.splitlines())
     for pattern, replacement in _PG_RULES:
         out = pattern.sub(replacement, out)
     return out.strip()

@@ -104,16 +104,19 @@ class Outbox:
         """
         now = self._now()
         # On PostgreSQL, replicas claim side by side: the rows picked are locked, rows another replica has
-        # locked are skipped, and the UPDATE takes only rows still pending once it has them.
+        # locked are skipped (so no statement here waits for another replica: no deadlock), and each UPDATE
+        # takes only rows still pending once it has them.
         lock = " FOR UPDATE SKIP LOCKED" if self._db.dialect == "postgresql" else ""
         async with self._db.transaction() as conn:
             await conn.execute(
-                "UPDATE deliveries SET status = 'superseded' WHERE channel_id = ? AND status = 'pending'"
-                " AND id NOT IN (SELECT max(id) FROM deliveries WHERE channel_id = ? AND status = 'pending'"
-                " GROUP BY record_id)", (channel_id, channel_id))
+                "UPDATE deliveries SET status = 'superseded' WHERE id IN (SELECT id FROM deliveries"
+                " WHERE channel_id = ? AND status = 'pending' AND id NOT IN (SELECT max(id) FROM deliveries"
+                f" WHERE channel_id = ? AND status = 'pending' GROUP BY record_id){lock}) AND status = 'pending'",
+                (channel_id, channel_id))
             async with conn.execute(
-                    "SELECT count(*), count(*) FILTER (WHERE last_code = 'batched') FROM deliveries WHERE channel_id = ?"
-                    " AND status = 'pending' AND next_at <= ? AND event_type = 'new'", (channel_id, now)) as cur:
+                    "SELECT count(*), count(*) FILTER (WHERE last_code = 'batched') FROM deliveries"
+                    " WHERE channel_id = ? AND status = 'pending' AND next_at <= ? AND event_type = 'new'",
+                    (channel_id, now)) as cur:
                 new_count, batched = await cur.fetchone() or (0, None)  # (an aggregate: always one row)
             if new_count > digest_threshold or (batched and new_count > 1):
                 sql = ("UPDATE deliveries SET status = 'sending', lease_until = ?, attempts = attempts + 1"

@@ -231,11 +231,8 @@ class ReminderStore:
 
         Marked before sending, so a crash mid-way skips the rest of a reminder rather than repeating it.
         """
-        async with self._db.transaction() as conn:
-            async with conn.execute("SELECT value FROM meta WHERE name = ?", (self.SLOT,)) as cur:
-                row = await cur.fetchone()
-            if row is not None and row[0] >= slot:
-                return False
-            await conn.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET"
-                               " value = excluded.value", (self.SLOT, slot))
-        return True
+        async with self._db.transaction() as conn:  # one statement: two replicas cannot both take it
+            async with conn.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET"
+                                    " value = excluded.value WHERE meta.value < excluded.value RETURNING name",
+                                    (self.SLOT, slot)) as cur:
+                return await cur.fetchone() is not None

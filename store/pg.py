@@ -34,8 +34,9 @@ CONNECT_TIMEOUT = 10.0  # seconds to reach the server, at start-up and for each 
 PG_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
 
 
-def redact(url: str) -> str:
-    """The URL with its password (if any) replaced by ***: for messages and logs."""
+def redact(url: str, mask: str | None = "***") -> str:
+    """The URL with its password (if any) replaced by `mask` (for messages and logs), or left out (None: for
+    a command to run, which then finds the password where libpq looks for one)."""
     try:
         parts = urlsplit(url)
         if parts.password is None:
@@ -43,17 +44,10 @@ def redact(url: str) -> str:
         host = parts.hostname or ""
         if ":" in host:
             host = f"[{host}]"
-        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
+        user = (parts.username or "") + ("" if mask is None else ":" + mask)
+        return urlunsplit(parts._replace(netloc=f"{user}@{host}" + (f":{parts.port}" if parts.port else "")))
     except ValueError:  # unparsable: show nothing of it
         return "postgresql://…"
-
-
-def url_has_password(url: str) -> bool:
-    try:
-        return urlsplit(url).password is not None
-    except ValueError:
-        return False
 
 
 @functools.lru_cache(maxsize=2048)
@@ -147,13 +141,13 @@ class PgConnection:
         return PgCursor([], status_count(await self.raw.execute(text, *args)))
 
     async def _executemany(self, sql: str, many: list[Sequence[Any]]) -> PgCursor:
-        # one statement per row so each row's count is known (aiosqlite sums them); the statement is
-        # prepared once (asyncpg's statement cache)
-        text, _ = translate(sql)
-        total = 0
-        for args in many:
-            total += status_count(await self.raw.execute(text, *args))
-        return PgCursor([], total)
+        """The statement once per parameter row, pipelined (one round trip, not one per row); each changed
+        row answers one RETURNING row, so the count is aiosqlite's (the rows changed, summed)."""
+        if not many:
+            return PgCursor([], 0)
+        text, returns_rows = translate(sql)
+        rows = await self.raw.fetchmany(text if returns_rows else text + " RETURNING 1", many)
+        return PgCursor([], len(rows))
 
     async def fetch(self, sql: str, params: Params = ()) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await self.raw.fetch(translate(sql)[0], *_args(params))
@@ -168,16 +162,18 @@ class PgDatabase(Database):
     def __init__(self, pool: asyncpg.Pool, url: str) -> None:
         self.pool = pool
         self.url = redact(url)  # for messages: never the password
+        self._url_for_tools = redact(url, mask=None)
         self._write_lock = asyncio.Lock()
-        self._current: contextvars.ContextVar[PgConnection | None] = contextvars.ContextVar(
-            f"pg_transaction_{id(self)}", default=None)
+        # the transaction the running task is inside (tasks it starts inherit the variable: the task is checked)
+        self._current: contextvars.ContextVar[tuple[asyncio.Task[Any] | None, PgConnection] | None] = (
+            contextvars.ContextVar(f"pg_transaction_{id(self)}", default=None))
         self._closed = False
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PgConnection]:
         async with self._write_lock, self.pool.acquire() as raw, raw.transaction():
             conn = PgConnection(raw)
-            token = self._current.set(conn)
+            token = self._current.set((asyncio.current_task(), conn))
             try:
                 yield conn
             finally:
@@ -188,8 +184,8 @@ class PgDatabase(Database):
         """A connection for reading: the current transaction's inside one (its writes are visible), else a
         pooled one."""
         current = self._current.get()
-        if current is not None:
-            yield current
+        if current is not None and current[0] is asyncio.current_task():
+            yield current[1]
             return
         async with self.pool.acquire() as raw:
             yield PgConnection(raw)
@@ -213,10 +209,14 @@ class PgDatabase(Database):
         except PG_ERRORS:
             return False
 
+    async def size_bytes(self) -> int:
+        return int(await self.scalar("SELECT pg_database_size(current_database())"))
+
     async def backup_to(self, target: str) -> None:
-        raise ConfigError("backup", "the database is PostgreSQL: back it up with the server's tools, e.g."
-                                    f" `pg_dump --format=custom --file={target} '{self.url}'` (the password from"
-                                    " PGPASSWORD or ~/.pgpass); restore with `pg_restore --dbname=URL FILE`")
+        raise ConfigError("backup", "the database is PostgreSQL: back it up with the server's own tool:"
+                                    f" `pg_dump --format=custom --file={target} '{self._url_for_tools}'` (the"
+                                    " password from PGPASSWORD or ~/.pgpass); restore into an empty database with"
+                                    f" `pg_restore --no-owner --dbname='{self._url_for_tools}' {target}`")
 
     async def close(self) -> None:
         if not self._closed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +34,41 @@ async def connector():
     await stand_in.stop()
 
 
-@pytest.fixture(scope="session")
-def pg_server():
-    """One throwaway PostgreSQL server for the whole run (started on first use); skips without its binaries."""
-    if find_binaries() is None:
-        pytest.skip(NOT_INSTALLED)
-    server = PostgresServer().start()
-    yield server
-    server.stop()
+# NOTIFIER_TEST_STORE=postgresql (make test-pg): every service the tests build keeps its store in a fresh
+# PostgreSQL database instead of a SQLite file; the tests about SQLite's files skip (`sqlite_only`).
+TEST_STORE = os.environ.get("NOTIFIER_TEST_STORE", "sqlite")
+if TEST_STORE not in ("sqlite", "postgresql"):
+    raise pytest.UsageError(f"NOTIFIER_TEST_STORE={TEST_STORE!r}: expected sqlite or postgresql")
+ON_POSTGRESQL = TEST_STORE == "postgresql"
+sqlite_only = pytest.mark.skipif(ON_POSTGRESQL, reason="about the SQLite file (its modes, corruption, disk space,"
+                                                       " the backup command); NOTIFIER_TEST_STORE=postgresql")
+_server: PostgresServer | None = None
+_databases: dict[Path, str] = {}  # a workdir's database: the same one each time its config is written
+
+
+def shared_pg_server() -> PostgresServer:
+    """The run's PostgreSQL server, started on first use (stopped at the end of the session)."""
+    global _server
+    if _server is None:
+        if find_binaries() is None:
+            if ON_POSTGRESQL:
+                raise RuntimeError(f"NOTIFIER_TEST_STORE=postgresql: {NOT_INSTALLED}")
+            pytest.skip(NOT_INSTALLED)
+        _server = PostgresServer().start()
+    return _server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_pg_server():
+    yield
+    if _server is not None:
+        _server.stop()
+
+
+@pytest.fixture
+def pg_server() -> PostgresServer:
+    """The run's throwaway PostgreSQL server; the test skips when no server binaries are installed."""
+    return shared_pg_server()
 
 
 @pytest.fixture
@@ -69,8 +97,22 @@ TEST_SERVICE = 'timezone = "Europe/Stockholm"'
 TEST_IFS = "page_size = 500\nretry_attempts = 3\nretry_max_seconds = 5"
 
 
+def new_database(path: Path) -> str:
+    """A database for one test: the SQLite file `path`, or a fresh PostgreSQL database under
+    NOTIFIER_TEST_STORE=postgresql."""
+    return shared_pg_server().new_database() if ON_POSTGRESQL else str(path)
+
+
+def database_of(workdir: Path) -> str:
+    """What `service.database` says in the config write_config wrote for `workdir`."""
+    return _databases.get(workdir) or str(workdir / "notifier.sqlite3")
+
+
 def write_config(tmp_path: Path, extra: str = "") -> Path:
-    return bench.common.write_config(tmp_path, extra, service=TEST_SERVICE, ifs=TEST_IFS)
+    database = None
+    if ON_POSTGRESQL:
+        database = _databases.get(tmp_path) or _databases.setdefault(tmp_path, shared_pg_server().new_database())
+    return bench.common.write_config(tmp_path, extra, service=TEST_SERVICE, ifs=TEST_IFS, database=database)
 
 
 async def make_service(tmp_path: Path, ifs_url: str, *, extra: str = ""):

@@ -22,7 +22,15 @@ from store.bindings import Bindings
 from store.channels import Channels
 from store.db import open_database
 from store.outbox import Outbox
-from tests.conftest import CHANNEL, TEAM, channel_message, event_activity, post_activity, write_config
+from tests.conftest import (
+    CHANNEL,
+    TEAM,
+    channel_message,
+    database_of,
+    event_activity,
+    post_activity,
+    write_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 OTHER = "19:other-channel@thread.tacv2"
@@ -634,7 +642,7 @@ async def test_bindings_export_then_import_into_a_fresh_database(tmp_path, ifs, 
                                   config=config)
     assert (out.returncode, out.stdout.strip()) == (0, "imported 2 bindings"), out.stderr
 
-    db = await open_database(str(fresh / "notifier.sqlite3"))
+    db = await open_database(database_of(fresh))
     try:
         before = {(b.channel_id, b.company, b.kinds, b.cost_centers, b.min_amount)
                   for b in await svc.bindings.all()}
@@ -672,7 +680,7 @@ async def test_bindings_import_is_all_or_nothing(tmp_path, items, where):
     code = items[-1]["company"]
     assert out.stderr.strip().splitlines()[-1] == (f"error: config error: {where}: '{code}' is not a company code"
                                   " (letters, digits, - and _ only).")
-    db = await open_database(str(tmp_path / "notifier.sqlite3"))
+    db = await open_database(database_of(tmp_path))
     try:
         assert await Bindings(db).all() == []
         assert await Channels(db).all() == []

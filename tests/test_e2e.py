@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import CHANNEL, channel_message, post_activity, replies_text
+from tests.conftest import CHANNEL, channel_message, post_activity, replies_text, sqlite_only
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,6 +49,7 @@ async def test_link_poll_deliver_once_and_never_again(tmp_path, ifs, connector, 
     assert any(e["category"] == "delivery" and e["outcome"] == "ok" and e["delivery_id"] for e in entries)
 
 
+@sqlite_only  # (on PostgreSQL: tests/test_store_backends.py reads the stored tokens)
 async def test_secrets_never_stored_in_plaintext(tmp_path, ifs, service_factory):
     svc = await service_factory()
     await svc.vault.set("bot.app_password", "p@ssw0rd-very-secret-value")

@@ -17,6 +17,7 @@ from core.domain import RecordKind
 from core.errors import ConfigError
 from store.db import open_database
 from store.vault import KeyRing, Vault
+from tests.conftest import sqlite_only
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,6 +148,7 @@ async def test_transaction_on_the_database_thread_commits_whole_or_not_at_all(tm
         await db.close()
 
 
+@sqlite_only
 async def test_backup_and_restore_round_trip(tmp_path, service_factory, ifs, connector):
     from tests.conftest import channel_message, post_activity
 

@@ -19,6 +19,7 @@ from store.db import open_database
 from store.poll_writer import PollWriter
 from store.records import load_record
 from store.seen import Seen
+from tests.conftest import new_database
 
 ORDER = RecordKind.ORDER
 
@@ -41,7 +42,7 @@ async def harness(tmp_path, ifs):
 
     async def make(*, page_size: int = 5000, details_limit: int = 50, sources=None, retry_attempts: int = 6,
                    companies=("10",)):
-        db = await open_database(str(tmp_path / f"p{len(made)}.sqlite3"))
+        db = await open_database(new_database(tmp_path / f"p{len(made)}.sqlite3"))
         from core.retry import RetryPolicy
         client = IfsClient(IfsClientConfig(base_url=ifs.base_url, realm="ifs", client_id="notifier",
                                            client_secret="notifier-secret",
@@ -240,9 +241,16 @@ async def test_a_page_write_failing_while_the_listing_fails_reports_the_listing_
     ifs.faults.fail_next(1, status=400, code="BAD_PAGE", path="$skip=20")
     h = await harness(page_size=10, details_limit=0)
     second_page = sorted(r["OrderNo"] for r in ifs.rows("order"))[10]
+    refused = f"'order:10:OrderNo={second_page}'"
     async with h.db.transaction() as conn:  # the database refuses the second page's events
-        await conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.record_id ="
-                           f" 'order:10:OrderNo={second_page}' BEGIN SELECT RAISE(ABORT, 'disk trouble'); END")
+        if h.db.dialect == "sqlite":
+            await conn.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.record_id = {refused}"
+                               " BEGIN SELECT RAISE(ABORT, 'disk trouble'); END")
+        else:
+            await conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+                               " $$ BEGIN RAISE EXCEPTION 'disk trouble'; END $$")
+            await conn.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW"
+                               f" WHEN (NEW.record_id = {refused}) EXECUTE FUNCTION refuse()")
     caplog.set_level(logging.ERROR, logger="pollers.engine")
     result = await h.poller.poll(ORDER, "10")
     assert not result.ok and "BAD_PAGE" in (result.error or "")

@@ -5,6 +5,7 @@ side, migrations raced, passwords kept out of messages."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from decimal import Decimal
 
 import pytest
@@ -366,6 +367,7 @@ async def test_the_vault_keeps_ciphertext_and_rotates_its_key(db, tmp_path, cloc
 
 async def test_the_database_reports_readiness_and_its_disk(db, tmp_path):
     assert await db.writable()
+    assert await db.size_bytes() > 4096
     if db.dialect == "sqlite":
         assert db.free_disk_bytes() > 0
         await db.backup_to(str(tmp_path / "copy.sqlite3"))
@@ -433,15 +435,17 @@ async def test_replicas_starting_together_migrate_once(database_url):
             await d.close()
 
 
-async def test_two_replicas_claiming_together_never_claim_a_delivery_twice(database_url):
+async def test_two_replicas_claiming_together_never_claim_a_delivery_twice_nor_take_a_slot_twice(database_url):
     clock = FakeClock(T0)
     one, two = await open_pg(database_url), await open_pg(database_url)
     try:
         channels = [f"19:c{i}" for i in range(4)]
         store = Store(one, clock)
         await linked(store, *channels)
-        await PollWriter(one, clock).apply(INV, "10", [change(rec(i)) for i in range(60)],
-                                           [Binding(c, "10") for c in channels])
+        bound = [Binding(c, "10") for c in channels]
+        await PollWriter(one, clock).apply(INV, "10", [change(rec(i)) for i in range(60)], bound)
+        await PollWriter(one, clock).apply(INV, "10", [change(rec(i, etag="W/b"), EventType.CHANGED,
+                                                              "AwaitingApproval") for i in range(0, 60, 3)], bound)
         claimed: list[int] = []
 
         async def worker(db: PgDatabase) -> None:
@@ -455,8 +459,12 @@ async def test_two_replicas_claiming_together_never_claim_a_delivery_twice(datab
                 claimed.extend(d.id for d in got)
 
         await asyncio.gather(*(worker(d) for d in (one, two, one, two)))
-        assert len(claimed) == 240 and len(set(claimed)) == 240
-        assert await store.outbox.counts() == {"sending": 240}
+        assert len(claimed) == 240 and len(set(claimed)) == 240  # 60 records in each of 4 channels, once each
+        assert await store.outbox.counts() == {"sending": 240, "superseded": 80}
+        # a reminder slot, taken by both at once, is taken once
+        takes = await asyncio.gather(*(Store(d, clock).reminders.take_slot("2026-12-07 08:00")
+                                       for d in (one, two, one, two)))
+        assert sorted(takes) == [False, False, False, True]
     finally:
         await one.close()
         await two.close()
@@ -470,6 +478,7 @@ async def test_an_unreachable_server_is_one_line_without_the_password(pg_server)
     assert "hunter2" not in text and "***" in text and "no_such_database" in text and "\n" not in text
     assert redact("postgres://u:p%40ss@db.example:5433/n?sslmode=require") == (
         "postgres://u:***@db.example:5433/n?sslmode=require")
+    assert redact("postgres://u:p%40ss@db.example/n", mask=None) == "postgres://u@db.example/n"
 
 
 def test_a_password_in_the_config_file_url_is_refused_but_the_environment_may_carry_one(tmp_path):
@@ -485,3 +494,45 @@ def test_a_password_in_the_config_file_url_is_refused_but_the_environment_may_ca
 
 def test_sqlite_stays_the_default():
     assert load_settings(None, env={}).service.database.endswith(".sqlite3")
+
+
+async def test_a_task_started_inside_a_transaction_reads_outside_it(database_url):
+    """Reads inside a transaction go through its connection, but only the transaction's own task's: a task
+    started there (which inherits the context) reads through another connection, never one in use."""
+    db = await open_pg(database_url)
+    try:
+        store = Store(db)
+        async with store.unit() as u:
+            await u.channels.upsert(ref(CH))
+            assert await asyncio.create_task(store.channels.all()) == []  # not committed yet
+            assert [c.channel_id for c in await store.channels.all()] == [CH]
+        assert [c.channel_id for c in await store.channels.all()] == [CH]
+    finally:
+        await db.close()
+
+
+async def test_the_backup_advice_names_pg_dump_without_the_password(database_url):
+    url = database_url.replace("postgresql://notifier@", "postgresql://notifier:hunter2@")
+    db = await open_pg(url)  # (the test server trusts loopback: the password is not even needed)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            await db.backup_to("/backups/notifier.dump")
+        assert "hunter2" not in str(caught.value) and "***" not in str(caught.value)
+        assert f"pg_dump --format=custom --file=/backups/notifier.dump '{database_url}'" in str(caught.value)
+    finally:
+        await db.close()
+
+
+def test_a_server_that_cannot_be_reached_stops_a_command_with_one_line_and_exit_2(tmp_path):
+    from tests.test_fault_matrix import one_error_line, run_cli
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "notifier.toml"
+    config.write_text(f'[service]\nkey_file = "{tmp_path / "master.key"}"\n')
+    url = f"postgresql://notifier:hunter2@127.0.0.1:{port}/notifier"
+    done = run_cli(config, "audit", env={"NOTIFIER__SERVICE__DATABASE": url})
+    line = one_error_line(done, 2, "service.database")
+    assert f"postgresql://notifier:***@127.0.0.1:{port}/notifier" in line
+    assert "hunter2" not in done.stderr + done.stdout
