@@ -34,7 +34,7 @@ from core.secret import Secret
 from core.settings import Settings
 from pollers.engine import Poller, PollResult
 from pollers.ifs_client import IfsClient, IfsClientConfig
-from pollers.job import SourceJobs
+from pollers.job import FencedWriter, SourceJobs
 from pollers.sources import build_sources
 from pollers.tenant import TenantSchema
 from store.audit import AuditLog
@@ -130,7 +130,8 @@ class Service:
             else FileLeadership(db, settings.service.database, self.replica, self.timing, clock=self.clock))
         self.pacing = SharedPacing(db, self.replica, self.timing, clock=self.clock) if self.shared else SoloPacing()
         self.poller = Poller(client=self.ifs, sources=self.sources, seen=Seen(db), bindings=self.bindings,
-                             writer=PollWriter(db, self.clock), audit=self.audit, ifs_base_url=creds.ifs_base_url,
+                             writer=FencedWriter(PollWriter(db, self.clock), self._lead_current),
+                             audit=self.audit, ifs_base_url=creds.ifs_base_url,
                              page_size=settings.ifs.page_size, use_select=settings.ifs.select,
                              confirm_reads=settings.ifs.confirm_reads_per_cycle,
                              max_listing_pages=settings.ifs.max_listing_pages,
@@ -254,6 +255,9 @@ class Service:
             self._tasks.append(asyncio.create_task(self.leadership.run(self._lead, self._follow), name="leadership"))
         log.info("service started on %s:%s (bot authentication %s)", self.settings.service.host,
                  self.settings.service.port, "OFF, development mode" if self.bot_config.auth_disabled else "on")
+
+    def _lead_current(self) -> bool:
+        return self.leadership.current()
 
     def _start_delivery(self) -> None:
         if not self._delivering:

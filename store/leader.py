@@ -10,10 +10,13 @@ its polls cancelled at once, before anything else.
 
 Fencing. A replica that takes the lock waits `Timing.grace` before it polls: longer than the old leader
 needs to notice that its session is gone (one check interval plus one check timeout), so the old
-leader has stopped its polls before the new one starts, unless the old leader's process was frozen
-for longer than that (a stopped VM, a debugger). Each takeover increments `leadership.epoch`
-(the audit trail names it with the replica). A poll's own writes are not fenced in the database:
-a duplicate from that rare case is an extra card, never a lost one, as with a kill during delivery.
+leader has stopped its polls before the new one starts. A poll's writes go through (pollers.job
+FencedWriter) only while `current()`: the last successful check was asked less than `Timing.fence` ago,
+which is shorter than the grace, so a leader frozen for longer (a stopped VM, a debugger) writes nothing
+after it resumes until a check says the lock is still its own. Each takeover increments
+`leadership.epoch` (the audit trail names it with the replica). The database does not compare epochs
+in the write transaction: a write already on its way when the leader froze could still land; the
+worst it does is an event made twice (an extra card), never a lost one.
 
 SQLite: one process polls. The leader holds an exclusive lock (flock) on `<database>.leader`; a
 second `serve` on the same file waits for it, serving /api/messages but neither polling nor delivering.
@@ -25,6 +28,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,6 +38,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from core.clock import SYSTEM_CLOCK, Clock
+from core.errors import NotifierError
 from store.db import Database
 from store.pg import redact
 
@@ -41,6 +46,13 @@ log = logging.getLogger(__name__)
 
 LEADER_KEY = 0x4E4F5449  # "NOTI": the advisory lock key of the scheduler, the same in every replica
 SCOPE = "scheduler"  # the row of table leadership
+
+class LeadershipLost(NotifierError):
+    """A poll's write refused: this process does not hold the lead as of now. On PostgreSQL the leader
+    counts its lead as current only while its last successful check of the lock session is recent
+    (Timing.fence, shorter than the grace a new leader waits): a leader that was frozen (a paused VM)
+    and resumes after another replica took over writes nothing more before it has checked again."""
+
 
 Gained = Callable[[int], Awaitable[None]]  # called with the new epoch
 Lost = Callable[[str], Awaitable[None]]  # called with the reason
@@ -78,6 +90,12 @@ class Timing:
         """A new leader's wait before it polls: a previous leader notices its loss within check_every +
         check_timeout (and stops its polls at once)."""
         return self.check_every + self.check_timeout + self.takeover / 20
+
+    @property
+    def fence(self) -> float:
+        """The leader's writes go through only this long after its last successful check (less than the grace,
+        more than a check interval plus a slow check)."""
+        return self.check_every + self.check_timeout + self.takeover / 40
 
     @property
     def keepalive(self) -> tuple[int, int, int]:
@@ -123,6 +141,9 @@ class Leadership(Protocol):
     @property
     def is_leader(self) -> bool: ...
 
+    def current(self) -> bool:
+        """Whether a poll of this process may write now (see LeadershipLost)."""
+
     async def run(self, gained: Gained, lost: Lost) -> None:
         """Take the lead when possible, give it up when it is lost, until cancelled (which releases it)."""
 
@@ -159,6 +180,9 @@ class FileLeadership:
     @property
     def is_leader(self) -> bool:
         return self._leader
+
+    def current(self) -> bool:
+        return True  # a lock file is held as long as the process lives: nobody else polls meanwhile
 
     def try_lock(self) -> bool:
         """Take the lock file now, or say who holds it (one log line) and return False."""
@@ -226,11 +250,19 @@ class PgLeadership:
         self.key = key
         self._conn: Any = None
         self._leader = False
+        self._running = False
+        self._exclusive = False
+        self._checked = -math.inf  # monotonic time of the last successful check of the lock session
         self.backend_pid: int | None = None
 
     @property
     def is_leader(self) -> bool:
         return self._leader
+
+    def current(self) -> bool:
+        if self._exclusive or not self._running:  # a one-off poll under the lock; or not coordinating at all
+            return True
+        return self._leader and self.clock.monotonic() - self._checked <= self.timing.fence
 
     async def _connect(self) -> Any:
         t = self.timing
@@ -251,8 +283,11 @@ class PgLeadership:
             return
         conn = await self._connect()
         try:
-            yield bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key))
+            got = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key))
+            self._exclusive = got
+            yield got
         finally:
+            self._exclusive = False
             conn.terminate()  # (the lock, if taken, ends with the session)
 
     async def _close(self) -> None:
@@ -266,6 +301,14 @@ class PgLeadership:
             " AND objid = $1 AND granted", self.key & 0xFFFFFFFF), self.timing.check_timeout)
         return bool(held)
 
+    async def _check(self) -> bool:
+        """The lock still held? Counted from when the question was asked: the answer may come late."""
+        asked = self.clock.monotonic()
+        if not await self._holds_lock():
+            return False
+        self._checked = asked
+        return True
+
     async def _try_lock(self) -> bool:
         if self._conn is None or self._conn.is_closed():
             await self._close()
@@ -277,6 +320,7 @@ class PgLeadership:
     async def run(self, gained: Gained, lost: Lost) -> None:
         t = self.timing
         reported = False
+        self._running = True
         try:
             while True:
                 try:
@@ -310,6 +354,7 @@ class PgLeadership:
                 await self.sleep(t.grace)
         finally:
             self._leader = False
+            self._running = False
             await self._close()
 
     async def _lead(self, gained: Gained) -> tuple[str, bool]:
@@ -323,14 +368,14 @@ class PgLeadership:
                 step = min(t.check_every, t.grace - waited)
                 await self.sleep(step)
                 waited += step
-                if not await self._holds_lock():
+                if not await self._check():
                     return "the scheduler lock was not held after it was taken", started
             epoch = await _bump_epoch(self.db, self.replica, self.clock.time())
             started = True
             await gained(epoch)
             while True:
                 await self.sleep(t.check_every)
-                if not await self._holds_lock():
+                if not await self._check():
                     return "the scheduler lock is no longer held by this replica", started
         except TimeoutError:
             return f"the lock session did not answer within {t.check_timeout:g} s", started

@@ -64,6 +64,9 @@ def test_every_interval_fits_inside_the_takeover_bound(takeover):
     assert t.worst_takeover <= takeover
     # the old leader notices a lost session (one check, one timeout) before the new one may poll
     assert t.check_every + t.check_timeout < t.grace
+    # a leader's writes stop before a new leader may start: its fence is shorter than the grace, and longer
+    # than a healthy gap between two checks
+    assert t.check_every + t.check_timeout < t.fence < t.grace
     # a replica is counted alive across missed heartbeats; a channel lease outlives a renewal period
     assert t.replica_expiry >= 3 * t.heartbeat_every and t.channel_lease > 2 * t.heartbeat_every
 
@@ -359,3 +362,35 @@ async def test_a_one_off_poll_is_refused_while_a_replica_holds_the_lock(tmp_path
         await holder.close()
         await svc.ifs.aclose()
         await svc.db.close()
+
+
+async def test_a_leader_that_has_not_checked_its_lock_for_longer_than_the_fence_writes_nothing(database_url):
+    from pollers.job import FencedWriter
+    from store.leader import LeadershipLost, PgLeadership
+
+    clock = FakeClock()
+    db = await open_database(database_url)
+    lead = PgLeadership(db, database_url, "a", Timing(5), clock=clock)
+    assert lead.current()  # not coordinating (a one-off command): nothing to fence
+    gained = asyncio.Event()
+
+    async def gain(epoch: int) -> None:
+        gained.set()
+
+    async def lost(reason: str) -> None:
+        raise AssertionError(reason)
+
+    task = asyncio.create_task(lead.run(gain, lost))
+    try:
+        assert await wait_until(gained.is_set, 10) and lead.current()
+        clock.advance(lead.timing.fence + 0.01)  # as if the process had been frozen since its last check
+        assert not lead.current()
+        writer = FencedWriter(PollWriter(db, clock), lead.current)
+        with pytest.raises(LeadershipLost):
+            await writer.apply(RecordKind.ORDER, "10", [], [])
+        assert await writer.ifs_available()  # reads go through
+        assert await wait_until(lead.current, 10)  # its next check found the lock still held: current again
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await db.close()
