@@ -40,7 +40,15 @@ from pollers.tenant import TenantSchema
 from store.audit import AuditLog
 from store.bindings import Bindings
 from store.db import DB_ERRORS, Database, open_database, owner_only
-from store.leader import FileLeadership, Leadership, PgLeadership, Timing, replica_id
+from store.leader import (
+    FileLeadership,
+    Leadership,
+    PgLeadership,
+    Timing,
+    ask_for_poll,
+    polls_asked,
+    replica_id,
+)
 from store.outbox import Outbox
 from store.people import Claims, People
 from store.poll_writer import PollWriter
@@ -175,6 +183,7 @@ class Service:
         self._tasks: list[asyncio.Task] = []
         self._leader_tasks: list[asyncio.Task] = []  # what only the leader runs (reminders, the tenant check)
         self._delivering = False
+        self._asks: set[asyncio.Task] = set()
         self._poll_locks = self.jobs.locks
         self._stopped = False
 
@@ -202,7 +211,32 @@ class Service:
         return self.jobs.ifs_token_state()
 
     def poll_soon(self) -> None:
-        self.jobs.poll_soon()
+        """Poll at once: here when this replica runs the scheduler, else asked of the one that does."""
+        if self.jobs.scheduler is not None:
+            self.jobs.poll_soon()
+            return
+        task = asyncio.create_task(self._ask_for_poll(), name="ask-for-poll")
+        self._asks.add(task)
+        task.add_done_callback(self._asks.discard)
+
+    async def _ask_for_poll(self) -> None:
+        try:
+            await ask_for_poll(self.db, self.replica, self.clock.time())
+        except DB_ERRORS as exc:
+            log.warning("could not ask the scheduler for a poll: %s", exc)
+
+    async def _watch_poll_requests(self, seen: int) -> None:
+        """On the leader: a poll asked for by another replica (or a stand-by process) starts here."""
+        while True:
+            await asyncio.sleep(self.timing.check_every)
+            try:
+                asked = await polls_asked(self.db)
+            except DB_ERRORS as exc:
+                log.warning("poll requests not read: %s", exc)
+                continue
+            if asked > seen:
+                seen = asked
+                self.jobs.poll_soon()
 
     def wake_delivery(self) -> None:
         self.worker.wake()
@@ -271,7 +305,9 @@ class Service:
         log.info("%s runs the scheduler (epoch %d)", self.replica, epoch)
         self.jobs.epoch = epoch
         self._start_delivery()
+        asked = await polls_asked(self.db)  # (the first poll starts now anyway)
         self.jobs.start(self.settings.schedule)
+        self._leader_tasks.append(asyncio.create_task(self._watch_poll_requests(asked), name="poll-requests"))
         if self.settings.people.remind_at:
             self._leader_tasks.append(asyncio.create_task(self._reminding(), name="reminders"))
         self._leader_tasks.append(asyncio.create_task(self.jobs.validate_sources(), name="validate-sources"))
@@ -329,6 +365,7 @@ class Service:
             return
         self._stopped = True
         await self._stop_leading()
+        await asyncio.gather(*self._asks, return_exceptions=True)  # (each a single short write)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 LEADER_KEY = 0x4E4F5449  # "NOTI": the advisory lock key of the scheduler, the same in every replica
 SCOPE = "scheduler"  # the row of table leadership
+POLL_SOON = "poll soon"  # its row counting the polls asked for by any replica
 
 class LeadershipLost(NotifierError):
     """A poll's write refused: this process does not hold the lead as of now. On PostgreSQL the leader
@@ -160,6 +161,21 @@ async def _bump_epoch(db: Database, replica: str, now: float) -> int:
                 " RETURNING epoch", (SCOPE, replica, now)) as cur:
             rows = list(await cur.fetchall())
     return int(rows[0][0])  # an upsert with RETURNING returns its row
+
+
+async def ask_for_poll(db: Database, replica: str, now: float) -> None:
+    """Ask the leader, whichever replica it is, to poll soon (`poll now`, a channel linked on another replica):
+    a counter in table leadership that the leader watches (PollRequests)."""
+    async with db.transaction() as conn:
+        await conn.execute(
+            "INSERT INTO leadership (name, epoch, holder, since) VALUES (?, 1, ?, ?) ON CONFLICT (name)"
+            " DO UPDATE SET epoch = leadership.epoch + 1, holder = excluded.holder, since = excluded.since",
+            (POLL_SOON, replica, now))
+
+
+async def polls_asked(db: Database) -> int:
+    """How many polls were asked for so far (the counter ask_for_poll increments)."""
+    return int(await db.scalar("SELECT epoch FROM leadership WHERE name = ?", (POLL_SOON,)) or 0)
 
 
 class FileLeadership:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -394,3 +395,33 @@ async def test_a_leader_that_has_not_checked_its_lock_for_longer_than_the_fence_
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await db.close()
+
+
+async def test_poll_now_on_a_replica_that_does_not_poll_is_asked_of_the_one_that_does(tmp_path, ifs, database_url):
+    from bench.common import make_service
+
+    def config(name: str) -> str:
+        return f'timezone = "UTC"\nreplica_name = "{name}"\nleader_takeover_seconds = 5'
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    leader = await make_service(tmp_path / "a", ifs.base_url, database=database_url, service=config("leader"))
+    shutil.copy2(tmp_path / "a" / "master.key", tmp_path / "b" / "master.key")
+    follower = await make_service(tmp_path / "b", ifs.base_url, database=database_url, service=config("follower"))
+    try:
+        await leader.start(web_runner=False, background=True)
+        assert await wait_until(lambda: leader.jobs.scheduler is not None, 15)
+        await follower.start(web_runner=False, background=True)
+        assert follower.jobs.scheduler is None and not follower.leadership.is_leader
+        asked: list[float] = []
+        real = leader.jobs.poll_soon
+        leader.jobs.poll_soon = lambda: (asked.append(1), real())[1]  # what `poll now` on the leader does
+        follower.poll_soon()  # `poll now` in Teams, answered by the replica that does not poll
+        assert await wait_until(lambda: asked == [1], 10)
+        follower.poll_soon()
+        assert await wait_until(lambda: asked == [1, 1], 10)
+        assert follower.jobs.scheduler is None  # and it still does not poll
+    finally:
+        for svc in (follower, leader):
+            await svc.stop()
+            await svc.db.close()
