@@ -316,9 +316,8 @@ class DeliveryWorker:
             taken = await self.pacing.take(channel_id, due)
             if taken is None:
                 return 0  # another replica delivers there now
-            if self.pacing.shared:  # the channel's sends of the last hour, by any replica, fill its windows
-                offset = self.monotonic() - self.now()
-                self._limiter(channel_id).seed([t + offset for t in taken.sent], replace=True)
+            if self.pacing.shared:
+                self._seed(channel_id, taken)
             try:
                 return await self._channel_work(channel_id)
             finally:
@@ -348,6 +347,14 @@ class DeliveryWorker:
             if not any(self._in_span(w, t) for w in self._batch):
                 break
         return t
+
+    def _seed(self, channel_id: str, taken: Taken) -> None:
+        """A channel's lease just taken: its sends of the last hour, by any replica, fill its windows. Taken
+        over from a replica that stopped renewing, one more counts as made now: the message that replica
+        may have had on its way when it died is in no table."""
+        sent = list(taken.sent) + ([self.now()] if taken.from_other else [])
+        offset = self.monotonic() - self.now()
+        self._limiter(channel_id).seed([t + offset for t in sent], replace=True)
 
     def _limiter(self, channel_id: str) -> WindowLimiter:
         lim = self._limiters.get(channel_id)
@@ -553,8 +560,7 @@ class DeliveryWorker:
         if taken is None:
             yield False
             return
-        offset = self.monotonic() - self.now()
-        self._limiter(channel_id).seed([t + offset for t in taken.sent], replace=True)
+        self._seed(channel_id, taken)
         try:
             yield True
         finally:
