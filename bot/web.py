@@ -16,7 +16,7 @@ from bot.teams import BotConfig, CachedCredentialsFactory, NotifierBot, readable
 from core.errors import ConfigError
 from core.metrics import Metrics
 from core.settings import ServiceSettings
-from store.db import Database
+from store.db import DB_ERRORS, Database
 from store.seen import Seen
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,10 @@ class WebApps:
         """What /readyz answers, from state already at hand: the IFS client's token state and the last
         polls as stored, never a new IFS token; the database writable; free disk space."""
         token = self.ifs_token_state()
-        states = await Seen(self.db).source_states()
+        try:
+            states = await Seen(self.db).source_states()
+        except DB_ERRORS:  # a database server out of reach: the `database` check below says so
+            states = []
         ifs_down = [s.last_error for s in states if (s.kind, s.company) == ("*", "*") and not s.available]
         failing = sorted(f"{s.kind}/{s.company}" for s in states if s.kind != "*" and not s.available)
         try:

@@ -26,8 +26,10 @@ from store.migrations import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION_TABLE, s
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Params = tuple[Any, ...] | dict[str, Any]
-# What a database call raises when the database fails (a full disk, a lost server), on either back end
-DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError)
+# What a database call raises when the database fails (a full disk, a lost server), on either back end;
+# a server that cannot be reached fails as the socket does (OSError, TimeoutError)
+DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
+                                          TimeoutError)
 SYNCHRONOUS = "FULL"  # every commit waits for the disk, unless run_transaction(synced=False) says otherwise
 
 

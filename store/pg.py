@@ -25,13 +25,12 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from core.errors import ConfigError
-from store.db import Database, Params, Row, migrate
+from store.db import DB_ERRORS, Database, Params, Row, migrate
 
 log = logging.getLogger(__name__)
 
 POOL_SIZE = 10  # connections per process: one writer at a time, reads alongside
 CONNECT_TIMEOUT = 10.0  # seconds to reach the server, at start-up and for each new pooled connection
-PG_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
 
 
 def redact(url: str, mask: str | None = "***") -> str:
@@ -53,7 +52,8 @@ def redact(url: str, mask: str | None = "***") -> str:
 @functools.lru_cache(maxsize=2048)
 def translate(sql: str) -> tuple[str, bool]:
     """`?` placeholders -> $1, $2, ... (outside quoted text and identifiers), and whether the statement
-    returns rows (a query, or RETURNING)."""
+    returns rows (a query, or RETURNING). Every other `?` is a placeholder: the store's SQL uses neither
+    PostgreSQL's jsonb `?` operators nor $$-quoted bodies holding one."""
     out: list[str] = []
     n = 0
     quote: str | None = None
@@ -206,7 +206,7 @@ class PgDatabase(Database):
             async with asyncio.timeout(CONNECT_TIMEOUT), self.transaction() as conn:
                 await conn.execute("UPDATE meta SET value = value WHERE name = 'created'")
             return True
-        except PG_ERRORS:
+        except DB_ERRORS:
             return False
 
     async def size_bytes(self) -> int:
@@ -231,7 +231,7 @@ async def open_pg(url: str) -> PgDatabase:
     try:
         pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT,
                                          command_timeout=None)
-    except PG_ERRORS as exc:
+    except DB_ERRORS as exc:
         raise ConfigError("service.database", f"cannot connect to {shown}: {_problem(exc, url)}") from None
     except ValueError as exc:  # a malformed URL
         raise ConfigError("service.database", f"{shown} is not a usable PostgreSQL URL: {_problem(exc, url)}"
@@ -239,7 +239,7 @@ async def open_pg(url: str) -> PgDatabase:
     db = PgDatabase(pool, url)
     try:
         await migrate(db)
-    except PG_ERRORS as exc:
+    except DB_ERRORS as exc:
         await db.close()
         raise ConfigError("service.database", f"{shown} cannot be used: {_problem(exc, url)}") from None
     except BaseException:

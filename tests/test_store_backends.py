@@ -5,17 +5,21 @@ side, migrations raced, passwords kept out of messages."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from decimal import Decimal
 
+import httpx
 import pytest
 
+from bench.common import service_from, write_config
 from core.clock import FakeClock
 from core.domain import ApprovalStep, Binding, ChannelRef, EventType, FinanceRecord, PostedCard, RecordKind
 from core.errors import ConfigError
 from core.people import Person, PersonStatus
 from core.settings import load_settings
-from store.db import open_database
+from simulator.postgres import NOT_INSTALLED, PostgresServer, find_binaries
+from store.db import DB_ERRORS, open_database
 from store.migrations import MIGRATIONS, statements, to_postgresql
 from store.outbox import DeliveryStatus
 from store.pg import PgDatabase, open_pg, redact, translate
@@ -536,3 +540,40 @@ def test_a_server_that_cannot_be_reached_stops_a_command_with_one_line_and_exit_
     line = one_error_line(done, 2, "service.database")
     assert f"postgresql://notifier:***@127.0.0.1:{port}/notifier" in line
     assert "hunter2" not in done.stderr + done.stdout
+
+
+async def test_a_lost_server_makes_the_database_unready_and_fails_calls_with_a_database_error():
+    if find_binaries() is None:
+        pytest.skip(NOT_INSTALLED)
+    server = PostgresServer().start()  # its own server: this one is stopped under the test's feet
+    try:
+        db = await open_pg(server.new_database())
+        assert await db.writable()
+    finally:
+        server.stop()
+    try:
+        assert not await db.writable()
+        with pytest.raises(DB_ERRORS):
+            await Store(db).channels.all()
+    finally:
+        await db.close()
+
+
+async def test_readyz_answers_not_ready_while_the_server_is_away(tmp_path, ifs):
+    if find_binaries() is None:
+        pytest.skip(NOT_INSTALLED)
+    server = PostgresServer().start()
+    try:
+        svc = await service_from(write_config(tmp_path, database=server.new_database()), ifs.base_url)
+        await svc.start(background=False)
+        async with httpx.AsyncClient(base_url=svc.base_url) as client:
+            ready = (await client.get("/readyz")).json()
+            server.stop()
+            away = await client.get("/readyz")
+    finally:
+        server.stop()
+    with contextlib.suppress(*DB_ERRORS):  # (stopping writes an audit row last: it has nowhere to go)
+        await svc.stop()
+    await svc.db.close()
+    assert ready["ready"] and ready["database"] and "disk" not in ready  # a server's disk is not ours to watch
+    assert away.status_code == 503 and away.json()["database"] is False
