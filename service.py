@@ -376,7 +376,7 @@ class Service:
         await self.web.stop()
         await self.rejections.flush()
         await self.ifs.aclose()
-        await self.audit.record("system", "service stopped", "ok")
+        await self.audit.record("system", "service stopped", "ok", replica=self.replica)
 
 
 async def open_store(settings: Settings, *, keys: bool = True) -> tuple[Database, Vault]:
