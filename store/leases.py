@@ -116,9 +116,14 @@ class ChannelLeases:
             return until if cur.rowcount == 1 else None
 
     async def release(self, channel_id: str) -> None:
+        """Give the channel up. Anything still claimed there is pending again (nothing, when the work ended
+        normally; a send cut short when it was cancelled): only the lease holder claims in its channel."""
         async with self._db.transaction() as conn:
-            await conn.execute("DELETE FROM channel_leases WHERE channel_id = ? AND owner = ?",
-                               (channel_id, self.replica))
+            cur = await conn.execute("DELETE FROM channel_leases WHERE channel_id = ? AND owner = ?",
+                                     (channel_id, self.replica))
+            if cur.rowcount:
+                await conn.execute("UPDATE deliveries SET status = 'pending', lease_until = NULL"
+                                   " WHERE channel_id = ? AND status = 'sending'", (channel_id,))
 
     async def held(self) -> dict[str, str]:
         """Every running lease: channel -> owner."""

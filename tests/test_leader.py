@@ -425,3 +425,61 @@ async def test_poll_now_on_a_replica_that_does_not_poll_is_asked_of_the_one_that
         for svc in (follower, leader):
             await svc.stop()
             await svc.db.close()
+
+
+async def test_a_channel_taken_over_mid_backlog_keeps_its_windows_across_the_hand_over(tmp_path):
+    """Replica a posts 50 cards into one channel, then is stopped in the middle of the 51st; replica b takes
+    the channel over and may post only 10 more before a's first post leaves the 30-second window."""
+    from bench.common import make_service
+    from bench.delivery import record
+    from bot.delivery import DeliveryWorker, SharedPacing
+    from core.settings import DeliverySettings
+    from simulator.connector import ConnectorStandIn
+
+    clock = FakeClock()
+    connector = ConnectorStandIn(clock=clock)
+    await connector.start()
+    svc = await make_service(tmp_path, "http://127.0.0.1:9")
+    try:
+        await bind(svc.db, CH1, connector.service_url, "C00")
+        await PollWriter(svc.db, clock).apply(RecordKind.INVOICE, "C00", [
+            (EventType.NEW, record(0, i).to_dict(), None, "") for i in range(80)], [Binding(CH1, "C00")])
+        stuck = asyncio.Event()
+
+        class Stopping:  # a's sender: the 51st post never returns (the process is stopped meanwhile)
+            async def post(self, channel, card, text):
+                if len(connector.posts()) >= 50:
+                    stuck.set()
+                    await asyncio.Event().wait()
+                return await svc.sender.post(channel, card, text)
+
+        async def advance(seconds: float) -> None:
+            clock.advance(seconds)
+            await asyncio.sleep(0)
+
+        timing = Timing(15)
+        workers = {}
+        for name, sender in (("a", Stopping()), ("b", svc.sender)):
+            pacing = SharedPacing(svc.db, name, timing, clock=clock, sleep=advance)
+            await pacing.beat()
+            workers[name] = DeliveryWorker(svc.db, sender, svc.rendering.renderer(),
+                                           DeliverySettings(digest_threshold=10**6), clock=clock, sleep=advance,
+                                           pacing=pacing)
+        clock.advance(2 * timing.heartbeat_every)
+        a = asyncio.create_task(workers["a"].run_once())
+        assert await wait_until(stuck.is_set, 20)
+        a.cancel()  # a is stopped: its lease and its claim on the 51st card are given back
+        await asyncio.gather(a, return_exceptions=True)
+        first = connector.posts()[0].at
+        assert len(connector.posts()) == 50 and clock.monotonic() - first < 15
+        settled = 0
+        while n := await workers["b"].run_once():  # b takes over: the 30 left, a's claim among them
+            settled += n
+        posts = connector.posts()
+        assert settled == 30 and await Outbox(svc.db, clock).counts() == {"sent": 80} and len(posts) == 80
+        assert connector.throttled == 0
+        assert sum(p.at < first + 30 for p in posts) == 60  # b used what a had left of the window, no more
+    finally:
+        await svc.stop()
+        await svc.db.close()
+        await connector.stop()
