@@ -283,7 +283,8 @@ async def test_one_replica_holds_the_scheduler_lock_and_another_takes_over_when_
     # cancelled: both sessions are gone, and with them the lock
     check = await asyncpg.connect(database_url)
     try:
-        assert await check.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+        assert await check.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database ="
+                                    " (SELECT oid FROM pg_database WHERE datname = current_database())") == 0
     finally:
         await check.close()
 
