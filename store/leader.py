@@ -192,6 +192,7 @@ class FileLeadership:
         self.sleep = sleep
         self._fd: int | None = None
         self._leader = False
+        self.holder: str | None = None  # the process holding the lock file when this one could not take it
 
     @property
     def is_leader(self) -> bool:
@@ -208,7 +209,7 @@ class FileLeadership:
         except BlockingIOError:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            self._holder = holder
+            self.holder = holder
             return False
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{self.replica}\n".encode(), 0)
@@ -241,7 +242,7 @@ class FileLeadership:
             if not self.try_lock():
                 log.warning("another notifier process (%s) is running on %s and polls and delivers: this one"
                             " stands by, serving /api/messages only, until that one stops (SQLite allows one"
-                            " active process; several replicas need PostgreSQL)", self._holder, self.database_path)
+                            " active process; several replicas need PostgreSQL)", self.holder, self.database_path)
                 while not self.try_lock():
                     await self.sleep(self.timing.retry)
                 log.warning("%s became the active process on %s", self.replica, self.database_path)

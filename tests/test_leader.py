@@ -484,3 +484,24 @@ async def test_a_channel_taken_over_mid_backlog_keeps_its_windows_across_the_han
         await svc.stop()
         await svc.db.close()
         await connector.stop()
+
+
+async def test_a_second_service_on_one_sqlite_file_neither_polls_nor_delivers(tmp_path, ifs):
+    from tests.conftest import make_service
+
+    first = await make_service(tmp_path, ifs.base_url)
+    second = await make_service(tmp_path, ifs.base_url)  # the same settings: the same file
+    try:
+        await first.start(web_runner=False, background=True)
+        assert await wait_until(lambda: first.jobs.scheduler is not None, 10)
+        await second.start(web_runner=False, background=True)
+        assert await wait_until(lambda: second.leadership.holder == first.replica, 10)  # it stands by
+        assert second.jobs.scheduler is None and not second._delivering and not second.leadership.is_leader
+        assert first._delivering and first.leadership.is_leader
+        await first.stop()
+        assert await wait_until(lambda: second.jobs.scheduler is not None, 10)  # it takes over
+        assert second._delivering and second.leadership.is_leader
+    finally:
+        for svc in (second, first):
+            await svc.stop()
+            await svc.db.close()
