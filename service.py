@@ -296,7 +296,10 @@ class Service:
     def _start_delivery(self) -> None:
         if not self._delivering:
             self._delivering = True
-            self._tasks.append(asyncio.create_task(self.worker.run(), name="delivery-worker"))
+            # several replicas: a poll wakes only the leader's worker; the others look for work (theirs to take
+            # over, or their share of a burst) every heartbeat instead of every 5 s
+            idle = min(5.0, self.timing.heartbeat_every) if self.shared else 5.0
+            self._tasks.append(asyncio.create_task(self.worker.run(idle=idle), name="delivery-worker"))
 
     async def _lead(self, epoch: int) -> None:
         """This replica runs the scheduler now: it polls at once, then on schedule."""
