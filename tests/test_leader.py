@@ -313,11 +313,11 @@ async def test_a_service_that_loses_the_lead_stops_its_scheduler_and_takes_it_ag
         assert svc.shared and svc.pacing.shared
         await wait_until(lambda: saw(1), 15)
         assert rows == [("leadership acquired", "solo", 1)]
-        assert svc.jobs.scheduler is not None and svc.jobs.epoch == 1
+        assert await wait_until(lambda: svc.jobs.scheduler is not None, 5) and svc.jobs.epoch == 1
         assert await admin.fetchval("SELECT pg_terminate_backend($1)", svc.leadership.backend_pid)
         await wait_until(lambda: saw(3), 15)
         assert rows[1][0] == "leadership lost" and rows[2] == ("leadership acquired", "solo", 2)
-        assert svc.jobs.scheduler is not None and svc.jobs.epoch == 2
+        assert await wait_until(lambda: svc.jobs.scheduler is not None, 5) and svc.jobs.epoch == 2
         assert await svc.pacing.replicas.live(60) == ["solo"]
     finally:
         await svc.stop()
