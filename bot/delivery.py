@@ -381,10 +381,21 @@ class DeliveryWorker:
                 break
             await self.sleep(min(wait, self.pacing.max_sleep))
         admitted = both.admitted
+        # a send that takes long (Teams answering slowly) keeps the channel's lease meanwhile, so no other
+        # replica takes the channel over, and its claim, while the message is on its way
+        keeper = asyncio.create_task(self._keep_leased(channel_id)) if leased and self.pacing.shared else None
         try:
             yield True
         finally:
             both.done(admitted)
+            if keeper is not None:
+                keeper.cancel()
+
+    async def _keep_leased(self, channel_id: str) -> None:
+        while True:
+            await asyncio.sleep(self.pacing.max_sleep)  # (real time: the send's time, not the limiter's)
+            if not await self.pacing.keep(channel_id):
+                return
 
     async def _deliver(self, channel: ChannelRef, work: list[Delivery]) -> bool:
         """Send one unit (a single card or a digest). False when the channel should not be tried further now."""

@@ -505,3 +505,44 @@ async def test_a_second_service_on_one_sqlite_file_neither_polls_nor_delivers(tm
         for svc in (second, first):
             await svc.stop()
             await svc.db.close()
+
+
+async def test_a_slow_send_keeps_its_channel_lease_so_no_other_replica_takes_the_channel_meanwhile(tmp_path):
+    from bench.common import make_service
+    from bench.delivery import record
+    from bot.delivery import DeliveryWorker, SharedPacing
+    from core.settings import DeliverySettings
+    from simulator.connector import ConnectorStandIn
+
+    clock = FakeClock()
+    connector = ConnectorStandIn(clock=clock)
+    await connector.start()
+    svc = await make_service(tmp_path, "http://127.0.0.1:9")
+    timing = Timing(5)
+    other = ChannelLeases(svc.db, "b", clock)
+    taken_by_other: list[bool] = []
+    try:
+        await bind(svc.db, CH1, connector.service_url, "C00")
+        await PollWriter(svc.db, clock).apply(RecordKind.INVOICE, "C00", [
+            (EventType.NEW, record(0, 1).to_dict(), None, "")], [Binding(CH1, "C00")])
+
+        class Slow:  # Teams answers after two lease lengths
+            async def post(self, channel, card, text):
+                for _ in range(6):
+                    clock.advance(timing.channel_lease / 3)
+                    await asyncio.sleep(timing.channel_lease / 4 * 1.2)  # (real time, as the send's own)
+                    taken_by_other.append(await other.take(CH1, ttl=timing.channel_lease, cap=5,
+                                                           margin=timing.clock_margin, horizon=3600) is not None)
+                return await svc.sender.post(channel, card, text)
+
+        pacing = SharedPacing(svc.db, "a", timing, clock=clock)
+        await pacing.beat()
+        clock.advance(2 * timing.heartbeat_every)
+        worker = DeliveryWorker(svc.db, Slow(), svc.rendering.renderer(), DeliverySettings(), clock=clock,
+                                pacing=pacing)
+        assert await worker.run_once() == 1
+        assert taken_by_other == [False] * 6 and len(connector.posts()) == 1
+    finally:
+        await svc.stop()
+        await svc.db.close()
+        await connector.stop()
