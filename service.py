@@ -27,20 +27,28 @@ from cards import CardContext
 from core.clock import Clock, SystemClock
 from core.company import CompanyCheck
 from core.domain import FinanceRecord, RecordKind
-from core.errors import ConfigError
+from core.errors import ConfigError, NotifierError
 from core.metrics import Metrics
 from core.retry import RetryPolicy
 from core.secret import Secret
 from core.settings import Settings
 from pollers.engine import Poller, PollResult
 from pollers.ifs_client import IfsClient, IfsClientConfig
-from pollers.job import SourceJobs
+from pollers.job import FencedWriter, SourceJobs
 from pollers.sources import build_sources
 from pollers.tenant import TenantSchema
 from store.audit import AuditLog
 from store.bindings import Bindings
 from store.db import DB_ERRORS, Database, open_database, owner_only
-from store.leader import FileLeadership, Leadership, PgLeadership, Timing, replica_id
+from store.leader import (
+    FileLeadership,
+    Leadership,
+    PgLeadership,
+    Timing,
+    ask_for_poll,
+    polls_asked,
+    replica_id,
+)
 from store.outbox import Outbox
 from store.people import Claims, People
 from store.poll_writer import PollWriter
@@ -130,7 +138,8 @@ class Service:
             else FileLeadership(db, settings.service.database, self.replica, self.timing, clock=self.clock))
         self.pacing = SharedPacing(db, self.replica, self.timing, clock=self.clock) if self.shared else SoloPacing()
         self.poller = Poller(client=self.ifs, sources=self.sources, seen=Seen(db), bindings=self.bindings,
-                             writer=PollWriter(db, self.clock), audit=self.audit, ifs_base_url=creds.ifs_base_url,
+                             writer=FencedWriter(PollWriter(db, self.clock), self._lead_current),
+                             audit=self.audit, ifs_base_url=creds.ifs_base_url,
                              page_size=settings.ifs.page_size, use_select=settings.ifs.select,
                              confirm_reads=settings.ifs.confirm_reads_per_cycle,
                              max_listing_pages=settings.ifs.max_listing_pages,
@@ -174,6 +183,7 @@ class Service:
         self._tasks: list[asyncio.Task] = []
         self._leader_tasks: list[asyncio.Task] = []  # what only the leader runs (reminders, the tenant check)
         self._delivering = False
+        self._asks: set[asyncio.Task] = set()
         self._poll_locks = self.jobs.locks
         self._stopped = False
 
@@ -201,7 +211,32 @@ class Service:
         return self.jobs.ifs_token_state()
 
     def poll_soon(self) -> None:
-        self.jobs.poll_soon()
+        """Poll at once: here when this replica runs the scheduler, else asked of the one that does."""
+        if self.jobs.scheduler is not None:
+            self.jobs.poll_soon()
+            return
+        task = asyncio.create_task(self._ask_for_poll(), name="ask-for-poll")
+        self._asks.add(task)
+        task.add_done_callback(self._asks.discard)
+
+    async def _ask_for_poll(self) -> None:
+        try:
+            await ask_for_poll(self.db, self.replica, self.clock.time())
+        except DB_ERRORS as exc:
+            log.warning("could not ask the scheduler for a poll: %s", exc)
+
+    async def _watch_poll_requests(self, seen: int) -> None:
+        """On the leader: a poll asked for by another replica (or a stand-by process) starts here."""
+        while True:
+            await asyncio.sleep(self.timing.check_every)
+            try:
+                asked = await polls_asked(self.db)
+            except DB_ERRORS as exc:
+                log.warning("poll requests not read: %s", exc)
+                continue
+            if asked > seen:
+                seen = asked
+                self.jobs.poll_soon()
 
     def wake_delivery(self) -> None:
         self.worker.wake()
@@ -210,7 +245,12 @@ class Service:
         return await self.jobs.poll_source(kind)
 
     async def poll_once(self) -> list[PollResult]:
-        return await self.jobs.poll_once()
+        """Every enabled source once (`poll --once`), unless another process runs the scheduler."""
+        async with self.leadership.exclusive() as ours:
+            if not ours:
+                raise NotifierError("another process runs the scheduler on this database and polls: a poll from"
+                                    " here would run alongside its polls (`audit --category lifecycle` names it)")
+            return await self.jobs.poll_once()
 
     def _install_gauges(self) -> None:
         """Series read at each scrape: the outbox (from the database); the IFS client's own totals are SourceJobs'."""
@@ -223,6 +263,11 @@ class Service:
         self.metrics.observe("notifier_outbox_deliveries", "Deliveries in the outbox, by status", backlog,
                              labels=("status",))
         self.metrics.observe("notifier_queue_oldest_seconds", "Age of the oldest undelivered delivery", age)
+
+        async def leading():
+            return {(): 1.0 if self.leadership.is_leader else 0.0}
+
+        self.metrics.observe("notifier_scheduler_leader", "1 when this replica runs the scheduler (polls)", leading)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -245,10 +290,16 @@ class Service:
         log.info("service started on %s:%s (bot authentication %s)", self.settings.service.host,
                  self.settings.service.port, "OFF, development mode" if self.bot_config.auth_disabled else "on")
 
+    def _lead_current(self) -> bool:
+        return self.leadership.current()
+
     def _start_delivery(self) -> None:
         if not self._delivering:
             self._delivering = True
-            self._tasks.append(asyncio.create_task(self.worker.run(), name="delivery-worker"))
+            # several replicas: a poll wakes only the leader's worker; the others look for work (theirs to take
+            # over, or their share of a burst) every heartbeat instead of every 5 s
+            idle = min(5.0, self.timing.heartbeat_every) if self.shared else 5.0
+            self._tasks.append(asyncio.create_task(self.worker.run(idle=idle), name="delivery-worker"))
 
     async def _lead(self, epoch: int) -> None:
         """This replica runs the scheduler now: it polls at once, then on schedule."""
@@ -257,7 +308,9 @@ class Service:
         log.info("%s runs the scheduler (epoch %d)", self.replica, epoch)
         self.jobs.epoch = epoch
         self._start_delivery()
+        asked = await polls_asked(self.db)  # (the first poll starts now anyway)
         self.jobs.start(self.settings.schedule)
+        self._leader_tasks.append(asyncio.create_task(self._watch_poll_requests(asked), name="poll-requests"))
         if self.settings.people.remind_at:
             self._leader_tasks.append(asyncio.create_task(self._reminding(), name="reminders"))
         self._leader_tasks.append(asyncio.create_task(self.jobs.validate_sources(), name="validate-sources"))
@@ -315,6 +368,7 @@ class Service:
             return
         self._stopped = True
         await self._stop_leading()
+        await asyncio.gather(*self._asks, return_exceptions=True)  # (each a single short write)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -325,7 +379,7 @@ class Service:
         await self.web.stop()
         await self.rejections.flush()
         await self.ifs.aclose()
-        await self.audit.record("system", "service stopped", "ok")
+        await self.audit.record("system", "service stopped", "ok", replica=self.replica)
 
 
 async def open_store(settings: Settings, *, keys: bool = True) -> tuple[Database, Vault]:

@@ -143,11 +143,17 @@ class SharedPacing:
 
     async def run(self) -> None:
         """Heartbeats until cancelled."""
+        failing = False
         while True:
             try:
                 await self.beat()
+                if failing:
+                    log.warning("replica heartbeat written again")
+                failing = False
             except Exception as exc:  # noqa: BLE001 - the database may be away for a moment
-                log.warning("replica heartbeat failed: %s", exc)
+                if not failing:
+                    log.warning("replica heartbeat failed (retried every %g s): %s", self.timing.heartbeat_every, exc)
+                failing = True
             await self.sleep(self.timing.heartbeat_every)
 
     def ready(self) -> bool:
@@ -310,9 +316,8 @@ class DeliveryWorker:
             taken = await self.pacing.take(channel_id, due)
             if taken is None:
                 return 0  # another replica delivers there now
-            if self.pacing.shared:  # the channel's sends of the last hour, by any replica, fill its windows
-                offset = self.monotonic() - self.now()
-                self._limiter(channel_id).seed([t + offset for t in taken.sent], replace=True)
+            if self.pacing.shared:
+                self._seed(channel_id, taken)
             try:
                 return await self._channel_work(channel_id)
             finally:
@@ -343,6 +348,14 @@ class DeliveryWorker:
                 break
         return t
 
+    def _seed(self, channel_id: str, taken: Taken) -> None:
+        """A channel's lease just taken: its sends of the last hour, by any replica, fill its windows. Taken
+        over from a replica that stopped renewing, one more counts as made now: the message that replica
+        may have had on its way when it died is in no table."""
+        sent = list(taken.sent) + ([self.now()] if taken.from_other else [])
+        offset = self.monotonic() - self.now()
+        self._limiter(channel_id).seed([t + offset for t in sent], replace=True)
+
     def _limiter(self, channel_id: str) -> WindowLimiter:
         lim = self._limiters.get(channel_id)
         if lim is None:
@@ -368,10 +381,21 @@ class DeliveryWorker:
                 break
             await self.sleep(min(wait, self.pacing.max_sleep))
         admitted = both.admitted
+        # a send that takes long (Teams answering slowly) keeps the channel's lease meanwhile, so no other
+        # replica takes the channel over, and its claim, while the message is on its way
+        keeper = asyncio.create_task(self._keep_leased(channel_id)) if leased and self.pacing.shared else None
         try:
             yield True
         finally:
             both.done(admitted)
+            if keeper is not None:
+                keeper.cancel()
+
+    async def _keep_leased(self, channel_id: str) -> None:
+        while True:
+            await asyncio.sleep(self.pacing.max_sleep)  # (real time: the send's time, not the limiter's)
+            if not await self.pacing.keep(channel_id):
+                return
 
     async def _deliver(self, channel: ChannelRef, work: list[Delivery]) -> bool:
         """Send one unit (a single card or a digest). False when the channel should not be tried further now."""
@@ -547,8 +571,7 @@ class DeliveryWorker:
         if taken is None:
             yield False
             return
-        offset = self.monotonic() - self.now()
-        self._limiter(channel_id).seed([t + offset for t in taken.sent], replace=True)
+        self._seed(channel_id, taken)
         try:
             yield True
         finally:

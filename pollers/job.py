@@ -28,8 +28,9 @@ from pollers.sources import SourceSpec
 from pollers.tenant import TenantSchema, Validation
 from store.audit import AuditLog
 from store.bindings import Bindings
+from store.leader import LeadershipLost
 from store.people import People
-from store.poll_writer import Finished
+from store.poll_writer import Finished, PollWriter
 from store.seen import Seen
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,34 @@ IFS_STATS = (("requests", "HTTP requests sent to IFS, token requests included"),
              ("token_renewals", "IFS access tokens obtained"),
              ("failures", "IFS calls that ended in an error raised to the caller"),
              ("bytes", "Response bytes received from IFS"))
+
+
+class FencedWriter:
+    """A poll's writer whose writes go through only while `current()` says this process holds the lead
+    (store.leader.Leadership.current); otherwise LeadershipLost, and the poll ends there."""
+
+    def __init__(self, writer: PollWriter, current: Callable[[], bool]) -> None:
+        self._writer = writer
+        self._current = current
+
+    def _check(self) -> None:
+        if not self._current():
+            raise LeadershipLost("this replica's lead is not current: the poll's write was refused")
+
+    async def apply(self, *args: Any, **kwargs: Any) -> int:
+        self._check()
+        return await self._writer.apply(*args, **kwargs)
+
+    async def finish_many(self, *args: Any, **kwargs: Any) -> None:
+        self._check()
+        await self._writer.finish_many(*args, **kwargs)
+
+    async def set_ifs_available(self, *args: Any, **kwargs: Any) -> None:
+        self._check()
+        await self._writer.set_ifs_available(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # reads (ifs_available) as the writer has them
+        return getattr(self._writer, name)
 
 
 class SourceJobs:

@@ -10,10 +10,13 @@ its polls cancelled at once, before anything else.
 
 Fencing. A replica that takes the lock waits `Timing.grace` before it polls: longer than the old leader
 needs to notice that its session is gone (one check interval plus one check timeout), so the old
-leader has stopped its polls before the new one starts, unless the old leader's process was frozen
-for longer than that (a stopped VM, a debugger). Each takeover increments `leadership.epoch`
-(the audit trail names it with the replica). A poll's own writes are not fenced in the database:
-a duplicate from that rare case is an extra card, never a lost one, as with a kill during delivery.
+leader has stopped its polls before the new one starts. A poll's writes go through (pollers.job
+FencedWriter) only while `current()`: the last successful check was asked less than `Timing.fence` ago,
+which is shorter than the grace, so a leader frozen for longer (a stopped VM, a debugger) writes nothing
+after it resumes until a check says the lock is still its own. Each takeover increments
+`leadership.epoch` (the audit trail names it with the replica). The database does not compare epochs
+in the write transaction: a write already on its way when the leader froze could still land; the
+worst it does is an event made twice (an extra card), never a lost one.
 
 SQLite: one process polls. The leader holds an exclusive lock (flock) on `<database>.leader`; a
 second `serve` on the same file waits for it, serving /api/messages but neither polling nor delivering.
@@ -25,15 +28,17 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import asyncpg
 
 from core.clock import SYSTEM_CLOCK, Clock
+from core.errors import NotifierError
 from store.db import Database
 from store.pg import redact
 
@@ -41,6 +46,14 @@ log = logging.getLogger(__name__)
 
 LEADER_KEY = 0x4E4F5449  # "NOTI": the advisory lock key of the scheduler, the same in every replica
 SCOPE = "scheduler"  # the row of table leadership
+POLL_SOON = "poll soon"  # its row counting the polls asked for by any replica
+
+class LeadershipLost(NotifierError):
+    """A poll's write refused: this process does not hold the lead as of now. On PostgreSQL the leader
+    counts its lead as current only while its last successful check of the lock session is recent
+    (Timing.fence, shorter than the grace a new leader waits): a leader that was frozen (a paused VM)
+    and resumes after another replica took over writes nothing more before it has checked again."""
+
 
 Gained = Callable[[int], Awaitable[None]]  # called with the new epoch
 Lost = Callable[[str], Awaitable[None]]  # called with the reason
@@ -78,6 +91,12 @@ class Timing:
         """A new leader's wait before it polls: a previous leader notices its loss within check_every +
         check_timeout (and stops its polls at once)."""
         return self.check_every + self.check_timeout + self.takeover / 20
+
+    @property
+    def fence(self) -> float:
+        """The leader's writes go through only this long after its last successful check (less than the grace,
+        more than a check interval plus a slow check)."""
+        return self.check_every + self.check_timeout + self.takeover / 40
 
     @property
     def keepalive(self) -> tuple[int, int, int]:
@@ -123,8 +142,15 @@ class Leadership(Protocol):
     @property
     def is_leader(self) -> bool: ...
 
+    def current(self) -> bool:
+        """Whether a poll of this process may write now (see LeadershipLost)."""
+
     async def run(self, gained: Gained, lost: Lost) -> None:
         """Take the lead when possible, give it up when it is lost, until cancelled (which releases it)."""
+
+    def exclusive(self) -> contextlib.AbstractAsyncContextManager[bool]:
+        """For a one-off poll (`poll --once`): yields whether the lead is this process's for the block
+        (already, or taken now and given back after); False while another process holds it."""
 
 
 async def _bump_epoch(db: Database, replica: str, now: float) -> int:
@@ -135,6 +161,21 @@ async def _bump_epoch(db: Database, replica: str, now: float) -> int:
                 " RETURNING epoch", (SCOPE, replica, now)) as cur:
             rows = list(await cur.fetchall())
     return int(rows[0][0])  # an upsert with RETURNING returns its row
+
+
+async def ask_for_poll(db: Database, replica: str, now: float) -> None:
+    """Ask the leader, whichever replica it is, to poll soon (`poll now`, a channel linked on another replica):
+    a counter in table leadership that the leader watches (PollRequests)."""
+    async with db.transaction() as conn:
+        await conn.execute(
+            "INSERT INTO leadership (name, epoch, holder, since) VALUES (?, 1, ?, ?) ON CONFLICT (name)"
+            " DO UPDATE SET epoch = leadership.epoch + 1, holder = excluded.holder, since = excluded.since",
+            (POLL_SOON, replica, now))
+
+
+async def polls_asked(db: Database) -> int:
+    """How many polls were asked for so far (the counter ask_for_poll increments)."""
+    return int(await db.scalar("SELECT epoch FROM leadership WHERE name = ?", (POLL_SOON,)) or 0)
 
 
 class FileLeadership:
@@ -151,10 +192,14 @@ class FileLeadership:
         self.sleep = sleep
         self._fd: int | None = None
         self._leader = False
+        self.holder: str | None = None  # the process holding the lock file when this one could not take it
 
     @property
     def is_leader(self) -> bool:
         return self._leader
+
+    def current(self) -> bool:
+        return True  # a lock file is held as long as the process lives: nobody else polls meanwhile
 
     def try_lock(self) -> bool:
         """Take the lock file now, or say who holds it (one log line) and return False."""
@@ -164,12 +209,25 @@ class FileLeadership:
         except BlockingIOError:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            self._holder = holder
+            self.holder = holder
             return False
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{self.replica}\n".encode(), 0)
         self._fd = fd
         return True
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[bool]:
+        if self._leader:
+            yield True
+            return
+        if not self.try_lock():
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self.unlock()
 
     def unlock(self) -> None:
         if self._fd is not None:
@@ -184,7 +242,7 @@ class FileLeadership:
             if not self.try_lock():
                 log.warning("another notifier process (%s) is running on %s and polls and delivers: this one"
                             " stands by, serving /api/messages only, until that one stops (SQLite allows one"
-                            " active process; several replicas need PostgreSQL)", self._holder, self.database_path)
+                            " active process; several replicas need PostgreSQL)", self.holder, self.database_path)
                 while not self.try_lock():
                     await self.sleep(self.timing.retry)
                 log.warning("%s became the active process on %s", self.replica, self.database_path)
@@ -209,11 +267,19 @@ class PgLeadership:
         self.key = key
         self._conn: Any = None
         self._leader = False
+        self._running = False
+        self._exclusive = False
+        self._checked = -math.inf  # monotonic time of the last successful check of the lock session
         self.backend_pid: int | None = None
 
     @property
     def is_leader(self) -> bool:
         return self._leader
+
+    def current(self) -> bool:
+        if self._exclusive or not self._running:  # a one-off poll under the lock; or not coordinating at all
+            return True
+        return self._leader and self.clock.monotonic() - self._checked <= self.timing.fence
 
     async def _connect(self) -> Any:
         t = self.timing
@@ -225,8 +291,21 @@ class PgLeadership:
             "tcp_keepalives_count": str(count), "tcp_user_timeout": str(int(t.server_gone * 1000)),
             "statement_timeout": str(max(1, int(t.check_timeout * 1000))),
             "idle_in_transaction_session_timeout": str(max(1, int(t.check_timeout * 1000)))})
-        self.backend_pid = conn.get_server_pid()
         return conn
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[bool]:
+        if self._leader:
+            yield True
+            return
+        conn = await self._connect()
+        try:
+            got = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key))
+            self._exclusive = got
+            yield got
+        finally:
+            self._exclusive = False
+            conn.terminate()  # (the lock, if taken, ends with the session)
 
     async def _close(self) -> None:
         conn, self._conn = self._conn, None
@@ -239,16 +318,26 @@ class PgLeadership:
             " AND objid = $1 AND granted", self.key & 0xFFFFFFFF), self.timing.check_timeout)
         return bool(held)
 
+    async def _check(self) -> bool:
+        """The lock still held? Counted from when the question was asked: the answer may come late."""
+        asked = self.clock.monotonic()
+        if not await self._holds_lock():
+            return False
+        self._checked = asked
+        return True
+
     async def _try_lock(self) -> bool:
         if self._conn is None or self._conn.is_closed():
             await self._close()
             self._conn = await asyncio.wait_for(self._connect(), self.timing.check_timeout * 2)
+            self.backend_pid = self._conn.get_server_pid()  # (the session an administrator would end)
         return bool(await asyncio.wait_for(self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key),
                                            self.timing.check_timeout))
 
     async def run(self, gained: Gained, lost: Lost) -> None:
         t = self.timing
         reported = False
+        self._running = True
         try:
             while True:
                 try:
@@ -277,8 +366,12 @@ class PgLeadership:
                     await lost(reason)
                 else:
                     log.warning("scheduler lock given up before starting: %s", reason)
+                # the replica that just lost its session is the likely unhealthy one: the others (trying
+                # every `retry`) get the first chance at the lock
+                await self.sleep(t.grace)
         finally:
             self._leader = False
+            self._running = False
             await self._close()
 
     async def _lead(self, gained: Gained) -> tuple[str, bool]:
@@ -292,14 +385,14 @@ class PgLeadership:
                 step = min(t.check_every, t.grace - waited)
                 await self.sleep(step)
                 waited += step
-                if not await self._holds_lock():
+                if not await self._check():
                     return "the scheduler lock was not held after it was taken", started
             epoch = await _bump_epoch(self.db, self.replica, self.clock.time())
             started = True
             await gained(epoch)
             while True:
                 await self.sleep(t.check_every)
-                if not await self._holds_lock():
+                if not await self._check():
                     return "the scheduler lock is no longer held by this replica", started
         except TimeoutError:
             return f"the lock session did not answer within {t.check_timeout:g} s", started

@@ -49,8 +49,12 @@ class Replicas:
         return [str(r[0]) for r in rows]
 
     async def leave(self) -> None:
-        """A clean stop: this replica's heartbeat and channel leases go at once."""
+        """A clean stop: this replica's heartbeat and channel leases go at once, and what it had claimed in
+        its channels (a send cut short by the stop) is pending again: only it could claim there."""
         async with self._db.transaction() as conn:
+            await conn.execute("UPDATE deliveries SET status = 'pending', lease_until = NULL WHERE status = 'sending'"
+                               " AND channel_id IN (SELECT channel_id FROM channel_leases WHERE owner = ?)",
+                               (self.replica,))
             await conn.execute("DELETE FROM channel_leases WHERE owner = ?", (self.replica,))
             await conn.execute("DELETE FROM replicas WHERE replica = ?", (self.replica,))
 
@@ -112,9 +116,14 @@ class ChannelLeases:
             return until if cur.rowcount == 1 else None
 
     async def release(self, channel_id: str) -> None:
+        """Give the channel up. Anything still claimed there is pending again (nothing, when the work ended
+        normally; a send cut short when it was cancelled): only the lease holder claims in its channel."""
         async with self._db.transaction() as conn:
-            await conn.execute("DELETE FROM channel_leases WHERE channel_id = ? AND owner = ?",
-                               (channel_id, self.replica))
+            cur = await conn.execute("DELETE FROM channel_leases WHERE channel_id = ? AND owner = ?",
+                                     (channel_id, self.replica))
+            if cur.rowcount:
+                await conn.execute("UPDATE deliveries SET status = 'pending', lease_until = NULL"
+                                   " WHERE channel_id = ? AND status = 'sending'", (channel_id,))
 
     async def held(self) -> dict[str, str]:
         """Every running lease: channel -> owner."""

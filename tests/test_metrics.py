@@ -66,6 +66,7 @@ async def test_scrape_after_a_poll_and_a_delivery_has_every_series_once_with_its
         "notifier_delivery_eventual_success": "counter", "notifier_delivery_first_attempt_failures": "counter",
         "notifier_delivery_retries": "counter", "notifier_teams_throttled": "counter",
         "notifier_outbox_deliveries": "gauge", "notifier_queue_oldest_seconds": "gauge",
+        "notifier_scheduler_leader": "gauge",
         "notifier_poll_ifs_requests": "counter", "notifier_poll_ifs_bytes": "counter",
         "notifier_poll_cycle_seconds": "histogram", "notifier_record_to_card_seconds": "histogram",
         **dict.fromkeys(IFS_COUNTERS, "counter"),
