@@ -177,7 +177,7 @@ MIGRATIONS: list[str] = [
     # which channel (so a channel's Teams limits are kept by one limiter at a time)
     """
     CREATE TABLE leadership (
-        name TEXT PRIMARY KEY,            -- 'scheduler'
+        name TEXT PRIMARY KEY,            -- 'scheduler' (the lead); 'poll soon' (its epoch: polls asked for)
         epoch INTEGER NOT NULL,           -- incremented each time a replica becomes the leader
         holder TEXT NOT NULL,             -- replica id (service.replica_name, or host:pid)
         since REAL NOT NULL               -- unix time the holder took over
