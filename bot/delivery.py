@@ -157,7 +157,11 @@ class SharedPacing:
             await self.sleep(self.timing.heartbeat_every)
 
     def ready(self) -> bool:
-        return self._first_beat is not None and self.now() >= self._first_beat + 1.5 * self.timing.heartbeat_every
+        """Whether this replica may deliver: its heartbeat is written, and the other live replicas (if any)
+        have had a heartbeat period to see it and shrink their share of the app-wide limit. Alone, at once."""
+        if self._first_beat is None:
+            return False
+        return self.live <= 1 or self.now() >= self._first_beat + 1.5 * self.timing.heartbeat_every
 
     def app_windows(self, windows: Sequence[tuple[int, float]]) -> tuple[tuple[int, float], ...]:
         return tuple((max(1, count // self.live), seconds) for count, seconds in windows)
@@ -168,6 +172,8 @@ class SharedPacing:
     async def take(self, channel_id: str, due: int | None) -> Taken | None:
         """The channel's lease, if this replica may have it now; `due`: channels with work (None: no share
         applies, for a single message outside the outbox)."""
+        if self._first_beat is None:  # the heartbeat loop has not run yet (or does not: a one-off worker)
+            await self.beat()
         if not self.ready():
             return None
         t = self.timing

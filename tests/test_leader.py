@@ -197,6 +197,18 @@ async def test_replicas_count_each_other_alive_and_a_clean_stop_leaves_at_once(d
 
 # --------------------------------------------------------------------------- pacing across replicas
 
+async def test_a_lone_replica_delivers_at_once_and_a_second_only_after_the_first_could_see_it(db):
+    from bot.delivery import SharedPacing
+    clock, timing = FakeClock(), Timing(15)
+    a = SharedPacing(db, "a", timing, clock=clock)
+    assert await a.take(CH1, due=2) is not None  # its first heartbeat is written on the way: it is alone
+    b = SharedPacing(db, "b", timing, clock=clock)
+    assert await b.take(CH2, due=2) is None  # a has not yet had a heartbeat period to count b
+    clock.advance(1.5 * timing.heartbeat_every)
+    assert await a.beat() == 2
+    assert await b.take(CH2, due=2) is not None
+
+
 async def test_two_replicas_keep_teams_limits_for_the_app_as_a_whole(tmp_path):
     """Through the real adapter to the limit-enforcing connector stand-in, on a fake clock."""
     from bench.delivery import ideal_last_post
