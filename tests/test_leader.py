@@ -26,6 +26,7 @@ from store.leases import ChannelLeases, Replicas
 from store.outbox import DeliveryStatus, Outbox
 from store.poll_writer import PollWriter
 from store.unit import Store
+from tests.conftest import sqlite_only
 
 CH1, CH2 = "19:one@thread.tacv2", "19:two@thread.tacv2"
 
@@ -339,6 +340,7 @@ async def test_a_service_that_loses_the_lead_stops_its_scheduler_and_takes_it_ag
         await admin.close()
 
 
+@sqlite_only
 async def test_a_one_off_poll_is_refused_while_another_process_runs_the_scheduler(service_factory, tmp_path):
     from core.errors import NotifierError
 
@@ -498,6 +500,7 @@ async def test_a_channel_taken_over_mid_backlog_keeps_its_windows_across_the_han
         await connector.stop()
 
 
+@sqlite_only
 async def test_a_second_service_on_one_sqlite_file_neither_polls_nor_delivers(tmp_path, ifs):
     from tests.conftest import make_service
 
