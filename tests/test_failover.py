@@ -13,11 +13,8 @@ never answered 429.
 from __future__ import annotations
 
 import asyncio
-import inspect
-import os
 import random
 import signal
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,67 +25,19 @@ from core.settings import load_settings
 from simulator.connector import ConnectorStandIn
 from simulator.postgres import NOT_INSTALLED, find_binaries
 from store.audit import AuditEntry, AuditLog
+from tests.serving import prepare_serve, start_serve, wait_until
 
 pytestmark = pytest.mark.skipif(find_binaries() is None, reason=NOT_INSTALLED)
 
-ROOT = Path(__file__).resolve().parent.parent
 TAKEOVER = 5.0  # service.leader_takeover_seconds of the replicas
 TRIALS = 10
 CHANNELS = ("19:failover-1@thread.tacv2", "19:failover-2@thread.tacv2", "19:failover-3@thread.tacv2")
 
 
-async def wait_until(predicate, limit: float) -> bool:
-    """Bounded wait for what other processes do; the answer, not the time, is what the test checks."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    async def check() -> bool:
-        answer = predicate()
-        return bool(await answer if inspect.isawaitable(answer) else answer)
-
-    while loop.time() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(0.02)
-    return await check()
-
-
 async def prepare(tmp_path: Path, url: str, ifs, connector: ConnectorStandIn) -> Path:
-    import app
-    from bench.common import channel_ref
-    from core.domain import Binding
-    from store.unit import Store
-
-    cfg = tmp_path / "failover.toml"
-    cfg.write_text(f"""
-[service]
-port = 0
-database = "{url}"
-key_file = "{tmp_path / 'failover.key'}"
-dev_mode = true
-log_level = "WARNING"
-leader_takeover_seconds = {TAKEOVER}
-[ifs]
-realm = "ifs"
-retry_attempts = 2
-[schedule]
-every_minutes = 0.01
-[delivery]
-digest_threshold = 100000
-lease_seconds = 5
-""")
-    settings = load_settings(cfg, env={})
-    db, vault = await app.open_store(settings)
-    try:
-        await vault.set("ifs.base_url", ifs.base_url)
-        await vault.set("ifs.client_id", "notifier")
-        await vault.set("ifs.client_secret", "notifier-secret")
-        async with Store(db).unit() as u:
-            for ch in CHANNELS:
-                await u.channels.upsert(channel_ref(ch, connector.service_url))
-                await u.bindings.put(Binding(ch, "10"))
-    finally:
-        await db.close()
-    return cfg
+    return await prepare_serve(tmp_path, "failover", url, ifs, connector, CHANNELS,
+                               service=f"log_level = \"WARNING\"\nleader_takeover_seconds = {TAKEOVER}",
+                               delivery="lease_seconds = 5")
 
 
 class Replicas:
@@ -103,11 +52,7 @@ class Replicas:
     async def start(self) -> str:
         self.serial += 1
         name = f"replica-{self.serial}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER")}
-        env["NOTIFIER__SERVICE__REPLICA_NAME"] = name
-        self.procs[name] = await asyncio.create_subprocess_exec(
-            sys.executable, "app.py", "--config", str(self.cfg), "serve", cwd=ROOT, env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        self.procs[name] = await start_serve(self.cfg, {"NOTIFIER__SERVICE__REPLICA_NAME": name})
         return name
 
     async def kill(self, name: str) -> None:

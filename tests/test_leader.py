@@ -7,7 +7,6 @@ are skipped, with the reason, only when its binaries are not installed.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import shutil
 from dataclasses import replace
@@ -27,23 +26,9 @@ from store.outbox import DeliveryStatus, Outbox
 from store.poll_writer import PollWriter
 from store.unit import Store
 from tests.conftest import sqlite_only
+from tests.serving import wait_until
 
 CH1, CH2 = "19:one@thread.tacv2", "19:two@thread.tacv2"
-
-
-async def wait_until(predicate, limit: float = 10.0) -> bool:
-    """Bounded wait for another task's progress; the answer, not the time, is what the tests check."""
-    async def check() -> bool:
-        answer = predicate()
-        return bool(await answer if inspect.isawaitable(answer) else answer)
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while loop.time() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(0.005)
-    return await check()
 
 
 # --------------------------------------------------------------------------- settings and timing
