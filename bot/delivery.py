@@ -89,10 +89,7 @@ class SoloPacing:
         return tuple(windows)
 
     async def take(self, channel_id: str, due: int | None) -> Taken | None:
-        return Taken(math.inf, [], False)
-
-    def holds(self, channel_id: str) -> bool:
-        return True
+        return Taken(math.inf, [], False, joined=True)
 
     async def keep(self, channel_id: str) -> bool:
         return True
@@ -133,6 +130,8 @@ class SharedPacing:
         self.max_sleep = timing.channel_lease / 4  # a wait for the limiter renews the lease on the way
         self._first_beat: float | None = None
         self._until: dict[str, float] = {}
+        self._users: dict[str, int] = {}  # tasks of this replica sending under a channel's lease (the worker's,
+        # a reminder's, a card refresh's): the lease is given up when the last of them is done
         self._take_lock = asyncio.Lock()  # one take at a time: the cap counts this replica's leases
 
     async def beat(self) -> int:
@@ -166,9 +165,6 @@ class SharedPacing:
     def app_windows(self, windows: Sequence[tuple[int, float]]) -> tuple[tuple[int, float], ...]:
         return tuple((max(1, count // self.live), seconds) for count, seconds in windows)
 
-    def holds(self, channel_id: str) -> bool:
-        return channel_id in self._until
-
     async def take(self, channel_id: str, due: int | None) -> Taken | None:
         """The channel's lease, if this replica may have it now; `due`: channels with work (None: no share
         applies, for a single message outside the outbox)."""
@@ -176,6 +172,11 @@ class SharedPacing:
             await self.beat()
         if not self.ready():
             return None
+        if self._users.get(channel_id):  # another task of this replica holds it: share, while it runs
+            if not await self.keep(channel_id):
+                return None
+            self._users[channel_id] += 1
+            return Taken(self._until[channel_id], [], False, joined=True)
         t = self.timing
         cap = 1_000_000 if due is None else max(1, math.ceil(due / self.live))
         async with self._take_lock:
@@ -183,6 +184,7 @@ class SharedPacing:
                                            margin=t.clock_margin, horizon=max(w for _, w in CHANNEL_WINDOWS))
         if taken is not None:
             self._until[channel_id] = taken.until
+            self._users[channel_id] = self._users.get(channel_id, 0) + 1
         return taken
 
     async def keep(self, channel_id: str) -> bool:
@@ -205,6 +207,12 @@ class SharedPacing:
         return True
 
     async def release(self, channel_id: str) -> None:
+        """One task is done with the channel; the lease is given up when it was the last."""
+        users = self._users.get(channel_id, 0) - 1
+        if users > 0:
+            self._users[channel_id] = users
+            return
+        self._users.pop(channel_id, None)
         self._until.pop(channel_id, None)
         try:
             await self.leases.release(channel_id)
@@ -213,6 +221,7 @@ class SharedPacing:
 
     async def leave(self) -> None:
         self._until.clear()
+        self._users.clear()
         await self.replicas.leave()
 
 
@@ -322,8 +331,7 @@ class DeliveryWorker:
             taken = await self.pacing.take(channel_id, due)
             if taken is None:
                 return 0  # another replica delivers there now
-            if self.pacing.shared:
-                self._seed(channel_id, taken)
+            self._seed(channel_id, taken)
             try:
                 return await self._channel_work(channel_id)
             finally:
@@ -358,6 +366,8 @@ class DeliveryWorker:
         """A channel's lease just taken: its sends of the last hour, by any replica, fill its windows. Taken
         over from a replica that stopped renewing, one more counts as made now: the message that replica
         may have had on its way when it died is in no table."""
+        if taken.joined:
+            return
         sent = list(taken.sent) + ([self.now()] if taken.from_other else [])
         offset = self.monotonic() - self.now()
         self._limiter(channel_id).seed([t + offset for t in sent], replace=True)
@@ -562,12 +572,10 @@ class DeliveryWorker:
     @contextlib.asynccontextmanager
     async def _one_off_lease(self, channel_id: str) -> AsyncIterator[bool]:
         """A message outside the outbox (a reminder, a card refreshed) is sent under the channel's lease
-        too: held already when this replica is delivering there, else taken for it (waiting up to two lease
+        too: shared with this replica's own delivery there, else taken for it (waiting up to two lease
         lengths for another replica to finish). Yields whether it is held; when it could not be taken the
-        message goes under this replica's own pacing only."""
-        if self.pacing.holds(channel_id):
-            yield True
-            return
+        message goes under this replica's own pacing only. Either way the lease is given back only by the
+        last of this replica's tasks using it."""
         taken = await self.pacing.take(channel_id, None)
         if isinstance(self.pacing, SharedPacing):
             deadline = self.now() + 2 * self.pacing.timing.channel_lease

@@ -81,6 +81,14 @@ class Database(ABC):
         row = await self.fetchone(sql, params)
         return None if row is None else row[0]
 
+    async def write_now(self, sql: str, params: Params = ()) -> int:
+        """One statement committed on its own; returns the rows it changed. On a server it does not wait for
+        this process's other writes (a lease renewed or a heartbeat written while a poll writes pages); on
+        SQLite it is a write transaction like any other (one process, no one else's lease to lose)."""
+        async with self.transaction() as conn:
+            cur = await conn.execute(sql, params)
+            return int(cur.rowcount)
+
     @abstractmethod
     def free_disk_bytes(self) -> int | None:
         """Free space where the database writes; None when that is not this machine's disk (a server)."""

@@ -22,6 +22,7 @@ class Taken:
     until: float
     sent: list[float]
     from_other: bool  # taken over from another replica whose lease had run out
+    joined: bool = False  # held already by this replica (another task of it): its limiter is current
 
 
 class Replicas:
@@ -35,12 +36,11 @@ class Replicas:
     async def beat(self, expiry: float) -> int:
         """Say this replica is alive; returns how many replicas were heard of within `expiry` seconds
         (this one included). Rows silent for ten times that are removed."""
-        now = self._now()
-        async with self._db.transaction() as conn:
-            await conn.execute(
-                "INSERT INTO replicas (replica, started_at, seen_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (replica) DO UPDATE SET seen_at = excluded.seen_at", (self.replica, now, now))
-            await conn.execute("DELETE FROM replicas WHERE seen_at < ?", (now - 10 * expiry,))
+        now = self._now()  # (statements of their own: a heartbeat never waits for a poll's page writes)
+        await self._db.write_now("INSERT INTO replicas (replica, started_at, seen_at) VALUES (?, ?, ?)"
+                                 " ON CONFLICT (replica) DO UPDATE SET seen_at = excluded.seen_at",
+                                 (self.replica, now, now))
+        await self._db.write_now("DELETE FROM replicas WHERE seen_at < ?", (now - 10 * expiry,))
         return int(await self._db.scalar("SELECT count(*) FROM replicas WHERE seen_at >= ?", (now - expiry,)) or 1)
 
     async def live(self, expiry: float) -> list[str]:
@@ -109,11 +109,10 @@ class ChannelLeases:
 
     async def renew(self, channel_id: str, ttl: float) -> float | None:
         """Extend this replica's lease; None when it is no longer this replica's."""
-        until = self._now() + ttl
-        async with self._db.transaction() as conn:
-            cur = await conn.execute("UPDATE channel_leases SET until = ? WHERE channel_id = ? AND owner = ?",
-                                     (until, channel_id, self.replica))
-            return until if cur.rowcount == 1 else None
+        until = self._now() + ttl  # one statement of its own: a renewal never waits for this process's other writes
+        changed = await self._db.write_now("UPDATE channel_leases SET until = ? WHERE channel_id = ? AND owner = ?",
+                                           (until, channel_id, self.replica))
+        return until if changed == 1 else None
 
     async def release(self, channel_id: str) -> None:
         """Give the channel up. Anything still claimed there is pending again (nothing, when the work ended

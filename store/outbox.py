@@ -152,11 +152,13 @@ class Outbox:
     async def settle(self, conn: Connection, ids: Sequence[int], status: DeliveryStatus, *,
                      http_status: int | None = None, code: str | None = None, error: str | None = None,
                      next_at: float | None = None, digest_id: int | None = None) -> None:
+        """Record how a claimed delivery ended. A delivery already sent (or digested) stays so: a replica that
+        lost the channel's lease while another sent it must not make it pending again."""
         now = self._now()
         await conn.executemany(
             "UPDATE deliveries SET status = ?, lease_until = NULL, last_status = ?, last_code = ?, last_error = ?,"
             " next_at = coalesce(?, next_at), sent_at = CASE WHEN ? IN ('sent', 'digested') THEN ? ELSE sent_at END,"
-            " digest_id = coalesce(?, digest_id) WHERE id = ?",
+            " digest_id = coalesce(?, digest_id) WHERE id = ? AND status NOT IN ('sent', 'digested')",
             [(status.value, http_status, code, error, next_at, status.value, now, digest_id, i) for i in ids])
 
     async def cards_in(self, channel_id: str) -> list[tuple[str, str]]:

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 POOL_SIZE = 10  # connections per process: one writer at a time, reads alongside
 CONNECT_TIMEOUT = 10.0  # seconds to reach the server, at start-up and for each new pooled connection
+# a statement's bound: a half-open connection (a server failed over silently) ends in an error, not a wait for
+# TCP's retransmissions (about 15 minutes) while this process's writes queue behind it
+COMMAND_TIMEOUT = 120.0
 
 
 def redact(url: str, mask: str | None = "***") -> str:
@@ -205,6 +208,11 @@ class PgDatabase(Database):
         async with self.connection() as conn:
             return await conn.fetch(sql, params)
 
+    async def write_now(self, sql: str, params: Params = ()) -> int:
+        """A single statement commits by itself: on a pooled connection of its own, outside the write lock."""
+        async with self.pool.acquire() as raw:
+            return status_count(await raw.execute(translate(sql)[0], *_args(params)))
+
     async def fetchone(self, sql: str, params: Params = ()) -> asyncpg.Record | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
@@ -241,7 +249,7 @@ async def open_pg(url: str) -> PgDatabase:
     shown = redact(url)
     try:
         pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT,
-                                         command_timeout=None)
+                                         command_timeout=COMMAND_TIMEOUT)
     except DB_ERRORS as exc:
         raise ConfigError("service.database", f"cannot connect to {shown}: {_problem(exc, url)}") from None
     except ValueError as exc:  # a malformed URL

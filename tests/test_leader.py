@@ -183,6 +183,44 @@ async def test_replicas_count_each_other_alive_and_a_clean_stop_leaves_at_once(d
 
 # --------------------------------------------------------------------------- pacing across replicas
 
+async def test_a_channel_lease_two_tasks_of_a_replica_share_is_given_up_by_the_last_of_them(db):
+    from bot.delivery import SharedPacing
+    clock = FakeClock()
+    a, b = SharedPacing(db, "a", Timing(15), clock=clock), ChannelLeases(db, "b", clock)
+    worker = await a.take(CH1, due=1)
+    reminder = await a.take(CH1, due=None)  # a reminder for the channel the worker is delivering to
+    assert worker is not None and not worker.joined and reminder is not None and reminder.joined
+    await a.release(CH1)  # the reminder is done: the worker still sends there
+    assert await ChannelLeases(db, "a", clock).held() == {CH1: "a"}
+    clock.advance(Timing(15).channel_lease / 2)
+    assert await b.take(CH1, ttl=5, cap=1, margin=1, horizon=3600) is None
+    await a.release(CH1)
+    assert await ChannelLeases(db, "a", clock).held() == {}
+
+
+async def test_a_lease_renewal_and_a_heartbeat_do_not_wait_for_the_replicas_other_writes(db):
+    clock = FakeClock()
+    leases, replicas = ChannelLeases(db, "a", clock), Replicas(db, "a", clock)
+    assert await leases.take(CH1, ttl=5, cap=1, margin=1, horizon=3600) is not None
+    if db.dialect == "sqlite":
+        return  # one connection, one process: nothing to overtake
+    holding, done = asyncio.Event(), asyncio.Event()
+
+    async def long_write() -> None:  # a poll writing a page, say
+        async with db.transaction():
+            holding.set()
+            await done.wait()
+
+    writer = asyncio.create_task(long_write())
+    await holding.wait()
+    try:
+        assert await asyncio.wait_for(leases.renew(CH1, 5), 5) == clock.time() + 5
+        assert await asyncio.wait_for(replicas.beat(7.5), 5) == 1
+    finally:
+        done.set()
+        await writer
+
+
 async def test_a_lone_replica_delivers_at_once_and_a_second_only_after_the_first_could_see_it(db):
     from bot.delivery import SharedPacing
     clock, timing = FakeClock(), Timing(15)

@@ -221,6 +221,18 @@ async def test_approval_chains_are_kept_and_cards_found_by_record_prefix(store, 
 # ------------------------------------------------------------------ the outbox
 
 
+async def test_a_delivery_sent_stays_sent_whatever_a_late_settle_of_another_replica_says(store, db, clock):
+    await linked(store, CH)
+    await PollWriter(db, clock).apply(INV, "10", [change(rec(0))], [Binding(CH, "10")])
+    [d] = await store.outbox.claim(CH, lease=30, digest_threshold=10)
+    async with store.unit() as u:
+        await u.outbox.settle([d.id], DeliveryStatus.SENT, http_status=201)  # the replica that took the channel over
+    async with store.unit() as u:  # the one that lost the channel's lease hands its claim back, too late
+        await u.outbox.settle([d.id], DeliveryStatus.PENDING, error="channel lease lost")
+        await u.outbox.settle([d.id], DeliveryStatus.FAILED, http_status=403)
+    assert await store.outbox.counts(CH) == {"sent": 1}
+
+
 async def test_claims_take_the_oldest_supersede_older_news_and_settle(store, db, clock):
     await linked(store, CH)
     writer = PollWriter(db, clock)
