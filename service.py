@@ -307,13 +307,15 @@ class Service:
                                 backend="postgresql" if self.shared else "sqlite")
         log.info("%s runs the scheduler (epoch %d)", self.replica, epoch)
         self.jobs.epoch = epoch
-        self._start_delivery()
         asked = await polls_asked(self.db)  # (the first poll starts now anyway)
         self.jobs.start(self.settings.schedule)
         self._leader_tasks.append(asyncio.create_task(self._watch_poll_requests(asked), name="poll-requests"))
         if self.settings.people.remind_at:
             self._leader_tasks.append(asyncio.create_task(self._reminding(), name="reminders"))
         self._leader_tasks.append(asyncio.create_task(self.jobs.validate_sources(), name="validate-sources"))
+        # last: on SQLite only the lock's holder delivers, so a start that failed above (the lock given back,
+        # the other process taking over) must not leave this one delivering beside it
+        self._start_delivery()
 
     async def _stop_leading(self) -> None:
         await self.jobs.stop_polls()
@@ -367,6 +369,11 @@ class Service:
         if self._stopped:
             return
         self._stopped = True
+        # leadership first: a lead gained while the scheduler was being stopped would start one nothing stops
+        leading = [t for t in self._tasks if t.get_name() == "leadership"]
+        for t in leading:
+            t.cancel()
+        await asyncio.gather(*leading, return_exceptions=True)
         await self._stop_leading()
         await asyncio.gather(*self._asks, return_exceptions=True)  # (each a single short write)
         for t in self._tasks:

@@ -268,6 +268,7 @@ class PgLeadership:
         self._conn: Any = None
         self._leader = False
         self._running = False
+        self._ended = False
         self._exclusive = False
         self._checked = -math.inf  # monotonic time of the last successful check of the lock session
         self.backend_pid: int | None = None
@@ -277,8 +278,8 @@ class PgLeadership:
         return self._leader
 
     def current(self) -> bool:
-        if self._exclusive or not self._running:  # a one-off poll under the lock; or not coordinating at all
-            return True
+        if self._exclusive or not (self._running or self._ended):  # a one-off poll under the lock; or never
+            return True  # coordinating at all (a service started without its background tasks)
         return self._leader and self.clock.monotonic() - self._checked <= self.timing.fence
 
     async def _connect(self) -> Any:
@@ -372,6 +373,7 @@ class PgLeadership:
         finally:
             self._leader = False
             self._running = False
+            self._ended = True  # stopped coordinating: nothing more of this process's polls may write
             await self._close()
 
     async def _lead(self, gained: Gained) -> tuple[str, bool]:
