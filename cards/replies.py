@@ -53,12 +53,20 @@ class StatusView:
         return sum(source.pending for source in self.sources)
 
     @property
+    def reachable(self) -> str:
+        return {True: "reachable", False: "unreachable", None: "not checked yet"}[self.ifs_reachable]
+
+    @property
+    def failing(self) -> int:
+        return sum(source.failing for source in self.sources)
+
+    @property
     def headline(self) -> str:
         """The worst news first: failing sources, then IFS reachability."""
-        failing = sum(source.failing for source in self.sources)
-        if failing:
-            return f"{failing} of {len(self.sources)} source{'s' if len(self.sources) != 1 else ''} failing"
-        return "IFS " + {True: "reachable", False: "unreachable", None: "not checked yet"}[self.ifs_reachable]
+        if self.failing:
+            n = len(self.sources)
+            return f"{self.failing} of {n} source{'s' if n != 1 else ''} failing"
+        return f"IFS {self.reachable}"
 
     @property
     def sent(self) -> int:
@@ -66,9 +74,9 @@ class StatusView:
 
     def as_text(self) -> str:
         """The same story as plain lines (inert), for a text reply or a log-free summary."""
-        reachable = {True: "reachable", False: "unreachable", None: "not checked yet"}[self.ifs_reachable]
+        reachability = f". IFS {self.reachable}" if self.failing else ""  # (else the headline says it)
         lines = [
-            f"{self.headline}. IFS {reachable}; token {inert(self.token_state, 60) or 'unknown'}.",
+            f"{self.headline}{reachability}; token {inert(self.token_state, 60) or 'unknown'}.",
             f"Pending {self.pending}, sent {self.sent}, backlog {self.backlog}, failed deliveries {self.failures}.",
         ]
         if self.ifs_load:
@@ -172,7 +180,7 @@ def _when(ctx: CardContext, at: float | None, now: float) -> str:
 def status_card(view: StatusView, ctx: CardContext | None = None) -> dict[str, Any]:
     """Health at a glance: IFS reachability and token, per source polls and counts, outbox, channels."""
     ctx = _context(ctx, view.generated_at)
-    reachable = {True: "reachable", False: "unreachable", None: "not checked yet"}[view.ifs_reachable]
+    reachable = view.reachable
     token = inert(view.token_state, 60) or "unknown"
     if view.token_expires_at is not None:
         token += f", expires {_when(ctx, view.token_expires_at, view.generated_at)}"
@@ -181,7 +189,7 @@ def status_card(view: StatusView, ctx: CardContext | None = None) -> dict[str, A
         counted(len(view.inactive_channels), "inactive channel") if view.inactive_channels else "",
     ]
     badge = " · ".join([view.headline, *(problem for problem in problems if problem)])
-    failing = any(source.failing for source in view.sources)
+    failing = bool(view.failing)
     tone = "good" if view.ifs_reachable and not any(problems) and not failing else "warning"
     if view.ifs_reachable is False or failing:
         tone = "attention"

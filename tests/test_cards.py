@@ -954,7 +954,10 @@ def test_status_card_and_text(cards: dict[str, dict[str, Any]]) -> None:
         "IFS reachable · 1 failed delivery · 1 inactive channel",
     )
     text = status_view().as_text()
+    assert text.startswith("IFS reachable; token valid.\n")  # said once
     assert "invoices · company 10: last poll 2 min ago (ok), next in 3 min" in text
+    failing = replace(status_view(), sources=(replace(status_view().sources[1], failing=True),))
+    assert failing.as_text().startswith("1 of 1 source failing. IFS reachable; token valid.\n")
     assert "Inactive channels: Finance – Oslo" in text
 
 
