@@ -12,9 +12,7 @@ from bot.authz import Actor
 from cards.claims import CLAIM, RELEASE
 from cards.reminders import SNOOZE
 from core.clock import SYSTEM_CLOCK, Clock
-from store.audit import AuditLog
 from store.db import Database
-from store.people import Claims, ReminderStore
 from store.unit import Store
 
 log = logging.getLogger(__name__)
@@ -39,16 +37,14 @@ class CardActions:
     def __init__(self, db: Database, render: Callable[[str], Awaitable[dict[str, Any] | None]], *,
                  clock: Clock = SYSTEM_CLOCK,
                  snooze_until: Callable[[float], float] | None = None,
-                 refresh: Callable[[str, str], Awaitable[int]] | None = None) -> None:
-        self.db = db
-        self.refresh = refresh  # (record id, clicked conversation) -> its other cards updated
+                 refresh: Callable[[str, str, dict[str, Any]], Awaitable[int]] | None = None) -> None:
+        self.refresh = refresh  # (record id, clicked conversation, its card now) -> its other cards updated
         self.render = render  # record id -> its card now (None: no such record)
         self.now = clock.time
         self.snooze_until = snooze_until  # now -> when "remind me tomorrow" ends
-        self.reminders = ReminderStore(db)
-        self.claims = Claims(db, clock)
-        self.audit = AuditLog(db, clock)
         self.store = Store(db, clock)
+        self.claims = self.store.claims
+        self.audit = self.store.audit
 
     async def run(self, channel_id: str, actor: Actor, verb: Any, data: Any) -> ActionResult:
         record_id = data.get("record_id") if isinstance(data, dict) else None
@@ -73,17 +69,16 @@ class CardActions:
                 action = "document released"
             await u.audit.add("people", action, "ok" if ok else "denied", channel_id=channel_id,
                                  actor=actor.label, record_id=record_id)
-        holder = await self.claims.get(record_id)
-        if ok and self.refresh is not None:
+        card = await self.render(record_id)
+        if ok and self.refresh is not None and card is not None:
             # the clicked card is answered (and updated) by the caller; the same document's cards elsewhere here
-            await self.refresh(record_id, channel_id)
+            await self.refresh(record_id, channel_id, card)
         if ok:
             message = "You are on it." if verb == CLAIM else "Released."
-        elif holder is not None:
-            message = f"{holder.name} is on it already."
         else:
-            message = "Nobody is on it."
-        return ActionResult(ActionOutcome.OK if ok else ActionOutcome.DENIED, message, await self.render(record_id))
+            holder = await self.claims.get(record_id)
+            message = f"{holder.name} is on it already." if holder is not None else "Nobody is on it."
+        return ActionResult(ActionOutcome.OK if ok else ActionOutcome.DENIED, message, card)
 
     async def _snooze(self, channel_id: str, actor: Actor, record_id: str) -> ActionResult:
         """'Remind me tomorrow' on a reminder: this person's reminders leave the document out until then."""

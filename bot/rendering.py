@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 from bot.delivery import CardRenderer, DeliveryWorker
 from cards import CardContext, digest_card, record_card
 from core.clock import SYSTEM_CLOCK, Clock
-from core.domain import FinanceRecord, RecordKind
+from core.domain import EventType, FinanceRecord, RecordKind
 from core.people import Mention, next_approver
 from store.outbox import Delivery
 from store.people import Claims, People
@@ -52,10 +52,15 @@ class CardRendering:
             return None
         return Mention(id=person.mention_id, name=person.name)
 
+    async def _record_card(self, record: FinanceRecord, event: EventType, previous: str | None,
+                           record_id: str) -> dict[str, Any]:
+        """A record's card with its next approver mentioned and who is on it now."""
+        return record_card(self.link(record), event, self.card_context(), previous_state=previous,
+                           next_approver=await self.next_approver(record), claimable=True,
+                           claim=await self.claims.get(record_id))
+
     async def render_record(self, d: Delivery) -> tuple[dict[str, Any], str]:
-        card = record_card(self.link(d.record), d.event_type, self.card_context(), previous_state=d.previous_state,
-                           next_approver=await self.next_approver(d.record), claimable=True,
-                           claim=await self.claims.get(d.record_id))
+        card = await self._record_card(d.record, d.event_type, d.previous_state, d.record_id)
         return card, card.get("fallbackText", d.record.number)
 
     async def render_record_card(self, record_id: str) -> dict[str, Any] | None:
@@ -64,9 +69,7 @@ class CardRendering:
         if latest is None:
             return None
         event, record, previous = latest
-        return record_card(self.link(record), event, self.card_context(), previous_state=previous,
-                           next_approver=await self.next_approver(record), claimable=True,
-                           claim=await self.claims.get(record_id))
+        return await self._record_card(record, event, previous, record_id)
 
     def render_digest(self, ds: Sequence[Delivery]) -> tuple[dict[str, Any], str]:
         card = digest_card([(d.event_type, self.link(d.record)) for d in ds], self.card_context(),
@@ -77,11 +80,9 @@ class CardRendering:
     def render_reply(d: Delivery) -> str:
         return f"{d.record.kind.value.capitalize()} {d.record.number} is now {d.record.state}."
 
-    async def refresh_cards(self, worker: DeliveryWorker, record_id: str, clicked: str) -> int:
-        """Update a record's cards in every other conversation (who is on it), paced like deliveries."""
-        card = await self.render_record_card(record_id)
-        if card is None:
-            return 0
+    async def refresh_cards(self, worker: DeliveryWorker, record_id: str, clicked: str, card: dict[str, Any]) -> int:
+        """Put a record's card as it reads now (who is on it) in every other conversation that shows it, paced
+        like deliveries."""
         updated = 0
         for conversation, posted in await self.claims.cards_of(record_id):
             if conversation != clicked:
