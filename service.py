@@ -137,8 +137,9 @@ class Service:
             PgLeadership(db, settings.service.database, self.replica, self.timing, clock=self.clock) if self.shared
             else FileLeadership(db, settings.service.database, self.replica, self.timing, clock=self.clock))
         self.pacing = SharedPacing(db, self.replica, self.timing, clock=self.clock) if self.shared else SoloPacing()
-        self.poller = Poller(client=self.ifs, sources=self.sources, seen=Seen(db), bindings=self.bindings,
-                             writer=FencedWriter(PollWriter(db, self.clock), self._lead_current),
+        seen = Seen(db)
+        self.poller = Poller(client=self.ifs, sources=self.sources, seen=seen, bindings=self.bindings,
+                             writer=FencedWriter(PollWriter(db, self.clock), self.leadership.current),
                              audit=self.audit, ifs_base_url=creds.ifs_base_url,
                              page_size=settings.ifs.page_size, use_select=settings.ifs.select,
                              confirm_reads=settings.ifs.confirm_reads_per_cycle,
@@ -146,7 +147,7 @@ class Service:
                              max_listing_seconds=settings.ifs.max_listing_seconds, clock=self.clock)
         self._install_gauges()
         self.jobs = SourceJobs(ifs=self.ifs, sources=self.sources, poller=self.poller, tenant=self.tenant,
-                               bindings=self.bindings, people=self.people, seen=Seen(db), audit=self.audit,
+                               bindings=self.bindings, people=self.people, seen=seen, audit=self.audit,
                                metrics=self.metrics, tz=self.tz, personal=settings.people.personal,
                                polled=self.wake_delivery, clock=self.clock, replica=self.replica)
         self.bot_config = BotConfig(APP_ID=creds.bot_app_id, APP_PASSWORD=creds.bot_app_password.reveal(),
@@ -184,7 +185,6 @@ class Service:
         self._leader_tasks: list[asyncio.Task] = []  # what only the leader runs (reminders, the tenant check)
         self._delivering = False
         self._asks: set[asyncio.Task] = set()
-        self._poll_locks = self.jobs.locks
         self._stopped = False
 
     # ------------------------------------------------------------------ Runtime protocol for commands
@@ -289,9 +289,6 @@ class Service:
             self._tasks.append(asyncio.create_task(self.leadership.run(self._lead, self._follow), name="leadership"))
         log.info("service started on %s:%s (bot authentication %s)", self.settings.service.host,
                  self.settings.service.port, "OFF, development mode" if self.bot_config.auth_disabled else "on")
-
-    def _lead_current(self) -> bool:
-        return self.leadership.current()
 
     def _start_delivery(self) -> None:
         if not self._delivering:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import math
 import random
@@ -34,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # Teams: per bot per thread 7/1 s, 8/2 s, 60/30 s, 1800/h; per app 50 requests/s per tenant.
 CHANNEL_WINDOWS: tuple[tuple[int, float], ...] = ((7, 1.0), (8, 2.0), (60, 30.0), (1800, 3600.0))
+CHANNEL_HORIZON = max(seconds for _, seconds in CHANNEL_WINDOWS)  # how far back a channel's sends count
 APP_WINDOWS: tuple[tuple[int, float], ...] = ((50, 1.0),)
 
 
@@ -71,7 +71,7 @@ def classify(err: SendError) -> Outcome:
 class CardRenderer:
     """Adapter from deliveries to the pure card builders (kept here so the worker stays about delivery)."""
 
-    render_record: Callable[[Delivery], tuple[dict[str, Any], str] | Awaitable[tuple[dict[str, Any], str]]]
+    render_record: Callable[[Delivery], Awaitable[tuple[dict[str, Any], str]]]  # (it reads who is mentioned)
     render_digest: Callable[[Sequence[Delivery]], tuple[dict[str, Any], str]]
     render_reply: Callable[[Delivery], str]
 
@@ -181,7 +181,7 @@ class SharedPacing:
         cap = 1_000_000 if due is None else max(1, math.ceil(due / self.live))
         async with self._take_lock:
             taken = await self.leases.take(channel_id, ttl=t.channel_lease, cap=cap,
-                                           margin=t.clock_margin, horizon=max(w for _, w in CHANNEL_WINDOWS))
+                                           margin=t.clock_margin, horizon=CHANNEL_HORIZON)
         if taken is not None:
             self._until[channel_id] = taken.until
             self._users[channel_id] = self._users.get(channel_id, 0) + 1
@@ -423,9 +423,7 @@ class DeliveryWorker:
                 await u.outbox.settle([first.id], DeliveryStatus.SKIPPED, error="no card to update")
                 await self._audit(u, first, "skipped", op="none", problem="resolved without a posted card")
             return True
-        rendered = self.renderer.render_digest(work) if digest else self.renderer.render_record(first)
-        # a renderer may need the database (the people a card mentions): it may return an awaitable
-        card, text = await rendered if inspect.isawaitable(rendered) else rendered
+        card, text = self.renderer.render_digest(work) if digest else await self.renderer.render_record(first)
         op = "digest" if digest else ("update" if posted else "post")
         started = self.monotonic()
         failure: SendError | None = None

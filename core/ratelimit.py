@@ -34,10 +34,6 @@ class WindowLimiter:
     def windows(self) -> tuple[tuple[int, float], ...]:
         return tuple(self._windows)
 
-    @property
-    def horizon(self) -> float:
-        """The longest window, in seconds: admissions older than this no longer matter."""
-        return self._horizon
 
     def seed(self, times: Sequence[float], *, replace: bool = False) -> None:
         """Count earlier admissions (on this limiter's clock) made elsewhere: sends by another process.

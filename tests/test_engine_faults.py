@@ -322,7 +322,7 @@ async def test_an_endless_listing_fails_its_source_while_the_others_complete(ifs
     ifs.faults.endless_next_links(path=LISTING)
     caplog.set_level(logging.WARNING, logger="pollers.engine")
     # while a poll of the orders holds their lock, the other sources poll to the end: no lock is shared
-    async with svc._poll_locks[ORDER]:
+    async with svc.jobs.locks[ORDER]:
         [invoice], [voucher] = await asyncio.wait_for(
             asyncio.gather(svc.poll_source(INVOICE), svc.poll_source(VOUCHER)), 60)
     assert (invoice.ok, invoice.new, voucher.ok, voucher.new) == (True, 1, True, 1)
