@@ -14,7 +14,7 @@ import dataclasses
 import difflib
 import logging
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -321,8 +321,10 @@ class TenantSchema:
         self._metadata: dict[str, tuple[float, Metadata | FatalRequestError]] = {}  # or a 404 answered
         self._validations: dict[RecordKind, Validation] = {}
         self._versions: dict[tuple[str, str, str], tuple[float, bool]] = {}  # (projection, set, field) -> (until, ok)
-        self._fetching = asyncio.Lock()  # the start-up check and the first poll ask at once: fetch once
-        self._probing = asyncio.Lock()  # ... and try odata.metadata=none once
+        # the start-up check and the first poll ask at once: fetch a projection's $metadata once, and try
+        # odata.metadata=none once per entity set; other projections and sets are not held up meanwhile
+        self._fetching: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._probing: defaultdict[tuple[str, str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def invalidate(self, projection: str | None = None) -> None:
         if projection is None:
@@ -334,12 +336,12 @@ class TenantSchema:
                 del self._versions[found]
 
     async def metadata(self, projection: str) -> Metadata:
-        async with self._fetching:
+        async with self._fetching[projection]:
             cached = self._metadata.get(projection)
             now = self._clock.monotonic()
             if cached is not None and now - cached[0] < self._refresh:
-                if isinstance(cached[1], FatalRequestError):
-                    raise cached[1]
+                if isinstance(cached[1], FatalRequestError):  # (raised afresh: no traceback piling up on it)
+                    raise cached[1].with_traceback(None)
                 return cached[1]
             try:
                 md = parse_metadata(projection, await self.client.metadata(projection))
@@ -380,7 +382,7 @@ class TenantSchema:
         with etags are matched to their versions without looking changed; the second shows that the tenant
         honours `odata.metadata=none` (no `@odata.etag`, the version column there). Anything else: etags, as
         before. Retriable errors propagate (the poll keeps what it had)."""
-        async with self._probing:
+        async with self._probing[(spec.projection, spec.entity_set, spec.version_field or "")]:
             return await self._row_versions(spec)
 
     async def _row_versions(self, spec: SourceSpec) -> bool:

@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -248,16 +249,10 @@ async def test_an_empty_notifier_config_and_an_unknown_enum_type_need_no_traceba
 
 
 async def test_metadata_is_read_once_refreshed_daily_and_after_a_rejected_name(ifs):
-    from app import Credentials, make_ifs_client
     from core.clock import FakeClock
-    from core.settings import load_settings
-    from pollers.tenant import TenantSchema
 
-    settings = load_settings(None, env={"NOTIFIER__IFS__REALM": "ifs"})
-    client_id, client_secret = IFS_SECRETS.values()
-    client = make_ifs_client(settings, Credentials(ifs.base_url, client_id, Secret(client_secret), "", Secret(""), ""))
     clock = FakeClock()
-    schema = TenantSchema(client, DEFAULT_SOURCES, clock=clock, log_problems=False)
+    client, schema = await _schema_for(ifs, clock=clock)
     try:
         fetched = lambda: len(ifs.data_requests("PurchaseOrderHandling.svc/$metadata"))  # noqa: E731
         await asyncio.gather(schema.validate(RecordKind.ORDER), schema.validate(RecordKind.ORDER))
@@ -276,16 +271,33 @@ async def test_metadata_is_read_once_refreshed_daily_and_after_a_rejected_name(i
         await client.aclose()
 
 
-async def _schema_for(sim, **overrides):
+async def _schema_for(sim, clock=None, **overrides):
     from app import Credentials, make_ifs_client
     from core.settings import load_settings
     from pollers.tenant import TenantSchema
 
     settings = load_settings(None, env={"NOTIFIER__IFS__REALM": "ifs"})
-    client_id, client_secret = IFS_SECRETS.values()
-    client = make_ifs_client(settings, Credentials(sim.base_url, client_id, Secret(client_secret), "", Secret(""), ""))
+    secrets = sim.vault_secrets()
+    client = make_ifs_client(settings, Credentials(sim.base_url, secrets["ifs.client_id"],
+                                                   Secret(secrets["ifs.client_secret"]), "", Secret(""), ""))
     sources = build_sources({"order": overrides}) if overrides else DEFAULT_SOURCES
-    return client, TenantSchema(client, sources, log_problems=False)
+    return client, TenantSchema(client, sources, clock=clock, log_problems=False)
+
+
+async def test_a_missing_projection_is_answered_from_the_cache_without_its_error_growing(ifs):
+    from core.errors import FatalRequestError
+
+    client, schema = await _schema_for(ifs)
+    try:
+        depths = []
+        for _ in range(3):
+            with pytest.raises(FatalRequestError) as caught:
+                await schema.metadata("NoSuchHandling")
+            depths.append(len(list(traceback.walk_tb(caught.value.__traceback__))))
+        assert len(ifs.data_requests("NoSuchHandling.svc/$metadata")) == 1  # a 404 is remembered
+        assert depths[1] == depths[2] <= depths[0]  # (the first carries the client's frames)
+    finally:
+        await client.aclose()
 
 
 @pytest.mark.parametrize(("metadata_none", "objversion", "setting", "by_version", "probes"), [
