@@ -526,8 +526,8 @@ class Poller:
         if foreign is None:  # not known since the kind changed (or since start): read once
             listed_by_version = self._by_version.get(kind, False)
             foreign = self._foreign[(kind, company)] = {
-                r.key: (r.etag, marker_version(r.etag)) for _, r in await self.seen.pending_records(company)
-                if r.kind is kind and r.etag.startswith(VERSION_PREFIX) != listed_by_version}
+                key: (marker, marker_version(marker)) for key, marker in (await self.seen.markers(kind, company)).items()
+                if marker.startswith(VERSION_PREFIX) != listed_by_version}
         if not foreign:
             return
         at = {k: i for i, k in enumerate(c.keys)}

@@ -839,6 +839,9 @@ class IfsClient:
     ) -> tuple[_Answer | None, _Attempt]:
         """One HTTP round trip: the response, or None and why the transport failed."""
         self.stats["requests"] += 1
+        account = _ACCOUNT.get()  # (this cycle's own count: a request that got no answer counts too)
+        if account is not None:
+            account.requests += 1
         try:
             # Streamed into a buffer of our own: an httpx Response keeps its body in a reference cycle
             # (response <-> stream), so a buffered 2.5 MB page would wait for the cyclic collector.
@@ -846,9 +849,7 @@ class IfsClient:
                 chunks = [chunk async for chunk in response.aiter_bytes()]  # decoded (gzip ...)
                 body = b"".join(chunks)
                 self.stats["bytes"] += len(body)
-                account = _ACCOUNT.get()
                 if account is not None:
-                    account.requests += 1
                     account.bytes += len(body)
                 return _Answer(response.status_code, response.headers, body), _NO_FAILURE
         except httpx.TimeoutException as exc:

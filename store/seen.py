@@ -134,6 +134,12 @@ class Seen:
     async def last_record(self, event_id: int) -> FinanceRecord:
         return load_record(await self._db.scalar("SELECT record FROM events WHERE id = ?", (event_id,)))
 
+    async def markers(self, kind: RecordKind, company: str) -> dict[str, str]:
+        """Each pending record's change marker as last seen (etag, or row version), by key: no record read."""
+        rows = await self._db.fetchall("SELECT key, etag FROM seen WHERE kind = ? AND company = ?",
+                                       (kind.value, company))
+        return {str(r[0]): str(r[1]) for r in rows}
+
     async def pending_records(self, company: str) -> list[tuple[int, FinanceRecord]]:
         rows = await self._db.fetchall(
             "SELECT e.id, e.record FROM seen s JOIN events e ON e.id = s.event_id WHERE s.company = ?", (company,))

@@ -18,7 +18,7 @@ from core.domain import RecordKind
 from core.errors import AuthError, ConfigError, FatalRequestError, RetriableError
 from core.retry import RetryPolicy
 from core.secret import Secret
-from pollers.ifs_client import IfsClient, IfsClientConfig, key_predicate, retry_after_seconds
+from pollers.ifs_client import IfsClient, IfsClientConfig, counted, key_predicate, retry_after_seconds
 from simulator.ifs import IfsSimulator
 
 SECRET = "notifier-secret"
@@ -324,11 +324,13 @@ async def test_dropped_connections_are_retried(env: Env):
     await client.ensure_token()
     env.sim.faults.drop_next(2)
 
-    row = await client.probe(*PO, filter=None)
+    with counted() as cost:  # (what a poll cycle reports as its load on IFS)
+        row = await client.probe(*PO, filter=None)
 
     assert row is not None
     assert client.stats["retries"] == 2
     assert len(env.sleep.waits) == 2
+    assert cost.requests == 3  # the two dropped ones asked IFS too
 
 
 async def test_timeouts_exhaust_into_retriable_error(env: Env):
