@@ -171,8 +171,7 @@ class SourceJobs:
             if result.bad:
                 self.metrics.inc("notifier_bad_rows_total", result.bad, source=kind.value)
         # the poll's events also go to the personal chats of the approvers they wait for
-        while await self.people.route_personal(enabled=self.personal):
-            pass
+        await self.people.route_personal(enabled=self.personal)
         return results
 
     async def poll_once(self) -> list[PollResult]:

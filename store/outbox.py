@@ -12,6 +12,10 @@ from core.domain import Binding, EventType, FinanceRecord, PostedCard
 from store.db import Connection, Database
 from store.records import load_record
 
+# one delivery of an event to a conversation, unless it is queued already (the idempotency key)
+QUEUE_DELIVERY = ("INSERT INTO deliveries (event_id, channel_id, record_id, event_type, next_at, created_at)"
+                  " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
+
 
 class DeliveryStatus(StrEnum):
     PENDING = "pending"
@@ -22,9 +26,6 @@ class DeliveryStatus(StrEnum):
     DEAD = "dead"  # retriable error past the maximum age; replayable
     SUPERSEDED = "superseded"  # a later event for the same record and channel carries the news
     SKIPPED = "skipped"  # nothing to show (e.g. resolved, but no card was ever posted there)
-
-
-REPLAYABLE = (DeliveryStatus.FAILED, DeliveryStatus.DEAD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +57,7 @@ class Outbox:
                 for eid, rec in items if binding.matches(rec)]
         if not rows:
             return 0
-        cur = await conn.executemany(
-            "INSERT INTO deliveries (event_id, channel_id, record_id, event_type, next_at, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
+        cur = await conn.executemany(QUEUE_DELIVERY, rows)
         return max(cur.rowcount, 0)  # deliveries that already existed are not queued again
 
     async def release_all_leases(self, conn: Connection) -> int:

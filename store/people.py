@@ -10,12 +10,14 @@ from core.clock import SYSTEM_CLOCK, Clock
 from core.domain import EventType, FinanceRecord, PostedCard
 from core.people import Claim, Person, PersonStatus, next_approver
 from store.db import Connection, Database
+from store.outbox import QUEUE_DELIVERY
 from store.records import load_record
 
 log = logging.getLogger(__name__)
 
 ROUTED_MARK = "people.routed_event"  # meta row: the last event id routed to personal chats
 ROUTE_BATCH = 1000
+_SET_MARK = "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
 
 _COLUMNS = "ifs_user, name, aad_object_id, upn, teams_id, status, conversation_id, personal, created_by"
 _REPLACE = ", ".join(f"{c} = excluded.{c}" for c in [*_COLUMNS.split(", ")[1:], "updated_at"])  # every column
@@ -100,46 +102,60 @@ class People:
     # ------------------------------------------------------------------ personal chats
 
     async def route_personal(self, *, enabled: bool = True) -> int:
-        """Queue personal deliveries for the events since the last call; returns deliveries queued.
+        """Queue personal deliveries for every event since the last call, in batches; returns deliveries queued.
 
         An event goes to the personal chat of its record's next approver (mapped, confirmed, personal
         notifications on), and to every personal chat that already shows a card for the record, so a
         card is updated in place once the document moves on. The mark only advances, in the same
-        transaction as the deliveries: a crash routes the same events again, and the delivery
-        idempotency key (event, conversation) keeps that from doubling anything.
+        transaction as each batch's deliveries: a crash routes the same events again, and the delivery
+        idempotency key (event, conversation) keeps that from doubling anything. With no personal chat at
+        all, the mark moves past every event without reading one.
         """
         last = int(await self._db.scalar("SELECT value FROM meta WHERE name = ?", (ROUTED_MARK,)) or 0)
-        rows = await self._db.fetchall("SELECT id, record_id, type, record FROM events WHERE id > ? ORDER BY id"
-                                       " LIMIT ?", (last, ROUTE_BATCH))
-        if not rows:
-            return 0
         people = await self.active() if enabled else {}
         chats = {p.conversation_id for p in people.values() if p.conversation_id}
+        if not chats:
+            top = int(await self._db.scalar("SELECT max(id) FROM events") or 0)
+            if top > last:
+                async with self._db.transaction() as conn:
+                    await conn.execute(_SET_MARK, (ROUTED_MARK, str(top)))
+            return 0
         queued = 0
-        now = self._now()
-        async with self._db.transaction() as conn:
+        while rows := await self._db.fetchall("SELECT id, record_id, type, record FROM events WHERE id > ?"
+                                              " ORDER BY id LIMIT ?", (last, ROUTE_BATCH)):
+            shown = await self._shown_in(chats, {row["record_id"] for row in rows})
+            now = self._now()
+            queue: list[tuple[Any, ...]] = []
             for row in rows:
-                targets: set[str] = set()
-                if chats:
-                    record: FinanceRecord = load_record(row["record"])
-                    who = next_approver(record) if row["type"] != EventType.RESOLVED.value else None
+                targets = set(shown.get(row["record_id"], ()))
+                if row["type"] != EventType.RESOLVED.value:
+                    who = next_approver(load_record(row["record"]))
                     person = people.get(who) if who else None
                     if person is not None and person.personal and person.conversation_id:
                         targets.add(person.conversation_id)
-                    async with conn.execute("SELECT channel_id FROM cards WHERE record_id = ?",
-                                            (row["record_id"],)) as cur:
-                        targets |= {r[0] for r in await cur.fetchall() if r[0] in chats}
-                if targets:
-                    cur = await conn.executemany(
-                        "INSERT INTO deliveries (event_id, channel_id, record_id, event_type, next_at,"
-                        " created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                        [(row["id"], t, row["record_id"], row["type"], now, now) for t in sorted(targets)])
-                    queued += max(cur.rowcount, 0)
-            await conn.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET"
-                               " value = excluded.value", (ROUTED_MARK, str(rows[-1]["id"])))
+                queue.extend((row["id"], t, row["record_id"], row["type"], now, now) for t in sorted(targets))
+            last = int(rows[-1]["id"])
+            async with self._db.transaction() as conn:
+                if queue:
+                    queued += max((await conn.executemany(QUEUE_DELIVERY, queue)).rowcount, 0)
+                await conn.execute(_SET_MARK, (ROUTED_MARK, str(last)))
+            if len(rows) < ROUTE_BATCH:
+                break
         if queued:
             log.info("queued %d personal deliveries", queued)
         return queued
+
+    async def _shown_in(self, chats: set[str], record_ids: set[str]) -> dict[str, set[str]]:
+        """Which of these personal chats show a card of each of these records (a query per 500 records)."""
+        shown: dict[str, set[str]] = {}
+        ids = sorted(record_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            for rid, cid in await self._db.fetchall("SELECT record_id, channel_id FROM cards WHERE record_id IN"
+                                                    f" ({','.join('?' * len(chunk))})", tuple(chunk)):
+                if cid in chats:
+                    shown.setdefault(rid, set()).add(cid)
+        return shown
 
     async def backfill_personal(self, conn: Connection, person: Person) -> int:
         """Queue a personal card for every pending document already waiting for a newly linked approver."""
@@ -150,9 +166,7 @@ class People:
             rows = [r for r in await cur.fetchall() if next_approver(load_record(r[2])) == person.ifs_user]
         now = self._now()
         cur = await conn.executemany(
-            "INSERT INTO deliveries (event_id, channel_id, record_id, event_type, next_at, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            [(r[0], person.conversation_id, r[1], EventType.NEW.value, now, now) for r in rows])
+            QUEUE_DELIVERY, [(r[0], person.conversation_id, r[1], EventType.NEW.value, now, now) for r in rows])
         return max(cur.rowcount, 0) if rows else 0
 
     async def waiting_for(self, ifs_users: Iterable[str]) -> list[FinanceRecord]:

@@ -28,7 +28,6 @@ class Store:
     def __init__(self, db: Database, clock: Clock = SYSTEM_CLOCK) -> None:
         self.db = db
         self.clock = clock
-        self.now = clock.time
         self.audit = AuditLog(db, clock)
         self.channels = Channels(db, clock)
         self.bindings = Bindings(db, clock)

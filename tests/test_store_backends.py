@@ -308,6 +308,24 @@ async def test_backfill_queues_each_event_once_and_leases_are_released(store, db
 # ------------------------------------------------------------------ people, claims, reminders
 
 
+async def test_routing_goes_through_every_batch_in_one_call_and_with_nobody_to_route_to_reads_nothing(
+        store, db, clock, monkeypatch):
+    import store.people as people_module
+
+    monkeypatch.setattr(people_module, "ROUTE_BATCH", 2)  # (five events: three batches)
+    writer = PollWriter(db, clock)
+    await writer.apply(INV, "10", [change(rec(i, approver="ALAIN")) for i in range(5)], [])
+    assert await store.people.route_personal() == 0  # nobody linked: the mark moves past all five
+    assert await db.scalar("SELECT value FROM meta WHERE name = ?", (people_module.ROUTED_MARK,)) == str(
+        await db.scalar("SELECT max(id) FROM events"))
+    await writer.apply(INV, "10", [change(rec(i, approver="ALAIN"), EventType.CHANGED, "x") for i in range(5)], [])
+    async with store.unit() as u:
+        await u.channels.upsert(ref("a:chat"))
+        await u.people.put(Person("ALAIN", "Alain", aad_object_id="aad-1", teams_id="29:a", conversation_id="a:chat"))
+    assert await store.people.route_personal() == 5  # the five changes, over three batches, in one call
+    assert await store.outbox.counts("a:chat") == {"pending": 5}
+
+
 async def test_people_are_mapped_and_personal_chats_routed(store, db, clock):
     alain = Person("ALAIN", "Alain", aad_object_id="aad-1", teams_id="29:a", conversation_id="a:chat")
     async with store.unit() as u:
