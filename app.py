@@ -12,6 +12,7 @@ import sys
 import tomllib
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
 from bot.bindings_io import export_bindings, import_bindings
 from bot.people_io import export_people, import_people
@@ -36,8 +37,8 @@ from store.audit import AuditLog
 from store.bindings import Bindings
 from store.db import DB_ERRORS, is_server_url
 from store.outbox import Outbox
-from store.pg import pg_dump_command
-from store.transfer import describe, transfer
+from store.pg import backup_advice
+from store.transfer import transfer
 from store.vault import KNOWN_SECRETS
 
 log = logging.getLogger("notifier")
@@ -233,6 +234,11 @@ async def cmd_secrets(settings: Settings, args: argparse.Namespace) -> int:
         return 0
 
 
+def read_input(path: str) -> str:
+    """An import's text: standard input for `-`, else the file."""
+    return sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+
+
 async def cmd_bindings(settings: Settings, args: argparse.Namespace) -> int:
     async with opened_store(settings, keys=False) as (db, _vault):
         if args.action in ("list", "export"):
@@ -245,7 +251,7 @@ async def cmd_bindings(settings: Settings, args: argparse.Namespace) -> int:
                           + (f" costcenter {','.join(b['cost_centers'])}" if b["cost_centers"] else "")
                           + (f" min {b['min_amount']}" if b["min_amount"] is not None else ""))
         else:
-            raw = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+            raw = read_input(args.file)
             n = await import_bindings(db, json.loads(raw), actor="cli")
             print(f"imported {n} bindings")
         return 0
@@ -253,7 +259,7 @@ async def cmd_bindings(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_people(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "import":  # read (and fail on a missing file) before the database is opened
-        raw = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+        raw = read_input(args.file)
     async with opened_store(settings, keys=False) as (db, _vault):
         if args.action == "export":
             sys.stdout.write(await export_people(db))
@@ -274,9 +280,8 @@ async def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
     if is_server_url(settings.service.database):
         # PostgreSQL's own tool takes a consistent dump of a live database; the password comes from
         # PGPASSWORD or a PGPASSFILE, never from this command line
-        print(f"error: backup copies SQLite stores only; {describe(settings.service.database)} is PostgreSQL:"
-              f" run `{pg_dump_command(settings.service.database, args.target)}` (restore with pg_restore,"
-              " see README \"Backups\")", file=sys.stderr)
+        print(f"error: backup copies SQLite stores only; {backup_advice(settings.service.database, args.target)}",
+              file=sys.stderr)
         return 2
     async with opened_store(settings, keys=False) as (db, _vault):
         await db.backup_to(args.target)

@@ -153,24 +153,25 @@ class Leadership(Protocol):
         (already, or taken now and given back after); False while another process holds it."""
 
 
-async def _bump_epoch(db: Database, replica: str, now: float) -> int:
+async def _bump(db: Database, name: str, replica: str, now: float) -> int:
+    """Add one to a counter row of table leadership (its epoch), naming the replica; returns the new value."""
     async with db.transaction() as conn:
         async with conn.execute(
                 "INSERT INTO leadership (name, epoch, holder, since) VALUES (?, 1, ?, ?) ON CONFLICT (name)"
                 " DO UPDATE SET epoch = leadership.epoch + 1, holder = excluded.holder, since = excluded.since"
-                " RETURNING epoch", (SCOPE, replica, now)) as cur:
+                " RETURNING epoch", (name, replica, now)) as cur:
             rows = list(await cur.fetchall())
     return int(rows[0][0])  # an upsert with RETURNING returns its row
+
+
+async def _bump_epoch(db: Database, replica: str, now: float) -> int:
+    return await _bump(db, SCOPE, replica, now)
 
 
 async def ask_for_poll(db: Database, replica: str, now: float) -> None:
     """Ask the leader, whichever replica it is, to poll soon (`poll now`, a channel linked on another replica):
     a counter in table leadership that the leader watches (PollRequests)."""
-    async with db.transaction() as conn:
-        await conn.execute(
-            "INSERT INTO leadership (name, epoch, holder, since) VALUES (?, 1, ?, ?) ON CONFLICT (name)"
-            " DO UPDATE SET epoch = leadership.epoch + 1, holder = excluded.holder, since = excluded.since",
-            (POLL_SOON, replica, now))
+    await _bump(db, POLL_SOON, replica, now)
 
 
 async def polls_asked(db: Database) -> int:
@@ -267,8 +268,7 @@ class PgLeadership:
         self.key = key
         self._conn: Any = None
         self._leader = False
-        self._running = False
-        self._ended = False
+        self._coordinating = False  # run() was entered: from then on only a checked lead writes
         self._exclusive = False
         self._checked = -math.inf  # monotonic time of the last successful check of the lock session
         self.backend_pid: int | None = None
@@ -278,8 +278,8 @@ class PgLeadership:
         return self._leader
 
     def current(self) -> bool:
-        if self._exclusive or not (self._running or self._ended):  # a one-off poll under the lock; or never
-            return True  # coordinating at all (a service started without its background tasks)
+        if self._exclusive or not self._coordinating:  # a one-off poll under the lock; or never coordinating
+            return True  # at all (a service started without its background tasks)
         return self._leader and self.clock.monotonic() - self._checked <= self.timing.fence
 
     async def _connect(self) -> Any:
@@ -338,18 +338,12 @@ class PgLeadership:
     async def run(self, gained: Gained, lost: Lost) -> None:
         t = self.timing
         reported = False
-        self._running = True
+        self._coordinating = True
         try:
             while True:
                 try:
                     got = await self._try_lock()
-                except (OSError, TimeoutError) as exc:
-                    got = False
-                    await self._close()
-                    if not reported:
-                        log.warning("cannot reach %s for the scheduler lock: %s", redact(self.url), exc)
-                        reported = True
-                except Exception as exc:  # noqa: BLE001 - asyncpg's errors: try again later
+                except Exception as exc:  # noqa: BLE001 - unreachable, a timeout, asyncpg's errors: try again later
                     got = False
                     await self._close()
                     if not reported:
@@ -371,9 +365,7 @@ class PgLeadership:
                 # every `retry`) get the first chance at the lock
                 await self.sleep(t.grace)
         finally:
-            self._leader = False
-            self._running = False
-            self._ended = True  # stopped coordinating: nothing more of this process's polls may write
+            self._leader = False  # (and still coordinating: nothing more of this process's polls may write)
             await self._close()
 
     async def _lead(self, gained: Gained) -> tuple[str, bool]:

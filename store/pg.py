@@ -37,15 +37,21 @@ CONNECT_TIMEOUT = 10.0  # seconds to reach the server, at start-up and for each 
 COMMAND_TIMEOUT = 120.0
 
 
+def has_password(url: str) -> bool:
+    """Whether the URL carries a password, in its user part or as a `password=` parameter."""
+    parts = urlsplit(url)
+    return parts.password is not None or any(k == "password" for k, _ in parse_qsl(parts.query))
+
+
 def redact(url: str, mask: str | None = "***") -> str:
     """The URL with its password (in the user part or a `password=` parameter) replaced by `mask` (for
     messages and logs), or left out (None: for a command to run, which then finds the password where libpq
     looks for one: PGPASSWORD or a pgpass file). Everything else (port, sslmode, ...) is kept."""
     try:
+        if not has_password(url):
+            return url
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
-        if parts.password is None and not any(k == "password" for k, _ in query):
-            return url
         host = parts.hostname or ""
         if ":" in host:
             host = f"[{host}]"
@@ -61,6 +67,13 @@ def pg_dump_command(url: str, target: str) -> str:
     """The command that backs the database at `url` up into the file `target`: the server's own consistent
     dump of the live database; the password from PGPASSWORD or a pgpass file, never on the command line."""
     return f"pg_dump --format=custom --file={shlex.quote(target)} --dbname={shlex.quote(redact(url, mask=None))}"
+
+
+def backup_advice(url: str, target: str) -> str:
+    """What `backup` says of a PostgreSQL store: the server's own tools, with runnable commands."""
+    return (f"the database is PostgreSQL: back it up with `{pg_dump_command(url, target)}` (the password from"
+            " PGPASSWORD or ~/.pgpass); restore into an empty database with `pg_restore --no-owner"
+            f" --dbname={shlex.quote(redact(url, mask=None))} {shlex.quote(target)}` (see README \"Backups\")")
 
 
 @functools.lru_cache(maxsize=2048)
@@ -232,10 +245,7 @@ class PgDatabase(Database):
         return int(await self.scalar("SELECT pg_database_size(current_database())"))
 
     async def backup_to(self, target: str) -> None:
-        raise ConfigError("backup", "the database is PostgreSQL: back it up with the server's own tool:"
-                                    f" `{pg_dump_command(self._url_for_tools, target)}` (the password from PGPASSWORD"
-                                    " or ~/.pgpass); restore into an empty database with `pg_restore --no-owner"
-                                    f" --dbname={shlex.quote(redact(self._url_for_tools, mask=None))} {shlex.quote(target)}`")
+        raise ConfigError("backup", backup_advice(self._url_for_tools, target))
 
     async def close(self) -> None:
         if not self._closed:

@@ -186,9 +186,10 @@ class PollWriter:
                     if etype_value == EventType.RESOLVED.value:
                         gone.extend(keys)
                         continue
-                    for column, values in zip(seen, (keys, stored_field(list(records.values()), "etag"),
-                                                     repeat(state, count), repeat(step, count),
-                                                     ids[start:start + count], repeat(chain, count)), strict=True):
+                    columns: tuple[Iterable[Any], ...] = (
+                        keys, stored_field(list(records.values()), "etag"), repeat(state, count),
+                        repeat(step, count), ids[start:start + count], repeat(chain, count))
+                    for column, values in zip(seen, columns, strict=True):
                         column.extend(values)
                 await conn.copy_records_to_table(  # (COPY: the fastest way in for rows that are all new)
                     "events", columns=("id", "record_id", "type", "record", "previous_state", "created_at"),

@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlsplit
 
 import aiosqlite
 import asyncpg
@@ -28,7 +27,7 @@ import asyncpg
 from core.errors import NotifierError
 from store.db import SqliteDatabase, is_server_url, open_database, open_sqlite
 from store.leader import LEADER_KEY, FileLeadership, Timing
-from store.pg import redact
+from store.pg import has_password, redact
 
 # Every table of the schema, parents before children (bindings -> channels, seen and deliveries ->
 # events). A migration that adds a table adds it here too: a table the copy does not know is refused,
@@ -91,16 +90,11 @@ def describe(target: str) -> str:
     return redact(target, mask=None)
 
 
-def _has_password(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.password is not None or any(k == "password" for k, _ in parse_qsl(parts.query))
-
-
 def _check_name(option: str, target: str) -> None:
     if not target:
         raise TransferRefused(f"{option}: empty: give sqlite:PATH or postgresql://USER@HOST[:PORT]/DATABASE")
     if is_server_url(target):
-        if _has_password(target):
+        if has_password(target):
             raise TransferRefused(f"{option} {describe(target)}: a password on the command line can be read by"
                                   " other users of this machine; put it in PGPASSWORD or a PGPASSFILE instead")
     elif "://" in target and not target.startswith("sqlite://"):
@@ -251,6 +245,7 @@ class _PostgresSide:
     async def begin_write(self) -> None:
         self._tx = self.conn.transaction()
         await self._tx.start()
+        self._schema = await self.conn.fetchval("SELECT current_schema()")  # where COPY writes
 
     async def delete_all(self, table: str) -> None:
         await self.conn.execute(f"DELETE FROM {_ident(table)}")
@@ -258,7 +253,7 @@ class _PostgresSide:
     async def insert(self, table: str, columns: Sequence[str], rows: list[Row]) -> None:
         # COPY: one round trip per batch; it writes identity columns as given (no OVERRIDING needed)
         await self.conn.copy_records_to_table(table, records=rows, columns=list(columns),
-                                              schema_name=await self.conn.fetchval("SELECT current_schema()"))
+                                              schema_name=self._schema)
 
     async def after_copy(self, table: str) -> None:
         for column, _type in await self.columns(table):
@@ -362,8 +357,8 @@ async def _copy(src: _Side, dst: _Side, batch: int, say: Callable[[str], None]) 
         raise TransferRefused(f"--to {dst.name} is at schema version {target_version}, {src.name} at {version}:"
                               " run this command with the version of the service that wrote the newer one")
     for side in (src, dst):
-        unknown = sorted(await side.tables() - set(TABLES) - NOT_COPIED)
-        missing = sorted(set(TABLES) - await side.tables())
+        have = await side.tables()
+        unknown, missing = sorted(have - set(TABLES) - NOT_COPIED), sorted(set(TABLES) - have)
         if unknown or missing:
             option = "--from" if side is src else "--to"
             raise TransferRefused(f"{option} {side.name}: its tables do not match this version's schema"
