@@ -234,7 +234,8 @@ class DeliveryWorker:
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  retry: RetryPolicy | None = None, rng: random.Random | None = None,
                  channel_windows: Sequence[tuple[int, float]] = CHANNEL_WINDOWS,
-                 app_windows: Sequence[tuple[int, float]] = APP_WINDOWS, pacing: Pacing | None = None) -> None:
+                 app_windows: Sequence[tuple[int, float]] = APP_WINDOWS, pacing: Pacing | None = None,
+                 tick: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.db = db
         self.sender = sender
         self.renderer = renderer
@@ -243,7 +244,8 @@ class DeliveryWorker:
         self.metrics = metrics or Metrics()
         self.now = clock.time
         self.monotonic = clock.monotonic
-        self.sleep = sleep
+        self.sleep = sleep  # waits for the limiter (tests advance a fake clock with it)
+        self.tick = tick  # a send's own time passing, for the keeper of its channel's lease
         self.retry = retry or RetryPolicy(base=2.0, cap=600.0, max_attempts=0,
                                           max_elapsed=settings.max_age_hours * 3600)
         self.rng = rng or random.Random()
@@ -409,7 +411,7 @@ class DeliveryWorker:
 
     async def _keep_leased(self, channel_id: str) -> None:
         while True:
-            await asyncio.sleep(self.pacing.max_sleep)  # (real time: the send's time, not the limiter's)
+            await self.tick(self.pacing.max_sleep)  # (the send's time, not the limiter's)
             if not await self.pacing.keep(channel_id):
                 return
 

@@ -564,11 +564,20 @@ async def test_a_slow_send_keeps_its_channel_lease_so_no_other_replica_takes_the
         await PollWriter(svc.db, clock).apply(RecordKind.INVOICE, "C00", [
             (EventType.NEW, record(0, 1).to_dict(), None, "")], [Binding(CH1, "C00")])
 
+        ticks: asyncio.Queue[asyncio.Future[None]] = asyncio.Queue()
+
+        async def tick(_seconds: float) -> None:  # the send's lease keeper waits here until the test lets it go
+            done = asyncio.get_running_loop().create_future()
+            await ticks.put(done)
+            await done
+
         class Slow:  # Teams answers after two lease lengths
             async def post(self, channel, card, text):
+                waiting = await asyncio.wait_for(ticks.get(), 10)
                 for _ in range(6):
                     clock.advance(timing.channel_lease / 3)
-                    await asyncio.sleep(timing.channel_lease / 4 * 1.2)  # (real time, as the send's own)
+                    waiting.set_result(None)  # the keeper looks at the lease now ...
+                    waiting = await asyncio.wait_for(ticks.get(), 10)  # ... and waits again: it has looked
                     taken_by_other.append(await other.take(CH1, ttl=timing.channel_lease, cap=5,
                                                            margin=timing.clock_margin, horizon=3600) is not None)
                 return await svc.sender.post(channel, card, text)
@@ -577,7 +586,7 @@ async def test_a_slow_send_keeps_its_channel_lease_so_no_other_replica_takes_the
         await pacing.beat()
         clock.advance(2 * timing.heartbeat_every)
         worker = DeliveryWorker(svc.db, Slow(), svc.rendering.renderer(), DeliverySettings(), clock=clock,
-                                pacing=pacing)
+                                pacing=pacing, tick=tick)
         assert await worker.run_once() == 1
         assert taken_by_other == [False] * 6 and len(connector.posts()) == 1
     finally:
