@@ -34,40 +34,23 @@ async def wait_until(predicate, limit: float = 10.0, step: float = 0.005) -> boo
 
 async def prepare_serve(tmp_path: Path, name: str, database: str, ifs, connector, channels: Sequence[str], *,
                         service: str = "", delivery: str = "") -> Path:
-    """A config for `serve` polling the IFS simulator every 0.6 s, its vault holding the simulator's
-    credentials, and `channels` each linked to company 10 at the connector stand-in. Returns the config."""
+    """A config for `serve` polling the IFS simulator every 0.6 s (the one config writer's, in
+    `tmp_path/name`), its vault holding the simulator's credentials, and `channels` each linked to company
+    10 at the connector stand-in. Returns the config."""
     import app
-    from bench.common import channel_ref
-    from core.domain import Binding
+    from bench.common import bind, write_config
     from core.settings import load_settings
-    from store.unit import Store
 
-    cfg = tmp_path / f"{name}.toml"
-    cfg.write_text(f"""
-[service]
-port = 0
-database = "{database}"
-key_file = "{tmp_path / (name + '.key')}"
-dev_mode = true
-{service}
-[ifs]
-realm = "ifs"
-retry_attempts = 2
-[schedule]
-every_minutes = 0.01
-[delivery]
-digest_threshold = 100000
-{delivery}
-""")
+    workdir = tmp_path / name
+    workdir.mkdir(exist_ok=True)
+    cfg = write_config(workdir, "[schedule]\nevery_minutes = 0.01\n[delivery]\ndigest_threshold = 100000\n" + delivery,
+                       service='log_level = "WARNING"\n' + service, ifs="retry_attempts = 2", database=database)
     db, vault = await app.open_store(load_settings(cfg, env={}))
     try:
-        await vault.set("ifs.base_url", ifs.base_url)
-        await vault.set("ifs.client_id", "notifier")
-        await vault.set("ifs.client_secret", "notifier-secret")
-        async with Store(db).unit() as u:
-            for ch in channels:
-                await u.channels.upsert(channel_ref(ch, connector.service_url))
-                await u.bindings.put(Binding(ch, "10"))
+        for key, value in ifs.vault_secrets().items():
+            await vault.set(key, value)
+        for ch in channels:
+            await bind(db, ch, connector.service_url)
     finally:
         await db.close()
     return cfg

@@ -36,7 +36,7 @@ CHANNELS = ("19:failover-1@thread.tacv2", "19:failover-2@thread.tacv2", "19:fail
 
 async def prepare(tmp_path: Path, url: str, ifs, connector: ConnectorStandIn) -> Path:
     return await prepare_serve(tmp_path, "failover", url, ifs, connector, CHANNELS,
-                               service=f"log_level = \"WARNING\"\nleader_takeover_seconds = {TAKEOVER}",
+                               service=f"leader_takeover_seconds = {TAKEOVER}",
                                delivery="lease_seconds = 5")
 
 
