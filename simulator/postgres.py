@@ -57,9 +57,8 @@ class PostgresServer:
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _serial: int = field(default=0, repr=False)
 
-    @property
-    def dsn(self) -> str:
-        return f"postgresql://notifier@127.0.0.1:{self.port}/postgres"
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://notifier@127.0.0.1:{self.port}/{database}"
 
     def _run_as(self) -> list[str]:
         if os.geteuid() != 0:
@@ -102,7 +101,7 @@ class PostgresServer:
         assert self.bindir is not None
         subprocess.run([str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "notifier",
                         name], check=True, capture_output=True)
-        return f"postgresql://notifier@127.0.0.1:{self.port}/{name}"
+        return self.url(name)
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

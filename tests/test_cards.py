@@ -435,9 +435,8 @@ def unescape(text: str) -> str:
 CARD_NAMES = [*SCENARIOS, "digest_small", "digest_5000", *reply_cards()]
 
 
-@pytest.mark.parametrize("name", CARD_NAMES)
-def test_card_matches_golden(cards: dict[str, dict[str, Any]], name: str) -> None:
-    card = cards[name]
+def assert_matches_golden(name: str, card: dict[str, Any]) -> None:
+    """The card equals tests/golden/cards/<name>.json (UPDATE_GOLDEN=1 writes it anew)."""
     path = GOLDEN / f"{name}.json"
     rendered = json.dumps(card, indent=2, ensure_ascii=False) + "\n"
     if os.environ.get("UPDATE_GOLDEN") == "1":
@@ -445,6 +444,11 @@ def test_card_matches_golden(cards: dict[str, dict[str, Any]], name: str) -> Non
         path.write_text(rendered, encoding="utf-8")
     assert path.exists(), f"missing {path}; run with UPDATE_GOLDEN=1"
     assert json.loads(path.read_text(encoding="utf-8")) == json.loads(rendered)
+
+
+@pytest.mark.parametrize("name", CARD_NAMES)
+def test_card_matches_golden(cards: dict[str, dict[str, Any]], name: str) -> None:
+    assert_matches_golden(name, cards[name])
 
 
 @pytest.mark.parametrize("name", CARD_NAMES)

@@ -3,8 +3,6 @@ schema, inert IFS text). Regenerate the golden files with `UPDATE_GOLDEN=1`, the
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import replace
 from datetime import date
 from decimal import Decimal
@@ -24,10 +22,10 @@ from core.people import Claim, Mention, next_approver
 from tests.test_cards import (
     ALLOWED_TYPES,
     CTX,
-    GOLDEN,
     NOW,
     VALIDATOR,
     assert_inert,
+    assert_matches_golden,
     assert_teams_card,
     hostile_records,
     hostile_text,
@@ -119,12 +117,7 @@ def assert_valid_with_actions(card: dict[str, Any]) -> None:
 @pytest.mark.parametrize("name", sorted(GOLDEN_CARDS))
 def test_people_card_matches_golden_and_is_valid_for_teams(name: str) -> None:
     card = GOLDEN_CARDS[name]()
-    path = GOLDEN / f"{name}.json"
-    rendered = json.dumps(card, indent=2, ensure_ascii=False) + "\n"
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.write_text(rendered, encoding="utf-8")
-    assert path.exists(), f"missing {path}; run with UPDATE_GOLDEN=1"
-    assert json.loads(path.read_text(encoding="utf-8")) == card
+    assert_matches_golden(name, card)
     assert_valid_with_actions(card)
 
 
