@@ -25,6 +25,7 @@ from store.records import load_record
 from tests import test_poller
 from tests.conftest import CHANNEL, channel_message, post_activity
 from tests.test_poller import list_requests
+from tests.test_simulator_ifs import bearer
 
 harness = test_poller.harness  # the poll engine's fixture: a poller on a SQLite file and the simulator
 
@@ -59,10 +60,7 @@ async def test_the_simulators_listing_faults_over_its_admin_api(ifs):
         ifs.add_order(company="10")
     url = "/main/ifsapplications/projection/v1/PurchaseOrderHandling.svc/PurchaseOrderSet"
     async with httpx.AsyncClient(base_url=ifs.base_url) as http:
-        token = (await http.post("/auth/realms/ifs/protocol/openid-connect/token", data={
-            "grant_type": "client_credentials", "client_id": "notifier", "client_secret": "notifier-secret"})
-                 ).json()["access_token"]
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = await bearer(http)
         set_up = await http.post("/_sim/faults", json={"cap_top": 2, "endless_next_links": True, "path": LISTING})
         assert [f["action"] for f in set_up.json()["faults"]] == ["cap_top", "endless_next_links"]
         first = (await http.get(url, params={"$top": "4"}, headers=headers)).json()

@@ -233,7 +233,7 @@ async def test_4_rejected_requests_make_one_audit_row_per_source_reason_and_minu
 async def test_5_readyz_reads_cached_state_and_moves_to_the_ops_port(tmp_path, ifs, connector):
     ops_port = free_port()
     settings = load_settings(write_config(tmp_path), env={}, overrides={"service": {"ops_port": ops_port}})
-    svc = await app.build_service(settings, IFS_SECRETS | {"ifs.base_url": ifs.base_url})
+    svc = await app.build_service(settings, ifs.vault_secrets())
     await svc.start(background=False)
     try:
         async with httpx.AsyncClient(timeout=30) as client:
@@ -279,7 +279,7 @@ async def test_6_not_ready_below_the_free_disk_threshold(tmp_path, ifs, service_
     # the threshold above what the disk has left stands in for a disk that is full
     settings = load_settings(write_config(tmp_path), env={},
                              overrides={"service": {"min_free_disk_mb": int(free_mb) + 1024}})
-    svc = await app.build_service(settings, IFS_SECRETS | {"ifs.base_url": ifs.base_url})
+    svc = await app.build_service(settings, ifs.vault_secrets())
     await svc.start(background=False)
     try:
         async with httpx.AsyncClient(base_url=svc.base_url) as client:

@@ -18,7 +18,7 @@ from core.domain import FinanceRecord, RecordKind
 from core.settings import PeopleSettings, load_settings
 from simulator.connector import ConnectorStandIn
 from tests import test_people
-from tests.conftest import CHANNEL, IFS_SECRETS, post_activity, write_config
+from tests.conftest import CHANNEL, post_activity, write_config
 from tests.test_people import ALEX, alain_waits, chat_messages
 
 connector = test_people.connector  # the stand-in without Teams' per-thread limits
@@ -53,7 +53,7 @@ async def clocked(tmp_path, ifs):
     async def factory(extra: str, at: float):
         clock = FakeClock(start=at)
         settings = load_settings(write_config(tmp_path, extra), env={})
-        svc = await app.build_service(settings, IFS_SECRETS | {"ifs.base_url": ifs.base_url}, clock=clock)
+        svc = await app.build_service(settings, ifs.vault_secrets(), clock=clock)
         await svc.start(background=False)
         made.append(svc)
         return svc, clock

@@ -20,7 +20,7 @@ from pollers.metadata import parse_metadata
 from pollers.sources import DEFAULT_SOURCES, build_sources
 from pollers.tenant import validate
 from simulator.teams_client import CHANNEL
-from tests.conftest import IFS_SECRETS, make_service
+from tests.conftest import make_service
 from tests.test_bot_commands import say
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,12 +72,11 @@ async def configured(tmp_path: Path, base_url: str, extra: str = "", realm: str 
 async def test_metadata_is_read_with_sets_keys_enums_and_navigations(ifs):
     import httpx
 
-    async with httpx.AsyncClient() as http:
-        token = (await http.post(f"{ifs.base_url}/auth/realms/ifs/protocol/openid-connect/token",
-                                 data={"grant_type": "client_credentials", **dict(zip(
-                                     ("client_id", "client_secret"), IFS_SECRETS.values(), strict=True))})).json()
-        doc = await http.get(f"{ifs.base_url}/main/ifsapplications/projection/v1/PurchaseOrderHandling.svc/$metadata",
-                             headers={"Authorization": f"Bearer {token['access_token']}"})
+    from tests.test_simulator_ifs import bearer
+
+    async with httpx.AsyncClient(base_url=ifs.base_url) as http:
+        doc = await http.get("/main/ifsapplications/projection/v1/PurchaseOrderHandling.svc/$metadata",
+                             headers=await bearer(http))
     md = parse_metadata("PurchaseOrderHandling", doc.content)
     entity = md.entity("PurchaseOrderSet")
     assert entity is not None and entity.keys == ("OrderNo",)
