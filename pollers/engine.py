@@ -14,8 +14,7 @@ from typing import Any, Protocol
 from core.clock import SYSTEM_CLOCK, Clock
 from core.domain import Binding, EventType, FinanceRecord, RecordKind, decode_key
 from core.errors import AuthError, BadRecordError, FatalRequestError, RetriableError
-from core.links import odata_literal
-from pollers.columns import Columns
+from pollers.columns import Columns, only
 from pollers.ifs_client import Cost, ListingBounds, counted, looks_like_a_page_cap
 from pollers.mapping import VERSION_PREFIX, BadRow, RecordMapper, marker_version, summarize_chain
 from pollers.sources import SourceSpec
@@ -81,8 +80,8 @@ class IfsLoad:
     def __init__(self) -> None:
         self._cycles: deque[tuple[float, int, int, float]] = deque()  # (at, requests, bytes, seconds)
 
-    def record(self, at: float, results: Sequence[PollResult], seconds: float) -> None:
-        self._cycles.append((at, sum(r.requests for r in results), sum(r.bytes for r in results), seconds))
+    def record(self, at: float, requests: int, received: int, seconds: float) -> None:
+        self._cycles.append((at, requests, received, seconds))
         self._trim(at)
 
     def summary(self, now: float) -> dict[str, float]:
@@ -173,7 +172,7 @@ def _by_company(spec: SourceSpec, page: list[dict[str, Any]], parts: Mapping[str
         [part] = parts.values()
         return [(part, page, cols)]
     col = cols[spec.company_field]
-    names = col if not col or set(map(type, col)) == {str} else [str(v) for v in col]
+    names = col if only(col, str) else [str(v) for v in col]
     distinct = set(names)
     if len(distinct) == 1:
         part = parts.get(next(iter(distinct)))
@@ -482,7 +481,7 @@ class Poller:
         """Whether IFS shows any row of the company in the source's entity set (whatever its state)."""
         try:
             return await self.client.probe(spec.projection, spec.entity_set,
-                                           filter=f"{spec.company_field} eq {odata_literal(company)}") is not None
+                                           filter=spec.company_condition(company)) is not None
         except (FatalRequestError, RetriableError):
             return False  # no evidence either way: nothing is resolved on a 404 alone
 
@@ -579,7 +578,7 @@ class Poller:
         for i in range(detailed):
             try:
                 records[i] = await self._with_details(mapper, rows[i], keys[i], etags[i],
-                                                      mapper.key_and_etag(rows[i])[2], cycle)
+                                                      _typed_keys(mapper.spec, keys[i]), cycle)
             except BadRecordError as exc:
                 bad.append((keys[i], exc.field, exc.problem))
         # ... the rest, a digest's worth, are shaped column by column where they can be

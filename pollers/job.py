@@ -18,7 +18,6 @@ from core.clock import SYSTEM_CLOCK, Clock
 from core.company import CompanyCheck
 from core.domain import FinanceRecord, RecordKind
 from core.errors import NotifierError
-from core.links import odata_literal
 from core.metrics import Metrics
 from core.settings import ScheduleSettings
 from pollers.engine import IfsLoad, Poller, PollResult
@@ -154,10 +153,11 @@ class SourceJobs:
         started = self.clock.monotonic()
         cycle = await self.poller.poll_many(kind, companies)
         seconds = self.clock.monotonic() - started
-        self.load.record(self.clock.time(), cycle, seconds)
+        requests, received = sum(r.requests for r in cycle), sum(r.bytes for r in cycle)
+        self.load.record(self.clock.time(), requests, received, seconds)
         self.metrics.observe_value("notifier_poll_cycle_seconds", seconds, source=kind.value)
-        self.metrics.inc("notifier_poll_ifs_requests_total", sum(r.requests for r in cycle), source=kind.value)
-        self.metrics.inc("notifier_poll_ifs_bytes_total", sum(r.bytes for r in cycle), source=kind.value)
+        self.metrics.inc("notifier_poll_ifs_requests_total", requests, source=kind.value)
+        self.metrics.inc("notifier_poll_ifs_bytes_total", received, source=kind.value)
         for result in cycle:
             if not result.ok and result.status == 400:  # a name IFS no longer has: read $metadata again
                 self.tenant.invalidate(self.sources[kind].projection)
@@ -275,7 +275,7 @@ class SourceJobs:
             found = False
             for spec in usable:
                 if await self.ifs.probe(spec.projection, spec.entity_set,
-                                        filter=f"{spec.company_field} eq {odata_literal(company)}"):
+                                        filter=spec.company_condition(company)):
                     found = True
                     break
         except NotifierError as exc:

@@ -81,15 +81,18 @@ class SourceSpec:
         """The version column the listings compare by, when the tenant was found to allow it (else None: etags)."""
         return self.version_field if self.row_versions else None
 
+    def company_condition(self, company: str) -> str:
+        return f"{self.company_field} eq {odata_literal(company)}"
+
     def filter_for(self, company: str) -> str:
-        return " and ".join([f"{self.company_field} eq {odata_literal(company)}", *self.pending_conditions()])
+        return " and ".join([self.company_condition(company), *self.pending_conditions()])
 
     def filter_for_companies(self, companies: Sequence[str]) -> str:
         """One listing for several companies: `(Company eq '10' or Company eq '20') and <pending>` (OData 4.0
         has no `in` everywhere)."""
         if len(companies) == 1:
             return self.filter_for(companies[0])
-        either = " or ".join(f"{self.company_field} eq {odata_literal(c)}" for c in companies)
+        either = " or ".join(map(self.company_condition, companies))
         return " and ".join([f"({either})", *self.pending_conditions()])
 
     @property
