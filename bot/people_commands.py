@@ -10,18 +10,12 @@ from cards.people import mine_card
 from cards.text import clean, inert
 from core.errors import CommandError
 from core.people import Person, PersonStatus, ifs_user_key, valid_ifs_user
-from store.people import People
 
 log = logging.getLogger(__name__)
 
 PERSONAL = frozenset({"personal"})
-EVERYWHERE = frozenset({"team", "personal", "groupChat"})
 LINK_ME_USAGE = "link me <IFS user id>"
 PEOPLE_USAGE = "people | people remove <IFS user> | people confirm <IFS user> | people refuse <IFS user>"
-
-
-def _people(cmds: Commands) -> People:
-    return People(cmds.db, cmds.store.clock)
 
 
 async def _in_personal_chat(cmds: Commands, call: CommandCall) -> bool:
@@ -50,7 +44,7 @@ def _describe(p: Person) -> str:
 async def _mine(cmds: Commands, call: CommandCall) -> Reply:
     if call.args:
         raise CommandError("'mine' takes no arguments.", usage="mine")
-    people = _people(cmds)
+    people = cmds.store.people
     mine = [p for p in await people.of_user(call.actor.aad_object_id, call.actor.id) if p.active]
     if not mine:
         return Reply("I don't know your IFS user yet. In a personal chat with me, say: link me <IFS user id>")
@@ -70,7 +64,7 @@ async def _link_me(cmds: Commands, call: CommandCall) -> Reply:
     if not actor.aad_object_id and not actor.id:
         raise CommandError("Teams did not tell me who you are.", usage=LINK_ME_USAGE)
     aad = (actor.aad_object_id or "").lower() or None
-    people = _people(cmds)
+    people = cmds.store.people
     existing = await people.get(user)
     same = existing is not None and bool(
         (aad and existing.aad_object_id == aad) or (existing.teams_id and existing.teams_id == actor.id)
@@ -106,7 +100,7 @@ async def _link_me(cmds: Commands, call: CommandCall) -> Reply:
 async def _unlink_me(cmds: Commands, call: CommandCall) -> Reply:
     if call.args:
         raise CommandError("'unlink me' takes no arguments.", usage="unlink me")
-    people = _people(cmds)
+    people = cmds.store.people
     mine = await people.of_user(call.actor.aad_object_id, call.actor.id)
     if not mine:
         return Reply("You are not linked to any IFS user.")
@@ -121,7 +115,7 @@ async def _unlink_me(cmds: Commands, call: CommandCall) -> Reply:
 @command("personal", "personal on | personal off", "Personal cards for your approvals, on or off", scopes=PERSONAL)
 async def _personal(cmds: Commands, call: CommandCall) -> Reply:
     usage = "personal on | personal off"
-    people = _people(cmds)
+    people = cmds.store.people
     mine = await people.of_user(call.actor.aad_object_id, call.actor.id)
     word = call.args[0].lower() if len(call.args) == 1 else ""
     if len(call.args) > 1 or (call.args and word not in ("on", "off")):
@@ -142,10 +136,9 @@ async def _personal(cmds: Commands, call: CommandCall) -> Reply:
     return Reply("Personal cards off. Channel cards still mention you; 'mine' still lists what waits for you.")
 
 
-@command("people", PEOPLE_USAGE, "Who is which IFS user; remove, confirm or refuse a link", admin=True,
-         scopes=EVERYWHERE)
+@command("people", PEOPLE_USAGE, "Who is which IFS user; remove, confirm or refuse a link", admin=True)
 async def _people_cmd(cmds: Commands, call: CommandCall) -> Reply:
-    people = _people(cmds)
+    people = cmds.store.people
     if not call.args:
         everyone = await people.all()
         if not everyone:

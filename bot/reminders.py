@@ -14,9 +14,8 @@ from core.domain import FinanceRecord
 from core.people import next_approver
 from core.settings import PeopleSettings, parse_hhmm
 from core.workdays import is_business_day, next_business_day
-from store.bindings import Bindings
 from store.db import Database
-from store.people import People, ReminderStore
+from store.unit import Store
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +32,8 @@ class Reminders:
         self.holidays = frozenset(holidays)
         self.card_context = card_context
         self.link = link
-        self.store = ReminderStore(db)
-        self.people = People(db)
-        self.bindings = Bindings(db)
+        store = Store(db)
+        self.store, self.people, self.bindings = store.reminders, store.people, store.bindings
         self.times = sorted(parse_hhmm(f"people.remind_at[{i}]", t) for i, t in enumerate(settings.remind_at))
 
     def slot(self, now: float) -> str | None:
@@ -72,21 +70,25 @@ class Reminders:
             return 0
         ctx = self.card_context()
         sent = 0
-        by_channel: dict[str, list[FinanceRecord]] = {}
+        by_channel: dict[str, dict[str, FinanceRecord]] = {}  # channel -> its records by id (a record once)
         for binding in await self.bindings.all(active_only=True):
-            matching = by_channel.setdefault(binding.channel_id, [])
-            matching += [r for r in records if binding.matches(r) and r not in matching]
-        for channel_id, mine in sorted(by_channel.items()):
-            if mine:
-                card = reminder_card(mine, ctx, title="Reminder: waiting for approval")
+            by_channel.setdefault(binding.channel_id, {}).update(
+                (r.record_id, r) for r in records if binding.matches(r))
+        for channel_id, chosen in sorted(by_channel.items()):
+            if chosen:
+                card = reminder_card(list(chosen.values()), ctx, title="Reminder: waiting for approval")
                 sent += await self.send(channel_id, card, card["fallbackText"])
+        waiting: dict[str, list[FinanceRecord]] = {}  # IFS user -> the records whose next line is theirs
+        for r in records:
+            if (who := next_approver(r)) is not None:
+                waiting.setdefault(who, []).append(r)
         chats: dict[str, tuple[str, list[FinanceRecord]]] = {}
         for person in (await self.people.active()).values():
             if not (person.personal and self.settings.personal and person.conversation_id):
                 continue
             user = person.aad_object_id or person.teams_id or person.ifs_user
             entry = chats.setdefault(person.conversation_id, (user, []))
-            entry[1].extend(r for r in records if next_approver(r) == person.ifs_user)
+            entry[1].extend(waiting.get(person.ifs_user, ()))
         for chat, (user, mine) in sorted(chats.items()):
             snoozed = await self.store.snoozed(user, now)
             mine = [r for r in mine if r.record_id not in snoozed]
