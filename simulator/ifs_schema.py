@@ -22,7 +22,18 @@ from simulator.odata_filter import (
     EntityType,
     EnumType,
 )
-from simulator.profiles import Profile, Renames, StaticSet, get_profile
+from simulator.profiles import (
+    INVOICE_PROJECTION,
+    INVOICE_STATES,
+    PO_PROJECTION,
+    PO_STATES,
+    VOUCHER_PROJECTION,
+    VOUCHER_STATES,
+    Profile,
+    Renames,
+    StaticSet,
+    get_profile,
+)
 
 PROJECTION_ROOT = "ifsapplications/projection/v1"
 
@@ -81,24 +92,17 @@ def _entity(projection: str, type_name: str, keys: str, columns: str, *enums: En
     )
 
 
-_PO, _INV, _VOU = "PurchaseOrderHandling", "ManualSupplierInvoiceHandling", "ApproveVouchersHandling"
-PO_STATE = _enum(
-    _PO, "PurchaseOrderState", "Planned Released Confirmed Arrived Received Closed Cancelled Stopped"
-)
-INVOICE_STATE = _enum(
-    _INV, "ManSuppInvoiceState", "Preliminary Posted PostedAuth PartlyPaidPosted PaidPosted Cancelled"
-)
-AUTHORIZER_LINE_STATE = _enum(_INV, "AuthorizerLineState", "Unacknowledged Acknowledged Authorized")
-VOUCHER_STATE = _enum(
-    _VOU, "VoucherState", "Waiting AwaitingApproval PartiallyApproved Confirmed Error Cancelled"
-)
+PO_STATE = _enum(PO_PROJECTION, "PurchaseOrderState", PO_STATES)
+INVOICE_STATE = _enum(INVOICE_PROJECTION, "ManSuppInvoiceState", INVOICE_STATES)
+AUTHORIZER_LINE_STATE = _enum(INVOICE_PROJECTION, "AuthorizerLineState", "Unacknowledged Acknowledged Authorized")
+VOUCHER_STATE = _enum(VOUCHER_PROJECTION, "VoucherState", VOUCHER_STATES)
 
 ORDERS = SetDef(
     RecordKind.ORDER,
-    _PO,
+    PO_PROJECTION,
     "PurchaseOrderSet",
     _entity(
-        _PO,
+        PO_PROJECTION,
         "PurchaseOrder",
         "OrderNo",
         "Objstate:PurchaseOrderState OrderNo Company Contract VendorNo VendorName BuyerCode AuthorizeCode "
@@ -109,7 +113,7 @@ ORDERS = SetDef(
     nav=NavDef(
         "PurchaseOrderApprovalArray",
         _entity(
-            _PO,
+            PO_PROJECTION,
             "PurchaseOrderApproval",
             "OrderNo ChgOrderNo SequenceNo",
             "OrderNo ChgOrderNo SequenceNo:int Route:int ApprovalRule AuthorizeId ApproverSign "
@@ -121,10 +125,10 @@ ORDERS = SetDef(
 )
 INVOICES = SetDef(
     RecordKind.INVOICE,
-    _INV,
+    INVOICE_PROJECTION,
     "ManualSupplierInvoiceSet",
     _entity(
-        _INV,
+        INVOICE_PROJECTION,
         "ManualSupplierInvoice",
         "Company InvoiceId",
         "Objstate:ManSuppInvoiceState Company InvoiceId:int InvoiceNo Identity IdentityName InvoiceDate:date "
@@ -137,7 +141,7 @@ INVOICES = SetDef(
     nav=NavDef(
         "AuthorizerArray",
         _entity(
-            _INV,
+            INVOICE_PROJECTION,
             "PostingProposalAuth",
             "Company InvoiceId LineNo",
             "Objstate:AuthorizerLineState Company InvoiceId:int LineNo:int Authorizer Role "
@@ -150,10 +154,10 @@ INVOICES = SetDef(
 )
 VOUCHERS = SetDef(
     RecordKind.VOUCHER,
-    _VOU,
+    VOUCHER_PROJECTION,
     "VoucherApprovalSet",
     _entity(
-        _VOU,
+        VOUCHER_PROJECTION,
         "VoucherApproval",
         "Company AccountingYear VoucherType VoucherNo",
         "Objstate:VoucherState Company AccountingYear:int VoucherType VoucherNo:int VoucherDate:date "

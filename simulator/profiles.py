@@ -233,32 +233,36 @@ class Profile:
 
 # ---------------------------------------------------------------- the profiles
 
-_PO, _INV, _VOU = "PurchaseOrderHandling", "ManualSupplierInvoiceHandling", "ApproveVouchersHandling"
+PO_PROJECTION, INVOICE_PROJECTION, VOUCHER_PROJECTION = "PurchaseOrderHandling", "ManualSupplierInvoiceHandling", "ApproveVouchersHandling"
+# every tenant's state values (the enum types' members, or a plain-text state's values), by kind
+PO_STATES = "Planned Released Confirmed Arrived Received Closed Cancelled Stopped"
+INVOICE_STATES = "Preliminary Posted PostedAuth PartlyPaidPosted PaidPosted Cancelled"
+VOUCHER_STATES = "Waiting AwaitingApproval PartiallyApproved Confirmed Error Cancelled"
 
 DEFAULT = Profile(
     "default",
     "The names the product's defaults assume.",
     {
         RecordKind.ORDER: KindNames(
-            projection=_PO, entity_set="PurchaseOrderSet", entity_type="PurchaseOrder",
+            projection=PO_PROJECTION, entity_set="PurchaseOrderSet", entity_type="PurchaseOrder",
             state_enum="PurchaseOrderState",
             nav=NavNames(name="PurchaseOrderApprovalArray", entity_type="PurchaseOrderApproval"),
         ),
         RecordKind.INVOICE: KindNames(
-            projection=_INV, entity_set="ManualSupplierInvoiceSet", entity_type="ManualSupplierInvoice",
+            projection=INVOICE_PROJECTION, entity_set="ManualSupplierInvoiceSet", entity_type="ManualSupplierInvoice",
             state_enum="ManSuppInvoiceState",
             nav=NavNames(name="AuthorizerArray", entity_type="PostingProposalAuth",
                          state_enum="AuthorizerLineState"),
         ),
         RecordKind.VOUCHER: KindNames(
-            projection=_VOU, entity_set="VoucherApprovalSet", entity_type="VoucherApproval",
+            projection=VOUCHER_PROJECTION, entity_set="VoucherApprovalSet", entity_type="VoucherApproval",
             state_enum="VoucherState",
         ),
     },
     catalogue=(
-        CatalogueEntry(_PO, "Purchase Order"),
-        CatalogueEntry(_INV, "Manual Supplier Invoice"),
-        CatalogueEntry(_VOU, "Approve Vouchers"),
+        CatalogueEntry(PO_PROJECTION, "Purchase Order"),
+        CatalogueEntry(INVOICE_PROJECTION, "Manual Supplier Invoice"),
+        CatalogueEntry(VOUCHER_PROJECTION, "Approve Vouchers"),
         CatalogueEntry("CustomerOrderHandling", "Customer Order"),
         CatalogueEntry("PostingProposalHandling", "Posting Proposal"),
         CatalogueEntry("VoucherRowsAnalysis", "Voucher Rows Analysis"),
@@ -289,7 +293,7 @@ RENAMED = Profile(
     "A customised tenant: other projections, sets and fields, states as plain strings, no catalogue.",
     {
         RecordKind.ORDER: KindNames(
-            projection=_PO, entity_set="PurchaseOrders", entity_type="PurchaseOrderHead",
+            projection=PO_PROJECTION, entity_set="PurchaseOrders", entity_type="PurchaseOrderHead",
             fields={"Objstate": "Status", "OrderNo": "PurchaseOrderNo", "VendorNo": "SupplierId",
                     "VendorName": "SupplierName", "CurrencyCode": "Currency", "GrossAmtCurr": "GrossAmount",
                     "OrderDate": "DateEntered", "Contract": "Site", "BuyerCode": "Buyer",
@@ -319,19 +323,19 @@ RENAMED = Profile(
         ),
     },
     static_sets=(
-        StaticSet(_PO, "Reference_SupplierInfo", "SupplierInfo", "SupplierId", "SupplierId Name CurrencyCode",
+        StaticSet(PO_PROJECTION, "Reference_SupplierInfo", "SupplierInfo", "SupplierId", "SupplierId Name CurrencyCode",
                   _SUPPLIERS, "SupplierInfo"),
-        _state_lov(_PO, "Reference_PurchaseOrderStatusLov", "Status",
-                   "Planned Released Confirmed Arrived Received Closed Cancelled Stopped"),
+        _state_lov(PO_PROJECTION, "Reference_PurchaseOrderStatusLov", "Status",
+                   PO_STATES),
         StaticSet(_R_INV, "Reference_SupplierInfo", "SupplierInfo", "SupplierId",
                   "SupplierId Name CurrencyCode", _SUPPLIERS, "SupplierInfo"),
         _state_lov(_R_INV, "Reference_SupplierInvoiceStateLov", "InvoiceState",
-                   "Preliminary Posted PostedAuth PartlyPaidPosted PaidPosted Cancelled"),
+                   INVOICE_STATES),
         StaticSet(_R_VOU, "Reference_VoucherType", "VoucherType", "Company VoucherType",
                   "Company VoucherType Description",
                   (("10", "M", "Manual"), ("10", "J", "Journal"), ("10", "K", "Cash")), "VoucherType"),
         _state_lov(_R_VOU, "Reference_VoucherStateLov", "Objstate",
-                   "Waiting AwaitingApproval PartiallyApproved Confirmed Error Cancelled"),
+                   VOUCHER_STATES),
     ),
     metadata_none=False,
 )
@@ -342,7 +346,7 @@ LEAN = Profile(
     "An older or trimmed tenant: enum types (some named differently), optional fields and lines missing.",
     {
         RecordKind.ORDER: KindNames(
-            projection=_PO, entity_set="PurchaseOrderSet", entity_type="PurchaseOrder",
+            projection=PO_PROJECTION, entity_set="PurchaseOrderSet", entity_type="PurchaseOrder",
             state_enum="PurchaseOrderStatus",
             fields={"CostCenter": None, "VendorName": None, "Contract": None},
         ),
@@ -353,24 +357,24 @@ LEAN = Profile(
                     "PoRefNumber": None, "CostCenter": None},
         ),
         RecordKind.VOUCHER: KindNames(
-            projection=_VOU, entity_set="VoucherApprovalSet", entity_type="VoucherApproval",
+            projection=VOUCHER_PROJECTION, entity_set="VoucherApprovalSet", entity_type="VoucherApproval",
             state_enum="VoucherState",
             fields={"VoucherText2": None, "CostCenter": None, "DateReg": None},
         ),
     },
     objversion=False,
     static_sets=(
-        StaticSet(_PO, "Reference_SupplierInfo", "SupplierInfo", "SupplierId", "SupplierId Name CurrencyCode",
+        StaticSet(PO_PROJECTION, "Reference_SupplierInfo", "SupplierInfo", "SupplierId", "SupplierId Name CurrencyCode",
                   _SUPPLIERS, "SupplierInfo"),
         StaticSet(_L_INV, "Reference_CurrencyCode", "CurrencyCode", "Currency",
                   "Currency Description Decimals:int", _CURRENCIES, "CurrencyCode"),
-        StaticSet(_VOU, "Reference_CurrencyCode", "CurrencyCode", "Currency",
+        StaticSet(VOUCHER_PROJECTION, "Reference_CurrencyCode", "CurrencyCode", "Currency",
                   "Currency Description Decimals:int", _CURRENCIES, "CurrencyCode"),
     ),
     catalogue=(
-        CatalogueEntry(_PO, "Purchase Order"),
+        CatalogueEntry(PO_PROJECTION, "Purchase Order"),
         CatalogueEntry(_L_INV, "Supplier Invoice"),
-        CatalogueEntry(_VOU, "Approve Vouchers"),
+        CatalogueEntry(VOUCHER_PROJECTION, "Approve Vouchers"),
         CatalogueEntry("CustomerOrderHandling", "Customer Order"),
         CatalogueEntry("SupplierHandling", "Supplier"),
         CatalogueEntry("PostingProposalHandling", "Posting Proposal"),
