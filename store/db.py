@@ -211,11 +211,18 @@ class SqliteDatabase(Database):
             return False
 
     async def backup_to(self, target: str) -> None:
-        """Online backup (SQLite backup API) to a new file; safe while the service runs."""
+        """Online backup (SQLite backup API) to a new file; safe while the service runs.
+
+        Taken under the write lock: the backup runs on this connection's thread, and while this connection
+        is inside a transaction SQLite answers every backup step with SQLITE_BUSY, which Python's backup
+        retries forever, so the transaction's own next statement, queued behind it on that thread, would
+        never run. Under the lock no transaction of ours is open; other processes' writes only make the
+        step retry until they commit."""
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         dest = await aiosqlite.connect(target)
         try:
-            await self.conn.backup(dest)
+            async with self._write_lock:
+                await self.conn.backup(dest)
         finally:
             await dest.close()
 

@@ -18,6 +18,7 @@ from core.errors import ConfigError
 from store.db import open_database
 from store.vault import KeyRing, Vault
 from tests.conftest import sqlite_only
+from tests.serving import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,6 +164,29 @@ async def test_backup_and_restore_round_trip(tmp_path, service_factory, ifs, con
         assert await vault.get("ifs.client_secret") == "notifier-secret"
     finally:
         await restored.close()
+
+
+async def test_a_backup_asked_for_during_a_transaction_waits_for_it_and_holds_what_it_committed(tmp_path):
+    """The backup runs on the connection's own thread: started inside an open transaction it would retry
+    SQLITE_BUSY forever in front of the transaction's own COMMIT (the service hung so when a poll or a
+    delivery was writing at the moment of a backup)."""
+    db = await open_database(str(tmp_path / "live.sqlite3"))
+    try:
+        async with db.transaction() as conn:
+            await conn.execute("INSERT INTO meta (name, value) VALUES ('during', 'the backup')")
+            backup = asyncio.create_task(db.backup_to(str(tmp_path / "copy.sqlite3")))
+            await wait_until(lambda: (tmp_path / "copy.sqlite3").exists())  # its target is open
+            for _ in range(50):
+                await asyncio.sleep(0)  # and it has gone as far as it can
+            assert not backup.done()  # waiting for the transaction
+        await asyncio.wait_for(backup, 60)
+    finally:
+        await db.close()
+    copy = await open_database(str(tmp_path / "copy.sqlite3"))
+    try:
+        assert await copy.scalar("SELECT value FROM meta WHERE name = 'during'") == "the backup"
+    finally:
+        await copy.close()
 
 
 async def test_health_and_readiness(service_factory, ifs, connector):
