@@ -15,7 +15,7 @@ from core.clock import SYSTEM_CLOCK, Clock
 from core.domain import Binding, EventType, FinanceRecord, RecordKind, decode_key
 from core.errors import AuthError, BadRecordError, FatalRequestError, RetriableError
 from pollers.columns import Columns, only
-from pollers.ifs_client import Cost, ListingBounds, counted, looks_like_a_page_cap
+from pollers.ifs_client import Cost, ListingBounds, bounded_groups, counted, looks_like_a_page_cap
 from pollers.mapping import VERSION_PREFIX, BadRow, RecordMapper, marker_version, summarize_chain
 from pollers.sources import SourceSpec
 from store.audit import AuditLog
@@ -152,16 +152,7 @@ class _Compared:
 
 def _chunks(spec: SourceSpec, parts: list[_Part], max_chars: int = 3000) -> list[list[_Part]]:
     """Companies grouped so that each listing's company filter stays within about `max_chars`."""
-    out: list[list[_Part]] = [[]]
-    size = 0
-    for part in parts:
-        cost = len(spec.company_field) + len(part.company) + 12  # "X eq 'c' or "
-        if out[-1] and size + cost > max_chars:
-            out.append([])
-            size = 0
-        out[-1].append(part)
-        size += cost
-    return [chunk for chunk in out if chunk]
+    return bounded_groups(parts, [len(spec.company_condition(p.company)) for p in parts], len(" or "), max_chars)
 
 
 def _by_company(spec: SourceSpec, page: list[dict[str, Any]], parts: Mapping[str, _Part]

@@ -32,10 +32,10 @@ import json
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
@@ -47,6 +47,8 @@ from core.links import odata_literal
 from core.ratelimit import WindowLimiter
 from core.retry import RetryPolicy
 from core.secret import Secret
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -164,20 +166,26 @@ def _key_condition(keys: Mapping[str, str | int]) -> str:
     return parts[0] if len(parts) == 1 else "(" + " and ".join(parts) + ")"
 
 
+def bounded_groups(items: Sequence[T], lengths: Iterable[int], joiner: int, max_chars: int) -> list[list[T]]:
+    """`items` in order, grouped so that each group's lengths plus a `joiner` between each two stay within
+    about `max_chars` (a group holds one item at least): the filters of one request each."""
+    out: list[list[T]] = []
+    current: list[T] = []
+    size = 0
+    for item, length in zip(items, lengths, strict=True):
+        if current and size + joiner + length > max_chars:
+            out.append(current)
+            current, size = [], 0
+        size += length + (joiner if current else 0)
+        current.append(item)
+    if current:
+        out.append(current)
+    return out
+
+
 def _filter_chunks(conditions: Sequence[str], joiner: str, max_chars: int) -> list[str]:
     """Conditions joined into filters of at most about `max_chars` characters each (one at least)."""
-    out: list[str] = []
-    current: list[str] = []
-    size = 0
-    for c in conditions:
-        if current and size + len(joiner) + len(c) > max_chars:
-            out.append(joiner.join(current))
-            current, size = [], 0
-        current.append(c)
-        size += len(c) + (len(joiner) if len(current) > 1 else 0)
-    if current:
-        out.append(joiner.join(current))
-    return out
+    return [joiner.join(group) for group in bounded_groups(conditions, map(len, conditions), len(joiner), max_chars)]
 
 
 def key_predicate(keys: Mapping[str, str | int]) -> str:

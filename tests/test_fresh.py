@@ -9,6 +9,7 @@ import json
 from core.domain import FinanceRecord, RecordKind
 from core.settings import load_settings
 from pollers.engine import Poller, PollResult, _Budget, _chunks, _Cycle, _Part
+from pollers.ifs_client import bounded_groups
 from pollers.mapping import etag_version
 from pollers.sources import DEFAULT_SOURCES
 from tests import test_poller
@@ -49,8 +50,17 @@ def test_companies_are_chunked_so_that_a_listing_url_stays_short():
     assert [p.company for chunk in chunks for p in chunk] == [p.company for p in parts]  # all, in order, once
     assert len(chunks) > 1
     for chunk in chunks:
-        assert len(spec.filter_for_companies([p.company for p in chunk])) <= 3000 + 200  # + the state condition
+        assert len(" or ".join(spec.company_condition(p.company) for p in chunk)) <= 3000
+        assert 3000 - len(" or ".join(spec.company_condition(p.company) for p in chunk)) < 30 or chunk is chunks[-1]
     assert spec.filter_for_companies(["10"]) == spec.filter_for("10")
+
+
+def test_groups_fill_up_to_the_limit_joiners_counted_between_items_only():
+    words = ["aaaa", "bb", "cccccccccc", "d", "ee"]
+    groups = bounded_groups(words, map(len, words), 2, 8)
+    assert groups == [["aaaa", "bb"], ["cccccccccc"], ["d", "ee"]]  # 4+2+2 = 8 fits; an item over the limit alone
+    assert bounded_groups([], [], 2, 8) == []
+    assert bounded_groups(words, map(len, words), 0, 1000) == [words]
 
 
 async def test_an_unchanged_cycle_is_one_lean_listing(ifs, harness):
