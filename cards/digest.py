@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -20,7 +20,19 @@ from cards._blocks import (
 )
 from cards.record import KINDS, party, record_status
 from cards.size import fit
-from cards.text import DASH, CardContext, clean, currency_code, day, inert, link, money, number, relative_due
+from cards.text import (
+    DASH,
+    CardContext,
+    clean,
+    counted,
+    currency_code,
+    day,
+    inert,
+    link,
+    money,
+    number,
+    relative_due,
+)
 from core.domain import EventType, FinanceRecord, RecordKind
 
 DEFAULT_TITLE = "IFS approvals digest"
@@ -88,6 +100,28 @@ def _row(event: EventType, record: FinanceRecord, ctx: CardContext) -> Element:
         ],
         spacing="Small",
     )
+
+
+def document_list_card(ordered: Sequence[FinanceRecord], ctx: CardContext, *, heading: str,
+                       empty: str | None = None, after: Callable[[FinanceRecord], Element] | None = None,
+                       rows: Sequence[int] = (40, 20, 10, 5, 0)) -> dict[str, Any]:
+    """A heading and one row per document, in the order given, each linked to IFS where possible; `after`
+    adds an element under each row, `empty` is said when there are none. As many rows as fit the card's
+    size limit (the first of `rows` that fits), and a count of the rest."""
+
+    def build(shown: int) -> dict[str, Any]:
+        body: list[Element] = [text_block(heading, size="Medium", weight="Bolder")]
+        for record in ordered[:shown]:
+            body.append(_row(EventType.NEW, record, ctx))
+            if after is not None:
+                body.append(after(record))
+        if len(ordered) > shown:
+            body.append(text_block(f"and {counted(len(ordered) - shown, 'more document')}", subtle=True))
+        if not ordered and empty:
+            body.append(text_block(empty, subtle=True))
+        return adaptive_card(body, fallback=heading)
+
+    return fit(build, rows)
 
 
 def _event_counts(summary: _KindSummary, locale: str) -> str:

@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from cards._blocks import Element, adaptive_card, text_block
-from cards.digest import _row
-from cards.size import fit
+from cards.digest import document_list_card
 from cards.text import CardContext, counted, inert
-from core.domain import EventType, FinanceRecord
+from core.domain import FinanceRecord
 
 
 def urgency(record: FinanceRecord) -> tuple[int, str, str]:
@@ -22,15 +20,6 @@ def urgency(record: FinanceRecord) -> tuple[int, str, str]:
 def mine_card(records: Sequence[FinanceRecord], ctx: CardContext, *, who: str) -> dict[str, Any]:
     """What waits for one person, most urgent and oldest first, each row linked to IFS where possible."""
     ordered = sorted(records, key=urgency)
-    heading = f"Waiting for {inert(who, 60) or 'you'}: {counted(len(ordered), 'document')}"
-
-    def build(rows: int) -> dict[str, Any]:
-        body: list[Element] = [text_block(heading, size="Medium", weight="Bolder")]
-        body += [_row(EventType.NEW, record, ctx) for record in ordered[:rows]]
-        if len(ordered) > rows:
-            body.append(text_block(f"and {counted(len(ordered) - rows, 'more document')}", subtle=True))
-        if not ordered:
-            body.append(text_block("Nothing waits for you in IFS right now.", subtle=True))
-        return adaptive_card(body, fallback=heading)
-
-    return fit(build, (50, 25, 10, 5, 0))
+    return document_list_card(ordered, ctx, heading=f"Waiting for {inert(who, 60) or 'you'}: "
+                                                    f"{counted(len(ordered), 'document')}",
+                              empty="Nothing waits for you in IFS right now.", rows=(50, 25, 10, 5, 0))

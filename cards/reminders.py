@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from cards._blocks import Element, adaptive_card, text_block
-from cards.digest import _row
-from cards.size import fit
+from cards._blocks import Element
+from cards.digest import document_list_card
 from cards.text import CardContext, counted
-from core.domain import EventType, FinanceRecord
+from core.domain import FinanceRecord
 
 SNOOZE = "snooze"
 
@@ -33,17 +32,5 @@ def reminder_card(records: Sequence[FinanceRecord], ctx: CardContext, *, title: 
                   snooze: bool = False) -> dict[str, Any]:
     """`title` is our own words (a name in it must already be inert); `snooze` adds a button per document."""
     ordered = sorted(records, key=reminder_order)
-    heading = f"{title}: {counted(len(ordered), 'document')}"
-
-    def build(rows: int) -> dict[str, Any]:
-        body: list[Element] = [text_block(heading, size="Medium", weight="Bolder")]
-        for record in ordered[:rows]:
-            body.append(_row(EventType.NEW, record, ctx))
-            if snooze:
-                body.append(snooze_action(record.record_id))
-        if len(ordered) > rows:
-            body.append(text_block(f"and {counted(len(ordered) - rows, 'more document')}", subtle=True))
-        return adaptive_card(body, fallback=heading)
-
-    return fit(build, (40, 20, 10, 5, 0))
-
+    return document_list_card(ordered, ctx, heading=f"{title}: {counted(len(ordered), 'document')}",
+                              after=(lambda record: snooze_action(record.record_id)) if snooze else None)
