@@ -68,9 +68,11 @@ async def build_status(db: Database, runtime: Any, *, channel_id: str | None, no
 
 def describe_load(load: dict[str, float]) -> str:
     """`last hour: 90 requests, 1.2 MB in 30 cycles; per cycle 3 requests, 41 KB, 0.12 s`"""
+    shorter = (f"; IFS refuses long URLs, so filters are kept under {load['filter_chars']:.0f} characters"
+               if "filter_chars" in load else "")
     return (f"last hour: {load['requests']:.0f} requests, {_size(load['bytes'])} in {load['cycles']:.0f} cycles;"
             f" per cycle {load['requests_per_cycle']:.1f} requests, {_size(load['bytes_per_cycle'])},"
-            f" {load['seconds_per_cycle']:.2f} s")
+            f" {load['seconds_per_cycle']:.2f} s{shorter}")
 
 
 def _size(n: float) -> str:

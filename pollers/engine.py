@@ -46,6 +46,10 @@ class IfsReader(Protocol):
     async def read_by_keys(self, projection: str, entity_set: str, keys: Sequence[Mapping[str, str | int]], *,
                            select: Sequence[str] | None = None) -> list[dict[str, Any]]: ...
 
+    filter_chars: int  # how long a filter of several conditions may be
+
+    def shorter_filters(self, exc: FatalRequestError, filter_length: int) -> bool: ...
+
 
 @dataclass
 class PollResult:
@@ -150,7 +154,7 @@ class _Compared:
     states: list[str] = field(default_factory=list)  # as listed (compared; not needed once shaped)
 
 
-def _chunks(spec: SourceSpec, parts: list[_Part], max_chars: int = 3000) -> list[list[_Part]]:
+def _chunks(spec: SourceSpec, parts: Sequence[_Part], max_chars: int) -> list[list[_Part]]:
     """Companies grouped so that each listing's company filter stays within about `max_chars`."""
     return bounded_groups(parts, [len(spec.company_condition(p.company)) for p in parts], len(" or "), max_chars)
 
@@ -227,11 +231,16 @@ class Poller:
             return []
         budget = _Budget(self.details_limit)
         parts = [_Part(c, PollResult(kind, c), _Cycle(kind, c, budget)) for c in dict.fromkeys(companies)]
-        for chunk in _chunks(spec, parts):
+        chunks = deque(_chunks(spec, parts, self.client.filter_chars))
+        while chunks:
+            chunk = chunks.popleft()
             started = self.clock.monotonic()
             try:
                 await self._listing(kind, chunk)
             except (RetriableError, AuthError, FatalRequestError) as exc:
+                if self._too_long(spec, chunk, exc):  # IFS refused the URL (414): the same, in smaller parts
+                    chunks.extendleft(reversed(_chunks(spec, chunk, self.client.filter_chars)))
+                    continue
                 await self._failed(kind, chunk, exc)
             else:
                 await self._ifs_up()
@@ -281,6 +290,11 @@ class Poller:
             if not await self.writer.ifs_available():
                 log.info("IFS recovered")
                 await self.writer.set_ifs_available(True, None, self.audit)
+
+    def _too_long(self, spec: SourceSpec, chunk: Sequence[_Part], exc: Exception) -> bool:
+        """Whether a listing of several companies that read nothing failed only for its URL's length."""
+        return (isinstance(exc, FatalRequestError) and len(chunk) > 1 and not any(p.result.pages for p in chunk)
+                and self.client.shorter_filters(exc, len(spec.filter_for_companies([p.company for p in chunk]))))
 
     async def _listing(self, kind: RecordKind, parts: Sequence[_Part]) -> None:
         """Read one listing for `parts`' companies and write its new and changed records, page by page."""

@@ -166,6 +166,10 @@ def _key_condition(keys: Mapping[str, str | int]) -> str:
     return parts[0] if len(parts) == 1 else "(" + " and ".join(parts) + ")"
 
 
+FILTER_CHARS = 3000  # a filter of several conditions, at first: with the rest, URLs of about 4 KB
+MIN_FILTER_CHARS = 250  # never split below this (a single condition is never split at all)
+
+
 def bounded_groups(items: Sequence[T], lengths: Iterable[int], joiner: int, max_chars: int) -> list[list[T]]:
     """`items` in order, grouped so that each group's lengths plus a `joiner` between each two stay within
     about `max_chars` (a group holds one item at least): the filters of one request each."""
@@ -181,11 +185,6 @@ def bounded_groups(items: Sequence[T], lengths: Iterable[int], joiner: int, max_
     if current:
         out.append(current)
     return out
-
-
-def _filter_chunks(conditions: Sequence[str], joiner: str, max_chars: int) -> list[str]:
-    """Conditions joined into filters of at most about `max_chars` characters each (one at least)."""
-    return [joiner.join(group) for group in bounded_groups(conditions, map(len, conditions), len(joiner), max_chars)]
 
 
 def key_predicate(keys: Mapping[str, str | int]) -> str:
@@ -326,6 +325,8 @@ class IfsClient:
         self._token: _Token | None = None
         self._token_error: str | None = None
         self._uncapped: dict[str, tuple[int, int]] = {}  # query -> (rows of its short window, listings since)
+        # how long a filter of several conditions may be; lowered for good when IFS answers 414 (shorter_filters)
+        self.filter_chars = FILTER_CHARS
         self.stats: dict[str, int] = {
             "requests": 0,  # HTTP requests sent, token requests included
             "retries": 0,  # requests sent again after a retriable failure or a 401
@@ -546,17 +547,43 @@ class IfsClient:
         keys: Sequence[Mapping[str, str | int]],
         *,
         select: Sequence[str] | None = None,
-        max_filter_chars: int = 3000,
     ) -> list[dict[str, Any]]:
         """The rows with these keys, whatever their state, in as few requests as URLs of about 4 KB allow:
-        `$filter=(K1 eq a and K2 eq 1) or (...)`, chunked. A key with no row is simply not answered."""
+        `$filter=(K1 eq a and K2 eq 1) or (...)`, chunked (see `filter_chars`). A key with no row is simply
+        not answered."""
         rows: list[dict[str, Any]] = []
         names = list(keys[0]) if keys else []
-        for chunk in _filter_chunks([_key_condition(k) for k in keys], " or ", max_filter_chars):
-            async for page in self.iter_pages(projection, entity_set, filter=chunk, select=select, orderby=names,
-                                              page_size=max(50, chunk.count(" or ") + 1)):
-                rows.extend(page)
+        conditions = [_key_condition(k) for k in keys]
+        done = 0
+        while done < len(conditions):
+            rest = conditions[done:]
+            group = bounded_groups(rest, map(len, rest), len(" or "), self.filter_chars)[0]
+            chunk, before = " or ".join(group), len(rows)
+            try:
+                async for page in self.iter_pages(projection, entity_set, filter=chunk, select=select,
+                                                  orderby=names, page_size=max(50, len(group))):
+                    rows.extend(page)
+            except FatalRequestError as exc:
+                if len(group) > 1 and self.shorter_filters(exc, len(chunk)):
+                    del rows[before:]  # (a page or two may have come before a next link was refused)
+                    continue
+                raise
+            done += len(group)
         return rows
+
+    def shorter_filters(self, exc: FatalRequestError, filter_length: int) -> bool:
+        """Whether `exc` is IFS, or a proxy in front of it, refusing a URL as too long (414 URI Too Long) for
+        a filter of `filter_length` characters. Then later filters of several conditions (companies, keys)
+        are kept under half that length, for the life of this client, and the caller asks again in smaller
+        parts: more requests, the same rows. A single condition is never split."""
+        if exc.status != 414 or filter_length <= MIN_FILTER_CHARS:
+            return False
+        limit = max(MIN_FILTER_CHARS, filter_length // 2)
+        if limit < self.filter_chars:
+            log.warning("IFS refused a URL as too long (414) for a filter of %d characters; filters are kept"
+                        " under %d characters from now on (more requests per poll)", filter_length, limit)
+            self.filter_chars = limit
+        return True
 
     async def metadata(self, projection: str) -> bytes:
         """The projection's `$metadata` document (EDMX), as sent. 404 (unknown projection) raises."""

@@ -21,7 +21,7 @@ from core.errors import NotifierError
 from core.metrics import Metrics
 from core.settings import ScheduleSettings
 from pollers.engine import IfsLoad, Poller, PollResult
-from pollers.ifs_client import IfsClient
+from pollers.ifs_client import FILTER_CHARS, IfsClient
 from pollers.schedule import PollTrigger
 from pollers.sources import SourceSpec
 from pollers.tenant import TenantSchema, Validation
@@ -252,7 +252,10 @@ class SourceJobs:
         return out
 
     def ifs_load(self) -> dict[str, float]:
-        return self.load.summary(self.clock.time())
+        load = self.load.summary(self.clock.time())
+        if self.ifs.filter_chars < FILTER_CHARS:  # IFS refused long URLs: listings are split further
+            load["filter_chars"] = self.ifs.filter_chars
+        return load
 
     def ifs_token_state(self) -> dict[str, Any]:
         return self.ifs.token_state()

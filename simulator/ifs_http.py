@@ -216,6 +216,11 @@ class ODataHttp:
     ) -> web.StreamResponse:
         # faults match on the path and the decoded query, so a test can fail one page ("$skip=20")
         target = f"{request.path}?{unquote(request.query_string)}" if request.query_string else request.path
+        limit = self.profile.max_url
+        if limit is not None and not is_token and len(request.raw_path) > limit:
+            return web.Response(status=414, content_type="text/html",
+                                text="<html><head><title>414 Request-URI Too Long</title></head><body>"
+                                     "<h1>Request-URI Too Long</h1></body></html>")
         delay, fault = self.faults.take(target, is_token)
         if delay:
             await asyncio.sleep(delay)

@@ -78,6 +78,9 @@ an enum literal answers 400 naming the undefined type, as IFS does. `lean` has e
 other names, but no approval-line navigation: `Set(keys)/AuthorizerArray` answers 404. The states and the
 pending rule are IFS's in every profile: order Planned; invoice Preliminary with the awaiting-authorization
 marker AWAITAUTH; voucher AwaitingApproval or PartiallyApproved.
+
+`lean` sits behind a front end that answers 414 URI Too Long (a web page, not an OData error) to a request
+target over 2,048 characters: a listing for many companies, or a batch of reads by key, has to be split.
 """
 
 from __future__ import annotations
@@ -206,6 +209,9 @@ class Profile:
     metadata_none: bool = True
     # Whether the record sets declare Objversion in $metadata (rows always have one: their etags carry it).
     objversion: bool = True
+    # A front end (proxy, gateway) that answers 414 URI Too Long, as a web page, to a longer request target
+    # (path and query, as sent); None: no limit short of aiohttp's own.
+    max_url: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", _frozen(self.kinds))
@@ -343,7 +349,8 @@ RENAMED = Profile(
 _L_INV = "ManSuppInvoiceHandling"
 LEAN = Profile(
     "lean",
-    "An older or trimmed tenant: enum types (some named differently), optional fields and lines missing.",
+    "An older or trimmed tenant: enum types (some named differently), optional fields and lines missing,"
+    " behind a proxy that refuses URLs over 2,048 characters.",
     {
         RecordKind.ORDER: KindNames(
             projection=PO_PROJECTION, entity_set="PurchaseOrderSet", entity_type="PurchaseOrder",
@@ -363,6 +370,7 @@ LEAN = Profile(
         ),
     },
     objversion=False,
+    max_url=2048,
     static_sets=(
         StaticSet(PO_PROJECTION, "Reference_SupplierInfo", "SupplierInfo", "SupplierId", "SupplierId Name CurrencyCode",
                   _SUPPLIERS, "SupplierInfo"),

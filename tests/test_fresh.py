@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import replace
 
 from core.domain import FinanceRecord, RecordKind
 from core.settings import load_settings
@@ -46,7 +47,7 @@ def test_companies_are_chunked_so_that_a_listing_url_stays_short():
     spec = DEFAULT_SOURCES[ORDER]
     parts = [_Part(f"C{i:04d}", PollResult(ORDER, f"C{i:04d}"), _Cycle(ORDER, f"C{i:04d}", _Budget(0)))
              for i in range(400)]
-    chunks = _chunks(spec, parts)
+    chunks = _chunks(spec, parts, 3000)
     assert [p.company for chunk in chunks for p in chunk] == [p.company for p in parts]  # all, in order, once
     assert len(chunks) > 1
     for chunk in chunks:
@@ -145,6 +146,11 @@ async def test_status_and_metrics_show_the_cost_of_polling_and_the_lag_to_the_ca
     said = await say(svc, connector, "status")
     [load] = [line for line in said.lines if line.startswith("Load on IFS: ")]
     assert load.startswith("Load on IFS: last hour: ") and " in 1 cycles; per cycle " in load
+    assert "long URLs" not in load
+    svc.jobs.ifs.filter_chars = 700  # as after IFS refused a long URL (the 414 tests below)
+    said = await say(svc, connector, "status")
+    [load] = [line for line in said.lines if line.startswith("Load on IFS: ")]
+    assert load.endswith("; IFS refuses long URLs, so filters are kept under 700 characters")
 
 
 async def test_approval_reads_are_budgeted_per_cycle_not_per_company(ifs, harness):
@@ -279,3 +285,43 @@ def test_the_simulators_etags_have_the_recorded_shape_and_length(ifs):
     objid, version = decode_etag(etag)
     assert (len(objid), version) == (len("AACIMGAAFAABpIHAAA"), row["Objversion"]) and len(version) == 14
     assert etag_version(etag) == row["Objversion"]
+
+
+async def test_a_tenant_refusing_long_urls_gets_the_same_records_in_smaller_listings(ifs, harness):
+    """A proxy in front of IFS answers 414 to URLs over 1,500 characters: the listing for 60 companies is split
+    once and for good (one 414 in all), every company's records arrive once, and the batched reads by key of a
+    later cycle are kept as short."""
+    ifs.profile = replace(ifs.profile, max_url=1500)
+    companies = [f"COMPANY-{i:03d}" for i in range(60)]
+    orders = [ifs.add_order(company=company) for company in companies for _ in range(2)]
+    h = await harness(companies=companies, details_limit=0)
+
+    results = await h.poller.poll_many(ORDER, companies)
+
+    assert [(r.ok, r.new) for r in results] == [(True, 2)] * 60
+    refused = [r for r in ifs.requests if r.status == 414]
+    assert 1 <= len(refused) <= 2 and h.client.filter_chars < 1500
+    ifs.requests.clear()
+    for order in orders[::2]:  # a changed record per company: 60 reads by key, batched
+        ifs.update("order", {"OrderNo": order["OrderNo"]}, BuyerCode="CHANGED")
+    results = await h.poller.poll_many(ORDER, companies)
+    assert [r.changed for r in results] == [1] * 60 and all(r.ok for r in results)
+    assert all(r.status == 200 for r in ifs.requests) and len(ifs.requests) > 2
+
+
+async def test_reads_by_key_split_when_ifs_refuses_the_url_and_keep_every_row_once(ifs, harness):
+    ifs.profile = replace(ifs.profile, max_url=1200)
+    keys = [ifs.add_order(company="10")["OrderNo"] for _ in range(80)]
+    h = await harness()
+    spec = DEFAULT_SOURCES[ORDER]
+
+    rows = await h.client.read_by_keys(spec.projection, spec.entity_set,
+                                       [{"OrderNo": k} for k in keys], select=["OrderNo"])
+
+    assert sorted(r["OrderNo"] for r in rows) == sorted(keys)
+    refused = [r.status for r in ifs.requests if r.status != 200]
+    assert refused in ([414], [414, 414])  # halved until it fits (the URL is longer than its filter: encoding)
+    ifs.requests.clear()
+    again = await h.client.read_by_keys(spec.projection, spec.entity_set, [{"OrderNo": k} for k in keys],
+                                        select=["OrderNo"])
+    assert len(again) == 80 and {r.status for r in ifs.requests} == {200}  # learned: no 414 any more
