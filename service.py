@@ -352,6 +352,8 @@ class Service:
                 await self.housekeep(prune=self.leadership.is_leader)
             except DB_ERRORS as exc:  # a full disk, a lost database server: try again next round
                 log.warning("housekeeping failed: %s", exc)
+            except Exception:  # noqa: BLE001 - anything else is a bug, but the next round may still work
+                log.exception("housekeeping failed")
 
     async def _reminding(self) -> None:
         """Reminder digests: the slot due now is looked for once a minute (each is sent once)."""
@@ -360,6 +362,8 @@ class Service:
                 await self.reminders.run_due(self.clock.time())
             except DB_ERRORS as exc:
                 log.warning("reminders failed: %s", exc)
+            except Exception:  # noqa: BLE001 - as for housekeeping: logged, and tried again in a minute
+                log.exception("reminders failed")
             await asyncio.sleep(60)
 
     async def stop(self) -> None:

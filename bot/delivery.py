@@ -272,17 +272,20 @@ class DeliveryWorker:
     async def run(self, idle: float = 5.0) -> None:
         """Deliver until cancelled; sleeps until woken (new work) or the next retry is due."""
         if not self.pacing.shared:  # the only worker: whatever is still claimed was claimed before a restart
-            async with self.store.unit() as u:
-                released = await u.outbox.release_all_leases()
-                if released:
-                    await u.audit.add("delivery", "recovered after restart", "retry", count=released)
-        while True:
-            settled = 0
             try:
+                async with self.store.unit() as u:
+                    released = await u.outbox.release_all_leases()
+                    if released:
+                        await u.audit.add("delivery", "recovered after restart", "retry", count=released)
+            except Exception:  # noqa: BLE001 - those claims then run out by themselves (release_expired_leases)
+                log.exception("releasing the claims of before the restart failed")
+        while True:
+            settled, due = 0, None
+            try:  # the worker must outlive any single failure (a lost database connection, a full disk)
                 settled = await self.run_once()
-            except Exception:  # noqa: BLE001 - the worker must outlive any single failure
+                due = await self.outbox.next_due_at()
+            except Exception:  # noqa: BLE001
                 log.exception("delivery cycle failed")
-            due = await self.outbox.next_due_at()
             if due is None or (due <= self.now() and not settled):
                 timeout = idle  # nothing due, or all of it held (quiet hours): look again in a while
             else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
 from dataclasses import replace
 from datetime import date
@@ -20,6 +22,7 @@ from store.bindings import Bindings
 from store.channels import Channels
 from store.outbox import Outbox
 from store.poll_writer import PollWriter
+from tests.serving import wait_until
 
 CH = "19:finance@thread.tacv2"
 
@@ -106,6 +109,28 @@ async def test_200_cards_paced_under_teams_limits_none_lost_none_duplicated(rig)
     elapsed = rig.clock.monotonic() - start
     assert elapsed >= 90  # 60 per 30 s cannot be beaten: 200 posts need more than 90 s of channel time
     assert (await status_counts(rig.svc)) == {"sent": 200}
+
+
+async def test_the_worker_outlives_a_database_that_fails_for_a_while(rig, caplog):
+    """Every read and write of the outbox fails (its table is away, as in a lost connection or a full disk):
+    the worker logs each failed cycle and goes on, and delivers once the table is back."""
+    w = rig.worker()
+    task = asyncio.create_task(w.run(idle=0.02))
+    try:
+        async with rig.svc.db.transaction() as conn:
+            await conn.execute("ALTER TABLE deliveries RENAME TO deliveries_away")
+        with caplog.at_level(logging.ERROR, logger="bot.delivery"):
+            assert await wait_until(
+                lambda: sum(r.getMessage() == "delivery cycle failed" for r in caplog.records) >= 3)
+        async with rig.svc.db.transaction() as conn:
+            await conn.execute("ALTER TABLE deliveries_away RENAME TO deliveries")
+        await rig.emit([(EventType.NEW, record(1), None, "")])
+        w.wake()
+        assert await wait_until(lambda: len(rig.connector.posts(CH)) == 1)
+        assert not task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_429_is_honoured_and_retried(rig):
