@@ -248,10 +248,30 @@ class FileLeadership:
                     await self.sleep(self.timing.retry)
                 log.warning("%s became the active process on %s", self.replica, self.database_path)
             self._leader = True
-            await gained(await _bump_epoch(self.db, self.replica, self.clock.time()))
+            while not await self._start(gained, lost):  # (a full disk, "database is locked": in a while)
+                await self.sleep(self.timing.retry)
             await asyncio.Event().wait()  # held until cancelled
         finally:
             self.unlock()
+
+    async def _start(self, gained: Gained, lost: Lost) -> bool:
+        """The epoch written and `gained` called; on a failure, whatever `gained` started stopped again
+        (`lost`) and False: the lock is kept and the start tried again, as nobody else may poll meanwhile."""
+        called = False
+        try:
+            epoch = await _bump_epoch(self.db, self.replica, self.clock.time())
+            called = True
+            await gained(epoch)
+            return True
+        except Exception as exc:  # noqa: BLE001 - the task must outlive it: nothing would restart it
+            log.warning("%s could not start polling and delivering (tried again in %g s): %s: %s", self.replica,
+                        self.timing.retry, type(exc).__name__, exc)
+            if called:
+                try:
+                    await lost(f"the start failed: {type(exc).__name__}: {exc}")
+                except Exception:  # noqa: BLE001
+                    log.exception("stopping after a failed start failed")
+            return False
 
 
 class PgLeadership:

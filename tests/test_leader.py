@@ -114,6 +114,46 @@ async def test_a_second_process_on_one_sqlite_file_stands_by_until_the_first_sto
     await db.close()
 
 
+async def test_the_active_process_retries_a_start_that_failed_and_keeps_the_lock_meanwhile(tmp_path, caplog):
+    """The epoch cannot be written for a while (its table is away, as on a full disk): the process keeps the
+    lock (nobody else may poll), says so, and starts once the write works; without the retry the leadership
+    task ended and the process never polled again."""
+    path = str(tmp_path / "one.sqlite3")
+    db = await open_database(path)
+    ticks = 0
+
+    async def tick(_seconds: float) -> None:
+        nonlocal ticks
+        ticks += 1
+        await asyncio.sleep(0)
+
+    gained: list[int] = []
+
+    async def gain(epoch: int) -> None:
+        gained.append(epoch)
+
+    async def never_lost(reason: str) -> None:
+        raise AssertionError(reason)
+
+    async with db.transaction() as conn:
+        await conn.execute("ALTER TABLE leadership RENAME TO leadership_away")
+    caplog.set_level(logging.WARNING, logger="store.leader")
+    lead = FileLeadership(db, path, "serve", Timing(5), sleep=tick)
+    task = asyncio.create_task(lead.run(gain, never_lost))
+    try:
+        assert await wait_until(lambda: ticks >= 3)
+        assert gained == [] and lead.is_leader and not task.done()
+        assert not FileLeadership(db, path, "other", Timing(5)).try_lock()  # the lock is kept meanwhile
+        assert "could not start polling and delivering" in caplog.text
+        async with db.transaction() as conn:
+            await conn.execute("ALTER TABLE leadership_away RENAME TO leadership")
+        assert await wait_until(lambda: gained == [1])
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await db.close()
+
+
 # --------------------------------------------------------------------------- channel leases (both back ends)
 
 async def test_a_channel_has_one_lease_holder_taken_over_only_after_it_ran_out(db):
