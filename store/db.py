@@ -213,18 +213,28 @@ class SqliteDatabase(Database):
     async def backup_to(self, target: str) -> None:
         """Online backup (SQLite backup API) to a new file; safe while the service runs.
 
-        Taken under the write lock: the backup runs on this connection's thread, and while this connection
-        is inside a transaction SQLite answers every backup step with SQLITE_BUSY, which Python's backup
-        retries forever, so the transaction's own next statement, queued behind it on that thread, would
-        never run. Under the lock no transaction of ours is open; other processes' writes only make the
-        step retry until they commit."""
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        dest = await aiosqlite.connect(target)
+        Written to a new file beside `target` (owner-only from the start) and renamed over it when complete:
+        SQLite's backup retries a busy target forever, so it never writes into a file someone else may have
+        open (a previous backup being inspected, a second backup at the same moment), and a failed backup
+        leaves no half-written one. Taken under the write lock: the backup runs on this connection's
+        thread, and while this connection is inside a transaction SQLite answers every backup step with
+        SQLITE_BUSY, which Python's backup retries forever, so the transaction's own next statement, queued
+        behind it on that thread, would never run. Under the lock no transaction of ours is open; other
+        processes' writes only make the step retry until they commit."""
+        final = Path(target)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        partial = final.with_name(f".{final.name}.{os.getpid()}.{id(self):x}.partial")
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
-            async with self._write_lock:
-                await self.conn.backup(dest)
+            dest = await aiosqlite.connect(partial)
+            try:
+                async with self._write_lock:
+                    await self.conn.backup(dest)
+            finally:
+                await dest.close()
+            os.replace(partial, final)
         finally:
-            await dest.close()
+            partial.unlink(missing_ok=True)
 
     async def close(self) -> None:
         if not self._closed:

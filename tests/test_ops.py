@@ -189,6 +189,29 @@ async def test_a_backup_asked_for_during_a_transaction_waits_for_it_and_holds_wh
         await copy.close()
 
 
+async def test_a_backup_over_a_file_someone_holds_open_replaces_it_without_waiting_for_them(tmp_path):
+    """The last backup is being inspected (a write lock held on it): the new backup is written beside it and
+    renamed over it, instead of retrying the locked file forever on the store's thread."""
+    db = await open_database(str(tmp_path / "live.sqlite3"))
+    copy = tmp_path / "copy.sqlite3"
+    holder = sqlite3.connect(copy, isolation_level=None)
+    try:
+        holder.execute("CREATE TABLE inspected (x)")
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("INSERT INTO inspected VALUES (1)")
+        await asyncio.wait_for(db.backup_to(str(copy)), 60)
+        assert await db.writable()
+    finally:
+        holder.close()
+        await db.close()
+    restored = await open_database(str(copy))
+    try:
+        assert await restored.scalar("SELECT count(*) FROM meta") >= 1
+    finally:
+        await restored.close()
+    assert oct(copy.stat().st_mode & 0o777) == oct(0o600) and [p.name for p in tmp_path.glob(".*partial")] == []
+
+
 async def test_health_and_readiness(service_factory, ifs, connector):
     from tests.conftest import channel_message, post_activity
 
