@@ -158,7 +158,13 @@ async def test_the_other_replica_takes_over_within_the_bound_and_nothing_is_lost
             if trial % 2 == 0:  # during a poll: after the k-th request to IFS from now (only the leader asks)
                 base, k = len(ifs.requests), rng.randint(1, 3)
                 assert await wait_until(lambda b=base, k=k: len(ifs.requests) >= b + k, 20)
-            else:  # during delivery: after the k-th card from now
+            else:  # during delivery: after the k-th card from now (any replica may post the backlog's cards,
+                # so first the leader's own poll has to have started: every trial's leader polls)
+                async def polled(v: str = victim) -> bool:
+                    rows = await audit.recent(limit=100_000, category="poll")
+                    return any(e.action == "poll started" and e.actor == v for e in rows)
+
+                assert await wait_until(polled, 30), f"trial {trial}: {victim} never polled"
                 base, k = len(connector.posts()), rng.randint(1, 3)
                 assert await wait_until(lambda b=base, k=k: len(connector.posts()) >= b + k, 20)
             await replicas.kill(victim)
