@@ -252,7 +252,7 @@ async def test_a_lease_renewal_and_a_heartbeat_do_not_wait_for_the_replicas_othe
             await done.wait()
 
     writer = asyncio.create_task(long_write())
-    await holding.wait()
+    await asyncio.wait_for(holding.wait(), 30)
     try:
         assert await asyncio.wait_for(leases.renew(CH1, 5), 5) == clock.time() + 5
         assert await asyncio.wait_for(replicas.beat(7.5), 5) == 1

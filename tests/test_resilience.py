@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import signal
 
@@ -54,7 +55,12 @@ async def test_sigkill_at_random_points_loses_nothing_and_duplicates_at_most_onc
             assert await wait_until(all_there, 60), "not every order reached the channel"
         finally:
             proc.send_signal(signal.SIGTERM)
-            assert await proc.wait() == 0
+            try:
+                code = await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                code = await proc.wait()
+            assert code == 0, "serve did not stop cleanly on SIGTERM within 30 s"
         texts = delivered()
         per_order = {no: sum(no in t for t in texts) for no in expected}
         duplicates = sum(n - 1 for n in per_order.values())

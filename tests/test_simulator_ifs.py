@@ -746,7 +746,7 @@ async def test_run_generator_adds_records_until_cancelled(sim: IfsSimulator) -> 
             four.set()
 
     task = asyncio.create_task(run_generator(sim, 0, "invoice", ["10", "20"], on_record=record))
-    await four.wait()
+    await asyncio.wait_for(four.wait(), 30)
 
     task.cancel()
 

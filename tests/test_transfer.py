@@ -67,7 +67,7 @@ async def filled_store(tmp_path: Path, ifs, connector) -> str:
 
         leading = asyncio.create_task(FileLeadership(svc.db, svc.settings.service.database, "serve-a",
                                                      Timing(15.0)).run(gained, lost))
-        await led.wait()  # the scheduler's epoch is recorded, as a leading `serve` does
+        await asyncio.wait_for(led.wait(), 30)  # the scheduler's epoch is recorded, as a leading `serve` does
         leading.cancel()
         await asyncio.gather(leading, return_exceptions=True)
         await Replicas(svc.db, "serve-a", FakeClock(1000.0)).beat(7.5)  # a heartbeat long gone: not copied
