@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 CHANNEL_WINDOWS: tuple[tuple[int, float], ...] = ((7, 1.0), (8, 2.0), (60, 30.0), (1800, 3600.0))
 CHANNEL_HORIZON = max(seconds for _, seconds in CHANNEL_WINDOWS)  # how far back a channel's sends count
 APP_WINDOWS: tuple[tuple[int, float], ...] = ((50, 1.0),)
+# A channel Teams asked to wait longer than this (Retry-After) is left out of a delivery round, its cards held
+# in the outbox until then; shorter waits are waited out in the round.
+LONG_WAIT = 10.0
 
 
 class Sender(Protocol):
@@ -349,7 +352,12 @@ class DeliveryWorker:
             if channel is None or not channel.active or channel.paused or self.in_quiet_hours(channel):
                 return settled
             if self.in_batch_window():
-                await self.outbox.defer_new(channel_id, self._batch_end())
+                await self.outbox.defer(channel_id, self._batch_end(), code="batched", new_only=True)
+            blocked = self._limiter(channel_id).blocked_for()
+            if blocked > LONG_WAIT:  # Teams asked for a long wait here: its cards wait in the outbox, not
+                # in this round, which would hold up every other channel's cards until it ends
+                await self.outbox.defer(channel_id, self.now() + blocked, code="throttled")
+                return settled
             work = await self.outbox.claim(channel_id, lease=self.settings.lease_seconds,
                                            digest_threshold=self.settings.digest_threshold)
             if not work:

@@ -144,6 +144,8 @@ def make_adapter(config: BotConfig) -> tuple[CloudAdapter, CachedCredentialsFact
 
     async def on_error(context: TurnContext, error: Exception) -> None:
         log.error("turn failed: %s", type(error).__name__, exc_info=error)
+        if isinstance(error, ErrorResponseException) and _send_error(error).status == 429:
+            return  # Teams asked us to wait before sending here: an apology now would not be heard either
         try:
             await context.send_activity("Sorry, something went wrong on my side. The error was logged.")
         except Exception:  # noqa: BLE001 - the reply itself may be what failed
@@ -460,16 +462,20 @@ class NotifierBot(TeamsActivityHandler):
             log.warning("could not update card %s: %s", activity.reply_to_id, type(exc).__name__)
 
     async def _reply(self, turn_context: TurnContext, reply: Reply) -> None:
-        """Answer a command; the channel's Teams budget is shared with card posts, so honour a 429 briefly."""
+        """Answer a command; the channel's Teams budget is shared with card posts, so honour a 429 briefly
+        (within REPLY_RETRY's 15 s: a longer Retry-After fails the answer rather than hold the request)."""
+        started = asyncio.get_running_loop().time()
         for attempt in range(1, REPLY_RETRY.max_attempts + 1):
             try:
                 await turn_context.send_activity(reply_activity(reply))
                 return
             except ErrorResponseException as exc:
                 err = _send_error(exc)
-                if err.status != 429 or attempt == REPLY_RETRY.max_attempts:
+                delay = REPLY_RETRY.delay(attempt, retry_after=err.retry_after)
+                elapsed = asyncio.get_running_loop().time() - started
+                if err.status != 429 or REPLY_RETRY.gives_up(attempt, elapsed, delay):
                     raise
-                await asyncio.sleep(REPLY_RETRY.delay(attempt, retry_after=err.retry_after))
+                await asyncio.sleep(delay)
 
     async def on_installation_update_add(self, turn_context: TurnContext) -> None:
         if await self._save(turn_context.activity, "installed", install=True) and self._welcome:

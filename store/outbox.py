@@ -86,12 +86,15 @@ class Outbox:
             " WHERE d.status = 'pending' AND c.active = 1 AND c.paused = 0")
         return None if v is None else float(v)
 
-    async def defer_new(self, channel_id: str, until: float) -> int:
-        """Hold a channel's new items until `until` (a batch window's end); they leave together as a digest."""
+    async def defer(self, channel_id: str, until: float, *, code: str, new_only: bool = False) -> int:
+        """Hold a channel's pending items until `until`: its new ones until a batch window's end (they leave
+        together as a digest; code 'batched'), or all of them while Teams asked for a long wait there
+        (code 'throttled'). Items due later keep their time."""
         async with self._db.transaction() as conn:
             cur = await conn.execute(
-                "UPDATE deliveries SET next_at = ?, last_code = 'batched' WHERE channel_id = ? AND status = 'pending'"
-                " AND event_type = 'new' AND next_at < ?", (until, channel_id, until))
+                "UPDATE deliveries SET next_at = ?, last_code = ? WHERE channel_id = ? AND status = 'pending'"
+                + (" AND event_type = 'new'" if new_only else "") + " AND next_at < ?",
+                (until, code, channel_id, until))
             return cur.rowcount
 
     async def claim(self, channel_id: str, *, lease: float, digest_threshold: int) -> list[Delivery]:

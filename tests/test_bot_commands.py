@@ -703,3 +703,17 @@ async def test_quiet_hours_command_sets_checks_and_clears(service_factory, conne
     assert (await svc.commands.channels.get(CHANNEL)).quiet_hours is None
     outcomes = [e.outcome for e in await svc.audit.recent(category="command", limit=10) if e.action == "quiet"]
     assert outcomes == ["ok", "error", "ok"]
+
+
+async def test_a_reply_throttled_for_longer_than_a_request_may_wait_fails_at_once(service_factory, connector):
+    """Teams answers the reply with 429 and Retry-After 600: the inbound request does not sleep ten minutes
+    holding the connection; the answer fails, and the next command is answered as usual."""
+    svc = await service_factory()
+    connector.inject(429, code="Throttled", conversation=CHANNEL, retry_after=600)
+    status = await asyncio.wait_for(
+        post_activity(svc.base_url, channel_message("help", connector.service_url, channel=CHANNEL)), 60)
+    assert status >= 200 and [r.status for r in connector.rejected] == [429]
+    assert command_replies(connector, CHANNEL) == []
+    said = await say(svc, connector, "help")
+    assert "link company" in said.text
+

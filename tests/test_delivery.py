@@ -133,6 +133,33 @@ async def test_the_worker_outlives_a_database_that_fails_for_a_while(rig, caplog
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_a_long_retry_after_holds_that_channels_cards_in_the_outbox_not_the_round(rig):
+    """Teams asks one channel to wait 10 minutes: a delivery round does not wait that out (every other
+    channel's cards would wait with it); the channel's cards are held until then, and sent after."""
+    other = "19:other@thread.tacv2"
+    async with rig.svc.db.transaction() as conn:
+        await Channels(rig.svc.db).upsert(conn, ChannelRef(other, "tenant", "team-1", rig.connector.service_url,
+                                                           reference={
+            "channelId": "msteams", "serviceUrl": rig.connector.service_url, "bot": {"id": "28:bot"},
+            "conversation": {"id": other, "isGroup": True, "conversationType": "channel", "tenantId": "tenant"}}))
+    await rig.emit([(EventType.NEW, record(i), None, "") for i in (1, 2)])
+    rig.connector.inject(429, code="Throttled", conversation=CH, retry_after=600)
+    w = rig.worker(digest_threshold=1000)
+    await w.run_once()  # the first card: 429, Retry-After 600
+    await rig.writer.apply(RecordKind.INVOICE, "10", [(EventType.NEW, record(3).to_dict(), None, "")],
+                           [Binding(other, "10")])
+    before = rig.clock.time()
+
+    await w.run_once()
+
+    assert rig.clock.time() - before < 5  # the round did not sleep out the 600 s
+    assert len(rig.connector.posts(other)) == 1 and rig.connector.posts(CH) == []
+    due = await Outbox(rig.svc.db).next_due_at()
+    assert due is not None and due >= before + 590
+    await rig.drain(w)  # and after the wait, both of the channel's cards go
+    assert len(rig.connector.posts(CH)) == 2 and rig.connector.rejected[0].at + 600 <= rig.connector.posts(CH)[0].at
+
+
 async def test_429_is_honoured_and_retried(rig):
     await rig.emit([(EventType.NEW, record(1), None, "")])
     rig.connector.inject(429, code="Throttled", retry_after=7)

@@ -279,7 +279,7 @@ async def test_many_new_items_go_as_one_digest_and_a_batch_window_holds_them(sto
         await u.outbox.settle([d.id for d in claimed], DeliveryStatus.DIGESTED, digest_id=42)
     assert await store.outbox.counts() == {"digested": 5}
     await writer.apply(INV, "10", [change(rec(i)) for i in range(5, 7)], [Binding(CH, "10")])
-    assert await store.outbox.defer_new(CH, T0 + 300) == 2
+    assert await store.outbox.defer(CH, T0 + 300, code="batched", new_only=True) == 2
     assert await store.outbox.claim(CH, lease=30, digest_threshold=3) == []  # held until the window ends
     clock.advance(300)
     assert len(await store.outbox.claim(CH, lease=30, digest_threshold=3)) == 2  # batched: together
