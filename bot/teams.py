@@ -283,6 +283,7 @@ class TeamsSender:
             # msrest would retry PUTs by itself (3x, blocking); the delivery worker owns retries
             client.config.retry_policy.retries = 0
             try:
+                await self._token_ready(client.config.credentials)
                 result.append(await call(client, tc.activity))
             except Exception as exc:  # noqa: BLE001 - kept from on_turn_error, which would post into the channel
                 failure.append(exc)
@@ -298,6 +299,20 @@ class TeamsSender:
         except PermissionError as exc:
             raise SendError(f"Bot Framework credentials refused: {type(exc).__name__}", status=401) from None
         return result[0] if result else None
+
+    async def _token_ready(self, credentials: Any) -> None:
+        """The Bot Framework token in the credentials' cache, fetched in a worker thread within the send's
+        timeout. msrest asks the credentials for it synchronously, on the event loop, before each call: a
+        renewal there (about hourly) against a login endpoint that answers slowly or not at all would stop
+        every poll, delivery and inbound request meanwhile (MSAL's requests have no timeout). Here, only this
+        send waits, and fails as retriable; msrest then finds the token cached."""
+        if not callable(getattr(credentials, "get_access_token", None)) or not getattr(
+                credentials, "microsoft_app_id", None):
+            return  # no app id: no token is asked for (local development)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(credentials.get_access_token), self._timeout)
+        except TimeoutError:
+            raise SendError(f"no Bot Framework token from the login endpoint within {self._timeout:g} s") from None
 
     @staticmethod
     def _card_activity(incoming: Activity, card: dict[str, Any], text: str) -> Activity:

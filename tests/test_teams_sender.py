@@ -1,0 +1,73 @@
+"""The Teams sender through the real adapter, with a Bot Framework login endpoint that never answers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from botbuilder.integration.aiohttp import CloudAdapter
+from botframework.connector.auth import MicrosoftAppCredentials, ServiceClientCredentialsFactory
+
+from bot.teams import BotConfig, CachedCredentialsFactory, TeamsSender, _Authentication
+from core.domain import ChannelRef
+from core.errors import SendError
+
+CH = "19:finance@thread.tacv2"
+
+
+class _Unanswered(MicrosoftAppCredentials):
+    """Credentials whose token request hangs, as MSAL's does (no timeout) against a login endpoint that
+    accepts the connection and never answers; `answer` ends it."""
+
+    def __init__(self) -> None:
+        super().__init__("app-id", "app-password")
+        self.answer = threading.Event()
+        self.asked = 0
+
+    def get_access_token(self, force_refresh: bool = False) -> str:
+        self.asked += 1
+        self.answer.wait(30)
+        return "token"
+
+
+class _Factory(ServiceClientCredentialsFactory):
+    def __init__(self, credentials: _Unanswered) -> None:
+        self.credentials = credentials
+
+    async def is_valid_app_id(self, app_id: str) -> bool:
+        return app_id == "app-id"
+
+    async def is_authentication_disabled(self) -> bool:
+        return False
+
+    async def create_credentials(self, app_id, oauth_scope, login_endpoint, validate_authority):
+        return self.credentials
+
+
+async def test_a_token_renewal_that_never_answers_fails_the_send_and_leaves_the_event_loop_running(connector):
+    credentials = _Unanswered()
+    config = BotConfig(APP_ID="app-id", APP_PASSWORD="app-password", APP_TENANTID="tenant")
+    adapter = CloudAdapter(_Authentication(config, credentials_factory=CachedCredentialsFactory(_Factory(credentials))))
+    sender = TeamsSender(adapter, "app-id", timeout=0.5)
+    channel = ChannelRef(CH, "tenant", "team-1", connector.service_url, reference={
+        "channelId": "msteams", "serviceUrl": connector.service_url, "bot": {"id": "28:bot"},
+        "conversation": {"id": CH, "isGroup": True, "conversationType": "channel", "tenantId": "tenant"}})
+    ticks = 0
+
+    async def heartbeat() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    beating = asyncio.create_task(heartbeat())
+    try:
+        with pytest.raises(SendError, match="no Bot Framework token"):
+            await asyncio.wait_for(sender.post(channel, {"type": "AdaptiveCard", "body": []}, "a card"), 20)
+        assert ticks >= 10  # the event loop went on while the token was awaited
+        assert credentials.asked == 1 and connector.posts(CH) == []
+    finally:
+        credentials.answer.set()
+        beating.cancel()
+        await asyncio.gather(beating, return_exceptions=True)
