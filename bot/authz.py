@@ -96,7 +96,8 @@ class GraphOwnerCheck:
         return result["access_token"]
 
     async def _msal_token(self, tenant: str) -> str:
-        return await asyncio.to_thread(self._msal_token_sync, tenant)
+        # MSAL's request has no timeout of its own: bounded here (the check then fails, which denies)
+        return await asyncio.wait_for(asyncio.to_thread(self._msal_token_sync, tenant), 20)
 
     async def is_owner(self, actor: Actor) -> bool:
         if not (actor.team_aad_group_id and actor.aad_object_id and actor.tenant_id):

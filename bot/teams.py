@@ -178,8 +178,9 @@ class SigningKeys:
 
     async def refresh(self) -> None:
         metadata = JwtTokenExtractor.get_open_id_metadata(self.url())
-        # botbuilder's refresh is a coroutine around blocking calls: run it on a loop of its own, in a thread
-        await asyncio.to_thread(asyncio.run, metadata._refresh())
+        # botbuilder's refresh is a coroutine around blocking calls (requests, no timeout): run it on a loop of
+        # its own, in a thread, awaited for a minute at the most (then tried again later, as any failure)
+        await asyncio.wait_for(asyncio.to_thread(asyncio.run, metadata._refresh()), 60)
         self.refreshed.set()
 
     async def run(self) -> None:

@@ -1,4 +1,4 @@
-"""The Teams sender through the real adapter, with a Bot Framework login endpoint that never answers."""
+"""The Teams sender and /readyz through the real adapter, with a Bot Framework login endpoint that never answers."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import pytest
 from botbuilder.integration.aiohttp import CloudAdapter
 from botframework.connector.auth import MicrosoftAppCredentials, ServiceClientCredentialsFactory
 
+from bot import web
 from bot.teams import BotConfig, CachedCredentialsFactory, TeamsSender, _Authentication
 from core.domain import ChannelRef
 from core.errors import SendError
+from tests.serving import wait_until
 
 CH = "19:finance@thread.tacv2"
 
@@ -71,3 +73,20 @@ async def test_a_token_renewal_that_never_answers_fails_the_send_and_leaves_the_
         credentials.answer.set()
         beating.cancel()
         await asyncio.gather(beating, return_exceptions=True)
+
+
+async def test_readiness_probes_share_one_token_check_and_answer_while_the_login_endpoint_is_silent(
+        service_factory, monkeypatch):
+    svc = await service_factory()
+    credentials = _Unanswered()
+    monkeypatch.setattr(web, "READY_TOKEN_SECONDS", 0.2)
+    svc.web.bot_config = BotConfig(APP_ID="app-id", APP_PASSWORD="app-password", APP_TENANTID="tenant")
+    svc.web.credentials_factory = CachedCredentialsFactory(_Factory(credentials))
+    try:
+        answers = [await asyncio.wait_for(svc.web.readiness(), 20) for _ in range(5)]
+        assert [a["ready"] for a in answers] == [False] * 5  # each answered, not ready
+        assert credentials.asked == 1  # one thread waiting for the token, not one per probe
+    finally:
+        credentials.answer.set()
+    assert await wait_until(lambda: svc.web._token_check is not None and svc.web._token_check.done())
+    assert (await svc.web.readiness())["ready"]
