@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +158,26 @@ def replies_text(connector: ConnectorStandIn, channel: str = CHANNEL) -> list[st
             content = att.get("content") or {}
             out.append(content.get("fallbackText") or str(content))
     return out
+
+
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A store a failed test left open keeps its database thread, which is not a daemon thread, alive (pytest
+    keeps the failure's traceback, and with it the connection): the interpreter would wait for it at exit,
+    forever. The report is written by now; leave with its status instead."""
+    stuck = [t.name for t in threading.enumerate()
+             if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if stuck and _EXIT_STATUS:
+        print(f"\n(threads still running at the end: {', '.join(stuck)}; exiting without waiting for them)",
+              file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])
+
