@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import tomllib
 from collections.abc import Sequence
 from datetime import datetime
@@ -74,11 +75,33 @@ def setup_logging(settings: Settings) -> None:
 
 # --------------------------------------------------------------------------- CLI commands
 
+# After a clean stop, how long the process may take to exit: a worker thread blocked in a network call that
+# has no timeout (botbuilder's and MSAL's `requests`) would otherwise keep the interpreter waiting for it.
+EXIT_GRACE_SECONDS = 10.0
+
+
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     service = await build_service(settings)
     runtime.settle()
     await run_until_signalled(service)
+    exit_when_stuck(EXIT_GRACE_SECONDS)
     return 0
+
+
+def exit_when_stuck(grace: float) -> None:
+    """Everything is stopped and written: if the process has not exited `grace` seconds from now, the threads
+    still running are named in the log and it exits anyway, with status 0."""
+    def leave() -> None:
+        stuck = [t.name for t in threading.enumerate() if t is not threading.current_thread()
+                 and t is not threading.main_thread() and t.is_alive() and not t.daemon]
+        log.warning("stopped, but %d worker thread(s) are still waiting on the network (%s): exiting without"
+                    " them", len(stuck), ", ".join(stuck) or "none")
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(grace, leave)
+    timer.daemon = True  # a process that exits in time takes it along
+    timer.start()
 
 
 async def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:

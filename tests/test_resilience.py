@@ -68,3 +68,51 @@ async def test_sigkill_at_random_points_loses_nothing_and_duplicates_at_most_onc
         assert duplicates <= kills, (duplicates, kills)
     finally:
         await connector.stop()
+
+
+async def test_serve_exits_after_sigterm_even_with_a_worker_thread_stuck_on_the_network(tmp_path, ifs):
+    """The Bot Framework key server accepts the connection and never answers (botbuilder's request has no
+    timeout): its worker thread would keep the stopped process from exiting; it exits after the grace."""
+    import socket
+
+    import app
+    from core.settings import load_settings
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    silent.setblocking(False)
+    connector = ConnectorStandIn()
+    await connector.start()
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/.well-known/openidconfiguration"
+        cfg = await prepare_serve(tmp_path, "stuck", str(tmp_path / "stuck.sqlite3"), ifs, connector, [CH],
+                                  delivery=f'\n[bot]\nopenid_metadata_url = "{url}"\n')
+        db, vault = await app.open_store(load_settings(cfg, env={}))
+        try:
+            for name, value in (("bot.app_id", "00000000-0000-0000-0000-00000000b07"),
+                                ("bot.app_password", "never-used"), ("bot.tenant_id", "tenant")):
+                await vault.set(name, value)
+        finally:
+            await db.close()
+        proc = await start_serve(cfg)
+        try:
+            def connected() -> bool:
+                try:
+                    accepted.append(silent.accept()[0])
+                except BlockingIOError:
+                    pass
+                return bool(accepted)
+
+            assert await wait_until(connected, 30), "the key refresh never reached the silent server"
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(proc.wait(), 40)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert code == 0
+    finally:
+        for s in accepted:
+            s.close()
+        silent.close()
+        await connector.stop()
