@@ -238,8 +238,9 @@ class Poller:
             try:
                 await self._listing(kind, chunk)
             except (RetriableError, AuthError, FatalRequestError) as exc:
-                if self._too_long(spec, chunk, exc):  # IFS refused the URL (414): the same, in smaller parts
-                    chunks.extendleft(reversed(_chunks(spec, chunk, self.client.filter_chars)))
+                smaller = _chunks(spec, chunk, self.client.filter_chars) if self._too_long(spec, chunk, exc) else []
+                if len(smaller) > 1:  # IFS refused the URL (414): the same, in smaller parts
+                    chunks.extendleft(reversed(smaller))
                     continue
                 await self._failed(kind, chunk, exc)
             else:
@@ -292,9 +293,13 @@ class Poller:
                 await self.writer.set_ifs_available(True, None, self.audit)
 
     def _too_long(self, spec: SourceSpec, chunk: Sequence[_Part], exc: Exception) -> bool:
-        """Whether a listing of several companies that read nothing failed only for its URL's length."""
-        return (isinstance(exc, FatalRequestError) and len(chunk) > 1 and not any(p.result.pages for p in chunk)
-                and self.client.shorter_filters(exc, len(spec.filter_for_companies([p.company for p in chunk]))))
+        """Whether a listing of several companies failed only for its URL's length, and can be asked again in
+        smaller parts now. After a page was read (a later page's URL was refused) the limit is lowered for
+        the next cycle, but this one fails: the pages read were written already."""
+        if not isinstance(exc, FatalRequestError) or len(chunk) < 2:
+            return False
+        companies = len(" or ".join(spec.company_condition(p.company) for p in chunk))  # as _chunks measures
+        return self.client.shorter_filters(exc, companies) and not any(p.result.pages for p in chunk)
 
     async def _listing(self, kind: RecordKind, parts: Sequence[_Part]) -> None:
         """Read one listing for `parts`' companies and write its new and changed records, page by page."""

@@ -573,17 +573,18 @@ class IfsClient:
 
     def shorter_filters(self, exc: FatalRequestError, filter_length: int) -> bool:
         """Whether `exc` is IFS, or a proxy in front of it, refusing a URL as too long (414 URI Too Long) for
-        a filter of `filter_length` characters. Then later filters of several conditions (companies, keys)
-        are kept under half that length, for the life of this client, and the caller asks again in smaller
-        parts: more requests, the same rows. A single condition is never split."""
-        if exc.status != 414 or filter_length <= MIN_FILTER_CHARS:
+        a filter of several conditions joined to `filter_length` characters, that a smaller limit would now
+        split. Later filters of several conditions (companies, keys) are then kept under half that length,
+        for the life of this client, and the caller asks again in smaller parts: more requests, the same
+        rows. False when the limit cannot go lower (a single condition is never split): the request fails."""
+        if exc.status != 414:
             return False
         limit = max(MIN_FILTER_CHARS, filter_length // 2)
         if limit < self.filter_chars:
             log.warning("IFS refused a URL as too long (414) for a filter of %d characters; filters are kept"
                         " under %d characters from now on (more requests per poll)", filter_length, limit)
             self.filter_chars = limit
-        return True
+        return self.filter_chars < filter_length
 
     async def metadata(self, projection: str) -> bytes:
         """The projection's `$metadata` document (EDMX), as sent. 404 (unknown projection) raises."""

@@ -3,6 +3,7 @@ by key only where something changed, confirmations in batches, and the cost of a
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from dataclasses import replace
@@ -325,3 +326,16 @@ async def test_reads_by_key_split_when_ifs_refuses_the_url_and_keep_every_row_on
     again = await h.client.read_by_keys(spec.projection, spec.entity_set, [{"OrderNo": k} for k in keys],
                                         select=["OrderNo"])
     assert len(again) == 80 and {r.status for r in ifs.requests} == {200}  # learned: no 414 any more
+
+
+async def test_a_url_limit_that_splitting_cannot_meet_fails_the_listing_once_instead_of_asking_forever(ifs, harness):
+    ifs.profile = replace(ifs.profile, max_url=200)  # shorter than any listing's URL, one company's too
+    companies = [f"C{i}" for i in range(12)]  # their conditions together just under the 250-character floor
+    for company in companies:
+        ifs.add_order(company=company)
+    h = await harness(companies=companies, details_limit=0)
+
+    results = await asyncio.wait_for(h.poller.poll_many(ORDER, companies), 30)
+
+    assert [r.ok for r in results] == [False] * 12 and "414" in (results[0].error or "")
+    assert len([r for r in ifs.requests if r.status == 414]) == 1  # asked once: splitting would not help
