@@ -270,6 +270,7 @@ class TeamsSender:
         self._adapter = adapter
         self._app_id = app_id
         self._timeout = timeout
+        self._token_fetches: dict[int, asyncio.Future[str]] = {}
 
     async def _with_client(self, channel: ChannelRef, conversation_id: str,
                            call: Callable[[Any, Activity], Awaitable[Any]]) -> Any:
@@ -310,8 +311,14 @@ class TeamsSender:
         if not callable(getattr(credentials, "get_access_token", None)) or not getattr(
                 credentials, "microsoft_app_id", None):
             return  # no app id: no token is asked for (local development)
+        # one fetch in flight per credentials, however many sends wait: a login endpoint that never answers
+        # holds one worker thread, not one per send (the same pool resolves host names for every connection)
+        fetch = self._token_fetches.get(id(credentials))
+        if fetch is None or fetch.done():
+            fetch = self._token_fetches[id(credentials)] = asyncio.ensure_future(
+                asyncio.to_thread(credentials.get_access_token))
         try:
-            await asyncio.wait_for(asyncio.to_thread(credentials.get_access_token), self._timeout)
+            await asyncio.wait_for(asyncio.shield(fetch), self._timeout)
         except TimeoutError:
             raise SendError(f"no Bot Framework token from the login endpoint within {self._timeout:g} s") from None
 

@@ -221,7 +221,7 @@ class SqliteDatabase(Database):
         SQLITE_BUSY, which Python's backup retries forever, so the transaction's own next statement, queued
         behind it on that thread, would never run. Under the lock no transaction of ours is open; other
         processes' writes only make the step retry until they commit."""
-        final = Path(target)
+        final = Path(os.path.realpath(target))  # a link to the backup file: the file it points to is replaced
         final.parent.mkdir(parents=True, exist_ok=True)
         partial = final.with_name(f".{final.name}.{os.getpid()}.{id(self):x}.partial")
         os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))

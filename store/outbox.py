@@ -92,7 +92,9 @@ class Outbox:
         (code 'throttled'). Items due later keep their time."""
         async with self._db.transaction() as conn:
             cur = await conn.execute(
-                "UPDATE deliveries SET next_at = ?, last_code = ? WHERE channel_id = ? AND status = 'pending'"
+                # a batch window's mark stays: the held items still leave together as one digest
+                "UPDATE deliveries SET next_at = ?, last_code = CASE WHEN last_code = 'batched' THEN last_code"
+                " ELSE ? END WHERE channel_id = ? AND status = 'pending'"
                 + (" AND event_type = 'new'" if new_only else "") + " AND next_at < ?",
                 (until, code, channel_id, until))
             return cur.rowcount

@@ -175,7 +175,7 @@ async def test_a_backup_asked_for_during_a_transaction_waits_for_it_and_holds_wh
         async with db.transaction() as conn:
             await conn.execute("INSERT INTO meta (name, value) VALUES ('during', 'the backup')")
             backup = asyncio.create_task(db.backup_to(str(tmp_path / "copy.sqlite3")))
-            await wait_until(lambda: (tmp_path / "copy.sqlite3").exists())  # its target is open
+            assert await wait_until(lambda: any(tmp_path.glob(".copy.sqlite3.*.partial")))  # its file is open
             for _ in range(50):
                 await asyncio.sleep(0)  # and it has gone as far as it can
             assert not backup.done()  # waiting for the transaction

@@ -281,8 +281,11 @@ async def test_many_new_items_go_as_one_digest_and_a_batch_window_holds_them(sto
     await writer.apply(INV, "10", [change(rec(i)) for i in range(5, 7)], [Binding(CH, "10")])
     assert await store.outbox.defer(CH, T0 + 300, code="batched", new_only=True) == 2
     assert await store.outbox.claim(CH, lease=30, digest_threshold=3) == []  # held until the window ends
+    assert await store.outbox.defer(CH, T0 + 400, code="throttled") == 2  # and Teams asks for a longer wait
     clock.advance(300)
-    assert len(await store.outbox.claim(CH, lease=30, digest_threshold=3)) == 2  # batched: together
+    assert await store.outbox.claim(CH, lease=30, digest_threshold=3) == []
+    clock.advance(100)
+    assert len(await store.outbox.claim(CH, lease=30, digest_threshold=3)) == 2  # still batched: together
 
 
 async def test_backfill_queues_each_event_once_and_leases_are_released(store, db, clock):

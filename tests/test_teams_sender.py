@@ -68,6 +68,9 @@ async def test_a_token_renewal_that_never_answers_fails_the_send_and_leaves_the_
         with pytest.raises(SendError, match="no Bot Framework token"):
             await asyncio.wait_for(sender.post(channel, {"type": "AdaptiveCard", "body": []}, "a card"), 20)
         assert ticks >= 10  # the event loop went on while the token was awaited
+        for _ in range(3):  # later sends wait for the same fetch: one thread blocked, not one per send
+            with pytest.raises(SendError, match="no Bot Framework token"):
+                await asyncio.wait_for(sender.post(channel, {"type": "AdaptiveCard", "body": []}, "a card"), 20)
         assert credentials.asked == 1 and connector.posts(CH) == []
     finally:
         credentials.answer.set()
