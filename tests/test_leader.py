@@ -74,16 +74,25 @@ def test_a_limiter_counts_sends_made_elsewhere_and_keeps_its_history_when_its_sh
 
 # --------------------------------------------------------------------------- SQLite: one active process
 
+class Ticks:
+    """An injected sleep that only yields to the event loop, counting how often it was asked to sleep."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def __call__(self, _seconds: float) -> None:
+        self.count += 1
+        await asyncio.sleep(0)
+
+
+async def never_lost(reason: str) -> None:
+    raise AssertionError(reason)
+
+
 async def test_a_second_process_on_one_sqlite_file_stands_by_until_the_first_stops(tmp_path, caplog):
     path = str(tmp_path / "one.sqlite3")
     db = await open_database(path)
-    ticks = 0
-
-    async def tick(_seconds: float) -> None:
-        nonlocal ticks
-        ticks += 1
-        await asyncio.sleep(0)
-
+    tick = Ticks()
     gained: list[tuple[str, int]] = []
 
     def on_gain(name):
@@ -91,16 +100,13 @@ async def test_a_second_process_on_one_sqlite_file_stands_by_until_the_first_sto
             gained.append((name, epoch))
         return gain
 
-    async def never_lost(reason: str) -> None:
-        raise AssertionError(reason)
-
     first = FileLeadership(db, path, "first", Timing(5), sleep=tick)
     second = FileLeadership(db, path, "second", Timing(5), sleep=tick)
     a = asyncio.create_task(first.run(on_gain("first"), never_lost))
     assert await wait_until(lambda: gained == [("first", 1)])
     caplog.set_level(logging.WARNING, logger="store.leader")
     b = asyncio.create_task(second.run(on_gain("second"), never_lost))
-    assert await wait_until(lambda: ticks >= 20)  # the second has tried again and again
+    assert await wait_until(lambda: tick.count >= 20)  # the second has tried again and again
     assert gained == [("first", 1)] and first.is_leader and not second.is_leader
     assert "first" in caplog.text and "stands by" in caplog.text and "PostgreSQL" in caplog.text
     a.cancel()
@@ -120,20 +126,11 @@ async def test_the_active_process_retries_a_start_that_failed_and_keeps_the_lock
     task ended and the process never polled again."""
     path = str(tmp_path / "one.sqlite3")
     db = await open_database(path)
-    ticks = 0
-
-    async def tick(_seconds: float) -> None:
-        nonlocal ticks
-        ticks += 1
-        await asyncio.sleep(0)
-
+    tick = Ticks()
     gained: list[int] = []
 
     async def gain(epoch: int) -> None:
         gained.append(epoch)
-
-    async def never_lost(reason: str) -> None:
-        raise AssertionError(reason)
 
     async with db.transaction() as conn:
         await conn.execute("ALTER TABLE leadership RENAME TO leadership_away")
@@ -141,7 +138,7 @@ async def test_the_active_process_retries_a_start_that_failed_and_keeps_the_lock
     lead = FileLeadership(db, path, "serve", Timing(5), sleep=tick)
     task = asyncio.create_task(lead.run(gain, never_lost))
     try:
-        assert await wait_until(lambda: ticks >= 3)
+        assert await wait_until(lambda: tick.count >= 3)
         assert gained == [] and lead.is_leader and not task.done()
         assert not FileLeadership(db, path, "other", Timing(5)).try_lock()  # the lock is kept meanwhile
         assert "could not start polling and delivering" in caplog.text
