@@ -5,6 +5,7 @@ end from `service.database` (a file path, or a postgresql:// URL: store.pg)."""
 from __future__ import annotations
 
 import asyncio
+import glob
 import logging
 import os
 import shutil
@@ -223,6 +224,7 @@ class SqliteDatabase(Database):
         processes' writes only make the step retry until they commit."""
         final = Path(os.path.realpath(target))  # a link to the backup file: the file it points to is replaced
         final.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_backups(final)
         partial = final.with_name(f".{final.name}.{os.getpid()}.{id(self):x}.partial")
         os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
@@ -240,6 +242,19 @@ class SqliteDatabase(Database):
         if not self._closed:
             self._closed = True
             await self.conn.close()
+
+
+def _remove_abandoned_backups(final: Path) -> None:
+    """The new files of earlier backups to `final` whose process is gone (killed mid-backup)."""
+    for left in final.parent.glob(f".{glob.escape(final.name)}.*.partial"):
+        try:
+            pid = int(left.name.split(".")[-3])
+            os.kill(pid, 0)  # (signal 0: only asks whether the process exists)
+        except ProcessLookupError:
+            left.unlink(missing_ok=True)
+            log.warning("removed %s, left by a backup that did not finish", left)
+        except (ValueError, IndexError, PermissionError):
+            continue  # not ours, or a live process of another user
 
 
 def free_disk_bytes(path: str) -> int:

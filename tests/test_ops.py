@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -210,6 +211,21 @@ async def test_a_backup_over_a_file_someone_holds_open_replaces_it_without_waiti
     finally:
         await restored.close()
     assert oct(copy.stat().st_mode & 0o777) == oct(0o600) and [p.name for p in tmp_path.glob(".*partial")] == []
+
+
+async def test_a_backup_removes_what_a_killed_backup_left_and_keeps_what_a_running_one_writes(tmp_path):
+    db = await open_database(str(tmp_path / "live.sqlite3"))
+    gone = await asyncio.create_subprocess_exec("true")
+    await gone.wait()  # a process that has ended: its pid names no process now
+    abandoned = tmp_path / f".copy.sqlite3.{gone.pid}.1.partial"
+    running = tmp_path / f".copy.sqlite3.{os.getpid()}.2.partial"
+    for f in (abandoned, running):
+        f.write_bytes(b"half a backup")
+    try:
+        await db.backup_to(str(tmp_path / "copy.sqlite3"))
+    finally:
+        await db.close()
+    assert not abandoned.exists() and running.exists() and (tmp_path / "copy.sqlite3").exists()
 
 
 async def test_health_and_readiness(service_factory, ifs, connector):
