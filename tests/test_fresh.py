@@ -339,3 +339,25 @@ async def test_a_url_limit_that_splitting_cannot_meet_fails_the_listing_once_ins
 
     assert [r.ok for r in results] == [False] * 12 and "414" in (results[0].error or "")
     assert len([r for r in ifs.requests if r.status == 414]) == 1  # asked once: splitting would not help
+
+
+async def test_a_414_on_a_later_page_fails_that_listing_and_shortens_the_next_cycles(ifs, harness):
+    """The first window's URL passes the proxy, a later one ($skip=10, a character longer) does not: the pages
+    already written stand, this cycle's listing fails, and the next cycle's listings are short enough."""
+    from pollers.ifs_client import _query
+
+    companies = [f"COMPANY-{i:03d}" for i in range(30)]
+    for company in companies:
+        ifs.add_order(company=company)
+    probe = await harness(companies=companies, details_limit=0, page_size=2)
+    await probe.poller.poll_many(ORDER, companies)
+    first = next(r for r in ifs.requests if r.query.get("$skip") == "0" and "$filter" in r.query)
+    ifs.profile = replace(ifs.profile, max_url=len(first.path) + 1 + len(_query(first.query)))  # $skip=10: +1
+    h = await harness(companies=companies, details_limit=0, page_size=2)
+
+    failed = await h.poller.poll_many(ORDER, companies)
+    assert not any(r.ok for r in failed) and h.client.filter_chars < 3000
+    ifs.requests.clear()
+    again = await h.poller.poll_many(ORDER, companies)
+    assert all(r.ok for r in again) and sum(r.new for r in again) + sum(r.new for r in failed) == 30
+    assert {r.status for r in ifs.requests} == {200}
