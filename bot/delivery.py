@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 CHANNEL_WINDOWS: tuple[tuple[int, float], ...] = ((7, 1.0), (8, 2.0), (60, 30.0), (1800, 3600.0))
 CHANNEL_HORIZON = max(seconds for _, seconds in CHANNEL_WINDOWS)  # how far back a channel's sends count
 APP_WINDOWS: tuple[tuple[int, float], ...] = ((50, 1.0),)
-# A channel Teams asked to wait longer than this (Retry-After) is left out of a delivery round, its cards held
-# in the outbox until then; shorter waits are waited out in the round.
+# A channel Teams asked to wait longer than this (Retry-After) is held in the store until then (Channels.hold):
+# no replica sends there, and delivery rounds go on without it; shorter waits are waited out in the round.
 LONG_WAIT = 10.0
 
 
@@ -352,12 +352,7 @@ class DeliveryWorker:
             if channel is None or not channel.active or channel.paused or self.in_quiet_hours(channel):
                 return settled
             if self.in_batch_window():
-                await self.outbox.defer(channel_id, self._batch_end(), code="batched", new_only=True)
-            blocked = self._limiter(channel_id).blocked_for()
-            if blocked > LONG_WAIT:  # Teams asked for a long wait here: its cards wait in the outbox, not
-                # in this round, which would hold up every other channel's cards until it ends
-                await self.outbox.defer(channel_id, self.now() + blocked, code="throttled")
-                return settled
+                await self.outbox.defer_new(channel_id, self._batch_end())
             work = await self.outbox.claim(channel_id, lease=self.settings.lease_seconds,
                                            digest_threshold=self.settings.digest_threshold)
             if not work:
@@ -504,6 +499,9 @@ class DeliveryWorker:
         detail = dict(op=op, status=err.status, code=err.code, error=str(err)[:200], latency=round(latency, 4),
                       items=len(work))
         async with self.store.unit() as u:
+            if err.status == 429 and (err.retry_after or 0.0) > LONG_WAIT:  # held in the store, for every
+                # replica, not waited out in a delivery round, which would hold up every other channel's cards
+                await u.channels.hold(channel.channel_id, self.now() + float(err.retry_after or 0.0))
             if outcome is Outcome.RETRY:
                 delay = self.retry.delay(first.attempts, retry_after=err.retry_after, rng=self.rng)
                 age = self.now() - min(d.created_at for d in work)

@@ -77,10 +77,6 @@ class WindowLimiter:
         t = max(admitted, self._now())
         self._times.insert(bisect_right(self._times, t), t)
 
-    def blocked_for(self) -> float:
-        """Seconds still to wait because the server asked for it (penalise), 0.0 when not blocked."""
-        return max(0.0, self._blocked_until - self._now())
-
     def penalise(self, seconds: float) -> None:
         """Admit nothing for `seconds` (the server answered 429 with Retry-After)."""
         self._blocked_until = max(self._blocked_until, self._now() + seconds)

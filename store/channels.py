@@ -66,6 +66,12 @@ class Channels:
         await conn.execute("UPDATE channels SET paused = ?, updated_at = ? WHERE channel_id = ?",
                            (int(paused), self._now(), channel_id))
 
+    async def hold(self, conn: Connection, channel_id: str, until: float) -> None:
+        """Nothing is sent to the channel before `until` (unix time), by any replica: Teams asked us to wait
+        (Outbox.due_channels and next_due_at read it). A later hold extends it; an earlier one changes nothing."""
+        await conn.execute("UPDATE channels SET held_until = ? WHERE channel_id = ?"
+                           " AND (held_until IS NULL OR held_until < ?)", (until, channel_id, until))
+
     async def rename(self, conn: Connection, channel_id: str, name: str | None) -> None:
         await conn.execute("UPDATE channels SET name = ?, updated_at = ? WHERE channel_id = ?",
                            (name, self._now(), channel_id))

@@ -193,6 +193,12 @@ MIGRATIONS: list[str] = [
         until REAL NOT NULL               -- unix time
     )
     """,
+    # 8: a channel Teams asked to wait long (429 with a long Retry-After): no replica sends there before
+    # held_until (unix time; NULL: not held). (No comment inside: SQLite splices the column's text into the
+    # table's CREATE statement, where a trailing comment would swallow the closing parenthesis.)
+    """
+    ALTER TABLE channels ADD COLUMN held_until REAL
+    """,
 ]
 
 

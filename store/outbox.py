@@ -76,27 +76,24 @@ class Outbox:
     async def due_channels(self, limit: int = 1000) -> list[str]:
         rows = await self._db.fetchall(
             "SELECT DISTINCT d.channel_id FROM deliveries d JOIN channels c USING (channel_id)"
-            " WHERE d.status = 'pending' AND d.next_at <= ? AND c.active = 1 AND c.paused = 0 LIMIT ?",
-            (self._now(), limit))
+            " WHERE d.status = 'pending' AND d.next_at <= ? AND c.active = 1 AND c.paused = 0"
+            " AND (c.held_until IS NULL OR c.held_until <= ?) LIMIT ?",
+            (now := self._now(), now, limit))
         return [r[0] for r in rows]
 
     async def next_due_at(self) -> float | None:
         v = await self._db.scalar(
-            "SELECT min(d.next_at) FROM deliveries d JOIN channels c USING (channel_id)"
+            "SELECT min(CASE WHEN c.held_until > d.next_at THEN c.held_until ELSE d.next_at END)"
+            " FROM deliveries d JOIN channels c USING (channel_id)"
             " WHERE d.status = 'pending' AND c.active = 1 AND c.paused = 0")
         return None if v is None else float(v)
 
-    async def defer(self, channel_id: str, until: float, *, code: str, new_only: bool = False) -> int:
-        """Hold a channel's pending items until `until`: its new ones until a batch window's end (they leave
-        together as a digest; code 'batched'), or all of them while Teams asked for a long wait there
-        (code 'throttled'). Items due later keep their time."""
+    async def defer_new(self, channel_id: str, until: float) -> int:
+        """Hold a channel's new items until `until` (a batch window's end); they leave together as a digest."""
         async with self._db.transaction() as conn:
             cur = await conn.execute(
-                # a batch window's mark stays: the held items still leave together as one digest
-                "UPDATE deliveries SET next_at = ?, last_code = CASE WHEN last_code = 'batched' THEN last_code"
-                " ELSE ? END WHERE channel_id = ? AND status = 'pending'"
-                + (" AND event_type = 'new'" if new_only else "") + " AND next_at < ?",
-                (until, code, channel_id, until))
+                "UPDATE deliveries SET next_at = ?, last_code = 'batched' WHERE channel_id = ? AND status = 'pending'"
+                " AND event_type = 'new' AND next_at < ?", (until, channel_id, until))
             return cur.rowcount
 
     async def claim(self, channel_id: str, *, lease: float, digest_threshold: int) -> list[Delivery]:

@@ -133,9 +133,10 @@ async def test_the_worker_outlives_a_database_that_fails_for_a_while(rig, caplog
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_a_long_retry_after_holds_that_channels_cards_in_the_outbox_not_the_round(rig):
+async def test_a_long_retry_after_holds_the_channel_in_the_store_not_the_delivery_round(rig):
     """Teams asks one channel to wait 10 minutes: a delivery round does not wait that out (every other
-    channel's cards would wait with it); the channel's cards are held until then, and sent after."""
+    channel's cards would wait with it); the channel is held in the store until then, for every replica,
+    and its cards are sent after."""
     other = "19:other@thread.tacv2"
     async with rig.svc.db.transaction() as conn:
         await Channels(rig.svc.db).upsert(conn, ChannelRef(other, "tenant", "team-1", rig.connector.service_url,
@@ -156,8 +157,11 @@ async def test_a_long_retry_after_holds_that_channels_cards_in_the_outbox_not_th
     assert len(rig.connector.posts(other)) == 1 and rig.connector.posts(CH) == []
     due = await Outbox(rig.svc.db).next_due_at()
     assert due is not None and due >= before + 590
-    await rig.drain(w)  # and after the wait, both of the channel's cards go
-    assert len(rig.connector.posts(CH)) == 2 and rig.connector.rejected[0].at + 600 <= rig.connector.posts(CH)[0].at
+    await rig.emit([(EventType.NEW, record(4), None, "")])  # a card queued during the wait ...
+    await rig.worker(digest_threshold=1000).run_once()  # ... is not sent by another replica's worker either
+    assert rig.connector.posts(CH) == [] and len(rig.connector.rejected) == 1
+    await rig.drain(w)  # and after the wait, the channel's three cards go
+    assert len(rig.connector.posts(CH)) == 3 and rig.connector.rejected[0].at + 600 <= rig.connector.posts(CH)[0].at
 
 
 async def test_429_is_honoured_and_retried(rig):

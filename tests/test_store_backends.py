@@ -279,12 +279,15 @@ async def test_many_new_items_go_as_one_digest_and_a_batch_window_holds_them(sto
         await u.outbox.settle([d.id for d in claimed], DeliveryStatus.DIGESTED, digest_id=42)
     assert await store.outbox.counts() == {"digested": 5}
     await writer.apply(INV, "10", [change(rec(i)) for i in range(5, 7)], [Binding(CH, "10")])
-    assert await store.outbox.defer(CH, T0 + 300, code="batched", new_only=True) == 2
+    assert await store.outbox.defer_new(CH, T0 + 300) == 2
     assert await store.outbox.claim(CH, lease=30, digest_threshold=3) == []  # held until the window ends
-    assert await store.outbox.defer(CH, T0 + 400, code="throttled") == 2  # and Teams asks for a longer wait
+    async with store.unit() as u:  # and Teams asks for a longer wait there
+        await u.channels.hold(CH, T0 + 400)
+        await u.channels.hold(CH, T0 + 350)  # (an earlier hold changes nothing)
     clock.advance(300)
-    assert await store.outbox.claim(CH, lease=30, digest_threshold=3) == []
+    assert await store.outbox.due_channels() == [] and await store.outbox.next_due_at() == T0 + 400
     clock.advance(100)
+    assert await store.outbox.due_channels() == [CH]
     assert len(await store.outbox.claim(CH, lease=30, digest_threshold=3)) == 2  # still batched: together
 
 
