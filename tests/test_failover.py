@@ -155,16 +155,17 @@ async def test_the_other_replica_takes_over_within_the_bound_and_nothing_is_lost
             assert victim is not None
             for _ in range(rng.randint(1, 3)):
                 expected.add(ifs.add_order(company="10")["OrderNo"])
+            # every trial's leader polls before it is killed (the check for overlapping polls needs each of
+            # them): a new leader reads $metadata first, and any replica may post the backlog's cards
+            async def polled(v: str = victim) -> bool:
+                rows = await audit.recent(limit=100_000, category="poll")
+                return any(e.action == "poll started" and e.actor == v for e in rows)
+
+            assert await wait_until(polled, 30), f"trial {trial}: {victim} never polled"
             if trial % 2 == 0:  # during a poll: after the k-th request to IFS from now (only the leader asks)
                 base, k = len(ifs.requests), rng.randint(1, 3)
                 assert await wait_until(lambda b=base, k=k: len(ifs.requests) >= b + k, 20)
-            else:  # during delivery: after the k-th card from now (any replica may post the backlog's cards,
-                # so first the leader's own poll has to have started: every trial's leader polls)
-                async def polled(v: str = victim) -> bool:
-                    rows = await audit.recent(limit=100_000, category="poll")
-                    return any(e.action == "poll started" and e.actor == v for e in rows)
-
-                assert await wait_until(polled, 30), f"trial {trial}: {victim} never polled"
+            else:  # during delivery: after the k-th card from now
                 base, k = len(connector.posts()), rng.randint(1, 3)
                 assert await wait_until(lambda b=base, k=k: len(connector.posts()) >= b + k, 20)
             await replicas.kill(victim)
