@@ -83,6 +83,7 @@ class SourceJobs:
         self.replica = replica  # named on each poll's start and end rows in the audit trail
         self.epoch = 0  # the leadership epoch under which this replica polls (0: not elected)
         self._running: set[asyncio.Task[Any]] = set()
+        self._stopped: set[asyncio.Task[Any]] = set()  # polls stop_polls cancelled (their end is no error)
         self.ifs = ifs
         self.sources = sources
         self.poller = poller
@@ -111,6 +112,11 @@ class SourceJobs:
             self._running.add(task)
         try:
             return await self._poll_source(kind)
+        except asyncio.CancelledError:
+            if task is not None and task in self._stopped:  # stop_polls: an orderly end, not an error
+                self._stopped.discard(task)  # (the scheduler would log it with a traceback)
+                return []
+            raise
         finally:
             if task is not None:
                 self._running.discard(task)
@@ -206,9 +212,11 @@ class SourceJobs:
         self.shutdown()
         running = [t for t in self._running if not t.done()]
         for t in running:
+            self._stopped.add(t)
             t.cancel()
         if running:
             await asyncio.gather(*running, return_exceptions=True)
+            self._stopped.difference_update(running)
             log.warning("%d poll(s) cancelled", len(running))
 
     def next_runs(self) -> dict[str, float | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -299,3 +300,24 @@ async def test_json_logs_carry_no_secrets(tmp_path, ifs):
     lines = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
     assert lines and all("level" in entry for entry in lines)
     assert "notifier-secret" not in out.stderr and "access_token" not in out.stderr
+
+
+async def test_stopping_during_a_poll_cancels_it_quietly(service_factory, ifs, connector, caplog):
+    """SIGTERM while a poll waits for IFS: the poll is cancelled and said so once, and the scheduler does not
+    report it as a job that raised an exception (with a traceback in the log of a clean stop)."""
+    from bench.common import bind
+
+    svc = await service_factory(start=False)
+    await bind(svc.db, "19:stop@thread.tacv2", connector.service_url)
+    ifs.add_order(company="10")
+    ifs.faults.slow_next(5, 30.0)
+    await svc.start()
+
+    async def polling() -> bool:
+        return any(e.action == "poll started" for e in await svc.audit.recent(category="poll"))
+
+    assert await wait_until(polling, 20)
+    with caplog.at_level(logging.WARNING):
+        await asyncio.wait_for(svc.stop(), 30)
+    assert "poll(s) cancelled" in caplog.text
+    assert not [r for r in caplog.records if r.name.startswith("apscheduler") and r.levelno >= logging.ERROR]
