@@ -156,7 +156,7 @@ class Service:
                                     OPENID_METADATA_URL=settings.bot.openid_metadata_url or None)
         self.adapter, self.credentials_factory = make_adapter(self.bot_config)
         self.signing_keys = SigningKeys()
-        self.sender = TeamsSender(self.adapter, creds.bot_app_id)
+        self.sender = TeamsSender(self.adapter, creds.bot_app_id, self.credentials_factory)
         self.rendering = CardRendering(
             people=self.people, claims=self.claims, link=self.jobs.link_record,
             timezone=settings.service.timezone, locale=settings.service.locale,

@@ -82,6 +82,7 @@ class CachedCredentialsFactory(ServiceClientCredentialsFactory):
     def __init__(self, inner: ServiceClientCredentialsFactory) -> None:
         self._inner = inner
         self._cache: dict[tuple[str, str], Any] = {}
+        self._fetches: dict[int, asyncio.Future[str]] = {}  # token fetches in flight, by credentials
 
     async def is_valid_app_id(self, app_id: str) -> bool:
         return await self._inner.is_valid_app_id(app_id)
@@ -100,6 +101,17 @@ class CachedCredentialsFactory(ServiceClientCredentialsFactory):
     @property
     def cached(self) -> int:
         return len(self._cache)
+
+    async def token(self, credentials: Any, within: float) -> str:
+        """`credentials`' token, fetched in a worker thread and awaited for `within` seconds at the most
+        (TimeoutError). MSAL's request has no timeout of its own: one fetch per credentials is in flight,
+        however many callers wait (sends, readiness probes), so a login endpoint that never answers holds one
+        worker thread, not one per caller (the same pool resolves host names for every connection)."""
+        fetch = self._fetches.get(id(credentials))
+        if fetch is None or fetch.done():
+            fetch = self._fetches[id(credentials)] = asyncio.ensure_future(
+                asyncio.to_thread(credentials.get_access_token))
+        return await asyncio.wait_for(asyncio.shield(fetch), within)
 
 
 class _Authentication(ConfigurationBotFrameworkAuthentication):
@@ -266,11 +278,12 @@ def reply_activity(reply: Reply) -> Activity:
 class TeamsSender:
     """Posts, updates and replies through the real adapter; maps every failure to SendError."""
 
-    def __init__(self, adapter: CloudAdapter, app_id: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, adapter: CloudAdapter, app_id: str, credentials: CachedCredentialsFactory, *,
+                 timeout: float = 30.0) -> None:
         self._adapter = adapter
         self._app_id = app_id
+        self._credentials = credentials
         self._timeout = timeout
-        self._token_fetches: dict[int, asyncio.Future[str]] = {}
 
     async def _with_client(self, channel: ChannelRef, conversation_id: str,
                            call: Callable[[Any, Activity], Awaitable[Any]]) -> Any:
@@ -311,14 +324,8 @@ class TeamsSender:
         if not callable(getattr(credentials, "get_access_token", None)) or not getattr(
                 credentials, "microsoft_app_id", None):
             return  # no app id: no token is asked for (local development)
-        # one fetch in flight per credentials, however many sends wait: a login endpoint that never answers
-        # holds one worker thread, not one per send (the same pool resolves host names for every connection)
-        fetch = self._token_fetches.get(id(credentials))
-        if fetch is None or fetch.done():
-            fetch = self._token_fetches[id(credentials)] = asyncio.ensure_future(
-                asyncio.to_thread(credentials.get_access_token))
         try:
-            await asyncio.wait_for(asyncio.shield(fetch), self._timeout)
+            await self._credentials.token(credentials, self._timeout)
         except TimeoutError:
             raise SendError(f"no Bot Framework token from the login endpoint within {self._timeout:g} s") from None
 

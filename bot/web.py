@@ -4,7 +4,6 @@ and the listening sockets of both."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +19,7 @@ from store.db import DB_ERRORS, Database
 from store.seen import Seen
 
 log = logging.getLogger(__name__)
-# /readyz waits this long for the Bot Framework token (the check goes on in its thread; the next probe joins it)
+# /readyz waits this long for the Bot Framework token (the fetch goes on in its thread; the next probe joins it)
 READY_TOKEN_SECONDS = 5.0
 
 
@@ -38,7 +37,6 @@ class WebApps:
         self.bot_config = bot_config
         self.adapter = adapter
         self.credentials_factory = credentials_factory
-        self._token_check: asyncio.Future[str] | None = None
         self.bot = bot
         self.rejections = rejections
         self.metrics = metrics
@@ -159,11 +157,7 @@ class WebApps:
         try:
             creds = await self.credentials_factory.create_credentials(
                 self.bot_config.APP_ID, "https://api.botframework.com", None, True)
-            # one token check at a time, however many probes ask (MSAL's request has no timeout of its own:
-            # a login endpoint that never answers must not take a worker thread per probe), awaited briefly
-            if self._token_check is None or self._token_check.done():
-                self._token_check = asyncio.ensure_future(asyncio.to_thread(creds.get_access_token))
-            token = await asyncio.wait_for(asyncio.shield(self._token_check), READY_TOKEN_SECONDS)
+            token = await self.credentials_factory.token(creds, READY_TOKEN_SECONDS)  # (one fetch in flight)
             return bool(token)
         except Exception:  # noqa: BLE001 - any failure means not ready
             return False

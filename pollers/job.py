@@ -114,8 +114,7 @@ class SourceJobs:
             return await self._poll_source(kind)
         except asyncio.CancelledError:
             if task is not None and task in self._stopped:  # stop_polls: an orderly end, not an error
-                self._stopped.discard(task)  # (the scheduler would log it with a traceback)
-                return []
+                return []  # (the scheduler would log it with a traceback)
             raise
         finally:
             if task is not None:

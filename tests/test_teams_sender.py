@@ -50,8 +50,9 @@ class _Factory(ServiceClientCredentialsFactory):
 async def test_a_token_renewal_that_never_answers_fails_the_send_and_leaves_the_event_loop_running(connector):
     credentials = _Unanswered()
     config = BotConfig(APP_ID="app-id", APP_PASSWORD="app-password", APP_TENANTID="tenant")
-    adapter = CloudAdapter(_Authentication(config, credentials_factory=CachedCredentialsFactory(_Factory(credentials))))
-    sender = TeamsSender(adapter, "app-id", timeout=0.5)
+    factory = CachedCredentialsFactory(_Factory(credentials))
+    adapter = CloudAdapter(_Authentication(config, credentials_factory=factory))
+    sender = TeamsSender(adapter, "app-id", factory, timeout=0.5)
     channel = ChannelRef(CH, "tenant", "team-1", connector.service_url, reference={
         "channelId": "msteams", "serviceUrl": connector.service_url, "bot": {"id": "28:bot"},
         "conversation": {"id": CH, "isGroup": True, "conversationType": "channel", "tenantId": "tenant"}})
@@ -91,5 +92,5 @@ async def test_readiness_probes_share_one_token_check_and_answer_while_the_login
         assert credentials.asked == 1  # one thread waiting for the token, not one per probe
     finally:
         credentials.answer.set()
-    assert await wait_until(lambda: svc.web._token_check is not None and svc.web._token_check.done())
+    assert await wait_until(lambda: all(f.done() for f in svc.web.credentials_factory._fetches.values()))
     assert (await svc.web.readiness())["ready"]
