@@ -239,8 +239,8 @@ class Poller:
                 await self._listing(kind, chunk)
             except (RetriableError, AuthError, FatalRequestError) as exc:
                 smaller = _chunks(spec, chunk, self.client.filter_chars) if self._too_long(spec, chunk, exc) else []
-                if len(smaller) > 1:  # IFS refused the URL (414): the same, in smaller parts
-                    chunks.extendleft(reversed(smaller))
+                if len(smaller) > 1:  # IFS refused the URL (414): the same in smaller parts, and the rest too
+                    chunks = deque(smaller + _chunks(spec, [p for c in chunks for p in c], self.client.filter_chars))
                     continue
                 await self._failed(kind, chunk, exc)
             else:

@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import random
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -553,22 +554,23 @@ class IfsClient:
         not answered."""
         rows: list[dict[str, Any]] = []
         names = list(keys[0]) if keys else []
-        conditions = [_key_condition(k) for k in keys]
-        done = 0
-        while done < len(conditions):
-            rest = conditions[done:]
-            group = bounded_groups(rest, map(len, rest), len(" or "), self.filter_chars)[0]
+        def grouped(conditions: list[str]) -> list[list[str]]:
+            return bounded_groups(conditions, map(len, conditions), len(" or "), self.filter_chars)
+
+        groups = deque(grouped([_key_condition(k) for k in keys]))
+        while groups:
+            group = groups.popleft()
             chunk, before = " or ".join(group), len(rows)
             try:
                 async for page in self.iter_pages(projection, entity_set, filter=chunk, select=select,
                                                   orderby=names, page_size=max(50, len(group))):
                     rows.extend(page)
             except FatalRequestError as exc:
-                if len(group) > 1 and self.shorter_filters(exc, len(chunk)):
+                if len(group) > 1 and self.shorter_filters(exc, len(chunk)):  # 414: the same, in smaller parts
                     del rows[before:]  # (a page or two may have come before a next link was refused)
+                    groups = deque(grouped([c for g in (group, *groups) for c in g]))  # the rest too
                     continue
                 raise
-            done += len(group)
         return rows
 
     def shorter_filters(self, exc: FatalRequestError, filter_length: int) -> bool:

@@ -310,6 +310,19 @@ async def test_a_tenant_refusing_long_urls_gets_the_same_records_in_smaller_list
     assert all(r.status == 200 for r in ifs.requests) and len(ifs.requests) > 2
 
 
+async def test_after_a_414_the_listings_not_yet_asked_are_shortened_too(ifs, harness):
+    ifs.profile = replace(ifs.profile, max_url=1500)
+    companies = [f"COMPANY-{i:03d}" for i in range(300)]  # several listings of about 3 KB of filter each
+    for company in companies:
+        ifs.add_order(company=company)
+    h = await harness(companies=companies, details_limit=0)
+
+    results = await h.poller.poll_many(ORDER, companies)
+
+    assert all(r.ok for r in results) and sum(r.new for r in results) == 300
+    assert 1 <= len([r for r in ifs.requests if r.status == 414]) <= 2  # not one per listing planned before
+
+
 async def test_reads_by_key_split_when_ifs_refuses_the_url_and_keep_every_row_once(ifs, harness):
     ifs.profile = replace(ifs.profile, max_url=1200)
     keys = [ifs.add_order(company="10")["OrderNo"] for _ in range(80)]
